@@ -1,0 +1,79 @@
+/* SPDX-License-Identifier: GPL-2.0 OR BSD-2-Clause */
+/*
+ * Records shared between ptwalk.bpf.c and exporter/sources/ptwalk.py.
+ * The Python side mirrors these layouts as numpy dtypes and checks the sizes at load, so a
+ * change here without a change there fails loudly instead of misreading memory.
+ */
+#ifndef PAGEHEAT_PTWALK_H
+#define PAGEHEAT_PTWALK_H
+
+#define PTWALK_MAX_NODE_RANGES 64
+
+/* vma_rec.kind: what the whole VMA is. */
+enum vma_kind {
+	VMA_ANON = 0,
+	VMA_FILE = 1,
+	VMA_SHMEM = 2,
+	VMA_HEAP = 3,
+	VMA_STACK = 4,
+	VMA_OTHER = 5,	/* hugetlb, PFN/IO maps: not walked */
+};
+
+/* vma_rec.flags */
+#define VMA_F_SHARED	(1U << 0)
+#define VMA_F_SKIPPED	(1U << 1)	/* kind OTHER: its pages are not reported */
+
+/* table_rec.flags */
+#define TABLE_F_HUGE	(1U << 0)	/* a PMD-mapped THP: 512 pages, one Accessed bit */
+
+struct vma_rec {
+	__u64 start;
+	__u64 end;
+	__u32 kind;
+	__u32 flags;
+};
+
+/*
+ * One PTE table (or one huge PMD) clipped to one VMA. Bit i of each bitmap is the page at
+ * addr + i * 4096. A table that two VMAs share is reported once per VMA, each copy masked to
+ * its own VMA, so every page is reported exactly once.
+ */
+struct table_rec {
+	__u64 addr;		/* 2 MiB aligned virtual address */
+	__u64 pmd;		/* raw PMD entry: the PFN of a huge page */
+	__u32 vma;		/* index into the vmas array */
+	__u32 flags;
+	__u64 present[8];
+	__u64 accessed[8];
+	__u64 written[8];	/* PTE writable or dirty: in a private file VMA, an anon COW copy */
+};
+
+/* The one-element "state" array: config written by userspace, counters written by BPF. */
+struct ptwalk_state {
+	/* config */
+	__u64 direct_map_base;	/* page_offset_base, found by find_base */
+	__u32 target_tgid;
+	__u32 pgtable_levels;	/* 4 or 5 */
+	__u32 copy_raw;		/* copy whole PTE tables into "raw" (needed for PFNs, i.e. NUMA) */
+	__u32 max_vmas;
+	__u32 max_tables;
+	__u32 max_raw;
+	/* find_base input/output */
+	__u64 probe_vaddr;
+	__u64 probe_pfn;
+	__u64 probe_pattern;
+	__u64 probe_max_gib;
+	__u64 probe_tries;
+	/* per-scan counters, reset by userspace before each scan */
+	__u64 n_vmas;
+	__u64 n_tables;
+	__u64 dropped_vmas;
+	__u64 dropped_tables;
+	__u64 read_errors;
+	__u64 skipped_huge_pud;
+	__u64 dup_vmas;
+	__u64 last_mm;
+	__u64 last_vm_end;
+};
+
+#endif

@@ -1,0 +1,1 @@
+"""Harvesting sources: one module per source, all with the interface in ``base``."""

@@ -1,0 +1,114 @@
+"""What every harvesting source yields, and the interface the daemon drives.
+
+A source follows processes. ``attach(pid)`` starts following one and begins its first
+interval; each ``cycle(pid)`` reports the pages that were accessed since the interval began
+and begins the next one. How a source ages (clear_refs, an MGLRU aging request, the kernel's
+own reclaim) is its own business: the aggregator sees only ``Harvest`` objects.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+
+class PageType(enum.IntEnum):
+    ANON = 0
+    FILE = 1
+    SHMEM = 2
+
+
+PAGE_TYPE_NAMES = tuple(t.name.lower() for t in PageType)
+
+
+class VmaKind(enum.IntEnum):
+    """Same values as enum vma_kind in bpf/ptwalk.h."""
+
+    ANON = 0
+    FILE = 1
+    SHMEM = 2
+    HEAP = 3
+    STACK = 4
+    OTHER = 5
+
+
+VMA_KIND_NAMES = tuple(k.name.lower() for k in VmaKind)
+
+
+class SourceError(Exception):
+    """The source cannot run here (kernel feature, capability); the message says why."""
+
+
+class TargetGone(Exception):
+    """The followed process exited. Normal: the daemon drops it quietly."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(f"process {pid} exited")
+        self.pid = pid
+
+
+@dataclass(frozen=True)
+class Vmas:
+    """The target's mappings at harvest time, sorted by start address.
+
+    start, end: uint64 addresses; kind: uint8 VmaKind; names: one per mapping, from
+    /proc/PID/maps (``[heap]``, a file path, ``""`` for anonymous memory).
+    """
+
+    start: np.ndarray
+    end: np.ndarray
+    kind: np.ndarray
+    names: list[str]
+
+    def __len__(self) -> int:
+        return len(self.start)
+
+
+@dataclass(frozen=True)
+class Pages:
+    """Resident pages, one element per 4 KiB page, sorted by vpn, no duplicates.
+
+    vpn: uint64 virtual page number (address >> 12); accessed: bool, accessed during the
+    interval that this harvest closes; node: int16 NUMA node; type: uint8 PageType;
+    thp: bool, mapped by a PMD (the Accessed bit is per 2 MiB); vma: int32 index into Vmas.
+    """
+
+    vpn: np.ndarray
+    accessed: np.ndarray
+    node: np.ndarray
+    type: np.ndarray
+    thp: np.ndarray
+    vma: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.vpn)
+
+
+@dataclass(frozen=True)
+class Harvest:
+    pid: int
+    time: float  # time.monotonic() when the bits were read
+    pages: Pages
+    vmas: Vmas
+    harvest_seconds: float  # CPU time (user + kernel) of this thread to read the bits
+    aging_seconds: float  # CPU time to begin the next interval
+    counters: dict[str, int] = field(default_factory=dict)
+
+
+class Source(Protocol):
+    name: str
+
+    def attach(self, pid: int) -> None:
+        """Start following ``pid`` and begin its first interval. Raises TargetGone."""
+
+    def cycle(self, pid: int) -> Harvest:
+        """Report the interval's accesses and begin the next interval. Raises TargetGone."""
+
+    def detach(self, pid: int) -> None:
+        """Stop following ``pid`` and release what was held for it. Never raises."""
+
+    def close(self) -> None:
+        """Release everything. Never raises."""

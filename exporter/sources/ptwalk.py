@@ -1,0 +1,295 @@
+"""ptwalk: a BPF task_vma iterator reads the target's page tables; clear_refs ages them.
+
+Works on any x86-64 kernel with BTF and BPF iterators (5.12+ for task_vma with a pid filter:
+5.19). Aging by clear_refs also clears the referenced state that reclaim uses, which is why
+the MGLRU sources exist.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+import os
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .. import procfs
+from ..bpfobjects import object_path
+from ..libbpf import BpfObject, LibbpfError, Link
+from ..numa import NodeMap
+from .base import Harvest, Pages, PageType, SourceError, TargetGone, VmaKind, Vmas
+
+_STATE = np.dtype([
+    ("direct_map_base", "<u8"), ("target_tgid", "<u4"), ("pgtable_levels", "<u4"),
+    ("copy_raw", "<u4"), ("max_vmas", "<u4"), ("max_tables", "<u4"), ("max_raw", "<u4"),
+    ("probe_vaddr", "<u8"), ("probe_pfn", "<u8"), ("probe_pattern", "<u8"),
+    ("probe_max_gib", "<u8"), ("probe_tries", "<u8"),
+    ("n_vmas", "<u8"), ("n_tables", "<u8"), ("dropped_vmas", "<u8"), ("dropped_tables", "<u8"),
+    ("read_errors", "<u8"), ("skipped_huge_pud", "<u8"), ("dup_vmas", "<u8"),
+    ("last_mm", "<u8"), ("last_vm_end", "<u8"),
+])
+_VMA = np.dtype([("start", "<u8"), ("end", "<u8"), ("kind", "<u4"), ("flags", "<u4")])
+_TABLE = np.dtype([
+    ("addr", "<u8"), ("pmd", "<u8"), ("vma", "<u4"), ("flags", "<u4"),
+    ("present", "<u8", 8), ("accessed", "<u8", 8), ("written", "<u8", 8),
+])
+_PER_SCAN = ("n_vmas", "n_tables", "dropped_vmas", "dropped_tables", "read_errors",
+             "skipped_huge_pud", "dup_vmas", "last_mm", "last_vm_end")
+_VMA_F_SHARED = 1
+_TABLE_F_HUGE = 1
+_PHYS_MASK = np.uint64(0x000FFFFFFFFFF000)
+_PAGE_SHIFT = np.uint64(12)
+# The page type each VMA kind implies; private file/shmem pages that were written are anon COW copies.
+_KIND_TYPE = np.array([PageType.ANON, PageType.FILE, PageType.SHMEM, PageType.ANON,
+                       PageType.ANON, PageType.ANON], dtype=np.uint8)
+
+
+@dataclass
+class _Capacity:
+    vmas: int = 1024
+    tables: int = 4096
+
+    def covers(self, vmas: int, tables: int) -> bool:
+        return vmas <= self.vmas and tables <= self.tables
+
+
+@dataclass
+class _Target:
+    link: Link
+    clear_refs: int  # an open fd on /proc/PID/clear_refs
+
+
+def _cpu() -> float:
+    return time.thread_time()
+
+
+class PtwalkSource:
+    name = "ptwalk"
+
+    def __init__(self, obj: Path | None = None, nodes: NodeMap | None = None) -> None:
+        self._path = obj or object_path("ptwalk")
+        self._nodes = nodes or NodeMap.from_sysfs()
+        self._copy_raw = self._nodes.single is None  # PFNs are only needed to tell nodes apart
+        self._cap = _Capacity()
+        self._targets: dict[int, _Target] = {}
+        self._obj: BpfObject | None = None
+        self._maps: list[mmap.mmap] = []
+        self._load()
+
+    # -- loading -----------------------------------------------------------------------------
+    def _load(self) -> None:
+        max_entries = {"vmas": self._cap.vmas, "tables": self._cap.tables,
+                       "raw": self._cap.tables if self._copy_raw else 1}
+        try:
+            obj = BpfObject(self._path, max_entries=max_entries)
+        except LibbpfError as e:
+            raise SourceError(f"ptwalk: cannot load {self._path.name}: {e.strerror}"
+                              f"{_hint(e.errno)}") from e
+        for name, dtype in (("state", _STATE), ("vmas", _VMA), ("tables", _TABLE)):
+            if obj.value_size(name) != dtype.itemsize:
+                obj.close()
+                raise SourceError(f"ptwalk: map {name} has {obj.value_size(name)}-byte values, "
+                                  f"exporter expects {dtype.itemsize}: rebuild bpf/")
+        self._obj = obj
+        self._maps = [obj.mmap_array(n) for n in ("state", "vmas", "tables", "raw")]
+        self._state = np.frombuffer(self._maps[0], dtype=_STATE, count=1)[0:1]
+        self._vmas = np.frombuffer(self._maps[1], dtype=_VMA, count=self._cap.vmas)
+        self._tables = np.frombuffer(self._maps[2], dtype=_TABLE, count=self._cap.tables)
+        self._raw = np.frombuffer(self._maps[3], dtype="<u8", count=512 * obj.max_entries("raw")
+                                  ).reshape(-1, 512)
+        st = self._state
+        st["max_vmas"], st["max_tables"] = self._cap.vmas, self._cap.tables
+        st["max_raw"], st["copy_raw"] = obj.max_entries("raw"), int(self._copy_raw)
+        self._find_direct_map()
+
+    def _find_direct_map(self) -> None:
+        """Run find_base (see ptwalk.bpf.c) with a pattern planted in a page of our own."""
+        page = mmap.mmap(-1, mmap.PAGESIZE)
+        anchor = None
+        try:
+            pattern = int.from_bytes(secrets.token_bytes(8), "little") | 1
+            page[0:8] = pattern.to_bytes(8, "little")
+            anchor = ctypes.c_char.from_buffer(page)
+            vaddr = ctypes.addressof(anchor)
+            ctypes.CDLL(None).mlock(ctypes.c_void_p(vaddr), ctypes.c_size_t(mmap.PAGESIZE))
+            with open("/proc/self/pagemap", "rb") as f:
+                f.seek((vaddr >> 12) * 8)
+                entry = int.from_bytes(f.read(8), "little")
+            pfn = entry & ((1 << 55) - 1)
+            if not entry >> 63 or pfn == 0:
+                raise SourceError("ptwalk: /proc/self/pagemap hides PFNs: needs CAP_SYS_ADMIN")
+            st = self._state
+            st["probe_vaddr"], st["probe_pfn"], st["probe_pattern"] = vaddr, pfn, pattern
+            st["probe_max_gib"] = (self._nodes.max_pfn << 12 >> 30) + 2
+            rc = self._obj.test_run("find_base")  # type: ignore[union-attr]
+            st["probe_pattern"] = 0
+        finally:
+            anchor = None  # the mmap cannot close while a ctypes view exports it
+            page.close()
+        if rc == 2:
+            raise SourceError("ptwalk: kernel direct map not found (is this x86-64?)")
+        if rc != 0:
+            raise SourceError("ptwalk: page-table depth is neither 4 nor 5 levels")
+
+    def _reload(self, cap: _Capacity) -> None:
+        pids = list(self._targets)
+        for t in self._targets.values():
+            t.link.destroy()
+        self._unload()
+        self._cap = cap
+        self._load()
+        for pid in pids:
+            self._targets[pid].link = self._obj.attach_task_iter("scan", pid)  # type: ignore
+
+    def _unload(self) -> None:
+        self._state = self._vmas = self._tables = self._raw = None  # type: ignore[assignment]
+        for m in self._maps:
+            m.close()
+        self._maps = []
+        if self._obj:
+            self._obj.close()
+            self._obj = None
+
+    # -- Source interface ----------------------------------------------------------------------
+    def attach(self, pid: int) -> None:
+        if pid in self._targets:
+            return
+        try:
+            status = procfs.read_status_kib(pid, ("VmPTE", "AnonHugePages", "FilePmdMapped"))
+            n_maps = len(procfs.read_maps(pid))
+            fd = os.open(f"/proc/{pid}/clear_refs", os.O_WRONLY)
+        except (FileNotFoundError, ProcessLookupError) as e:
+            raise TargetGone(pid) from e
+        # Size the buffers from what the kernel says the page tables take, before the first scan.
+        need = _Capacity(vmas=n_maps + 64, tables=status["VmPTE"] // 4 + n_maps * 2 + 64
+                         + (status["AnonHugePages"] + status["FilePmdMapped"]) // 2048)
+        if not self._cap.covers(need.vmas, need.tables):
+            self._reload(_grow(self._cap, need))
+        try:
+            link = self._obj.attach_task_iter("scan", pid)  # type: ignore[union-attr]
+        except LibbpfError as e:
+            os.close(fd)
+            if e.errno in (3, 2):  # ESRCH, ENOENT
+                raise TargetGone(pid) from e
+            raise
+        self._targets[pid] = _Target(link, fd)
+        try:
+            self._age(pid)
+        except TargetGone:
+            self.detach(pid)
+            raise
+
+    def cycle(self, pid: int) -> Harvest:
+        t0 = _cpu()
+        vmas, tables, raw, counters = self._scan(pid)
+        now = time.monotonic()
+        try:
+            maps = procfs.read_maps(pid)
+        except (FileNotFoundError, ProcessLookupError) as e:
+            raise TargetGone(pid) from e
+        if len(vmas) == 0 and not procfs.pid_exists(pid):
+            raise TargetGone(pid)
+        harvest = _decode(vmas, tables, raw, maps, self._nodes)
+        t1 = _cpu()
+        self._age(pid)
+        t2 = _cpu()
+        return Harvest(pid, now, harvest[0], harvest[1], t1 - t0, t2 - t1, counters)
+
+    def detach(self, pid: int) -> None:
+        t = self._targets.pop(pid, None)
+        if t:
+            t.link.destroy()
+            os.close(t.clear_refs)
+
+    def close(self) -> None:
+        for pid in list(self._targets):
+            self.detach(pid)
+        self._unload()
+
+    # -- internals -----------------------------------------------------------------------------
+    def _age(self, pid: int) -> None:
+        try:
+            os.write(self._targets[pid].clear_refs, b"1")
+        except (ProcessLookupError, FileNotFoundError) as e:
+            raise TargetGone(pid) from e
+
+    def _scan(self, pid: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, int]]:
+        """Run the iterator; grow the buffers and scan again if anything did not fit."""
+        for _ in range(4):
+            st = self._state
+            st["target_tgid"] = pid
+            for k in _PER_SCAN:
+                st[k] = 0
+            fd = self._targets[pid].link.create_iter()
+            try:
+                while os.read(fd, 4096):
+                    pass
+            except ProcessLookupError as e:
+                raise TargetGone(pid) from e
+            finally:
+                os.close(fd)
+            counters = {k: int(st[k][0]) for k in _PER_SCAN[:7]}
+            if not counters["dropped_vmas"] and not counters["dropped_tables"]:
+                n_v, n_t = counters["n_vmas"], counters["n_tables"]
+                raw = self._raw[:n_t] if self._copy_raw else self._raw[:0]
+                # Copies: the next scan (of any target) reuses the buffers.
+                return self._vmas[:n_v].copy(), self._tables[:n_t].copy(), raw.copy(), counters
+            need = _Capacity(self._cap.vmas + counters["dropped_vmas"],
+                             self._cap.tables + counters["dropped_tables"])
+            self._reload(_grow(self._cap, need))
+        raise SourceError(f"ptwalk: layout of {pid} kept outgrowing the buffers")
+
+
+def _grow(cap: _Capacity, need: _Capacity) -> _Capacity:
+    """At least what is needed, with room for growth, never smaller than before."""
+    return _Capacity(max(cap.vmas, need.vmas + need.vmas // 4),
+                     max(cap.tables, need.tables + need.tables // 4))
+
+
+def _hint(errno: int | None) -> str:
+    if errno == 1:
+        return " (needs CAP_BPF and CAP_PERFMON, or root)"
+    return ""
+
+
+def _decode(vmas: np.ndarray, tables: np.ndarray, raw: np.ndarray,
+            maps: list[procfs.Mapping], nodes: NodeMap) -> tuple[Pages, Vmas]:
+    """Per-table bitmaps -> per-page arrays, all in numpy."""
+    kinds = vmas["kind"].astype(np.uint8)
+    names_by_start = {m.start: m.name for m in maps}
+    names = [names_by_start.get(int(s), "") for s in vmas["start"]]
+    vma_table = Vmas(vmas["start"], vmas["end"], kinds, names)
+
+    n = len(tables)
+    bits = lambda field: np.unpackbits(  # noqa: E731
+        tables[field].view(np.uint8).reshape(n, 64), axis=1, bitorder="little").reshape(-1)
+    present = bits("present")
+    idx = np.flatnonzero(present)
+    row = idx >> 9
+    col = (idx & 511).astype(np.uint64)
+    vpn = (tables["addr"][row] >> _PAGE_SHIFT) + col
+    accessed = bits("accessed")[idx].astype(bool)
+    written = bits("written")[idx].astype(bool)
+    huge = (tables["flags"][row] & _TABLE_F_HUGE) != 0
+    vma = tables["vma"][row].astype(np.int32)
+
+    kind = kinds[vma]
+    ptype = _KIND_TYPE[kind]
+    private = (vmas["flags"][vma] & _VMA_F_SHARED) == 0
+    cow = private & written & ((kind == VmaKind.FILE) | (kind == VmaKind.SHMEM))
+    ptype[cow] = PageType.ANON
+
+    if nodes.single is not None:
+        node = np.full(len(vpn), nodes.single, dtype=np.int16)
+    else:
+        pfn = np.where(huge, ((tables["pmd"][row] & _PHYS_MASK) >> _PAGE_SHIFT) + col,
+                       (raw.reshape(-1)[idx] & _PHYS_MASK) >> _PAGE_SHIFT)
+        node = nodes.node_of(pfn)
+
+    # VMAs arrive in address order and each table once per VMA, so vpn is already sorted.
+    pages = Pages(vpn, accessed, node, ptype, huge, vma)
+    return pages, vma_table
