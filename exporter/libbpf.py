@@ -162,19 +162,19 @@ class BpfObject:
         max_entries: dict[str, int] | None = None,
         autoload: dict[str, bool] | None = None,
     ) -> None:
-        l = lib()
+        lb = lib()
         _log.clear()
         C.set_errno(0)
-        self._obj = l.bpf_object__open_file(str(path).encode(), None)
+        self._obj = lb.bpf_object__open_file(str(path).encode(), None)
         if not self._obj:
             raise _fail(f"open {path}")
         try:
             for name, n in (max_entries or {}).items():
-                if l.bpf_map__set_max_entries(self._map(name), n):
+                if lb.bpf_map__set_max_entries(self._map(name), n):
                     raise _fail(f"set max_entries of map {name}")
             for name, on in (autoload or {}).items():
-                l.bpf_program__set_autoload(self._prog(name), on)
-            err = l.bpf_object__load(self._obj)
+                lb.bpf_program__set_autoload(self._prog(name), on)
+            err = lb.bpf_object__load(self._obj)
             if err:
                 C.set_errno(-err)
                 raise _fail(f"load {path.name}")

@@ -54,13 +54,15 @@ class TargetGone(Exception):
 class Vmas:
     """The target's mappings at harvest time, sorted by start address.
 
-    start, end: uint64 addresses; kind: uint8 VmaKind; names: one per mapping, from
+    start, end: uint64 addresses; kind: uint8 VmaKind; accessible: bool, not PROT_NONE
+    (reservations and guard areas, left out of address bins); names: one per mapping, from
     /proc/PID/maps (``[heap]``, a file path, ``""`` for anonymous memory).
     """
 
     start: np.ndarray
     end: np.ndarray
     kind: np.ndarray
+    accessible: np.ndarray
     names: list[str]
 
     def __len__(self) -> int:

@@ -260,9 +260,11 @@ def _decode(vmas: np.ndarray, tables: np.ndarray, raw: np.ndarray,
             maps: list[procfs.Mapping], nodes: NodeMap) -> tuple[Pages, Vmas]:
     """Per-table bitmaps -> per-page arrays, all in numpy."""
     kinds = vmas["kind"].astype(np.uint8)
-    names_by_start = {m.start: m.name for m in maps}
-    names = [names_by_start.get(int(s), "") for s in vmas["start"]]
-    vma_table = Vmas(vmas["start"], vmas["end"], kinds, names)
+    by_start = {m.start: m for m in maps}
+    found = [by_start.get(int(s)) for s in vmas["start"]]
+    names = [m.name if m else "" for m in found]
+    accessible = np.array([m is None or m.perms[:3] != "---" for m in found], dtype=bool)
+    vma_table = Vmas(vmas["start"], vmas["end"], kinds, accessible, names)
 
     n = len(tables)
     bits = lambda field: np.unpackbits(  # noqa: E731

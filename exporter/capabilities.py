@@ -1,0 +1,31 @@
+"""Which Linux capabilities the process has, from /proc/self/status (no libcap needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+CAP_DAC_OVERRIDE = 1
+CAP_SYS_PTRACE = 19
+CAP_SYS_ADMIN = 21
+CAP_PERFMON = 38
+CAP_BPF = 39
+NAMES = {CAP_DAC_OVERRIDE: "CAP_DAC_OVERRIDE", CAP_SYS_PTRACE: "CAP_SYS_PTRACE",
+         CAP_SYS_ADMIN: "CAP_SYS_ADMIN", CAP_PERFMON: "CAP_PERFMON", CAP_BPF: "CAP_BPF"}
+
+# ptwalk: CAP_SYS_ADMIN to see PFNs in /proc/self/pagemap (finding the direct map) and, on
+# kernels before 5.8, for BPF at all; CAP_BPF + CAP_PERFMON to load tracing programs that read
+# kernel memory; CAP_SYS_PTRACE to read other users' /proc/PID/maps; CAP_DAC_OVERRIDE to write
+# other users' /proc/PID/clear_refs (mode 0200, owner only).
+PTWALK = (CAP_SYS_ADMIN, CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE, CAP_DAC_OVERRIDE)
+
+
+def effective(status: Path = Path("/proc/self/status")) -> int:
+    for line in status.read_text().splitlines():
+        if line.startswith("CapEff:"):
+            return int(line.split()[1], 16)
+    return 0
+
+
+def missing(required: tuple[int, ...], eff: int | None = None) -> list[str]:
+    have = effective() if eff is None else eff
+    return [NAMES[c] for c in required if not have >> c & 1]

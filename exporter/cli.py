@@ -1,0 +1,196 @@
+"""The `pageheat` command. Errors are caught here and become one line and an exit code:
+2 for bad configuration or arguments, 1 for anything the machine or kernel refuses."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from . import __version__, config, doctor, procfs
+from .config import parse_duration
+from .sources import NAMES, open_source
+from .sources.base import SourceError, TargetGone
+
+
+class UsageError(Exception):
+    """Bad input from the user: exit 2."""
+
+
+def _range(text: str) -> tuple[int, int]:
+    lo, sep, hi = text.partition("-")
+    try:
+        start, end = int(lo, 16), int(hi, 16)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected START-END in hex, got {text!r}") from None
+    if not sep or end <= start:
+        raise argparse.ArgumentTypeError(f"expected START-END with START < END, got {text!r}")
+    return start, end
+
+
+def _pid(text: str) -> int:
+    if not text.isdigit() or int(text) <= 0:
+        raise argparse.ArgumentTypeError(f"not a process id: {text!r}")
+    return int(text)
+
+
+def _duration(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pageheat", description=__doc__)
+    p.add_argument("--version", action="version", version=f"pageheat {__version__}")
+    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="run the exporter")
+    s.add_argument("--config", type=Path, help="YAML configuration file")
+    s.add_argument("--pid", type=_pid, action="append", help="follow this process (repeatable)")
+    s.add_argument("--listen", help=f"HOST:PORT (default 0.0.0.0:{config.DEFAULT_PORT})")
+    s.add_argument("--aging", help="aging interval, e.g. 1s or 500ms (minimum 100ms)")
+    s.add_argument("--source", choices=("auto", *NAMES[:3]))
+    s.add_argument("--cpu-budget", type=float, help="fraction of one CPU for harvest + aging")
+    s.add_argument("--web-config", type=Path, help="TLS / basic auth web-config file")
+
+    d = sub.add_parser("doctor", help="say which sources can run on this kernel, and why not")
+    d.add_argument("--json", action="store_true")
+
+    n = sub.add_parser("snapshot", help="scan one process a few times and print JSON")
+    n.add_argument("--pid", type=_pid, required=True)
+    n.add_argument("--aging", type=_duration, default=0.5)
+    n.add_argument("--scans", type=int, default=3)
+    n.add_argument("--range", type=_range, help="START-END (hex): limit --pages to this range")
+    n.add_argument("--pages", action="store_true", help="per-page detail (requires --range)")
+    n.add_argument("--source", choices=("auto", *NAMES[:3]), default="auto")
+    n.add_argument("--json", action="store_true", help="print JSON (the only format)")
+
+    w = sub.add_parser("workload", help="run a ground-truth workload (hot, warm, cold pages)")
+    from .workload import add_arguments
+
+    add_arguments(w)
+
+    m = sub.add_parser("demo", help="serve metrics for a built-in workload and print its heat")
+    m.add_argument("--seconds", type=float, default=20.0)
+    m.add_argument("--listen", default=f"127.0.0.1:{config.DEFAULT_PORT}")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        return _dispatch(args)
+    except (ValidationError, UsageError) as e:
+        print(f"pageheat: {_one_line(e)}", file=sys.stderr)
+        return 2
+    except (SourceError, OSError) as e:
+        print(f"pageheat: {_one_line(e)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _one_line(e: Exception) -> str:
+    if isinstance(e, ValidationError):
+        errs = e.errors()
+        return "bad configuration: " + "; ".join(
+            f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in errs)
+    return " ".join(str(e).split())
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "serve":
+        return _serve(args)
+    if args.command == "doctor":
+        return doctor.run(as_json=args.json)
+    if args.command == "snapshot":
+        return _snapshot(args)
+    if args.command == "workload":
+        from .workload import run, spec_from_args
+
+        run(spec_from_args(args), args.truth)
+        return 0
+    if args.command == "demo":
+        from .demo import run as demo
+
+        return demo(args.seconds, args.listen)
+    raise AssertionError(args.command)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    overrides = {k: v for k, v in (("pids", args.pid), ("listen", args.listen), ("aging", args.aging),
+                                   ("source", args.source), ("cpu_budget", args.cpu_budget),
+                                   ("web_config_file", args.web_config)) if v is not None}
+    try:
+        cfg = config.load(args.config, overrides)
+    except (OSError, ValueError) as e:
+        if isinstance(e, ValidationError):
+            raise
+        raise UsageError(f"config {args.config}: {e}") from e
+    missing = [p for p in cfg.targets.pids if not procfs.pid_exists(p)]
+    if missing and len(missing) == len(cfg.targets.pids) and not cfg.targets.comm_regex \
+            and not cfg.targets.top_rss:
+        raise UsageError(f"no such process: {', '.join(map(str, missing))}")
+    from .webconfig import WebConfig
+
+    try:
+        web = WebConfig.load(cfg.web_config_file)
+    except (OSError, ValueError) as e:
+        raise UsageError(f"web config {cfg.web_config_file}: {e}") from e
+    source = open_source(cfg.source)
+    from .daemon import Daemon
+
+    return _run_daemon(Daemon(cfg, source, web))
+
+
+def _run_daemon(daemon: object) -> int:
+    import uvloop
+
+    async def runner() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await daemon.run(stop)  # type: ignore[attr-defined]
+
+    uvloop.run(runner())
+    return 0
+
+
+def _snapshot(args: argparse.Namespace) -> int:
+    from .snapshot import take
+
+    if args.pages and not args.range:
+        raise UsageError("--pages requires --range START-END")
+    if args.scans < 1:
+        raise UsageError("--scans must be at least 1")
+    if args.aging < 0.1:
+        raise UsageError("--aging must be at least 100ms")
+    if not procfs.pid_exists(args.pid):
+        raise UsageError(f"no such process: {args.pid}")
+    source = open_source(args.source)
+    try:
+        result = take(source, args.pid, args.aging, args.scans, args.range, args.pages)
+    except TargetGone:
+        result = {"pid": args.pid, "source": source.name, "aging_ms": args.aging * 1000,
+                  "scans": 0, "harvest_ms": [], "aging_cost_ms": [], "exited": True, "vmas": []}
+    finally:
+        source.close()
+    json.dump(result, sys.stdout, separators=(",", ":"))
+    sys.stdout.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,162 @@
+"""Prometheus metric families, built at scrape time from the aggregator's latest views.
+
+Metric names and labels are pageheat's public API: add, never rename.
+"""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Callable, Iterator
+
+import numpy as np
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeHistogramMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
+
+from . import __version__
+from .aggregate import IDLE_BOUNDS, TargetView
+from .config import Config
+from .sources.base import PAGE_TYPE_NAMES
+from .stats import Stats
+
+TARGET = ["pid", "comm"]
+PAGES = ["pid", "comm", "node", "type"]
+BIN_LE = [floatToGoString(i) for i in range(1024)]
+IDLE_LE = [floatToGoString(b) for b in IDLE_BOUNDS]
+SELF_SERIES = 64  # reserved for pageheat's own metrics when applying max_series
+
+
+class PageheatCollector(Collector):
+    def __init__(self, cfg: Config, views: Callable[[], dict[int, TargetView]], stats: Stats,
+                 source_name: str) -> None:
+        self.cfg = cfg
+        self.views = views
+        self.stats = stats
+        self.source_name = source_name
+
+    def collect(self) -> Iterator[Metric]:
+        views = sorted(self.views().values(), key=lambda v: -v.resident_pages)
+        kept, budget, dropped_series = [], self.cfg.max_series - SELF_SERIES, 0
+        for v in views:
+            n = v.series_count(self.cfg.never_accessed_mappings)
+            if n <= budget:
+                kept.append(v)
+                budget -= n
+            else:
+                dropped_series += n
+        self.stats.series_dropped = dropped_series
+        self.stats.targets_dropped = len(views) - len(kept)
+        self.stats.series_exported = self.cfg.max_series - SELF_SERIES - budget
+        yield from self._pages(kept)
+        yield from self._self_metrics(len(views))
+
+    def _pages(self, views: list[TargetView]) -> Iterator[Metric]:
+        accessed = HistogramMetricFamily(
+            "pageheat_accessed_pages",
+            "Pages found accessed at each harvest, observed at their address bin index (le).",
+            labels=PAGES)
+        resident = GaugeMetricFamily("pageheat_resident_pages", "Resident pages per address bin.",
+                                     labels=[*PAGES, "bin"])
+        idle = GaugeHistogramMetricFamily(
+            "pageheat_idle_pages",
+            "Resident pages by seconds since last seen accessed; never-accessed pages only in +Inf.",
+            labels=PAGES)
+        never = GaugeMetricFamily("pageheat_never_accessed_pages",
+                                  "Resident pages never seen accessed, per mapping.",
+                                  labels=[*TARGET, "mapping"])
+        bin_info = InfoMetricFamily("pageheat_address_bin", "Address bins of a monitored process.",
+                                    labels=[*TARGET, "bin"])
+        interval = GaugeMetricFamily("pageheat_aging_interval_seconds",
+                                     "Effective aging interval (stretched by the CPU budget).",
+                                     labels=TARGET)
+        rebins = CounterMetricFamily("pageheat_rebins", "Times the address bins were recomputed.",
+                                     labels=TARGET)
+        harvests = CounterMetricFamily("pageheat_harvests", "Harvests of this process.",
+                                       labels=TARGET)
+        wss = GaugeMetricFamily("pageheat_working_set_pages",
+                                "Pages accessed during the latest aging interval.", labels=TARGET)
+        cold = GaugeMetricFamily("pageheat_cold_pages",
+                                 "Resident pages idle longer than cold_after, or never accessed.",
+                                 labels=TARGET)
+        total = GaugeMetricFamily("pageheat_process_resident_pages",
+                                  "Resident pages of the process seen by the last harvest.",
+                                  labels=TARGET)
+        for v in views:
+            pid = str(v.pid)
+            t = [pid, v.comm]
+            for row, (node, ptype) in enumerate(v.combos):
+                labels = [pid, v.comm, str(node), PAGE_TYPE_NAMES[ptype]]
+                counts = v.accessed_cum[row]
+                cum = np.cumsum(counts)
+                buckets = [(BIN_LE[i], int(c)) for i, c in enumerate(cum)]
+                buckets.append(("+Inf", int(cum[-1])))
+                accessed.add_metric(labels, buckets,
+                                    float(np.dot(counts.astype(np.float64), np.arange(len(counts)))))
+                for b in np.flatnonzero(v.resident[row]):
+                    resident.add_metric([*labels, str(b)], int(v.resident[row][b]))
+                icum = np.cumsum(v.idle[row])
+                idle.add_metric(labels, [(IDLE_LE[i] if i < len(IDLE_LE) - 1 else "+Inf", int(c))
+                                         for i, c in enumerate(icum)],
+                                gsum_value=float(v.idle_seconds[row]))
+            top = sorted(v.never_accessed.items(), key=lambda kv: -kv[1])
+            limit = self.cfg.never_accessed_mappings
+            for name, n in top[:limit]:
+                never.add_metric([*t, name], n)
+            if len(top) > limit:
+                never.add_metric([*t, "other"], sum(n for _, n in top[limit:]))
+            for b in range(v.bins.n):
+                info = {"size_bytes": str(int(v.bins.bytes[b])), "mappings": v.bins.labels[b]}
+                if self.cfg.expose_addresses:
+                    info["start"] = hex(int(v.bins.edges[b]) << 12)
+                    info["end"] = hex(int(v.bins.edges[b + 1]) << 12)
+                bin_info.add_metric([*t, str(b)], info)
+            interval.add_metric(t, v.interval)
+            rebins.add_metric(t, v.rebins)
+            harvests.add_metric(t, v.harvests)
+            wss.add_metric(t, v.wss_pages)
+            cold.add_metric(t, v.cold_pages)
+            total.add_metric(t, v.resident_pages)
+        yield from (accessed, resident, idle, never, bin_info, interval, rebins, harvests, wss,
+                    cold, total)
+
+    def _self_metrics(self, n_targets: int) -> Iterator[Metric]:
+        s = self.stats
+        for name, hist, what in (("pageheat_harvest_duration_seconds", s.harvest, "reading the bits"),
+                                 ("pageheat_aging_duration_seconds", s.aging, "aging")):
+            h = HistogramMetricFamily(name, f"CPU time per target cycle spent {what}.")
+            h.add_metric([], hist.buckets(), hist.total)
+            yield h
+        yield CounterMetricFamily("pageheat_pages_scanned", "Resident pages harvested.",
+                                  value=s.pages_scanned)
+        yield CounterMetricFamily("pageheat_harvest_overruns",
+                                  "Cycles whose CPU cost exceeded their aging interval.",
+                                  value=s.overruns)
+        errors = CounterMetricFamily("pageheat_errors", "Errors by kind.", labels=["kind"])
+        for kind, n in sorted(s.errors.items()):
+            errors.add_metric([kind], n)
+        yield errors
+        yield GaugeMetricFamily("pageheat_targets", "Processes monitored.", value=n_targets)
+        yield GaugeMetricFamily("pageheat_cpu_usage_ratio",
+                                "Fraction of one CPU spent on harvest and aging (smoothed).",
+                                value=s.cpu_usage)
+        yield GaugeMetricFamily("pageheat_cpu_budget_ratio", "Configured CPU budget.",
+                                value=self.cfg.cpu_budget)
+        yield GaugeMetricFamily("pageheat_series", "Page series exported at the latest scrape.",
+                                value=s.series_exported)
+        yield GaugeMetricFamily("pageheat_series_dropped",
+                                "Series left out at the latest scrape to stay under max_series.",
+                                value=s.series_dropped)
+        yield GaugeMetricFamily("pageheat_targets_dropped",
+                                "Processes left out at the latest scrape to stay under max_series.",
+                                value=s.targets_dropped)
+        info = InfoMetricFamily("pageheat_build", "pageheat version and harvesting source.")
+        info.add_metric([], {"version": __version__, "source": self.source_name,
+                             "kernel": platform.release()})
+        yield info

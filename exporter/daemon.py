@@ -1,0 +1,169 @@
+"""`pageheat serve`: follow the configured processes, harvest them on schedule, serve metrics.
+
+The asyncio loop only schedules and serves HTTP. Harvesting and aging are blocking system
+calls (reading the BPF iterator, writing clear_refs), so they run on one worker thread; the
+loop stays responsive and SIGTERM is answered within the current cycle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from . import budget, targets
+from .aggregate import TargetState, TargetView
+from .collector import PageheatCollector
+from .config import Config
+from .http import HttpServer
+from .sources.base import Source, TargetGone
+from .stats import Stats
+from .webconfig import WebConfig
+
+log = logging.getLogger("pageheat")
+MAX_CONSECUTIVE_ERRORS = 3
+
+
+class Daemon:
+    def __init__(self, cfg: Config, source: Source, web: WebConfig | None = None) -> None:
+        self.cfg = cfg
+        self.source = source
+        self.stats = Stats()
+        self.views: dict[int, TargetView] = {}  # replaced, never mutated: scrapes read it lock-free
+        self._procs: dict[int, targets.Process] = {}
+        self._states: dict[int, TargetState] = {}
+        self._cost: dict[int, float] = {}
+        self._interval: dict[int, float] = {}
+        self._due: dict[int, float] = {}
+        self._errors: dict[int, int] = {}
+        self._worker = ThreadPoolExecutor(1, thread_name_prefix="harvest")
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(PageheatCollector(cfg, lambda: self.views, self.stats, source.name))
+        self.http = HttpServer(self.registry, web or WebConfig(), {"/api/v1/targets": self._api_targets})
+
+    async def run(self, stop: asyncio.Event) -> None:
+        host, port = self.cfg.host_port
+        await self.http.start(host, port)
+        log.info("serving on %s:%d, source %s, aging %gs", host, self.http.port, self.source.name,
+                 self.cfg.aging)
+        loop = asyncio.get_running_loop()
+        next_discovery = 0.0
+        try:
+            while not stop.is_set():
+                now = time.monotonic()
+                if now >= next_discovery:
+                    await loop.run_in_executor(self._worker, self._discover)
+                    next_discovery = time.monotonic() + self.cfg.discovery_interval
+                for pid in [p for p, t in self._due.items() if t <= now]:
+                    if stop.is_set():
+                        break
+                    await loop.run_in_executor(self._worker, self._cycle, pid)
+                wake = min([next_discovery, *self._due.values()]) - time.monotonic()
+                if wake > 0:
+                    try:
+                        await asyncio.wait_for(stop.wait(), timeout=wake)
+                    except TimeoutError:
+                        pass
+        finally:
+            await self.http.stop()
+            await loop.run_in_executor(self._worker, self._close)
+            self._worker.shutdown()
+            log.info("stopped")
+
+    # -- on the worker thread ------------------------------------------------------------------
+    def _discover(self) -> None:
+        try:
+            wanted = {p.pid: p for p in targets.select(self.cfg.targets)}
+        except OSError as e:
+            self.stats.errors["discovery"] += 1
+            log.warning("target discovery failed: %s", e)
+            return
+        for pid, known in list(self._procs.items()):
+            if pid not in wanted or wanted[pid].start_time != known.start_time:
+                self._drop(pid, "no longer selected" if pid in wanted else "exited")
+        for pid, proc in wanted.items():
+            if pid in self._procs:
+                continue
+            try:
+                self.source.attach(pid)
+            except TargetGone:
+                continue
+            except Exception as e:  # noqa: BLE001 - one bad target must not stop the daemon
+                self.stats.errors["attach"] += 1
+                log.warning("cannot follow pid %d (%s): %s", pid, proc.comm, e)
+                continue
+            self._procs[pid] = proc
+            self._states[pid] = TargetState(pid, proc.comm, self.cfg.bins, self.cfg.cold_after)
+            self._interval[pid] = self.cfg.aging
+            self._due[pid] = time.monotonic() + self.cfg.aging
+            log.info("following pid %d (%s), %d MiB resident", pid, proc.comm,
+                     proc.rss_pages * 4096 >> 20)
+
+    def _cycle(self, pid: int) -> None:
+        if pid not in self._procs:
+            return
+        planned = self._due[pid]
+        try:
+            h = self.source.cycle(pid)
+        except TargetGone:
+            self._drop(pid, "exited")
+            return
+        except Exception as e:  # noqa: BLE001
+            self.stats.errors["harvest"] += 1
+            self._errors[pid] = self._errors.get(pid, 0) + 1
+            log.warning("harvest of pid %d failed: %s", pid, e)
+            if self._errors[pid] >= MAX_CONSECUTIVE_ERRORS:
+                self._drop(pid, f"{MAX_CONSECUTIVE_ERRORS} harvests in a row failed")
+            else:
+                self._due[pid] = time.monotonic() + self._interval[pid]
+            return
+        self._errors.pop(pid, None)
+        cost = h.harvest_seconds + h.aging_seconds
+        self.stats.harvest.observe(h.harvest_seconds)
+        self.stats.aging.observe(h.aging_seconds)
+        self.stats.pages_scanned += len(h.pages)
+        if cost > self._interval[pid]:
+            self.stats.overruns += 1
+        self._cost[pid] = budget.smooth(self._cost.get(pid), cost)
+        self._replan()
+        view = self._states[pid].update(h, self._interval[pid])
+        self.views = {**self.views, pid: view}
+        # Keep to the schedule without drifting, but never queue up missed cycles.
+        self._due[pid] = max(planned + self._interval[pid], time.monotonic())
+
+    def _replan(self) -> None:
+        new = budget.intervals(self._cost, self.cfg.aging, self.cfg.cpu_budget)
+        for pid, interval in new.items():
+            old = self._interval.get(pid, self.cfg.aging)
+            if abs(interval - old) > 0.25 * old:
+                log.info("pid %d: aging interval %.2fs -> %.2fs (CPU budget %.1f%% of a core)",
+                         pid, old, interval, 100 * self.cfg.cpu_budget)
+            elif abs(interval - old) <= 0.05 * old:
+                continue  # hysteresis: do not reschedule for noise
+            self._due[pid] = self._due.get(pid, 0) - old + interval
+            self._interval[pid] = interval
+        self.stats.cpu_usage = sum(self._cost[p] / self._interval[p] for p in self._cost)
+
+    def _drop(self, pid: int, why: str) -> None:
+        self.source.detach(pid)
+        proc = self._procs.pop(pid, None)
+        for d in (self._states, self._cost, self._interval, self._due, self._errors):
+            d.pop(pid, None)  # type: ignore[attr-defined]
+        self.views = {p: v for p, v in self.views.items() if p != pid}
+        if proc:
+            log.info("stopped following pid %d (%s): %s", pid, proc.comm, why)
+
+    def _close(self) -> None:
+        for pid in list(self._procs):
+            self._drop(pid, "shutting down")
+        self.source.close()
+
+    async def _api_targets(self) -> Any:
+        return [{"pid": v.pid, "comm": v.comm, "aging_interval_s": v.interval,
+                 "resident_pages": v.resident_pages, "working_set_pages": v.wss_pages,
+                 "cold_pages": v.cold_pages, "harvests": v.harvests, "bins": v.bins.n}
+                for v in self.views.values()]

@@ -1,0 +1,74 @@
+"""`pageheat doctor`: for each source, can it run on this kernel, and if not, why not."""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from . import capabilities
+from .sources import IMPLEMENTED, NAMES
+from .sources.base import SourceError
+
+
+@dataclass
+class Verdict:
+    source: str
+    ok: bool
+    detail: str
+
+
+def _mglru_state() -> str:
+    enabled = Path("/sys/kernel/mm/lru_gen/enabled")
+    if not enabled.exists():
+        return "MGLRU not built into this kernel (CONFIG_LRU_GEN)"
+    value = int(enabled.read_text().strip(), 16)
+    return "MGLRU enabled" if value else "MGLRU built in but disabled"
+
+
+def check_ptwalk() -> Verdict:
+    if platform.machine() != "x86_64":
+        return Verdict("ptwalk", False, f"page-table layout not supported on {platform.machine()}")
+    lacking = capabilities.missing(capabilities.PTWALK)
+    if lacking:
+        return Verdict("ptwalk", False, f"missing {', '.join(lacking)} (run as root)")
+    if not Path("/sys/kernel/btf/vmlinux").exists():
+        return Verdict("ptwalk", False, "no kernel BTF (/sys/kernel/btf/vmlinux; CONFIG_DEBUG_INFO_BTF)")
+    if not Path("/proc/self/clear_refs").exists():
+        return Verdict("ptwalk", False, "no /proc/PID/clear_refs (CONFIG_PROC_PAGE_MONITOR)")
+    from .sources.ptwalk import PtwalkSource
+
+    try:
+        src = PtwalkSource()
+    except SourceError as e:
+        return Verdict("ptwalk", False, str(e).removeprefix("ptwalk: "))
+    levels = int(src._state["pgtable_levels"][0])
+    src.close()
+    return Verdict("ptwalk", True, f"BTF, task_vma iterator, clear_refs, {levels}-level page tables")
+
+
+def verdicts() -> list[Verdict]:
+    out = [check_ptwalk()]
+    mglru = _mglru_state()
+    for name in NAMES:
+        if name not in IMPLEMENTED:
+            extra = f" ({mglru})" if name.startswith("mglru") else ""
+            out.append(Verdict(name, False, f"not implemented yet{extra}"))
+    return out
+
+
+def run(as_json: bool = False) -> int:
+    vs = verdicts()
+    usable = [v.source for v in vs if v.ok]
+    if as_json:
+        json.dump({"kernel": platform.release(), "sources": [asdict(v) for v in vs],
+                   "auto": usable[0] if usable else None}, sys.stdout)
+        print()
+    else:
+        print(f"pageheat doctor: kernel {platform.release()} ({platform.machine()})")
+        for v in vs:
+            print(f"  {v.source:<12} {'yes' if v.ok else 'no ':<4} {v.detail}")
+        print(f"--source auto picks: {usable[0] if usable else 'nothing: no source can run'}")
+    return 0 if usable else 1

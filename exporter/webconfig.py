@@ -1,0 +1,85 @@
+"""TLS and basic auth for /metrics, configured by the web-config file Prometheus exporters use
+(exporter-toolkit format: ``tls_server_config`` and ``basic_auth_users`` with bcrypt hashes)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import ssl
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict
+
+
+class TlsServerConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    cert_file: Path
+    key_file: Path
+    client_auth_type: str = "NoClientCert"
+    client_ca_file: Path | None = None
+    min_version: str = "TLS12"
+
+
+class WebConfigFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    tls_server_config: TlsServerConfig | None = None
+    basic_auth_users: dict[str, str] = {}
+
+
+@dataclass
+class WebConfig:
+    ssl_context: ssl.SSLContext | None = None
+    users: dict[str, bytes] = field(default_factory=dict)  # user -> bcrypt hash
+    _ok: set[bytes] = field(default_factory=set)  # digests of credentials already verified
+
+    @classmethod
+    def load(cls, path: Path | None) -> WebConfig:
+        if path is None:
+            return cls()
+        raw = yaml.safe_load(path.read_text()) or {}
+        spec = WebConfigFile(**raw)
+        ctx = None
+        if spec.tls_server_config:
+            t = spec.tls_server_config
+            base = path.parent
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.minimum_version = {"TLS12": ssl.TLSVersion.TLSv1_2,
+                                   "TLS13": ssl.TLSVersion.TLSv1_3}[t.min_version]
+            ctx.load_cert_chain(base / t.cert_file, base / t.key_file)
+            if t.client_auth_type == "RequireAndVerifyClientCert":
+                if not t.client_ca_file:
+                    raise ValueError("client_auth_type RequireAndVerifyClientCert needs client_ca_file")
+                ctx.verify_mode = ssl.CERT_REQUIRED
+                ctx.load_verify_locations(base / t.client_ca_file)
+            elif t.client_auth_type != "NoClientCert":
+                raise ValueError(f"unsupported client_auth_type {t.client_auth_type!r}")
+        return cls(ctx, {u: h.encode() for u, h in spec.basic_auth_users.items()})
+
+    def authorized(self, header: str | None) -> bool:
+        """Check an Authorization header. bcrypt is slow on purpose, so a credential that was
+        verified once is remembered (by a keyed digest, not in clear)."""
+        if not self.users:
+            return True
+        if not header or not header.startswith("Basic "):
+            return False
+        try:
+            user, _, password = base64.b64decode(header[6:]).decode().partition(":")
+        except ValueError:
+            return False
+        hashed = self.users.get(user)
+        if hashed is None:
+            return False
+        digest = hmac.new(hashed, password.encode(), hashlib.sha256).digest()
+        if digest in self._ok:
+            return True
+        import bcrypt  # only needed when basic auth is configured
+
+        if bcrypt.checkpw(password.encode(), hashed.replace(b"$2y$", b"$2b$", 1)):
+            self._ok.add(digest)
+            return True
+        return False

@@ -1,0 +1,142 @@
+"""`pageheat workload`: a process whose memory access pattern is known page by page.
+
+It maps a region (anonymous, file-backed, shmem, optionally THP), populates every page, then
+reads a seeded random "hot" set every ``hot_period`` and a "warm" set every ``warm_period``,
+and never touches the rest again. The sets go to a JSON truth file, so tests and benchmarks
+can judge any source page by page. Used by the tests, the demo and the benchmarks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import mmap
+import os
+import signal
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+PAGE = 4096
+HUGE = 2 << 20
+
+
+@dataclass(frozen=True)
+class Spec:
+    size: int = 256 << 20
+    backing: str = "anon"  # anon | file | shmem
+    thp: bool = False
+    hot: float = 0.10
+    warm: float = 0.10
+    hot_period: float = 0.010
+    warm_period: float = 2.0
+    layout: str = "random"  # random | contiguous (hot pages in one band, for pictures)
+    seed: int = 1
+    dir: Path = Path("/var/tmp")
+
+
+def choose_sets(spec: Spec) -> tuple[np.ndarray, np.ndarray]:
+    """Hot and warm page indices, disjoint, sorted."""
+    n = spec.size // PAGE
+    n_hot, n_warm = int(n * spec.hot), int(n * spec.warm)
+    rng = np.random.default_rng(spec.seed)
+    if spec.layout == "contiguous":
+        start = n // 2 - n_hot // 2
+        hot = np.arange(start, start + n_hot)
+        rest = np.setdiff1d(np.arange(n), hot)
+        warm = np.sort(rng.choice(rest, n_warm, replace=False))
+        return hot, warm
+    perm = rng.permutation(n)
+    return np.sort(perm[:n_hot]), np.sort(perm[n_hot : n_hot + n_warm])
+
+
+def _map(spec: Spec) -> tuple[mmap.mmap, Path | None]:
+    if spec.backing == "anon":
+        # MAP_PRIVATE | MAP_ANONYMOUS; over-allocate to align to 2 MiB for THP.
+        m = mmap.mmap(-1, spec.size + HUGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        return m, None
+    if spec.backing == "shmem":
+        fd = os.memfd_create("pageheat-workload")
+        path = None
+    else:
+        f = tempfile.NamedTemporaryFile(dir=spec.dir, prefix="pageheat-workload-", delete=False)
+        fd, path = f.fileno(), Path(f.name)
+    os.ftruncate(fd, spec.size)
+    m = mmap.mmap(fd, spec.size, flags=mmap.MAP_SHARED)
+    os.close(fd)
+    return m, path
+
+
+def run(spec: Spec, truth: Path) -> None:
+    region, path = _map(spec)
+    buf = np.frombuffer(region, dtype=np.uint8)
+    base_addr = buf.ctypes.data
+    offset = 0
+    if spec.backing == "anon":
+        offset = (-base_addr) % HUGE  # 2 MiB aligned, so THP can back it
+        if spec.thp:
+            region.madvise(mmap.MADV_HUGEPAGE, offset, spec.size)
+        else:
+            region.madvise(mmap.MADV_NOHUGEPAGE)
+    words = buf[offset : offset + spec.size].view(np.uint64)
+    per_page = PAGE // 8
+    words[::per_page] = 1  # populate: write every page once
+    hot, warm = choose_sets(spec)
+    hot_words, warm_words = hot * per_page, warm * per_page
+    record = {
+        "pid": os.getpid(), "start": hex(base_addr + offset), "size": spec.size,
+        "page_size": PAGE, "backing": spec.backing, "thp": spec.thp, "file": str(path or ""),
+        "hot_period": spec.hot_period, "warm_period": spec.warm_period,
+        "hot": hot.tolist(), "warm": warm.tolist(),
+    }
+    tmp = truth.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record))
+    tmp.rename(truth)  # readers never see half a file
+
+    stop = False
+
+    def _stop(*_: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    sink = 0
+    next_warm = time.monotonic()
+    try:
+        while not stop:
+            sink += int(words[hot_words].sum())  # reads: the Accessed bit without dirtying
+            now = time.monotonic()
+            if now >= next_warm:
+                sink += int(words[warm_words].sum())
+                next_warm = now + spec.warm_period
+            time.sleep(spec.hot_period)
+    finally:
+        if path:
+            path.unlink(missing_ok=True)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from .config import parse_duration, parse_size
+
+    d = Spec()
+    p.add_argument("--size", type=parse_size, default=d.size, help="region size (default 256MiB)")
+    p.add_argument("--backing", choices=("anon", "file", "shmem"), default=d.backing)
+    p.add_argument("--thp", action="store_true", help="madvise(MADV_HUGEPAGE) (anon only)")
+    p.add_argument("--hot", type=float, default=d.hot, help="fraction of pages read every hot period")
+    p.add_argument("--warm", type=float, default=d.warm, help="fraction read every warm period")
+    p.add_argument("--hot-period", type=parse_duration, default=d.hot_period)
+    p.add_argument("--warm-period", type=parse_duration, default=d.warm_period)
+    p.add_argument("--layout", choices=("random", "contiguous"), default=d.layout)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--dir", type=Path, default=d.dir, help="where the file backing goes")
+    p.add_argument("--truth", type=Path, required=True, help="write the page sets here (JSON)")
+
+
+def spec_from_args(a: argparse.Namespace) -> Spec:
+    return Spec(size=a.size, backing=a.backing, thp=a.thp, hot=a.hot, warm=a.warm,
+                hot_period=a.hot_period, warm_period=a.warm_period, layout=a.layout,
+                seed=a.seed, dir=a.dir)
