@@ -166,9 +166,58 @@ struct walk_ctx {
 struct bits_ctx {
 	__u64 *pt;
 	struct table_rec *rec;
+	struct ptwalk_state *st;
 	__u32 lo, hi;
 	__u64 any;
 };
+
+/*
+ * Was the folio of this PTE/PMD marked young by someone who cleared its Accessed bit?
+ * DAMON (damon_ptep_mkold) and idle page tracking clear Accessed bits of pages they sample
+ * and keep the information in PG_young; clear_refs clears PG_young too, so "Accessed bit or
+ * PG_young" means "accessed since our last aging" even while DAMON runs. PG_young exists on
+ * 64-bit kernels with CONFIG_PAGE_IDLE_FLAG (selected by DAMON and IDLE_PAGE_TRACKING).
+ * The flag is per folio: for a PTE-mapped page of a large folio it does not say which page
+ * was used, so only single-page folios (and whole PMD-mapped THPs, whole_folio) count.
+ */
+static __always_inline int folio_young(struct ptwalk_state *st, __u64 entry, int whole_folio)
+{
+	__u64 w[2] = {}, page, flags = 0;
+	__u32 off_flags = bpf_core_field_offset(struct page, flags);
+	__u32 off_head = bpf_core_field_offset(struct page, compound_head);
+
+	if (!bpf_core_enum_value_exists(enum pageflags, PG_young) || off_flags > 8 || off_head > 8)
+		return 0;
+	page = st->vmemmap_base + ((entry & PHYS_MASK) >> PAGE_SHIFT) * bpf_core_type_size(struct page);
+	if (bpf_probe_read_kernel(w, sizeof(w), (void *)page))
+		return 0;
+	flags = w[off_flags / 8 & 1];
+	/* A tail page's compound_head is its head page's address plus one. */
+	if (w[off_head / 8 & 1] & 1)
+		return 0;
+	if (!whole_folio && (flags >> bpf_core_enum_value(enum pageflags, PG_head)) & 1)
+		return 0;
+	return (flags >> bpf_core_enum_value(enum pageflags, PG_young)) & 1;
+}
+
+struct young_ctx {
+	__u64 *pt;
+	struct ptwalk_state *st;
+	__u64 word;
+	__u64 maybe;	/* present, Accessed bit clear: worth a look at PG_young */
+	__u64 young;
+};
+
+static long young_bit(__u64 b, struct young_ctx *y)
+{
+	if (b >= 64 || y->word >= 8 || !y->pt || !y->st || !(y->maybe >> b))
+		return 1;
+	if (((y->maybe >> b) & 1) && folio_young(y->st, y->pt[y->word * 64 + b], 0)) {
+		y->young |= 1ULL << b;
+		y->st->young_flag_hits++;
+	}
+	return 0;
+}
 
 /* Word k (entries 64k..64k+63) of a PTE table into the record's bitmaps. */
 static long table_word(__u64 k, struct bits_ctx *c)
@@ -188,6 +237,12 @@ static long table_word(__u64 k, struct bits_ctx *c)
 		wr |= (((e >> 1) | (e >> 6)) & 1) << b;		/* RW | DIRTY */
 	}
 	p &= m;
+	if (c->st && c->st->check_young && c->st->vmemmap_base && (p & ~a)) {
+		struct young_ctx y = { .pt = c->pt, .st = c->st, .word = k, .maybe = p & ~a };
+
+		bpf_loop(64, young_bit, &y, 0);
+		a |= y.young;
+	}
 	c->rec->present[k] = p;
 	c->rec->accessed[k] = a & p;
 	c->rec->written[k] = wr & p;
@@ -230,16 +285,19 @@ static long walk_pmd_slot(__u64 i, struct walk_ctx *w)
 
 	if (pmd & _PAGE_PSE) {
 		/* A PMD-mapped THP: one Accessed bit for all 512 pages. */
+		int young = (pmd & _PAGE_ACCESSED) ||
+			    (st->check_young && st->vmemmap_base && folio_young(st, pmd, 1));
+
 		for (k = 0; k < 8; k++) {
 			__u64 m = range_mask(lo, hi, k);
 
 			rec->present[k] = m;
-			rec->accessed[k] = (pmd & _PAGE_ACCESSED) ? m : 0;
+			rec->accessed[k] = young ? m : 0;
 			rec->written[k] = (pmd & (_PAGE_RW | _PAGE_DIRTY)) ? m : 0;
 		}
 		rec->flags = TABLE_F_HUGE;
 	} else {
-		struct bits_ctx b = { .rec = rec, .lo = lo, .hi = hi };
+		struct bits_ctx b = { .rec = rec, .st = st, .lo = lo, .hi = hi };
 		__u64 table = st->direct_map_base + (pmd & PHYS_MASK);
 
 		b.pt = bpf_map_lookup_elem(&scratch, &zero);
@@ -383,6 +441,54 @@ static __always_inline int translates(struct ptwalk_state *st, __u64 pgd, __u64 
 	return ((pte & PHYS_MASK) >> PAGE_SHIFT) == st->probe_pfn;
 }
 
+struct vma_probe {
+	__u64 expected_mapping;
+};
+
+static long probe_vma_cb(struct task_struct *task, struct vm_area_struct *vma, struct vma_probe *v)
+{
+	struct anon_vma *av = BPF_CORE_READ(vma, anon_vma);
+
+	/* What page->mapping holds for a page of this VMA: anon_vma | PAGE_MAPPING_ANON, or the file's. */
+	v->expected_mapping = av ? (__u64)av | 1 : (__u64)BPF_CORE_READ(vma, vm_file, f_mapping);
+	return 0;
+}
+
+struct vmemmap_ctx {
+	__u64 expected_mapping;
+	__u64 page_off;		/* probe_pfn * sizeof(struct page) + offsetof(mapping) */
+};
+
+static long try_vmemmap(__u64 i, struct vmemmap_ctx *c)
+{
+	struct ptwalk_state *st = get_state();
+	__u64 cand, v = 0;
+
+	if (!st)
+		return 1;
+	cand = st->vmemmap_lo + (i << PUD_SHIFT);
+	if (!bpf_probe_read_kernel(&v, 8, (void *)(cand + c->page_off)) && v == c->expected_mapping) {
+		st->vmemmap_base = cand;
+		return 1;
+	}
+	return 0;
+}
+
+/* struct page array: 1 GiB aligned like the direct map; our probe page's mapping identifies it. */
+static __always_inline void find_vmemmap(struct task_struct *t, struct ptwalk_state *st)
+{
+	struct vma_probe v = {};
+	struct vmemmap_ctx c = {};
+
+	st->vmemmap_base = 0;
+	if (bpf_find_vma(t, st->probe_vaddr, probe_vma_cb, &v, 0) || !v.expected_mapping)
+		return;
+	c.expected_mapping = v.expected_mapping;
+	c.page_off = st->probe_pfn * bpf_core_type_size(struct page) +
+		     bpf_core_field_offset(struct page, mapping);
+	bpf_loop(st->vmemmap_steps, try_vmemmap, &c, 0);
+}
+
 SEC("raw_tp")
 int find_base(void *ctx)
 {
@@ -400,10 +506,10 @@ int find_base(void *ctx)
 	bpf_loop(st->probe_max_gib, try_base, &c, 0);
 	if (!st->direct_map_base)
 		return 2;
-	if (translates(st, pgd, st->probe_vaddr, 4))
-		return 0;
-	if (translates(st, pgd, st->probe_vaddr, 5))
-		return 0;
-	st->pgtable_levels = 0;
-	return 3;
+	if (!translates(st, pgd, st->probe_vaddr, 4) && !translates(st, pgd, st->probe_vaddr, 5)) {
+		st->pgtable_levels = 0;
+		return 3;
+	}
+	find_vmemmap(t, st);
+	return 0;
 }

@@ -64,6 +64,11 @@ struct ptwalk_state {
 	__u64 probe_pattern;
 	__u64 probe_max_gib;
 	__u64 probe_tries;
+	__u64 vmemmap_base;	/* struct page array, found by find_base; 0 if not found */
+	__u64 vmemmap_lo;	/* where find_base starts looking for it */
+	__u64 vmemmap_steps;	/* how many 1 GiB steps it may look */
+	__u32 check_young;	/* count PG_young (see table_word) as accessed */
+	__u32 pad0;
 	/* per-scan counters, reset by userspace before each scan */
 	__u64 n_vmas;
 	__u64 n_tables;
@@ -72,6 +77,7 @@ struct ptwalk_state {
 	__u64 read_errors;
 	__u64 skipped_huge_pud;
 	__u64 dup_vmas;
+	__u64 young_flag_hits;
 	__u64 last_mm;
 	__u64 last_vm_end;
 };

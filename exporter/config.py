@@ -16,8 +16,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_PORT = 9476
 _UNITS = {"ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-_SIZE_UNITS = {"": 1, "k": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mib": 1 << 20,
-               "g": 1 << 30, "gib": 1 << 30, "t": 1 << 40, "tib": 1 << 40}
+_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 
 def parse_duration(value: Any) -> float:
@@ -34,11 +33,10 @@ def parse_size(value: Any) -> int:
     """'64MiB', '1G', '4096' -> bytes."""
     if isinstance(value, int):
         return value
-    m = re.fullmatch(r"\s*([0-9]+)\s*([kKmMgGtT]?(?:i?[bB])?)\s*", str(value))
-    unit = m.group(2).lower().removesuffix("b") if m else None
-    if not m or unit not in _SIZE_UNITS:
+    m = re.fullmatch(r"\s*([0-9]+)\s*([kKmMgGtT]?)(?:i?[bB])?\s*", str(value))
+    if not m:
         raise ValueError(f"not a size: {value!r} (use e.g. 64MiB, 1GiB)")
-    return int(m.group(1)) * _SIZE_UNITS[unit]
+    return int(m.group(1)) * _SIZE_UNITS[m.group(2).lower()]
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]

@@ -62,8 +62,8 @@ def _map(spec: Spec) -> tuple[mmap.mmap, Path | None]:
         fd = os.memfd_create("pageheat-workload")
         path = None
     else:
-        f = tempfile.NamedTemporaryFile(dir=spec.dir, prefix="pageheat-workload-", delete=False)
-        fd, path = f.fileno(), Path(f.name)
+        fd, name = tempfile.mkstemp(dir=spec.dir, prefix="pageheat-workload-")
+        path = Path(name)
     os.ftruncate(fd, spec.size)
     m = mmap.mmap(fd, spec.size, flags=mmap.MAP_SHARED)
     os.close(fd)
@@ -74,13 +74,14 @@ def run(spec: Spec, truth: Path) -> None:
     region, path = _map(spec)
     buf = np.frombuffer(region, dtype=np.uint8)
     base_addr = buf.ctypes.data
-    offset = 0
-    if spec.backing == "anon":
-        offset = (-base_addr) % HUGE  # 2 MiB aligned, so THP can back it
-        if spec.thp:
-            region.madvise(mmap.MADV_HUGEPAGE, offset, spec.size)
-        else:
-            region.madvise(mmap.MADV_NOHUGEPAGE)
+    offset = (-base_addr) % HUGE if spec.backing == "anon" else 0  # aligned, so THP can back it
+    # Without --thp, keep 4 KiB mappings (file systems with large folios would map 2 MiB).
+    region.madvise(mmap.MADV_HUGEPAGE if spec.thp else mmap.MADV_NOHUGEPAGE, offset, spec.size)
+    if spec.backing == "file" and not spec.thp:
+        # No readahead, so the page cache holds single-page folios. File systems with large
+        # folios otherwise group 16-512 pages, and whoever else clears Accessed bits (DAMON)
+        # keeps what it saw per folio, not per page: see docs/ACCURACY.md.
+        region.madvise(mmap.MADV_RANDOM)
     words = buf[offset : offset + spec.size].view(np.uint64)
     per_page = PAGE // 8
     words[::per_page] = 1  # populate: write every page once

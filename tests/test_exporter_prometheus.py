@@ -1,0 +1,95 @@
+"""`pageheat serve` monitoring the ground-truth workload, scraped by a real Prometheus."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from conftest import PAGEHEAT, free_port, stop_process, wait_http
+
+pytestmark = [pytest.mark.kernel, pytest.mark.prometheus]
+
+
+def start_serve(tmp: Path, config: str, *args: str) -> tuple[subprocess.Popen, int, Path]:
+    port = free_port()
+    cfg = tmp / "pageheat.yml"
+    cfg.write_text(config)
+    log = tmp / "serve.log"
+    proc = subprocess.Popen([*PAGEHEAT, "serve", "--config", str(cfg), "--listen",
+                             f"127.0.0.1:{port}", *args],
+                            stdout=open(log, "w"), stderr=subprocess.STDOUT)
+    wait_http(f"http://127.0.0.1:{port}/healthz")
+    return proc, port, log
+
+
+def wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.5)
+
+
+def test_heatmap_idle_and_vanishing_series(ptwalk_ok, workload, prometheus_server, tmp_path):
+    # A contiguous hot band, so whole address bins are hot and others cold.
+    t = workload("--size", "256MiB", "--layout", "contiguous", "--hot", "0.25", "--warm", "0.05")
+    serve, port, log = start_serve(tmp_path, f"""
+targets: {{pids: [{t.pid}], top_rss: 0}}
+aging: 500ms
+cpu_budget: 0.5
+discovery_interval: 500ms
+expose_addresses: true
+""")
+    try:
+        prom = prometheus_server(f"""
+  - job_name: pageheat
+    static_configs: [{{targets: ['127.0.0.1:{port}']}}]
+""")
+        pid = f'pid="{t.pid}"'
+        wait_for(lambda: prom.query(f"pageheat_harvests_total{{{pid}}} > 20"), 60, "20 harvests")
+        time.sleep(3)
+
+        # Bins from the info metric (addresses exposed in this test's config).
+        bins = {}
+        for r in prom.query(f"pageheat_address_bin_info{{{pid}}}"):
+            m = r["metric"]
+            bins[int(m["bin"])] = (int(m["start"], 16), int(m["end"], 16))
+        hot_lo = t.start + int(t.hot[0]) * 4096
+        hot_hi = t.start + (int(t.hot[-1]) + 1) * 4096
+        region_hi = t.start + t.size
+        hot_bins = [b for b, (s, e) in bins.items() if s >= hot_lo and e <= hot_hi]
+        cold_bins = [b for b, (s, e) in bins.items()
+                     if s >= t.start and e <= region_hi and (e <= hot_lo or s >= hot_hi)]
+        assert len(hot_bins) >= 1 and len(cold_bins) >= 2, (bins, hot_lo, hot_hi)
+
+        # Per-bin rate: difference of consecutive cumulative buckets.
+        cum = {float(r["metric"]["le"]): float(r["value"][1]) for r in prom.query(
+            f"sum by (le) (rate(pageheat_accessed_pages_bucket{{{pid}}}[10s]))")}
+        les = sorted(cum)
+        per_bin = {int(le): cum[le] - (cum[les[i - 1]] if i else 0.0)
+                   for i, le in enumerate(les) if le != float("inf")}
+        hot_rate = min(per_bin[b] for b in hot_bins)
+        cold_rate = max(per_bin[b] for b in cold_bins)
+        assert hot_rate > 5 * cold_rate, (per_bin, hot_bins, cold_bins)
+        assert hot_rate > 100  # pages per second
+
+        # Cold pages of the region are idle for more than 2 s (never-accessed ones in +Inf).
+        idle = {r["metric"]["le"]: float(r["value"][1]) for r in prom.query(
+            f"sum by (le) (pageheat_idle_pages_bucket{{{pid}}})")}
+        assert idle["+Inf"] - idle["2.0"] >= len(t.cold)
+
+        t.proc.terminate()
+        t.proc.wait(10)
+        wait_for(lambda: not prom.query(f"pageheat_resident_pages{{{pid}}}"), 30,
+                 "series to vanish after the workload exited")
+        assert prom.query("pageheat_targets{job='pageheat'} == 0")
+    finally:
+        stop_process(serve)
+    text = log.read_text()
+    assert "Traceback" not in text, text
+    assert f"stopped following pid {t.pid}" in text
