@@ -34,7 +34,7 @@ def select(spec: Targets, proc: Path = procfs.PROC, self_pid: int | None = None)
     chosen: dict[int, Process] = {}
     for pid in spec.pids:
         p = _read(pid, proc)
-        if p:
+        if p and p.rss_pages:  # no memory: a kernel thread, or a zombie
             chosen[pid] = p
     if spec.comm_regex is None and spec.top_rss == 0:
         return sorted(chosen.values(), key=lambda p: -p.rss_pages)

@@ -216,8 +216,8 @@ class PtwalkSource:
             maps = procfs.read_maps(pid)
         except (FileNotFoundError, ProcessLookupError) as e:
             raise TargetGone(pid) from e
-        if len(vmas) == 0 and not procfs.pid_exists(pid):
-            raise TargetGone(pid)
+        if len(vmas) == 0:
+            raise TargetGone(pid)  # exited (a zombie has no mm left to walk)
         harvest = _decode(vmas, tables, raw, maps, self._nodes)
         t1 = _cpu()
         self._age(pid)
