@@ -4,4 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+export PATH="$PWD/.venv/bin:$PATH"  # vng and virtme-configkernel for the lab
 exec .venv/bin/python -m pytest "$@"
