@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from pageheat import procfs
 from pageheat.config import parse_size
 from pageheat.sources.ptwalk import PtwalkSource
