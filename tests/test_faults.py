@@ -128,3 +128,24 @@ discovery_interval: 100ms
     assert "Traceback" not in text, text
     assert text.count("following pid") >= 100, "the daemon should have followed most of them"
     assert bpf_object_counts() == objects
+
+
+def test_nothing_lost_at_scale(ptwalk_ok, workload) -> None:
+    """An 8 GiB mapping (the sketch's seq_file output lost almost all of it), scanned with
+    buffers deliberately too small: the source grows them and scans again."""
+    from pageheat.sources.ptwalk import PtwalkSource, _Capacity
+
+    t = workload("--size", "8GiB", "--hot", "0.001", "--warm", "0")
+    src = PtwalkSource()
+    try:
+        src.attach(t.pid)
+        src._reload(_Capacity(vmas=4, tables=16))
+        h = src.cycle(t.pid)
+        lo, hi = t.start >> 12, (t.start + t.size) >> 12
+        in_region = (h.pages.vpn >= lo) & (h.pages.vpn < hi)
+        assert int(in_region.sum()) == t.pages
+        assert src._cap.tables >= t.pages // 512
+        hot = lo + t.hot.astype("uint64")
+        assert h.pages.accessed[in_region][t.hot].all() and (h.pages.vpn[in_region][t.hot] == hot).all()
+    finally:
+        src.close()

@@ -117,7 +117,11 @@ class PtwalkSource:
         st = self._state
         st["max_vmas"], st["max_tables"] = self._cap.vmas, self._cap.tables
         st["max_raw"], st["copy_raw"] = obj.max_entries("raw"), int(self._copy_raw)
-        self._find_direct_map()
+        try:
+            self._find_direct_map()
+        except BaseException:
+            self._unload()
+            raise
         st["check_young"] = int(self._check_young)
 
     def _find_direct_map(self) -> None:
@@ -276,6 +280,7 @@ class PtwalkSource:
                 return self._vmas[:n_v].copy(), self._tables[:n_t].copy(), raw.copy(), counters
             need = _Capacity(self._cap.vmas + counters["dropped_vmas"],
                              self._cap.tables + counters["dropped_tables"])
+            del st  # no view of the old maps may survive their unmapping
             self._reload(_grow(self._cap, need))
         raise SourceError(f"ptwalk: layout of {pid} kept outgrowing the buffers")
 
