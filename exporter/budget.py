@@ -24,12 +24,10 @@ def intervals(cost: dict[int, float], base: float, budget: float) -> dict[int, f
         return dict.fromkeys(cost, base)
     # Find cap: the smallest targets keep their full usage, the rest share what is left.
     order = sorted(usage.values())
-    remaining, cap = budget, 0.0
+    remaining = budget
     for i, u in enumerate(order):
         share = remaining / (len(order) - i)
-        if u <= share:
-            remaining -= u
-        else:
-            cap = share
-            break
-    return {k: base if usage[k] <= cap else cost[k] / cap for k in cost}
+        if u > share:
+            return {k: base if usage[k] <= share else cost[k] / share for k in cost}
+        remaining -= u
+    return dict.fromkeys(cost, base)  # everything fitted after all (rounding at the boundary)

@@ -44,9 +44,9 @@ class PageheatCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         views = sorted(self.views().values(), key=lambda v: -v.resident_pages)
         kept, budget, dropped_series = [], self.cfg.max_series - SELF_SERIES, 0
-        for v in views:
+        for v in views:  # largest first; once one does not fit, it and all smaller ones go
             n = v.series_count(self.cfg.never_accessed_mappings)
-            if n <= budget:
+            if n <= budget and not dropped_series:
                 kept.append(v)
                 budget -= n
             else:

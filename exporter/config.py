@@ -108,7 +108,7 @@ def load(path: Path | None, overrides: dict[str, Any]) -> Config:
     for key, value in overrides.items():
         if key == "pids":
             # --pid names exactly the processes to follow.
-            data["targets"] = {**data.get("targets", {}), "pids": value, "top_rss": 0}
+            data["targets"] = {**data.get("targets", {}), "pids": value, "top_rss": 0, "comm_regex": None}
         else:
             data[key] = value
     return Config(**data)

@@ -26,7 +26,8 @@ class NodeMap:
         block = int((sys / "devices/system/memory/block_size_bytes").read_text(), 16) >> 12
         ranges: list[tuple[int, int, int]] = []
         nodes = []
-        for node_dir in sorted((sys / "devices/system/node").glob("node[0-9]*")):
+        node_dirs = (sys / "devices/system/node").glob("node[0-9]*")
+        for node_dir in sorted(node_dirs, key=lambda d: int(d.name[4:])):
             nid = int(node_dir.name[4:])
             nodes.append(nid)
             for mem in node_dir.glob("memory[0-9]*"):
@@ -47,7 +48,8 @@ class NodeMap:
         return self.nodes[0] if len(self.nodes) == 1 else None
 
     def node_of(self, pfn: np.ndarray) -> np.ndarray:
-        """Node of each PFN; -1 for frames in no node's blocks (device memory, holes)."""
+        """Node of each PFN; -1 for frames in no node's blocks (device memory, holes) when
+        there are several nodes. With one node every frame is that node's: no lookup."""
         if self.single is not None:
             return np.full(len(pfn), self.single, dtype=np.int16)
         i = np.searchsorted(self.start, pfn, side="right") - 1

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
 import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,8 +49,11 @@ class WebConfig:
             t = spec.tls_server_config
             base = path.parent
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            ctx.minimum_version = {"TLS12": ssl.TLSVersion.TLSv1_2,
-                                   "TLS13": ssl.TLSVersion.TLSv1_3}[t.min_version]
+            # TLS 1.0 and 1.1 are deliberately refused, although the format allows them.
+            versions = {"TLS12": ssl.TLSVersion.TLSv1_2, "TLS13": ssl.TLSVersion.TLSv1_3}
+            if t.min_version not in versions:
+                raise ValueError(f"min_version {t.min_version!r}: expected one of {', '.join(versions)}")
+            ctx.minimum_version = versions[t.min_version]
             ctx.load_cert_chain(base / t.cert_file, base / t.key_file)
             if t.client_auth_type == "RequireAndVerifyClientCert":
                 if not t.client_ca_file:
@@ -58,6 +62,9 @@ class WebConfig:
                 ctx.load_verify_locations(base / t.client_ca_file)
             elif t.client_auth_type != "NoClientCert":
                 raise ValueError(f"unsupported client_auth_type {t.client_auth_type!r}")
+        for user, hashed in spec.basic_auth_users.items():
+            if not re.fullmatch(r"\$2[abxy]\$\d\d\$[./A-Za-z0-9]{53}", hashed):
+                raise ValueError(f"basic_auth_users.{user}: not a bcrypt hash")
         return cls(ctx, {u: h.encode() for u, h in spec.basic_auth_users.items()})
 
     def authorized(self, header: str | None) -> bool:
@@ -79,7 +86,11 @@ class WebConfig:
             return True
         import bcrypt  # only needed when basic auth is configured
 
-        if bcrypt.checkpw(password.encode(), hashed.replace(b"$2y$", b"$2b$", 1)):
+        try:
+            ok = bcrypt.checkpw(password.encode(), hashed.replace(b"$2y$", b"$2b$", 1))
+        except ValueError:  # e.g. longer than bcrypt's 72 bytes: cannot match
+            return False
+        if ok:
             self._ok.add(digest)
             return True
         return False

@@ -1,0 +1,402 @@
+"""Unit tests for exporter/aggregate.py: address bins, per-page history and the summaries of a view.
+
+Expectations come from slow, page-by-page reference computations written here, never from the
+numpy code under test.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import Counter
+
+import numpy as np
+import pytest
+from pageheat.aggregate import (
+    IDLE_BOUNDS,
+    N_TYPES,
+    REBIN_OUTSIDE_FRACTION,
+    Bins,
+    TargetState,
+    make_bins,
+    mapping_label,
+)
+from pageheat.sources.base import Harvest, Pages, VmaKind, Vmas
+
+PAGE = 4096
+
+
+def vmas_of(*specs: tuple) -> Vmas:
+    """specs: (start_vpn, n_pages, name[, kind[, accessible]])."""
+    start, end, kind, acc, names = [], [], [], [], []
+    for s in specs:
+        vpn, n, name = s[0], s[1], s[2]
+        start.append(vpn * PAGE)
+        end.append((vpn + n) * PAGE)
+        kind.append(s[3] if len(s) > 3 else (VmaKind.FILE if name.startswith("/") else VmaKind.ANON))
+        acc.append(s[4] if len(s) > 4 else True)
+        names.append(name)
+    return Vmas(np.array(start, np.uint64), np.array(end, np.uint64), np.array(kind, np.uint8),
+                np.array(acc, bool), names)
+
+
+def vma_index(vmas: Vmas, vpn: int) -> int:
+    for i in range(len(vmas)):
+        if int(vmas.start[i]) // PAGE <= vpn < int(vmas.end[i]) // PAGE:
+            return i
+    raise AssertionError(f"vpn {vpn:#x} in no mapping")
+
+
+def pages_of(vmas: Vmas, vpns, accessed, node=None, ptype=None) -> Pages:
+    vpns = list(vpns)
+    order = sorted(range(len(vpns)), key=lambda i: vpns[i])
+    n = len(vpns)
+    node = [0] * n if node is None else list(node)
+    ptype = [0] * n if ptype is None else list(ptype)
+    accessed = list(accessed)
+    return Pages(
+        vpn=np.array([vpns[i] for i in order], np.uint64),
+        accessed=np.array([bool(accessed[i]) for i in order], bool),
+        node=np.array([node[i] for i in order], np.int16),
+        type=np.array([ptype[i] for i in order], np.uint8),
+        thp=np.zeros(n, bool),
+        vma=np.array([vma_index(vmas, vpns[i]) for i in order], np.int32),
+    )
+
+
+def harvest(vmas: Vmas, pages: Pages, t: float) -> Harvest:
+    return Harvest(pid=42, time=t, pages=pages, vmas=vmas, harvest_seconds=0.0, aging_seconds=0.0)
+
+
+def mapped_vpns(vmas: Vmas) -> list[int]:
+    """Every page of the mappings that take part in binning, in address order (slow reference)."""
+    out = []
+    for i in range(len(vmas)):
+        if vmas.kind[i] == VmaKind.OTHER or not vmas.accessible[i]:
+            continue
+        out.extend(range(int(vmas.start[i]) // PAGE, int(vmas.end[i]) // PAGE))
+    return out
+
+
+def ref_bin(edges: list[int], vpn: int) -> int:
+    n = len(edges) - 1
+    return min(max(bisect.bisect_right(edges, vpn) - 1, 0), n - 1)
+
+
+def ref_idle_bucket(age: float | None) -> int:
+    if age is None:
+        return len(IDLE_BOUNDS) - 1
+    for i, bound in enumerate(IDLE_BOUNDS):
+        if age <= bound:
+            return i
+    raise AssertionError("IDLE_BOUNDS ends with inf")
+
+
+# --- mapping_label ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("name", "label"), [
+    ("", "anon"),
+    ("[heap]", "[heap]"),
+    ("[stack]", "[stack]"),
+    ("/usr/lib/x86_64-linux-gnu/libc.so.6", "libc.so.6"),
+    ("/tmp/data file.bin (deleted)", "data file.bin"),
+    ("/memfd:pageheat-workload (deleted)", "memfd:pageheat-workload"),
+])
+def test_mapping_label_is_short_and_address_free(name: str, label: str) -> None:
+    assert mapping_label(name) == label
+
+
+# --- make_bins / Bins ---------------------------------------------------------------------------
+
+
+def test_make_bins_splits_mapped_pages_into_equal_parts_squeezing_gaps() -> None:
+    vmas = vmas_of((0x10000, 100, "/bin/a"), (0x20000, 37, ""), (0x7f000, 63, "[stack]", VmaKind.STACK))
+    n = 8
+    bins = make_bins(vmas, n)
+    mapped = mapped_vpns(vmas)
+    total = len(mapped)
+    assert bins.n == n and bins.mapped_pages == total
+    # Edge i is the vpn of the (i * total // n)-th mapped page; the last edge is the end of the mapping.
+    expected = [mapped[i * total // n] for i in range(n)] + [int(vmas.end[-1]) // PAGE]
+    assert [int(e) for e in bins.edges] == expected
+    counts = Counter(ref_bin(expected, v) for v in mapped)
+    per_bin = [counts[i] for i in range(n)]
+    assert set(per_bin) <= {total // n, -(-total // n)}
+    assert [int(b) for b in bins.bytes] == [c * PAGE for c in per_bin]
+    assert int(bins.bytes.sum()) == total * PAGE
+
+
+def test_make_bins_leaves_out_prot_none_and_special_mappings() -> None:
+    vmas = vmas_of((0x1000, 50, "/bin/a"), (0x2000, 1000, "", VmaKind.ANON, False),
+                   (0x4000, 30, "[heap]", VmaKind.HEAP), (0x9000, 2, "[vvar]", VmaKind.OTHER))
+    bins = make_bins(vmas, 4)
+    assert bins.mapped_pages == 80
+    assert int(bins.edges[0]) == 0x1000 and int(bins.edges[-1]) == 0x4000 + 30
+    assert int(bins.bytes.sum()) == 80 * PAGE
+    assert all("anon" not in lab and "[vvar]" not in lab for lab in bins.labels)
+
+
+def test_bin_labels_name_the_mappings_covering_most_of_each_bin() -> None:
+    # 4 bins of 25 pages: [a a a a ... | ...] where libfoo has 60 pages, [heap] 30, anon 10.
+    vmas = vmas_of((0x1000, 60, "/usr/lib/libfoo.so"), (0x5000, 30, "[heap]", VmaKind.HEAP),
+                   (0x9000, 10, ""))
+    bins = make_bins(vmas, 4)
+    mapped = mapped_vpns(vmas)
+    edges = [int(e) for e in bins.edges]
+    expected = []
+    for b in range(4):
+        c: Counter[str] = Counter()
+        for v in mapped:
+            if ref_bin(edges, v) == b:
+                c[mapping_label(vmas.names[vma_index(vmas, v)])] += 1
+        expected.append(",".join(k for k, _ in c.most_common(2)))
+    assert list(bins.labels) == expected
+    # By construction: bins of 25 pages; bin 2 holds 10 libfoo + 15 heap, bin 3 15 heap + 10 anon.
+    assert bins.labels == ("libfoo.so", "libfoo.so", "[heap],libfoo.so", "[heap],anon")
+
+
+def test_make_bins_with_more_bins_than_pages_keeps_edges_sorted() -> None:
+    vmas = vmas_of((0x1000, 3, ""))
+    bins = make_bins(vmas, 8)
+    assert bins.n == 8 and bins.mapped_pages == 3
+    assert np.all(np.diff(bins.edges.astype(np.int64)) >= 0)
+    assert int(bins.bytes.sum()) == 3 * PAGE
+    # Every mapped page lands in a bin that has bytes.
+    for v in mapped_vpns(vmas):
+        b = int(bins.of(np.array([v], np.uint64))[0])
+        assert bins.bytes[b] > 0
+
+
+def test_bins_of_matches_reference_and_clamps_outside_pages_to_end_bins() -> None:
+    vmas = vmas_of((0x10000, 40, "/bin/a"), (0x30000, 24, ""))
+    bins = make_bins(vmas, 5)
+    edges = [int(e) for e in bins.edges]
+    probe = [0x0, 0xffff, *range(0x10000, 0x10028), 0x20000, *range(0x30000, 0x30018),
+             0x30018, 0x30019, 0xfffff]
+    got = bins.of(np.array(probe, np.uint64))
+    assert [int(b) for b in got] == [ref_bin(edges, v) for v in probe]
+    assert int(got[0]) == 0 and int(got[1]) == 0
+    assert int(got[-1]) == bins.n - 1
+    outside = sum(1 for v in probe if v < edges[0] or v >= edges[-1])
+    assert outside == 5
+    assert bins.outside(np.array(probe, np.uint64)) == outside
+
+
+def test_make_bins_without_mapped_pages_is_empty_but_valid() -> None:
+    vmas = Vmas(np.zeros(0, np.uint64), np.zeros(0, np.uint64), np.zeros(0, np.uint8),
+                np.zeros(0, bool), [])
+    bins = make_bins(vmas, 4)
+    assert bins.n == 4 and bins.mapped_pages == 0
+    assert int(bins.bytes.sum()) == 0
+    assert isinstance(bins, Bins)
+
+
+# --- TargetState.update against a page-by-page reference ------------------------------------------
+
+
+class RefTarget:
+    """Slow model of one target: per-page last access, carried only across consecutive harvests."""
+
+    def __init__(self, cold_after: float) -> None:
+        self.cold_after = cold_after
+        self.last: dict[int, float | None] = {}
+        self.cum: Counter[tuple[int, int, int]] = Counter()
+
+    def update(self, pages: Pages, vmas: Vmas, now: float, edges: list[int]) -> dict:
+        last: dict[int, float | None] = {}
+        for i in range(len(pages)):
+            v = int(pages.vpn[i])
+            last[v] = now if pages.accessed[i] else self.last.get(v)
+        self.last = last
+        idle: Counter[tuple[int, int, int]] = Counter()
+        idle_seconds: Counter[tuple[int, int]] = Counter()
+        resident: Counter[tuple[int, int, int]] = Counter()
+        never: Counter[str] = Counter()
+        cold = 0
+        for i in range(len(pages)):
+            v = int(pages.vpn[i])
+            combo = (int(pages.node[i]), int(pages.type[i]))
+            b = ref_bin(edges, v)
+            resident[(*combo, b)] += 1
+            if pages.accessed[i]:
+                self.cum[(*combo, b)] += 1
+            age = None if last[v] is None else now - last[v]
+            idle[(*combo, ref_idle_bucket(age))] += 1
+            if age is None:
+                never[mapping_label(vmas.names[int(pages.vma[i])])] += 1
+                cold += 1
+            else:
+                idle_seconds[combo] += age
+                cold += age > self.cold_after
+        return {"idle": idle, "idle_seconds": idle_seconds, "resident": resident, "never": never,
+                "cold": cold, "wss": int(np.count_nonzero(pages.accessed)), "cum": Counter(self.cum)}
+
+
+def view_dicts(view) -> dict:
+    idle, idle_s, res, cum = Counter(), Counter(), Counter(), Counter()
+    for row, combo in enumerate(view.combos):
+        for k, n in enumerate(view.idle[row]):
+            if n:
+                idle[(*combo, k)] = int(n)
+        if view.idle_seconds[row]:
+            idle_s[combo] = float(view.idle_seconds[row])
+        for b in range(view.bins.n):
+            if view.resident[row][b]:
+                res[(*combo, b)] = int(view.resident[row][b])
+            if view.accessed_cum[row][b]:
+                cum[(*combo, b)] = int(view.accessed_cum[row][b])
+    return {"idle": idle, "idle_seconds": idle_s, "resident": res, "cum": cum}
+
+
+def test_update_matches_page_by_page_reference_over_many_harvests() -> None:
+    rng = np.random.default_rng(7)
+    vmas = vmas_of((0x10000, 300, "/usr/lib/libx.so"), (0x20000, 200, "[heap]", VmaKind.HEAP),
+                   (0x7ff00, 100, ""))
+    universe = np.array(mapped_vpns(vmas))
+    node_of = dict(zip(universe.tolist(), rng.integers(0, 2, len(universe)).tolist(), strict=True))
+    type_of = dict(zip(universe.tolist(), rng.integers(0, N_TYPES, len(universe)).tolist(), strict=True))
+    state = TargetState(42, "x", n_bins=6, cold_after=30.0)
+    ref = RefTarget(cold_after=30.0)
+    # Irregular times so ages fall on, between and beyond the bucket bounds (1 s and 2 s exactly).
+    times = [100.0, 101.0, 102.0, 104.5, 110.0, 150.0, 200.0, 900.0, 5000.0, 5001.0]
+    for k, t in enumerate(times):
+        resident = universe[rng.random(len(universe)) < (1.0 if k < 3 else 0.85)]
+        accessed = rng.random(len(resident)) < 0.3
+        pages = pages_of(vmas, resident.tolist(), accessed.tolist(),
+                         [node_of[v] for v in resident.tolist()], [type_of[v] for v in resident.tolist()])
+        view = state.update(harvest(vmas, pages, t), interval=1.0)
+        edges = [int(e) for e in view.bins.edges]
+        want = ref.update(pages, vmas, t, edges)
+        got = view_dicts(view)
+        assert got["idle"] == want["idle"], f"harvest {k}"
+        assert got["resident"] == want["resident"], f"harvest {k}"
+        assert got["cum"] == want["cum"], f"harvest {k}"
+        assert got["idle_seconds"].keys() == {c for c, s in want["idle_seconds"].items() if s}
+        for c, s in want["idle_seconds"].items():
+            assert got["idle_seconds"].get(c, 0.0) == pytest.approx(s)
+        assert view.never_accessed == dict(want["never"])
+        assert view.cold_pages == want["cold"]
+        assert view.wss_pages == want["wss"]
+        assert view.resident_pages == len(resident)
+        assert view.harvests == k + 1
+        assert view.time == t
+        assert view.rebins == 0
+
+
+def test_never_accessed_pages_count_only_in_the_inf_idle_bucket() -> None:
+    vmas = vmas_of((0x1000, 10, "/data/f"))
+    state = TargetState(1, "x", n_bins=2, cold_after=1e9)
+    vpns = list(range(0x1000, 0x100a))
+    state.update(harvest(vmas, pages_of(vmas, vpns, [1] * 5 + [0] * 5), 0.0), 1.0)
+    # 10000 s later: the 5 accessed pages are older than the last finite bound (3600 s).
+    view = state.update(harvest(vmas, pages_of(vmas, vpns, [0] * 10), 10000.0), 1.0)
+    assert view.combos == ((0, 0),)
+    idle = view.idle[0]
+    assert int(idle[:-1].sum()) == 0
+    assert int(idle[-1]) == 10
+    assert view.never_accessed == {"f": 5}
+    assert float(view.idle_seconds[0]) == pytest.approx(5 * 10000.0)  # never-accessed add no age
+    # Now with a young access: never-accessed pages are still only in +Inf, not in le=1.
+    view = state.update(harvest(vmas, pages_of(vmas, vpns, [1] * 5 + [0] * 5), 10000.5), 1.0)
+    assert int(view.idle[0][0]) == 5 and int(view.idle[0][-1]) == 5
+    assert int(view.idle[0][1:-1].sum()) == 0
+
+
+def test_page_that_leaves_and_returns_starts_a_fresh_history() -> None:
+    vmas = vmas_of((0x1000, 4, ""))
+    state = TargetState(1, "x", n_bins=2, cold_after=10.0)
+    state.update(harvest(vmas, pages_of(vmas, [0x1000, 0x1001], [1, 1]), 0.0), 1.0)
+    state.update(harvest(vmas, pages_of(vmas, [0x1000], [0]), 1.0), 1.0)  # 0x1001 swapped out
+    view = state.update(harvest(vmas, pages_of(vmas, [0x1000, 0x1001, 0x1002], [0, 0, 0]), 3.0), 1.0)
+    # 0x1000: idle 3 s (le=5); 0x1001 and 0x1002: never seen accessed since they became resident.
+    assert int(view.idle[0][IDLE_BOUNDS.index(5.0)]) == 1
+    assert int(view.idle[0][-1]) == 2
+    assert view.never_accessed == {"anon": 2}
+    assert view.cold_pages == 2
+    assert float(view.idle_seconds[0]) == pytest.approx(3.0)
+
+
+def test_accessed_cum_is_monotonic_and_keeps_combos_that_vanish() -> None:
+    vmas = vmas_of((0x1000, 8, ""), (0x2000, 8, "/f"))
+    state = TargetState(1, "x", n_bins=4, cold_after=10.0)
+    anon = list(range(0x1000, 0x1008))
+    filep = list(range(0x2000, 0x2008))
+    # Harvest 1: anon pages on node 0 and file pages on node 1, all accessed.
+    v1 = state.update(harvest(vmas, pages_of(vmas, anon + filep, [1] * 16, [0] * 8 + [1] * 8,
+                                             [0] * 8 + [1] * 8), 1.0), 1.0)
+    assert set(v1.combos) == {(0, 0), (1, 1)}
+    before = {c: v1.accessed_cum[i].copy() for i, c in enumerate(v1.combos)}
+    # Harvest 2: the file pages are gone; half the anon pages are accessed.
+    v2 = state.update(harvest(vmas, pages_of(vmas, anon, [1, 0] * 4), 2.0), 1.0)
+    assert set(v2.combos) == {(0, 0), (1, 1)}
+    after = {c: v2.accessed_cum[i] for i, c in enumerate(v2.combos)}
+    for c in before:
+        assert np.all(after[c] >= before[c]), c
+    np.testing.assert_array_equal(after[(1, 1)], before[(1, 1)])
+    assert int(after[(0, 0)].sum()) == 8 + 4
+    row = v2.combos.index((1, 1))
+    assert int(v2.resident[row].sum()) == 0 and int(v2.idle[row].sum()) == 0
+
+
+def test_pages_on_no_node_keep_node_minus_one() -> None:
+    vmas = vmas_of((0x1000, 4, ""))
+    state = TargetState(1, "x", n_bins=2, cold_after=10.0)
+    state.update(harvest(vmas, pages_of(vmas, [0x1000, 0x1001], [1, 1], [-1, 0], [2, 0]), 1.0), 1.0)
+    view = state.update(harvest(vmas, pages_of(vmas, [0x1001], [1], [0], [0]), 2.0), 1.0)
+    assert set(view.combos) == {(-1, 2), (0, 0)}
+    row = view.combos.index((-1, 2))
+    assert int(view.accessed_cum[row].sum()) == 1
+
+
+# --- rebin triggers ------------------------------------------------------------------------------
+
+
+def _one_harvest(state: TargetState, vmas: Vmas, t: float, vpns=None):
+    vpns = mapped_vpns(vmas) if vpns is None else vpns
+    return state.update(harvest(vmas, pages_of(vmas, vpns, [0] * len(vpns)), t), 1.0)
+
+
+def test_no_rebin_when_mapped_size_stays_within_factor_two() -> None:
+    state = TargetState(1, "x", n_bins=4, cold_after=10.0)
+    v1 = _one_harvest(state, vmas_of((0x1000, 100, "")), 1.0)
+    # Exactly twice the size (the bound is inclusive), with all pages inside the old bins' range.
+    v2 = _one_harvest(state, vmas_of((0x1000, 100, ""), (0x1080, 100, "")), 2.0, list(range(0x1000, 0x1064)))
+    assert v2.rebins == 0
+    assert v2.bins is v1.bins
+
+
+def test_rebin_when_mapped_size_more_than_doubles() -> None:
+    state = TargetState(1, "x", n_bins=4, cold_after=10.0)
+    _one_harvest(state, vmas_of((0x1000, 100, "")), 1.0)
+    vmas = vmas_of((0x1000, 100, ""), (0x1080, 101, ""))
+    v2 = _one_harvest(state, vmas, 2.0, list(range(0x1000, 0x1064)))
+    assert v2.rebins == 1
+    assert v2.bins.mapped_pages == 201
+
+
+def test_rebin_when_mapped_size_shrinks_below_half() -> None:
+    state = TargetState(1, "x", n_bins=4, cold_after=10.0)
+    _one_harvest(state, vmas_of((0x1000, 100, "")), 1.0)
+    v2 = _one_harvest(state, vmas_of((0x1000, 49, "")), 2.0)
+    assert v2.rebins == 1 and v2.bins.mapped_pages == 49
+
+
+@pytest.mark.parametrize(("n_outside", "rebinned"), [(10, False), (11, True)])
+def test_rebin_when_too_many_pages_lie_outside_the_bins(n_outside: int, rebinned: bool) -> None:
+    state = TargetState(1, "x", n_bins=4, cold_after=10.0)
+    _one_harvest(state, vmas_of((0x1000, 100, "")), 1.0)
+    vmas = vmas_of((0x1000, 100, ""), (0x9000, 20, ""))  # same order of size: ratio 1.2
+    vpns = list(range(0x1000, 0x1000 + 100 - n_outside)) + list(range(0x9000, 0x9000 + n_outside))
+    assert (n_outside > REBIN_OUTSIDE_FRACTION * len(vpns)) == rebinned  # the rule, by construction
+    v2 = _one_harvest(state, vmas, 2.0, vpns)
+    assert v2.rebins == int(rebinned)
+    if rebinned:
+        assert int(v2.bins.edges[-1]) == 0x9000 + 20
+        assert v2.bins.outside(np.array(vpns, np.uint64)) == 0
+
+
+def test_no_rebin_when_mapped_size_halves_exactly() -> None:
+    state = TargetState(1, "x", n_bins=4, cold_after=10.0)
+    _one_harvest(state, vmas_of((0x1000, 100, "")), 1.0)
+    v2 = _one_harvest(state, vmas_of((0x1000, 50, "")), 2.0)
+    assert v2.rebins == 0 and v2.bins.mapped_pages == 100
