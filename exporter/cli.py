@@ -79,6 +79,14 @@ def parser() -> argparse.ArgumentParser:
 
     add_arguments(w)
 
+    t = sub.add_parser("top", help="live terminal heatmap of one process")
+    t.add_argument("--pid", type=_pid, help="follow this process")
+    t.add_argument("--connect", metavar="URL", help="follow a running `pageheat serve` (http://HOST:PORT)")
+    t.add_argument("--source", choices=("auto", *NAMES[:3]), default="auto")
+    t.add_argument("--aging", type=_duration, default=0.5, help="aging interval (default 500ms)")
+    t.add_argument("--aggregate", type=int, default=3, metavar="N", help="agings per column (default 3)")
+    t.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD ARGS...: launch and follow")
+
     m = sub.add_parser("demo", help="serve metrics for a built-in workload and print its heat")
     m.add_argument("--seconds", type=float, default=20.0)
     m.add_argument("--listen", default=f"127.0.0.1:{config.DEFAULT_PORT}")
@@ -121,6 +129,8 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         run(spec_from_args(args), args.truth)
         return 0
+    if args.command == "top":
+        return _top(args)
     if args.command == "demo":
         from .demo import run as demo
 
@@ -166,6 +176,21 @@ def _run_daemon(daemon: object) -> int:
 
     uvloop.run(runner())
     return 0
+
+
+def _top(args: argparse.Namespace) -> int:
+    from .top import run
+
+    cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+    if sum(bool(x) for x in (args.pid, cmd, args.connect)) != 1 and not (args.connect and args.pid):
+        raise UsageError("top needs one of --pid PID, --connect URL or -- CMD ARGS...")
+    if args.aging < 0.1:
+        raise UsageError("--aging must be at least 100ms")
+    if args.aggregate < 1:
+        raise UsageError("--aggregate must be at least 1")
+    if args.pid and not args.connect and not procfs.pid_exists(args.pid):
+        raise UsageError(f"no such process: {args.pid}")
+    return run(args.pid, cmd, args.connect, args.source, args.aging, args.aggregate)
 
 
 def _snapshot(args: argparse.Namespace) -> int:

@@ -43,7 +43,8 @@ class Daemon:
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="harvest")
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(PageheatCollector(cfg, lambda: self.views, self.stats, source.name))
-        self.http = HttpServer(self.registry, web or WebConfig(), {"/api/v1/targets": self._api_targets})
+        self.http = HttpServer(self.registry, web or WebConfig(), {"/api/v1/targets": self._api_targets,
+                                                                 "/api/v1/heat": self._api_heat})
 
     async def run(self, stop: asyncio.Event) -> None:
         host, port = self.cfg.host_port
@@ -167,3 +168,18 @@ class Daemon:
                  "resident_pages": v.resident_pages, "working_set_pages": v.wss_pages,
                  "cold_pages": v.cold_pages, "harvests": v.harvests, "bins": v.bins.n}
                 for v in self.views.values()]
+
+    async def _api_heat(self) -> Any:
+        """Latest per-bin counts of every target, for `pageheat top --connect` (cumulative
+        accessed: the client takes differences). Addresses only with expose_addresses."""
+        expose = self.cfg.expose_addresses
+        return {"source": self.source.name, "expose_addresses": expose, "targets": [
+            {"pid": v.pid, "comm": v.comm, "time": v.time, "interval": v.interval, "harvests": v.harvests,
+             "rebins": v.rebins, "bins": v.bins.n, "labels": list(v.bins.labels),
+             "mapped_pages": v.bins.mapped_pages,
+             "addrs": [hex(int(e) << 12) for e in v.bins.edges[:-1]] if expose else None,
+             "combos": [list(c) for c in v.combos], "accessed_cum": v.accessed_cum.tolist(),
+             "resident": v.resident.tolist(), "never_accessed": v.never_accessed,
+             "wss_pages": v.wss_pages, "resident_pages": v.resident_pages, "cold_pages": v.cold_pages,
+             "cost_s": self._cost.get(v.pid, 0.0)}
+            for v in self.views.values()]}

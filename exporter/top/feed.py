@@ -1,0 +1,336 @@
+"""Where `pageheat top` gets its data: one ``Sample`` per aging, binned for display.
+
+``LocalFeed`` drives a source (``pageheat.sources``) and the aggregator
+(``TargetState.update``) unchanged, and bins every harvest into display bins made with
+``make_bins`` over the whole process or over the zoomed range only. ``RemoteFeed`` follows a
+running ``pageheat serve`` through ``/api/v1/heat``; it sees the daemon's bins only.
+
+Both ``step`` methods block (system calls, HTTP) and run on a worker thread.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..aggregate import Bins, TargetState, make_bins, mapping_label
+from ..sources.base import PAGE_TYPE_NAMES, VMA_KIND_NAMES, Harvest, Source, Vmas
+
+PAGE = 4096
+DEFAULT_BINS = 64
+TABLE_ROWS = 40
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The display bins: what each row of the heatmap covers."""
+
+    labels: tuple[str, ...]  # mapping name(s) per bin
+    addrs: tuple[int, ...] | None  # start address per bin; None when addresses are hidden
+    bin_pages: float  # mapped pages per bin (average)
+    zoom: tuple[int, int] | None  # (start, end) addresses when zoomed in
+    key: tuple = ()  # changes whenever the bins change
+    end: int = 0  # end address of the last bin (0: unknown)
+
+    @property
+    def n(self) -> int:
+        return len(self.labels)
+
+
+@dataclass(frozen=True)
+class MappingRow:
+    name: str
+    kind: str
+    start: int | None
+    end: int | None
+    resident: int
+    accessed: int  # in the latest interval
+    never: int  # resident pages never seen accessed
+    idle_median: float  # seconds; inf: the median page was never accessed; nan: unknown
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One aging interval, binned. Arrays have one element per display bin."""
+
+    time: float
+    layout: Layout
+    accessed: np.ndarray  # int64 pages accessed in the interval
+    resident: np.ndarray  # int64
+    node: np.ndarray  # int16 dominant NUMA node, -1: none
+    type: np.ndarray  # int8 dominant PageType, -1: none
+    idle: np.ndarray  # float64 median idle seconds (inf: never accessed, nan: nothing resident)
+    never: np.ndarray  # int64 resident pages never seen accessed
+    harvest_s: float = 0.0
+    aging_s: float = 0.0
+    interval: float = 0.0  # effective aging interval: time since the previous harvest
+    wss_pages: int = 0
+    resident_pages: int = 0
+    cold_pages: int = 0
+    mappings: tuple[MappingRow, ...] = ()
+    agings: int = 1  # agings this sample covers (over --connect a poll can see several)
+    extra: dict = field(default_factory=dict)
+
+
+def _median_by_group(group: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
+    """Median of ``values`` per group index in [0, n); nan for empty groups."""
+    out = np.full(n, np.nan)
+    if len(group) == 0:
+        return out
+    order = np.lexsort((values, group))
+    counts = np.bincount(group, minlength=n)
+    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+    has = counts > 0
+    out[has] = values[order][starts[has] + counts[has] // 2]
+    return out
+
+
+def _dominant(group: np.ndarray, category: np.ndarray, n: int, n_cat: int) -> np.ndarray:
+    """Most frequent category per group; -1 for empty groups."""
+    if len(group) == 0 or n_cat == 0:
+        return np.full(n, -1, dtype=np.int16)
+    counts = np.bincount(group * n_cat + category, minlength=n * n_cat).reshape(n, n_cat)
+    dom = counts.argmax(axis=1).astype(np.int16)
+    dom[counts.sum(axis=1) == 0] = -1
+    return dom
+
+
+def clip_vmas(vmas: Vmas, lo: int, hi: int) -> Vmas:
+    """The mappings overlapping [lo, hi), cut to it."""
+    keep = np.flatnonzero((vmas.end > np.uint64(lo)) & (vmas.start < np.uint64(hi)))
+    return Vmas(np.maximum(vmas.start[keep], np.uint64(lo)), np.minimum(vmas.end[keep], np.uint64(hi)),
+                vmas.kind[keep], vmas.accessible[keep], [vmas.names[i] for i in keep])
+
+
+class LocalFeed:
+    """Follows one process with a source on this machine."""
+
+    remote = False
+
+    def __init__(self, source: Source, pid: int, comm: str = "", n_bins: int = DEFAULT_BINS,
+                 cold_after: float = 120.0) -> None:
+        self.source = source
+        self.pid = pid
+        self.comm = comm
+        self.state = TargetState(pid, comm, 32, cold_after)  # what `serve` would export
+        self.n_bins = n_bins  # display bins: two per text row
+        # Replaced, never mutated: the UI thread sets it, the harvest thread reads it.
+        self.zoom_stack: tuple[tuple[int, int], ...] = ()
+        self.bins: Bins | None = None
+        self._bins_key: tuple = ()
+        self._last: Harvest | None = None
+        self._prev_time: float | None = None
+        self.layouts = 0
+
+    @property
+    def source_name(self) -> str:
+        return self.source.name
+
+    def attach(self) -> None:
+        self.source.attach(self.pid)
+        self._prev_time = time.monotonic()
+
+    def close(self) -> None:
+        self.source.detach(self.pid)
+        self.source.close()
+
+    def step(self, interval: float) -> Sample:
+        """Harvest once (closing the current interval) and bin it. Raises TargetGone."""
+        h = self.source.cycle(self.pid)
+        return self.ingest(h, interval)
+
+    def ingest(self, h: Harvest, interval: float) -> Sample:
+        effective = h.time - self._prev_time if self._prev_time is not None else interval
+        self._prev_time = h.time
+        view = self.state.update(h, interval)
+        self._last = h
+        return self._sample(h, effective, view.wss_pages, view.resident_pages, view.cold_pages)
+
+    def rebin(self) -> Sample | None:
+        """Bin the latest harvest again (after a zoom or a resize); None before the first."""
+        h = self._last
+        if h is None:
+            return None
+        return self._sample(h, 0.0, int(np.count_nonzero(h.pages.accessed)), len(h.pages), 0,
+                            preview=True)
+
+    # -- zoom ------------------------------------------------------------------------------
+    def zoom_in(self, lo: int, hi: int) -> None:
+        if hi - lo >= PAGE:
+            self.zoom_stack = (*self.zoom_stack, (lo, hi))
+
+    def zoom_out(self) -> None:
+        self.zoom_stack = self.zoom_stack[:-1]
+
+    # -- binning ---------------------------------------------------------------------------
+    def _display_bins(self, h: Harvest, zoom: tuple[int, int] | None) -> Bins:
+        vmas = clip_vmas(h.vmas, *zoom) if zoom else h.vmas
+        n_bins = self.n_bins
+        key = (n_bins, zoom)
+        b = self.bins
+        if b is not None and key == self._bins_key:
+            sel = (vmas.kind != 5) & vmas.accessible
+            mapped = int(((vmas.end[sel] - vmas.start[sel]) >> np.uint64(12)).sum())
+            outside = b.outside(h.pages.vpn[self._in_zoom(h.pages.vpn, zoom)])
+            if 0.5 <= mapped / max(b.mapped_pages, 1) <= 2.0 and outside <= 0.1 * max(len(h.pages), 1):
+                return b
+        self.bins = make_bins(vmas, n_bins) if len(vmas) else make_bins(h.vmas, n_bins)
+        self._bins_key = key
+        self.layouts += 1
+        return self.bins
+
+    @staticmethod
+    def _in_zoom(vpn: np.ndarray, zoom: tuple[int, int] | None) -> np.ndarray:
+        if zoom is None:
+            return np.ones(len(vpn), dtype=bool)
+        lo, hi = zoom
+        return (vpn >= np.uint64(lo >> 12)) & (vpn < np.uint64((hi + PAGE - 1) >> 12))
+
+    def _sample(self, h: Harvest, effective: float, wss: int, resident_pages: int, cold: int,
+                preview: bool = False) -> Sample:
+        stack = self.zoom_stack
+        zoom = stack[-1] if stack else None
+        bins = self._display_bins(h, zoom)
+        p = h.pages
+        nb = bins.n
+        keep = self._in_zoom(p.vpn, zoom)
+        vpn = p.vpn[keep]
+        b = bins.of(vpn)
+        acc = p.accessed[keep]
+        age = h.time - self.state.last_access[keep] if len(self.state.vpn) == len(p.vpn) \
+            else np.full(len(vpn), np.inf)
+        age = np.where(np.isnan(age), np.inf, age)
+        never_page = np.isinf(age)
+        node = p.node[keep].astype(np.int64)
+        n_nodes = int(node.max()) + 2 if len(node) else 1
+        layout = Layout(labels=bins.labels, addrs=tuple(int(e) << 12 for e in bins.edges[:-1]),
+                        bin_pages=bins.mapped_pages / max(nb, 1), zoom=zoom,
+                        key=(self.layouts, nb, zoom), end=int(bins.edges[-1]) << 12)
+        return Sample(
+            time=h.time, layout=layout,
+            accessed=np.bincount(b[acc], minlength=nb).astype(np.int64),
+            resident=np.bincount(b, minlength=nb).astype(np.int64),
+            node=(_dominant(b, node + 1, nb, n_nodes) - 1).astype(np.int16) if len(b)
+            else np.full(nb, -1, np.int16),
+            type=_dominant(b, p.type[keep].astype(np.int64), nb, len(PAGE_TYPE_NAMES)).astype(np.int8),
+            idle=_median_by_group(b, age, nb),
+            never=np.bincount(b[never_page], minlength=nb).astype(np.int64),
+            harvest_s=h.harvest_seconds, aging_s=h.aging_seconds, interval=effective,
+            wss_pages=wss, resident_pages=resident_pages, cold_pages=cold,
+            mappings=self._mappings(h, age, keep), extra={"preview": preview},
+        )
+
+    def _mappings(self, h: Harvest, age: np.ndarray, keep: np.ndarray) -> tuple[MappingRow, ...]:
+        p = h.pages
+        nv = len(h.vmas)
+        v = p.vma[keep].astype(np.int64)
+        resident = np.bincount(v, minlength=nv)
+        accessed = np.bincount(v[p.accessed[keep]], minlength=nv)
+        never = np.bincount(v[np.isinf(age)], minlength=nv)
+        med = _median_by_group(v, age, nv)
+        order = [int(i) for i in np.argsort(-resident, kind="stable") if resident[i] > 0][:TABLE_ROWS]
+        return tuple(MappingRow(mapping_label(h.vmas.names[i]), VMA_KIND_NAMES[int(h.vmas.kind[i])],
+                                int(h.vmas.start[i]), int(h.vmas.end[i]), int(resident[i]),
+                                int(accessed[i]), int(never[i]), float(med[i]))
+                     for i in order)
+
+
+class RemoteFeed:
+    """Follows one target of a running ``pageheat serve`` through ``/api/v1/heat``."""
+
+    remote = True
+    source_name = "remote"
+
+    def __init__(self, url: str, pid: int | None = None, timeout: float = 5.0) -> None:
+        self.base = url.rstrip("/")
+        self.pid = pid
+        self.comm = ""
+        self.timeout = timeout
+        self.zoom_stack: tuple[tuple[int, int], ...] = ()
+        self.n_bins = 0
+        self._prev: dict | None = None
+        self._layout: Layout | None = None
+
+    def attach(self) -> None:
+        self._fetch()
+
+    def close(self) -> None:
+        pass
+
+    def zoom_in(self, lo: int, hi: int) -> None:
+        """The daemon's bins are fixed: no zoom over --connect."""
+
+    def zoom_out(self) -> None:
+        pass
+
+    def rebin(self) -> Sample | None:
+        return None
+
+    def _fetch(self) -> dict:
+        url = f"{self.base}/api/v1/heat" + (f"?pid={self.pid}" if self.pid else "")
+        with urllib.request.urlopen(url, timeout=self.timeout) as r:
+            body = json.load(r)
+        targets = body.get("targets", [])
+        if self.pid is None and targets:
+            self.pid = targets[0]["pid"]
+        for t in targets:
+            if t["pid"] == self.pid:
+                self.comm = t.get("comm", "")
+                self.source_name = body.get("source", "remote")
+                return t
+        raise LookupError(f"pid {self.pid} is not followed by {self.base}")
+
+    def step(self, interval: float) -> Sample | None:
+        """Poll once; a Sample when the daemon harvested since the last poll, else None."""
+        t = self._fetch()
+        prev, self._prev = self._prev, t
+        if prev is None or t["harvests"] == prev["harvests"] or t["bins"] != prev["bins"] \
+                or t.get("rebins") != prev.get("rebins"):
+            return None
+        return self.sample_from(t, prev)
+
+    @staticmethod
+    def sample_from(t: dict, prev: dict) -> Sample:
+        nb = t["bins"]
+        combos = [tuple(c) for c in t["combos"]]
+        cum = {c: np.array(a, dtype=np.int64) for c, a in zip(combos, t["accessed_cum"], strict=True)}
+        old = {tuple(c): np.array(a, dtype=np.int64) for c, a in zip(prev["combos"], prev["accessed_cum"],
+                                                                      strict=True)}
+        accessed_by = np.array([cum[c] - old.get(c, 0) for c in combos]).reshape(len(combos), nb)
+        resident_by = np.array(t["resident"], dtype=np.int64).reshape(len(combos), nb)
+        nodes = np.array([c[0] for c in combos], dtype=np.int16)
+        types = np.array([c[1] for c in combos], dtype=np.int8)
+        dom = resident_by.argmax(axis=0) if len(combos) else np.zeros(nb, dtype=np.int64)
+        resident = resident_by.sum(axis=0) if len(combos) else np.zeros(nb, dtype=np.int64)
+        # Dominant node and type, each over the combos that share it.
+        node_dom = np.full(nb, -1, np.int16)
+        type_dom = np.full(nb, -1, np.int8)
+        if len(combos):
+            un = np.unique(nodes)
+            per_node = np.array([resident_by[nodes == n].sum(axis=0) for n in un])
+            node_dom = np.where(resident > 0, un[per_node.argmax(axis=0)], -1).astype(np.int16)
+            ut = np.unique(types)
+            per_type = np.array([resident_by[types == k].sum(axis=0) for k in ut])
+            type_dom = np.where(resident > 0, ut[per_type.argmax(axis=0)], -1).astype(np.int8)
+        del dom
+        addrs = tuple(int(a, 16) for a in t["addrs"]) if t.get("addrs") else None
+        layout = Layout(labels=tuple(t["labels"]), addrs=addrs,
+                        bin_pages=t["mapped_pages"] / max(nb, 1), zoom=None,
+                        key=("remote", nb, t.get("rebins", 0)))
+        mappings = tuple(MappingRow(name, "", None, None, 0, 0, int(n), float("nan"))
+                         for name, n in sorted(t["never_accessed"].items(), key=lambda kv: -kv[1]))
+        return Sample(
+            time=t["time"], layout=layout,
+            accessed=accessed_by.sum(axis=0) if len(combos) else np.zeros(nb, np.int64),
+            resident=resident, node=node_dom, type=type_dom,
+            idle=np.full(nb, np.nan), never=np.zeros(nb, np.int64),
+            harvest_s=t.get("cost_s", 0.0), aging_s=0.0,
+            interval=(t["time"] - prev["time"]) / max(int(t["harvests"]) - int(prev["harvests"]), 1),
+            wss_pages=t["wss_pages"],
+            resident_pages=t["resident_pages"], cold_pages=t["cold_pages"], mappings=mappings,
+            agings=max(int(t["harvests"]) - int(prev["harvests"]), 1),
+        )
