@@ -87,6 +87,11 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--aggregate", type=int, default=3, metavar="N", help="agings per column (default 3)")
     t.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD ARGS...: launch and follow")
 
+    r = sub.add_parser("render", help="draw one process's heatmap from Prometheus (PNG, SVG, terminal)")
+    from .render import add_arguments as render_arguments
+
+    render_arguments(r)
+
     m = sub.add_parser("demo", help="serve metrics for a built-in workload and print its heat")
     m.add_argument("--seconds", type=float, default=20.0)
     m.add_argument("--listen", default=f"127.0.0.1:{config.DEFAULT_PORT}")
@@ -131,6 +136,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "top":
         return _top(args)
+    if args.command == "render":
+        from .render import run as render
+
+        return render(args)
     if args.command == "demo":
         from .demo import run as demo
 

@@ -51,7 +51,7 @@ class HttpServer:
                 ConnectionError, ValueError):
             writer.close()
             return
-        extra = 'WWW-Authenticate: Basic realm="pageheat"\r\n' if status == 401 else ""
+        extra = 'WWW-Authenticate: Basic realm="pageheat"\r\n' if status.startswith("401") else ""
         writer.write(f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
                      f"{extra}Connection: close\r\n\r\n".encode() + body)
         try:
@@ -74,11 +74,13 @@ class HttpServer:
             return "405 Method Not Allowed", "text/plain", b"method not allowed\n"
         if path == "/healthz":
             return "200 OK", "text/plain", b"ok\n"
-        if not self.web.authorized(headers.get("authorization")):
+        # bcrypt is slow on purpose: check off the event loop, so scrapes and scheduling go on.
+        loop = asyncio.get_running_loop()
+        if not await loop.run_in_executor(None, self.web.authorized, headers.get("authorization")):
             return "401 Unauthorized", "text/plain", b"unauthorized\n"
         if path == "/metrics":
             encoder, ctype = choose_encoder(headers.get("accept", ""))
-            body = await asyncio.get_running_loop().run_in_executor(None, encoder, self.registry)
+            body = await loop.run_in_executor(None, encoder, self.registry)
             return "200 OK", ctype, body
         if path in self.api:
             data = await self.api[path]()

@@ -8,7 +8,7 @@ APT_PACKAGES=(
   clang llvm libbpf-dev bpftool libelf-dev zlib1g-dev   # BPF build and system libbpf
   python3-venv python3-dev                              # the venv
   prometheus                                            # tests scrape with a real Prometheus
-  util-linux iproute2 procps tmux                       # setpriv, ps, tmux in tests
+  util-linux iproute2 procps tmux openssl systemd       # setpriv, tmux, openssl, systemd-analyze in tests
   qemu-system-x86 udev kmod busybox-static bpftrace numactl xz-utils cpio  # the kernel lab
   dwarves flex bison bc libssl-dev linux-source-6.12    # kernel-patch/check.sh
 )

@@ -1,0 +1,297 @@
+"""`pageheat render`: draw one process's address-bin × time heatmap and idle-age distribution
+from a Prometheus server, to PNG / SVG (matplotlib) or to the terminal.
+
+    pageheat render --prometheus http://prom:9090 --pid 1234 --range 10m --png heat.png
+    pageheat render --prometheus http://prom:9090 --pid 1234          # terminal view
+
+The heatmap is ``sum by (le) (rate(pageheat_accessed_pages_bucket{pid=...}[RATE]))`` over the
+range, de-accumulated into one row per address bin (bin 0, the lowest address, at the bottom),
+labelled with the mappings from ``pageheat_address_bin_info``. The idle-age distribution is
+``pageheat_idle_pages_bucket`` de-accumulated the same way. matplotlib is imported only when an
+image is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .config import parse_duration
+
+# Figure layout, fixed (no tight_layout) so that the image's geometry is known: axes rectangles
+# in figure fractions (left, bottom, width, height).
+FIGSIZE = (12.0, 8.0)
+DPI = 100
+HEAT_AXES = (0.28, 0.40, 0.60, 0.52)
+IDLE_AXES = (0.28, 0.07, 0.60, 0.24)
+CMAP = "inferno"  # luminance rises monotonically with the value
+
+
+class RenderError(Exception):
+    pass
+
+
+@dataclass
+class Matrix:
+    """rows × time: values[row, t]; rows from low to high (bin 0 / shortest idle first)."""
+
+    times: np.ndarray
+    rows: list[str]
+    values: np.ndarray
+
+
+@dataclass
+class Data:
+    pid: int
+    comm: str
+    heat: Matrix
+    idle: Matrix
+    range_seconds: float
+
+
+# --- Prometheus -------------------------------------------------------------------------------
+
+
+def _get(url: str, path: str, params: dict) -> list[dict]:
+    full = f"{url.rstrip('/')}{path}?{urllib.parse.urlencode(params)}"
+    try:
+        with urllib.request.urlopen(full, timeout=30) as r:
+            body = json.load(r)
+    except urllib.error.HTTPError as e:
+        detail = e.read().decode(errors="replace")[:200]
+        raise RenderError(f"Prometheus {url}: HTTP {e.code}: {detail}") from e
+    except (OSError, ValueError) as e:
+        raise RenderError(f"Prometheus {url}: {e}") from e
+    if body.get("status") != "success":
+        raise RenderError(f"Prometheus {url}: {body.get('error', body)}")
+    return body["data"]["result"]
+
+
+def _buckets(result: list[dict], times: np.ndarray) -> tuple[list[float], np.ndarray]:
+    """Cumulative ``le`` series from a range query -> (upper bounds, per-bucket values[le, t])."""
+    series: dict[float, np.ndarray] = {}
+    for r in result:
+        le = float(r["metric"]["le"])
+        row = series.setdefault(le, np.full(len(times), np.nan))  # NaN: no sample (no data yet)
+        for ts, v in r["values"]:
+            i = int(np.searchsorted(times, float(ts)))
+            if i < len(times) and abs(times[i] - float(ts)) < 1e-3:
+                f = float(v)
+                row[i] = (0.0 if math.isnan(row[i]) else row[i]) + (0.0 if math.isnan(f) else f)
+    les = sorted(series)
+    if not les:
+        return [], np.zeros((0, len(times)))
+    cum = np.array([series[le] for le in les])
+    per = np.diff(cum, axis=0, prepend=0.0)
+    missing = np.isnan(cum).all(axis=0)  # a step with no bucket at all: no data
+    per = np.where(np.isnan(per), 0.0, np.clip(per, 0.0, None))
+    per[:, missing] = np.nan
+    return les, per
+
+
+def fetch(url: str, pid: int, range_seconds: float, step: float | None = None,
+          rate_interval: float = 60.0, now: float | None = None) -> Data:
+    end = time.time() if now is None else now
+    step = step or max(1.0, round(range_seconds / 240.0))
+    start = end - range_seconds
+    times = np.arange(start, end + step / 2, step)
+    times = np.round(times, 3)
+    sel = f'pid="{pid}"'
+    params = {"start": f"{times[0]:.3f}", "end": f"{times[-1]:.3f}", "step": f"{step:g}"}
+
+    info = _get(url, "/api/v1/query", {"query": f"pageheat_address_bin_info{{{sel}}}",
+                                       "time": f"{end:.3f}"})
+    rate = f"{rate_interval:g}s"
+    heat_res = _get(url, "/api/v1/query_range", {
+        **params, "query": f"sum by (le) (rate(pageheat_accessed_pages_bucket{{{sel}}}[{rate}]))"})
+    idle_res = _get(url, "/api/v1/query_range", {
+        **params, "query": f"sum by (le) (pageheat_idle_pages_bucket{{{sel}}})"})
+    if not heat_res and not idle_res:
+        raise RenderError(f"Prometheus {url} has no pageheat data for pid {pid} in the last "
+                          f"{range_seconds:g} s")
+
+    les, heat = _buckets(heat_res, times)
+    mappings = {int(r["metric"]["bin"]): r["metric"].get("mappings", "") for r in info}
+    comm = next((r["metric"].get("comm", "") for r in info), "")
+    heat_rows = [_bin_label(int(le), mappings.get(int(le), "")) for le in les if le != math.inf]
+    heat = heat[: len(heat_rows)]  # the +Inf bucket holds nothing beyond the last bin
+
+    idle_les, idle = _buckets(idle_res, times)
+    idle_rows = []
+    prev = 0.0
+    for le in idle_les:
+        idle_rows.append(f"> {prev:g} s or never" if le == math.inf else f"{prev:g}-{le:g} s")
+        prev = le
+    return Data(pid, comm, Matrix(times, heat_rows, heat), Matrix(times, idle_rows, idle),
+                range_seconds)
+
+
+def _bin_label(b: int, mappings: str, width: int = 28) -> str:
+    text = f"{b:2d} {mappings}" if mappings else f"{b:2d}"
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+# --- images -----------------------------------------------------------------------------------
+
+
+def draw(data: Data, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+    from matplotlib.colors import PowerNorm
+
+    fig = plt.figure(figsize=FIGSIZE, dpi=DPI)
+    rel = data.heat.times - data.heat.times[-1]
+    extent = (float(rel[0]), float(rel[-1]) if len(rel) > 1 else 1.0)
+    for rect, m, title, unit in (
+            (HEAT_AXES, data.heat, "accessed pages per second by address bin", "pages/s"),
+            (IDLE_AXES, data.idle, "resident pages by idle age", "pages")):
+        ax = fig.add_axes(rect)
+        values = m.values if m.values.size else np.full((1, len(m.times)), np.nan)
+        vmax = float(np.nanmax(values)) if np.isfinite(values).any() else 0.0
+        vmax = vmax or 1.0
+        cmap = matplotlib.colormaps[CMAP].with_extremes(bad="#d0d0d0")  # grey: no data
+        im = ax.imshow(values, aspect="auto", origin="lower", interpolation="nearest", cmap=cmap,
+                       norm=PowerNorm(gamma=0.5, vmin=0.0, vmax=vmax),
+                       extent=(*extent, -0.5, values.shape[0] - 0.5))
+        ax.set_yticks(range(len(m.rows)))
+        ax.set_yticklabels(m.rows, fontsize=7 if len(m.rows) > 16 else 8)
+        ax.set_title(title, fontsize=10, loc="left")
+        ax.set_xlabel("seconds before now", fontsize=8)
+        ax.tick_params(axis="x", labelsize=8)
+        cax = fig.add_axes((rect[0] + rect[2] + 0.015, rect[1], 0.015, rect[3]))
+        fig.colorbar(im, cax=cax).set_label(unit, fontsize=8)
+    fig.suptitle(f"pageheat: pid {data.pid} {data.comm}", x=0.02, ha="left", fontsize=12)
+    fig.savefig(out, dpi=DPI, format=out.suffix.lstrip(".").lower() or "png")
+    plt.close(fig)
+
+
+# --- terminal ---------------------------------------------------------------------------------
+
+
+def _inferno(x: np.ndarray) -> np.ndarray:
+    """A small inferno-like ramp, 0..1 -> RGB 0..255, without matplotlib."""
+    stops = np.array([[0, 0, 4], [40, 11, 84], [101, 21, 110], [159, 42, 99], [212, 72, 66],
+                      [245, 125, 21], [250, 193, 39], [252, 255, 164]], dtype=float)
+    pos = np.clip(x, 0, 1) * (len(stops) - 1)
+    i = np.minimum(pos.astype(int), len(stops) - 2)
+    f = (pos - i)[..., None]
+    return (stops[i] * (1 - f) + stops[i + 1] * f).astype(int)
+
+
+def _resample(values: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    """Resize a matrix to rows × cols: mean over the source cells that fall in each target
+    cell, or repeat them when the target is larger."""
+    if values.size == 0:
+        return np.zeros((rows, cols))
+
+    def edges(n_src: int, n_dst: int) -> list[tuple[int, int]]:
+        e = np.linspace(0, n_src, n_dst + 1)
+        return [(min(int(e[i]), n_src - 1), max(int(np.ceil(e[i + 1])), int(e[i]) + 1))
+                for i in range(n_dst)]
+
+    values = np.nan_to_num(values)
+    by_row = np.array([values[lo:hi].mean(axis=0) for lo, hi in edges(values.shape[0], rows)])
+    return np.array([by_row[:, lo:hi].mean(axis=1) for lo, hi in edges(values.shape[1], cols)]).T
+
+
+def _normalise(values: np.ndarray) -> np.ndarray:
+    values = np.nan_to_num(values)
+    vmax = float(values.max()) if values.size else 0.0
+    return np.sqrt(values / vmax) if vmax > 0 else np.zeros_like(values)
+
+
+def terminal(data: Data, width: int = 80, height: int = 24, color: bool = True) -> str:
+    """The heatmap and the idle-age distribution in width × height characters. With colour,
+    each character is two pixels (upper half block: foreground = upper, background = lower)."""
+    label_w = 18
+    cols = max(8, width - label_w - 1)
+    idle_lines = 6
+    heat_lines = max(2, height - 4 - idle_lines)
+    lines = [f"pageheat pid {data.pid} {data.comm}: accessed pages/s by address bin, "
+             f"last {data.range_seconds:g} s"[:width]]
+
+    def block(m: Matrix, n_lines: int) -> list[str]:
+        px = n_lines * 2 if color else n_lines
+        grid = _normalise(_resample(m.values, px, cols))[::-1]  # top line = highest row
+        n = max(1, len(m.rows))
+        labels = (np.linspace(0, n, px + 1)[:-1]).astype(int)[::-1]  # first source row per pixel row
+        out = []
+        for ln in range(n_lines):
+            if color:
+                top, bottom = grid[2 * ln], grid[2 * ln + 1]
+                label_row = int(labels[2 * ln])
+                rgb_t, rgb_b = _inferno(top), _inferno(bottom)
+                cells = "".join(f"\x1b[38;2;{a[0]};{a[1]};{a[2]}m\x1b[48;2;{b[0]};{b[1]};{b[2]}m▀"
+                                for a, b in zip(rgb_t, rgb_b, strict=True))
+                body = cells + "\x1b[0m"
+            else:
+                ramp = " .:-=+*#%@"
+                label_row = int(labels[ln])
+                body = "".join(ramp[min(len(ramp) - 1, int(v * len(ramp)))] for v in grid[ln])
+            name = m.rows[label_row] if m.rows else ""
+            out.append(f"{name[:label_w - 1]:<{label_w - 1}} {body}")
+        return out
+
+    lines += block(data.heat, heat_lines)
+    span = f"-{data.range_seconds:g}s"
+    axis = f"{'':<{label_w}}{span}{'now':>{cols - len(span)}}"
+    lines.append(axis)
+    lines.append("resident pages by idle age"[:width])
+    lines += block(data.idle, idle_lines)
+    peak = float(np.nan_to_num(data.heat.values).max()) if data.heat.values.size else 0.0
+    lines.append(f"{'':<{label_w}}scale: sqrt, peak {peak:,.0f} pages/s"[:width])
+    return "\n".join(lines[:height]) + "\n"
+
+
+# --- command ----------------------------------------------------------------------------------
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--prometheus", required=True, metavar="URL", help="Prometheus base URL")
+    p.add_argument("--pid", type=int, required=True)
+    p.add_argument("--range", default="10m", help="how far back (default 10m)")
+    p.add_argument("--step", help="query resolution (default: range / 240, at least 1s)")
+    p.add_argument("--rate-interval", default="1m",
+                   help="rate() window (default 1m; at least 4 scrape intervals)")
+    p.add_argument("--png", type=Path, help="write a PNG")
+    p.add_argument("--svg", type=Path, help="write an SVG")
+    p.add_argument("--width", type=int, help="terminal columns (default: the terminal's, at most 80)")
+    p.add_argument("--height", type=int, help="terminal lines (default 24)")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        range_s = parse_duration(args.range)
+        step = parse_duration(args.step) if args.step else None
+        rate = parse_duration(args.rate_interval)
+    except ValueError as e:
+        print(f"pageheat: {e}", file=sys.stderr)
+        return 2
+    try:
+        data = fetch(args.prometheus, args.pid, range_s, step, rate)
+    except RenderError as e:
+        print(f"pageheat: {e}", file=sys.stderr)
+        return 1
+    for out in (args.png, args.svg):
+        if out is not None:
+            draw(data, out)
+    if args.png is None and args.svg is None:
+        tty = sys.stdout.isatty()
+        color = tty and not os.environ.get("NO_COLOR")
+        width = args.width or min(80, shutil.get_terminal_size((80, 24)).columns)
+        sys.stdout.write(terminal(data, width, args.height or 24, color))
+    return 0

@@ -1,0 +1,362 @@
+"""grafana/: the generated dashboards are up to date, and every panel query and template
+variable of every dashboard returns data from a real Prometheus scraping a real `pageheat serve`
+that follows the ground-truth workload (with the recording rules loaded). The same data feeds
+`pageheat render`."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import shutil
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from conftest import ROOT, Truth, run_pageheat, stop_process
+from pageheat import render as render_mod
+from test_exporter_prometheus import start_serve, wait_for
+
+GRAFANA = ROOT / "grafana"
+RULES = sorted((ROOT / "deploy" / "prometheus" / "rules").glob("*.yml"))
+VARIABLES = {"instance", "comm", "pid", "node", "type"}
+# What Grafana would put in for its built-in variables, at a 1 s scrape interval.
+BUILTINS = {"$__rate_interval": "10s", "$__interval": "2s", "$__range": "60s"}
+RANGE_SECONDS, STEP = 60, 2
+
+
+def generator():
+    try:
+        import grafana_foundation_sdk  # noqa: F401
+    except ImportError:
+        pytest.fail("grafana-foundation-sdk is not installed (.venv/bin/pip install grafana-foundation-sdk)")
+    spec = importlib.util.spec_from_file_location("grafana_generate", GRAFANA / "generate.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def dashboards() -> dict[str, dict]:
+    files = sorted((GRAFANA / "dashboards").glob("*.json"))
+    assert files
+    return {f.name: json.loads(f.read_text()) for f in files}
+
+
+def panels(dash: dict):
+    for p in dash["panels"]:
+        yield p
+        yield from p.get("panels", [])  # collapsed rows
+
+
+def targets(dash: dict):
+    for p in panels(dash):
+        for t in p.get("targets", []):
+            yield p, t
+
+
+# --- static checks ----------------------------------------------------------------------------
+
+
+def test_generated_json_is_up_to_date():
+    gen = generator()
+    rendered = gen.render()
+    on_disk = {f.name: f.read_text() for f in (GRAFANA / "dashboards").glob("*.json")}
+    assert rendered.keys() == on_disk.keys()
+    for name, text in rendered.items():
+        assert on_disk[name] == text, f"{name} is out of date: run python grafana/generate.py"
+
+
+def test_dashboard_structure():
+    ds = dashboards()
+    uids = [d["uid"] for d in ds.values()]
+    assert len(set(uids)) == len(uids)
+    process = ds["pageheat-process.json"]
+    names = {v["name"] for v in process["templating"]["list"]}
+    assert VARIABLES | {"datasource"} <= names
+    for name, d in ds.items():
+        assert d["schemaVersion"] >= 36 and d["title"].startswith("pageheat")
+        used = {v["name"] for v in d["templating"]["list"]}
+        for p, t in targets(d):
+            assert t["datasource"]["uid"] == "${datasource}", (name, p["title"])
+            # Every variable a query uses is defined on its dashboard.
+            for var in re.findall(r"\$(\w+)", t["expr"]):
+                assert var.startswith("__") or var in used, (name, p["title"], var)
+            if p["type"] == "heatmap":
+                assert t["format"] == "heatmap" and "sum by (le)" in t["expr"], p["title"]
+                assert p["options"]["calculate"] is False
+    heat = [p for p in panels(process) if p["type"] == "heatmap"]
+    exprs = [p["targets"][0]["expr"] for p in heat]
+    assert any("pageheat_accessed_pages_bucket" in e for e in exprs)
+    assert any("pageheat_idle_pages_bucket" in e for e in exprs)
+    assert {p.get("repeat") for p in heat} >= {"node", "type"}
+    all_exprs = " ".join(t["expr"] for d in ds.values() for _, t in targets(d))
+    for metric in ("pageheat_address_bin_info", "pageheat_never_accessed_pages",
+                   "pageheat:cold_ratio_120s:ratio", "pageheat:working_set_bytes:sum",
+                   "pageheat_harvest_duration_seconds_bucket", "pageheat_aging_duration_seconds_bucket",
+                   "pageheat_errors_total", "pageheat_series", "pageheat_series_dropped"):
+        assert metric in all_exprs, metric
+
+
+def test_provisioning_files():
+    dsp = yaml.safe_load((GRAFANA / "provisioning/datasources/pageheat.yml").read_text())
+    assert dsp["apiVersion"] == 1 and dsp["datasources"][0]["type"] == "prometheus"
+    dbp = yaml.safe_load((GRAFANA / "provisioning/dashboards/pageheat.yml").read_text())
+    (provider,) = dbp["providers"]
+    assert provider["type"] == "file" and provider["options"]["path"]
+
+
+# --- against real data ------------------------------------------------------------------------
+
+
+def query_range(url: str, expr: str, seconds: int = RANGE_SECONDS) -> list[dict]:
+    end = time.time()
+    q = urllib.parse.urlencode({"query": expr, "start": end - seconds, "end": end, "step": STEP})
+    with urllib.request.urlopen(f"{url}/api/v1/query_range?{q}", timeout=30) as r:
+        body = json.load(r)
+    assert body["status"] == "success", body
+    return body["data"]["result"]
+
+
+def resolve_variables(prom, dash: dict) -> dict[str, str]:
+    """Evaluate each `label_values(expr, label)` variable in order, as Grafana would, and make
+    it the regex of every value it found (what "All" with several values selected gives)."""
+    values: dict[str, str] = {}
+    for v in dash["templating"]["list"]:
+        if v["type"] != "query":
+            continue
+        m = re.fullmatch(r"label_values\((.*),\s*(\w+)\)", v["query"]["query"].strip())
+        assert m, v["query"]
+        found = {r["metric"][m[2]] for r in prom.query(substitute(m[1], values)) if m[2] in r["metric"]}
+        assert found, f"variable {v['name']}: {m[1]} has no {m[2]} values"
+        # Regex-escaped, then escaped again for a PromQL double-quoted string (as Grafana does).
+        regex = "(" + "|".join(re.escape(x) for x in sorted(found)) + ")"
+        values[v["name"]] = regex.replace("\\", "\\\\")
+    return values
+
+
+def substitute(expr: str, values: dict[str, str]) -> str:
+    for k, v in BUILTINS.items():
+        expr = expr.replace(k, v)
+    return re.sub(r"\$\{?(\w+)\}?", lambda m: values.get(m[1], m[0]), expr)
+
+
+def bin_rates(prom_url: str, expr: str) -> dict[int, float]:
+    """Per-bin accessed pages per second at the latest step of the heatmap query."""
+    cum = {}
+    for r in query_range(prom_url, expr, 20):
+        cum[float(r["metric"]["le"])] = float(r["values"][-1][1])
+    les = sorted(cum)
+    return {int(le): cum[le] - (cum[les[i - 1]] if i else 0.0)
+            for i, le in enumerate(les) if le != float("inf")}
+
+
+def hot_and_cold_bins(prom, t: Truth) -> tuple[list[int], list[int]]:
+    """Bins wholly inside the hot band, and bins wholly inside the region outside it
+    (addresses from pageheat_address_bin_info with expose_addresses)."""
+    bins = {}
+    for r in prom.query(f'pageheat_address_bin_info{{pid="{t.pid}"}}'):
+        m = r["metric"]
+        bins[int(m["bin"])] = (int(m["start"], 16), int(m["end"], 16))
+    hot_lo = t.start + int(t.hot[0]) * 4096
+    hot_hi = t.start + (int(t.hot[-1]) + 1) * 4096
+    hot = [b for b, (s, e) in bins.items() if s >= hot_lo and e <= hot_hi]
+    cold = [b for b, (s, e) in bins.items()
+            if s >= t.start and e <= t.start + t.size and (e <= hot_lo or s >= hot_hi)]
+    assert len(hot) >= 1 and len(cold) >= 2, (bins, hot_lo, hot_hi)
+    return sorted(hot), sorted(cold)
+
+
+def resident_pages(pid: int, lo: int, hi: int) -> tuple[int, int]:
+    """(resident pages of the process, resident pages of VMAs inside [lo, hi)) from smaps."""
+    total = region = 0
+    inside = False
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        head = line.split()[0]
+        if "-" in head and ":" not in head:
+            s, e = (int(x, 16) for x in head.split("-"))
+            inside = s >= lo and e <= hi
+        elif head == "Rss:":
+            pages = int(line.split()[1]) // 4
+            total += pages
+            region += pages if inside else 0
+    return total, region
+
+
+@pytest.mark.kernel
+@pytest.mark.prometheus
+def test_every_panel_query_returns_data(ptwalk_ok, workload, prometheus_server, tmp_path):
+    t = workload("--size", "256MiB", "--layout", "contiguous", "--hot", "0.25", "--warm", "0.05")
+    serve, port, log = start_serve(tmp_path, f"""
+targets: {{pids: [{t.pid}], top_rss: 0}}
+aging: 500ms
+cpu_budget: 0.5
+discovery_interval: 500ms
+expose_addresses: true
+""")
+    started = time.monotonic()
+    try:
+        prom = prometheus_server(f"""
+  - job_name: pageheat
+    static_configs: [{{targets: ['127.0.0.1:{port}']}}]
+""", rule_files=RULES)
+        pid = f'pid="{t.pid}"'
+        wait_for(lambda: prom.query(f"pageheat_harvests_total{{{pid}}} > 20"), 60, "20 harvests")
+        wait_for(lambda: prom.query(f"pageheat:cold_ratio_120s:ratio{{{pid}}}"), 30, "recording rules")
+        # A minute of data, so that range queries and rate windows are full.
+        time.sleep(max(0.0, RANGE_SECONDS - (time.monotonic() - started)))
+
+        # Every rule (recording and alerting) evaluates without error.
+        with urllib.request.urlopen(f"{prom.url}/api/v1/rules", timeout=10) as r:
+            groups = json.load(r)["data"]["groups"]
+        rules = [rule for g in groups for rule in g["rules"]]
+        assert len(rules) == sum(len(g["rules"]) for f in RULES
+                                 for g in yaml.safe_load(f.read_text())["groups"])
+        assert all(rule["health"] == "ok" for rule in rules), [r for r in rules if r["health"] != "ok"]
+
+        # Every panel query of every dashboard, with the variables resolved from the data.
+        empty = []
+        for name, dash in dashboards().items():
+            values = resolve_variables(prom, dash)
+            if "pid" in values:
+                assert values["pid"] == f"({t.pid})", values
+            for p, tgt in targets(dash):
+                expr = substitute(tgt["expr"], values)
+                assert "$" not in expr, expr
+                try:
+                    result = prom.query(expr) if tgt.get("instant") else query_range(prom.url, expr)
+                except urllib.error.HTTPError as e:
+                    raise AssertionError(f"{name} / {p['title']}: {expr}: {e.read().decode()}") from e
+                if not result:
+                    empty.append((name, p["title"], tgt["refId"], expr))
+        assert not empty, "panel queries without data:\n" + "\n".join(map(str, empty))
+
+        # The address-bin heatmap shows the hot band: its bins are far hotter than the region's
+        # cold bins.
+        process = dashboards()["pageheat-process.json"]
+        values = resolve_variables(prom, process)
+        heat = next(p for p in panels(process) if p["type"] == "heatmap" and not p.get("repeat"))
+        per_bin = bin_rates(prom.url, substitute(heat["targets"][0]["expr"], values))
+        hot_bins, cold_bins = hot_and_cold_bins(prom, t)
+        hot_rate = min(per_bin[b] for b in hot_bins)
+        cold_rate = max(per_bin[b] for b in cold_bins)
+        assert hot_rate > 5 * cold_rate and hot_rate > 100, (per_bin, hot_bins, cold_bins)
+
+        # The cold ratio at 120 s, after about a minute: the pages never seen accessed (no page
+        # has been idle 120 s yet) over all resident pages of the process. Never accessed are
+        # the region's cold pages (populated before pageheat attached, never touched again)
+        # plus most of the interpreter's other memory, of which the workload's loop touches a
+        # few hundred pages at most. So, with R resident pages of which R_region in the region:
+        #   C_region / R  <=  ratio  <=  (C_region + R - R_region) / R
+        # and the ratio is within 5 points of the upper bound.
+        ratio = float(prom.query(f"pageheat:cold_ratio_120s:ratio{{{pid}}}")[0]["value"][1])
+        resident, region = resident_pages(t.pid, t.start, t.start + t.size)
+        assert region == t.pages, (region, t.pages)
+        lower = len(t.cold) / resident
+        upper = (len(t.cold) + resident - region) / resident
+        print(f"hot bins {hot_rate:.0f} pages/s, cold bins {cold_rate:.0f} pages/s")
+        print(f"cold ratio {ratio:.4f}, bounds [{lower:.4f}, {upper:.4f}], resident {resident}")
+        assert lower - 0.01 <= ratio <= upper + 0.01, (lower, ratio, upper)
+        assert abs(ratio - upper) <= 0.05, (lower, ratio, upper)
+        # And it agrees with the exporter's own pageheat_cold_pages (cold_after 120 s).
+        own = prom.query(f"pageheat_cold_pages{{{pid}}} / pageheat_process_resident_pages{{{pid}}}")
+        assert abs(float(own[0]["value"][1]) - ratio) < 0.01
+        ws = float(prom.query(f"pageheat:working_set_bytes:sum{{{pid}}}")[0]["value"][1])
+        assert ws >= len(t.hot) * 4096 * 0.9  # the hot band is accessed in every interval
+
+        render_checks(prom.url, t, hot_bins, cold_bins, len(per_bin), tmp_path)
+    finally:
+        stop_process(serve)
+    assert "Traceback" not in log.read_text()
+
+
+def render_checks(prom_url: str, t: Truth, hot_bins: list[int], cold_bins: list[int], n_bins: int,
+                  tmp: Path) -> None:
+    """`pageheat render --png` of the same data: in the image, the hot band's rows are brighter
+    (hotter, in a colormap whose luminance rises with the value) than the cold rows."""
+    from matplotlib import image
+    from pageheat import render
+
+    png = tmp / "heatmap.png"
+    r = run_pageheat("render", "--prometheus", prom_url, "--pid", str(t.pid), "--range", "1m",
+                     "--step", "1s", "--rate-interval", "10s", "--png", str(png))
+    assert r.returncode == 0, r.stderr
+    img = image.imread(png)[..., :3]
+    h, w = img.shape[:2]
+    assert (w, h) == (render.FIGSIZE[0] * render.DPI, render.FIGSIZE[1] * render.DPI)
+    # The heatmap's axes, in pixels (the figure layout is fixed); rows are bins, bin 0 at the
+    # bottom. Look at the last third of the time axis, inset from the axes' edges.
+    left, bottom, width, height = render.HEAT_AXES
+    x0, x1 = int((left + width * 2 / 3) * w), int((left + width) * w) - 3
+    top_px, bottom_px = (1 - bottom - height) * h, (1 - bottom) * h
+    rows_px = (bottom_px - top_px) / n_bins
+
+    def brightness(b: int) -> float:
+        y = bottom_px - (b + 0.5) * rows_px
+        band = img[int(y - rows_px / 4):int(y + rows_px / 4) + 1, x0:x1]
+        return float(band.mean())
+
+    hot = min(brightness(b) for b in hot_bins)
+    cold = max(brightness(b) for b in cold_bins)
+    print(f"render: hot rows brightness >= {hot:.3f}, cold rows <= {cold:.3f}")
+    r = run_pageheat("render", "--prometheus", prom_url, "--pid", str(t.pid), "--range", "1m",
+                     "--step", "1s", "--rate-interval", "10s")
+    assert r.returncode == 0, r.stderr
+    print(r.stdout)
+    # stdout is a pipe here: plain text, no escape sequences, at most 80 x 24.
+    assert "\x1b" not in r.stdout
+    lines = r.stdout.splitlines()
+    assert len(lines) <= 24 and max(map(len, lines)) <= 80
+    if os.environ.get("PAGEHEAT_RENDER_DEMO"):  # keep the picture for docs/img/
+        shutil.copy(png, os.environ["PAGEHEAT_RENDER_DEMO"])
+    assert hot > cold + 0.2, (hot, cold)
+
+
+def synthetic() -> render_mod.Data:
+    t = np.arange(0.0, 60.0)
+    heat = np.full((32, 60), 50.0)
+    heat[8:13] = 6000.0
+    idle = np.zeros((12, 60))
+    idle[0], idle[11] = 20000.0, 55000.0
+    return render_mod.Data(1, "python", render_mod.Matrix(t, [f"{b:2d} anon" for b in range(32)], heat),
+                           render_mod.Matrix(t, [f"idle {k}" for k in range(12)], idle), 60)
+
+
+def test_terminal_view_colour_and_plain(monkeypatch, capsys):
+    ansi = re.compile(r"\x1b\[[0-9;]*m")
+    colour = render_mod.terminal(synthetic(), 80, 24, color=True)
+    lines = colour.splitlines()
+    assert len(lines) == 24 and "\x1b[38;2;" in colour and "▀" in colour
+    assert max(len(ansi.sub("", line)) for line in lines) <= 80
+    plain = render_mod.terminal(synthetic(), 80, 24, color=False)
+    assert "\x1b" not in plain and len(plain.splitlines()) <= 24
+    # The hot band (bins 8-12) is the densest text: '@' there, blanks in cold rows.
+    rows = {line[:17].strip(): line[18:] for line in plain.splitlines()[1:15]}
+    assert any("@" in body for label, body in rows.items() if label.startswith(("9 ", "11 ")))
+    assert all(set(body) <= {" ", "."} for label, body in rows.items() if label.startswith(("0 ", "29 ")))
+
+    # `render` without --png/--svg: colour only on a terminal without NO_COLOR.
+    monkeypatch.setattr(render_mod, "fetch", lambda *a, **k: synthetic())
+    args = render_mod.argparse.Namespace(prometheus="http://x", pid=1, range="1m", step=None,
+                                         rate_interval="10s", png=None, svg=None, width=80, height=24)
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    assert render_mod.run(args) == 0
+    assert "\x1b[38;2;" in capsys.readouterr().out
+    monkeypatch.setenv("NO_COLOR", "1")
+    assert render_mod.run(args) == 0
+    assert "\x1b" not in capsys.readouterr().out
+
+
+def test_render_reports_missing_data(tmp_path):
+    # A Prometheus that is not there: one line, exit 1.
+    r = run_pageheat("render", "--prometheus", "http://127.0.0.1:9", "--pid", "1", "--png",
+                     str(tmp_path / "x.png"))
+    assert r.returncode == 1 and r.stderr.startswith("pageheat: Prometheus"), r.stderr
+    assert not (tmp_path / "x.png").exists()

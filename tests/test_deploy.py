@@ -1,0 +1,271 @@
+"""deploy/: Prometheus config and rules through promtool, the systemd unit, the Kubernetes
+manifests, and the unit's capability set running a real ptwalk snapshot."""
+
+from __future__ import annotations
+
+import configparser
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import PAGEHEAT, ROOT, need_kernel
+from pageheat import capabilities
+
+DEPLOY = ROOT / "deploy"
+PROM = DEPLOY / "prometheus"
+UNIT = DEPLOY / "systemd" / "pageheat.service"
+K8S = DEPLOY / "kubernetes"
+
+# Host paths the sources use besides /proc (which the DaemonSet gets through hostPID).
+NEEDED_MOUNTS = {
+    "/sys/fs/bpf": False,  # path: read-only is enough
+    "/sys/kernel/debug": True,  # mglru-fexit writes lru_gen
+    "/sys/kernel/btf": False,
+    "/sys/devices/system": False,
+}
+ALERTS = {"PageheatColdMemoryHigh", "PageheatExporterDown", "PageheatHarvestOverrun",
+          "PageheatCpuBudgetExceeded", "PageheatSeriesDropped", "PageheatErrors"}
+
+
+def promtool(*args: str) -> subprocess.CompletedProcess:
+    exe = shutil.which("promtool")
+    if exe is None:
+        pytest.fail("promtool is not installed (apt-get install prometheus)")
+    return subprocess.run([exe, *args], capture_output=True, text=True, timeout=60)
+
+
+def rule_files() -> list[Path]:
+    files = sorted((PROM / "rules").glob("*.yml"))
+    assert files
+    return files
+
+
+# --- Prometheus -------------------------------------------------------------------------------
+
+
+def test_promtool_check_config():
+    r = promtool("check", "config", str(PROM / "prometheus.yml"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    # Every rule file is referenced by the example config.
+    cfg = yaml.safe_load((PROM / "prometheus.yml").read_text())
+    assert sorted(PROM / f for f in cfg["rule_files"]) == rule_files()
+    assert any(j.get("scheme") == "https" and "basic_auth" in j for j in cfg["scrape_configs"])
+
+
+def test_promtool_check_rules():
+    r = promtool("check", "rules", *map(str, rule_files()))
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_promtool_test_rules_cover_every_alert():
+    tests = sorted((PROM / "tests").glob("*.yml"))
+    assert tests
+    r = promtool("test", "rules", *map(str, tests))
+    assert r.returncode == 0, r.stdout + r.stderr
+
+    defined = {rule["alert"] for f in rule_files() for g in yaml.safe_load(f.read_text())["groups"]
+               for rule in g["rules"] if "alert" in rule}
+    assert defined == ALERTS
+    fired, quiet = set(), set()
+    for t in tests:
+        for case in yaml.safe_load(t.read_text())["tests"]:
+            for a in case.get("alert_rule_test", []):
+                (fired if a.get("exp_alerts") else quiet).add(a["alertname"])
+    assert fired == defined, f"alerts never tested firing: {defined - fired}"
+    assert quiet == defined, f"alerts never tested staying quiet: {defined - quiet}"
+
+
+def test_recording_rules_present():
+    records = {rule["record"] for f in rule_files() for g in yaml.safe_load(f.read_text())["groups"]
+               for rule in g["rules"] if "record" in rule}
+    assert {"pageheat:cold_ratio_120s:ratio", "pageheat:cold_ratio_600s:ratio",
+            "pageheat:working_set_bytes:sum"} <= records
+
+
+# --- systemd ----------------------------------------------------------------------------------
+
+
+def unit() -> configparser.ConfigParser:
+    cp = configparser.ConfigParser(strict=False, interpolation=None)
+    cp.optionxform = str  # keys are case-sensitive
+    cp.read_string(UNIT.read_text())
+    return cp
+
+
+def unit_caps(key: str) -> set[str]:
+    return set(unit()["Service"][key].split())
+
+
+def test_unit_sandboxing_and_capabilities():
+    s = unit()["Service"]
+    assert s["ProtectSystem"] == "strict"
+    assert s["ProtectHome"] == "yes"
+    assert s["PrivateTmp"] == "yes"
+    assert s["NoNewPrivileges"] == "yes"
+    assert s.get("ProtectProc", "default") == "default" and s.get("ProcSubset", "all") == "all"
+    for key in ("InaccessiblePaths", "TemporaryFileSystem"):
+        assert not any(p.lstrip("-") in ("/proc", "/sys") or p.lstrip("-").startswith(("/proc/", "/sys/"))
+                       for p in s.get(key, "").split()), key
+    want = {capabilities.NAMES[c] for c in capabilities.PTWALK}
+    assert unit_caps("CapabilityBoundingSet") == want
+    assert unit_caps("AmbientCapabilities") == want
+    # mglru-fexit writes /sys/kernel/debug/lru_gen; everything else in /sys stays read-only.
+    assert "/sys/kernel/debug" in s["ReadWritePaths"]
+    assert s["ExecStart"].split()[1] == "serve"
+
+
+def test_systemd_analyze_verify(tmp_path):
+    exe = shutil.which("systemd-analyze")
+    if exe is None:
+        pytest.fail("systemd-analyze is not installed (apt-get install systemd)")
+    # verify insists that ExecStart exists: point it at this checkout's pageheat.
+    pageheat = Path(shutil.which("pageheat") or ROOT / ".venv/bin/pageheat")
+    assert pageheat.exists()
+    copy = tmp_path / "pageheat.service"
+    copy.write_text(UNIT.read_text().replace("/usr/local/bin/pageheat", str(pageheat)))
+    r = subprocess.run([exe, "verify", "--man=no", str(copy)], capture_output=True, text=True,
+                       timeout=60)
+    # verify exits 0 on unknown keys and bad values, but says so on stderr.
+    assert r.returncode == 0 and r.stderr.strip() == "", r.stderr
+
+
+@pytest.mark.kernel
+def test_unit_capabilities_run_ptwalk(ptwalk_ok, workload):
+    """Exactly the unit's capabilities, as the unit grants them (root without the rest:
+    noroot securebits, bounding set, ambient set, no_new_privs), run a real snapshot."""
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.fail("setpriv is not installed (util-linux)")
+    t = workload("--size", "16MiB")
+    caps = ",".join(["-all", *(f"+{c.removeprefix('CAP_').lower()}"
+                               for c in sorted(unit_caps("AmbientCapabilities")))])
+    pageheat = PAGEHEAT
+    if unit()["Service"].get("MemoryDenyWriteExecute") == "yes":
+        # The same promise from the kernel: prctl(PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN), 6.3+.
+        pageheat = [sys.executable, "-c", MDWE_MAIN]
+        probe = subprocess.run([sys.executable, "-c", MDWE_PROBE], capture_output=True, timeout=30)
+        if probe.returncode != 0:
+            need_kernel("prctl(PR_SET_MDWE) is not supported (kernel 6.3+)")
+    secbits = ",".join(f"+{b.replace('-', '_')}" for b in unit()["Service"]["SecureBits"].split())
+    assert "+noroot" in secbits.split(",")
+    cmd = [setpriv, "--securebits", secbits, "--bounding-set", caps,
+           "--inh-caps", caps, "--ambient-caps", caps, "--no-new-privs",
+           *pageheat, "snapshot", "--source", "ptwalk", "--pid", str(t.pid), "--scans", "2",
+           "--aging", "200ms", "--json"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    snap = json.loads(r.stdout)
+    assert snap["scans"] == 2 and not snap["exited"]
+    assert sum(v["resident"] for v in snap["vmas"]) >= t.pages
+
+    # And one capability fewer is refused with one line naming it.
+    fewer = caps.replace(",+dac_override", "")
+    r = subprocess.run([fewer if a == caps else a for a in cmd], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "CAP_DAC_OVERRIDE" in r.stderr, r.stderr
+
+
+# --- Kubernetes -------------------------------------------------------------------------------
+
+
+MDWE_PROBE = "import ctypes, sys; sys.exit(ctypes.CDLL(None).prctl(65, 1, 0, 0, 0) != 0)"
+MDWE_MAIN = ("import ctypes, sys\nassert ctypes.CDLL(None).prctl(65, 1, 0, 0, 0) == 0\n"
+             "from pageheat.cli import main\nsys.exit(main(sys.argv[1:]))")
+
+
+def manifests() -> dict[str, dict]:
+    docs = {}
+    for f in sorted(K8S.glob("*.yaml")):
+        for d in yaml.safe_load_all(f.read_text()):
+            if d and d.get("kind") != "Kustomization":
+                docs[d["kind"]] = d
+    return docs
+
+
+def sys_paths_in_code() -> set[str]:
+    found = set()
+    for f in (ROOT / "exporter").rglob("*.py"):
+        found |= set(re.findall(r'"(/sys/[^"]+)"', f.read_text()))
+    assert "/sys/kernel/debug/lru_gen" in found  # the scan itself works
+    return found
+
+
+def test_kustomization_lists_every_manifest():
+    k = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    assert sorted(k["resources"]) == sorted(f.name for f in K8S.glob("*.yaml")
+                                            if f.name != "kustomization.yaml")
+
+
+def test_daemonset():
+    m = manifests()
+    assert {"Namespace", "ConfigMap", "DaemonSet", "Service", "ServiceMonitor"} <= set(m)
+    ds = m["DaemonSet"]
+    assert ds["apiVersion"] == "apps/v1"
+    spec = ds["spec"]["template"]["spec"]
+    assert ds["spec"]["selector"]["matchLabels"].items() <= ds["spec"]["template"]["metadata"][
+        "labels"].items()
+    assert spec["hostPID"] is True
+    (c,) = spec["containers"]
+    sc = c["securityContext"]
+    assert sc.get("privileged", False) is False
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"]["drop"] == ["ALL"]
+    want = {capabilities.NAMES[x].removeprefix("CAP_") for x in capabilities.PTWALK}
+    assert set(sc["capabilities"]["add"]) == want
+
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    mounts = {mt["mountPath"]: mt for mt in c["volumeMounts"]}
+    for path, writable in NEEDED_MOUNTS.items():
+        assert path in mounts, f"{path} not mounted"
+        mt = mounts[path]
+        assert volumes[mt["name"]]["hostPath"]["path"] == path
+        if writable:
+            assert not mt.get("readOnly", False), f"{path} must be writable"
+    for path in ("/sys/kernel/btf", "/sys/devices/system"):
+        assert mounts[path].get("readOnly") is True, f"{path} should be read-only"
+    # Every /sys path the exporter's code names is under a host mount (the container's own
+    # /sys is read-only and has no debugfs).
+    for path in sys_paths_in_code():
+        assert any(path == m or path.startswith(m + "/") for m in mounts), f"{path} not mounted"
+
+    port = {p["name"]: p["containerPort"] for p in c["ports"]}["metrics"]
+    assert port == 9476
+    assert c["args"][0] == "serve"
+    cfg_mount = mounts["/etc/pageheat"]
+    assert volumes[cfg_mount["name"]]["configMap"]["name"] == m["ConfigMap"]["metadata"]["name"]
+    assert "--config" in c["args"] and "/etc/pageheat/pageheat.yml" in c["args"]
+    assert "pageheat.yml" in m["ConfigMap"]["data"]
+
+
+def test_configmap_is_a_valid_pageheat_config(tmp_path):
+    from pageheat import config
+
+    f = tmp_path / "pageheat.yml"
+    f.write_text(manifests()["ConfigMap"]["data"]["pageheat.yml"])
+    cfg = config.load(f, {})
+    assert cfg.listen.endswith(":9476")
+
+
+def test_service_and_servicemonitor_select_the_daemonset():
+    m = manifests()
+    labels = m["DaemonSet"]["spec"]["template"]["metadata"]["labels"]
+    svc = m["Service"]
+    assert svc["spec"]["selector"].items() <= labels.items()
+    assert {p["name"] for p in svc["spec"]["ports"]} == {"metrics"}
+    sm = m["ServiceMonitor"]
+    assert sm["apiVersion"] == "monitoring.coreos.com/v1"
+    assert sm["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
+    assert [e["port"] for e in sm["spec"]["endpoints"]] == ["metrics"]
+    ns = m["Namespace"]["metadata"]["name"]
+    assert {d["metadata"]["namespace"] for k, d in m.items() if k != "Namespace"} == {ns}
+
+
+def test_readme_documents_each_capability():
+    text = (DEPLOY / "README.md").read_text()
+    for c in capabilities.PTWALK:
+        assert capabilities.NAMES[c] in text
+    assert "/sys/kernel/debug/lru_gen" in text and "mglru-fexit" in text
