@@ -180,10 +180,25 @@ struct bits_ctx {
  * The flag is per folio: for a PTE-mapped page of a large folio it does not say which page
  * was used, so only single-page folios (and whole PMD-mapped THPs, whole_folio) count.
  */
+/*
+ * page->flags became a memdesc_flags_t struct in 6.18 ("mm: introduce memdesc_flags_t");
+ * before it was an unsigned long. Same place, different type: one flavor each, so the
+ * relocation that does not match this kernel is never used.
+ */
+struct page___memdesc {
+	memdesc_flags_t flags;
+} __attribute__((preserve_access_index));
+
+struct page___ulong {
+	unsigned long flags;
+} __attribute__((preserve_access_index));
+
 static __always_inline int folio_young(struct ptwalk_state *st, __u64 entry, int whole_folio)
 {
 	__u64 w[2] = {}, page, flags = 0;
-	__u32 off_flags = bpf_core_field_offset(struct page, flags);
+	__u32 off_flags = bpf_core_field_exists(struct page___memdesc, flags) ?
+			  bpf_core_field_offset(struct page___memdesc, flags) :
+			  bpf_core_field_offset(struct page___ulong, flags);
 	__u32 off_head = bpf_core_field_offset(struct page, compound_head);
 
 	if (!bpf_core_enum_value_exists(enum pageflags, PG_young) || off_flags > 8 || off_head > 8)

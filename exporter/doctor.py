@@ -49,8 +49,26 @@ def check_ptwalk() -> Verdict:
     return Verdict("ptwalk", True, f"BTF, task_vma iterator, clear_refs, {levels}-level page tables")
 
 
+def check_mglru_fexit() -> Verdict:
+    """Loads and attaches the fexit programs for real: only that shows whether this kernel
+    allows BPF trampolines on the hooked functions."""
+    from . import lrugen
+    from .sources.mglru_fexit import NAME, MglruFexitSource
+
+    why = lrugen.mglru_state()
+    if why:
+        return Verdict(NAME, False, why)
+    try:
+        src = MglruFexitSource()
+    except SourceError as e:
+        return Verdict(NAME, False, str(e).removeprefix(f"{NAME}: "))
+    mode, flush = src.aging, "TLB flush" if src.tlb_flush else "no TLB flush"
+    src.close()
+    return Verdict(NAME, True, f"MGLRU enabled, fexit attached, {mode} aging via {lrugen.LRU_GEN}, {flush}")
+
+
 def verdicts() -> list[Verdict]:
-    out = [check_ptwalk()]
+    out = [check_mglru_fexit(), check_ptwalk()]
     mglru = _mglru_state()
     for name in NAMES:
         if name not in IMPLEMENTED:

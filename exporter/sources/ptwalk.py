@@ -43,6 +43,7 @@ _TABLE = np.dtype([
 _PER_SCAN = ("n_vmas", "n_tables", "dropped_vmas", "dropped_tables", "read_errors",
              "skipped_huge_pud", "dup_vmas", "young_flag_hits", "last_mm", "last_vm_end")
 _REPORTED = _PER_SCAN[:8]
+TLB_FLUSH_MODES = ("auto", "always", "never")
 # x86-64 4-level layout: KASLR places the struct page array in 1 GiB steps below this.
 _VMEMMAP_LIMIT_4LEVEL = 0xFFFFFE0000000000
 _VMA_F_SHARED = 1
@@ -78,10 +79,13 @@ class PtwalkSource:
     name = "ptwalk"
 
     def __init__(self, obj: Path | None = None, nodes: NodeMap | None = None,
-                 tlb_flush: bool = True, check_young: bool | None = None) -> None:
+                 tlb_flush: str = "auto", check_young: bool | None = None) -> None:
         self._path = obj or object_path("ptwalk")
-        # See _age: only where the kernel has no soft-dirty tracking to disturb.
-        self.tlb_flush = tlb_flush and not soft_dirty_tracking()
+        # See _age. "auto": only where the kernel has no soft-dirty tracking to disturb;
+        # "always" also resets soft-dirty bits (fine in a test VM, not next to CRIU).
+        if tlb_flush not in TLB_FLUSH_MODES:
+            raise SourceError(f"tlb_flush must be one of {', '.join(TLB_FLUSH_MODES)}, not {tlb_flush!r}")
+        self.tlb_flush = tlb_flush == "always" or (tlb_flush == "auto" and not soft_dirty_tracking())
         self._nodes = nodes or NodeMap.from_sysfs()
         # PG_young costs a struct page read per idle page (~45 ns here), so by default only
         # when DAMON, the usual other Accessed-bit consumer, is running.

@@ -1,0 +1,32 @@
+/* SPDX-License-Identifier: GPL-2.0 OR BSD-2-Clause */
+/*
+ * Records shared between mglru_fexit.bpf.c and exporter/sources/mglru_fexit.py.
+ * The Python side mirrors them as numpy dtypes and checks the sizes at load.
+ */
+#ifndef PAGEHEAT_MGLRU_FEXIT_H
+#define PAGEHEAT_MGLRU_FEXIT_H
+
+/* young.value bits: which hook saw the page young (both can, after a THP split). */
+#define YOUNG_PTE	(1U << 0)	/* a 4 KiB PTE: key.vpn is the page */
+#define YOUNG_PMD	(1U << 1)	/* a PMD-mapped THP: key.vpn is its first page, 512 pages */
+
+/* Key of the "young" hash: one entry per (target, page) per harvest interval. */
+struct young_key {
+	__u32 tgid;
+	__u32 pad;
+	__u64 vpn;	/* virtual address >> 12 */
+};
+
+/* The one-element "stats" array: counters written by BPF, read (and never reset) by Python. */
+struct fexit_stats {
+	__u64 calls;		/* hook calls, any mm */
+	__u64 young;		/* calls that returned 1, any mm */
+	__u64 target_young;	/* young calls on a target's mm */
+	__u64 pte_young;
+	__u64 pmd_young;	/* leaf (huge) PMDs */
+	__u64 pmd_nonleaf;	/* non-leaf PMD Accessed bits (x86 ages them too): ignored */
+	__u64 dropped;		/* "young" was full: a young page lost */
+	__u64 pad;
+};
+
+#endif

@@ -1,0 +1,165 @@
+"""The kernel lab: boot Debian 6.12 and 6.1 under QEMU (lab/vm.py) and run the guest-side
+tests in tests/lab_guest there; also record what the host kernel offers.
+
+One VM per guest run (module-scoped, parametrized fixture): a boot costs ~20 s under TCG.
+Each guest appends result lines to $PAGEHEAT_LAB_OUT/results.jsonl; they are gathered into
+``RESULTS`` (default /var/cache/pageheat-lab/last-results.json) and rendered into
+docs/KERNELS.md by ``.venv/bin/python tests/lab/report.py``.
+
+Run: ``.venv/bin/python -m pytest tests/lab`` (about 10 minutes on the 2-core dev VM).
+Skipped, through need_kernel, only where the lab cannot run and PAGEHEAT_REQUIRE_KERNEL is
+unset.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from conftest import need_kernel
+
+from lab.conftest_helpers import GuestPytest, guest_pytest, lab_unavailable_reason
+
+pytestmark = pytest.mark.kernel
+
+RESULTS = Path(os.environ.get("PAGEHEAT_LAB_CACHE", "/var/cache/pageheat-lab")) / "last-results.json"
+TWO_NODES = ["1G,cpus=0", "1G,cpus=1"]
+
+
+@dataclass(frozen=True)
+class Run:
+    kernel: str
+    tests: str
+    numa: tuple[str, ...] = ()
+    timeout: float = 600
+
+
+RUNS = {
+    "deb-6.12": Run("deb-6.12", "tests/lab_guest/test_accuracy.py"),
+    "deb-6.1": Run("deb-6.1", "tests/lab_guest/test_accuracy.py"),
+    "deb-6.12-numa": Run("deb-6.12", "tests/lab_guest/test_numa.py", tuple(TWO_NODES)),
+}
+
+
+@dataclass
+class Outcome:
+    run: str
+    guest: GuestPytest
+    results: list[dict]
+
+
+_collected: list[dict] = []
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _write_results() -> Iterator[None]:
+    started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+    t0 = time.monotonic()
+    yield
+    if not _collected:
+        return
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps({
+        "started": started, "wall_seconds": round(time.monotonic() - t0, 1),
+        "command": ".venv/bin/python -m pytest tests/lab", "host": platform.release(),
+        "results": _collected}, indent=1))
+
+
+GUEST_MODULES = ("loop", "ext4", "zram")  # a real file system on a loop device; swap on zram
+
+
+def stage_modules(kernel: str, modules: tuple[str, ...] = GUEST_MODULES) -> Path:
+    """Copy the modules the guest tests load, with their dependencies, into a host /tmp dir
+    the guest sees (its /var/cache, where lab/kernels.py unpacks them, is a tmpfs there).
+    ``NAME.order`` lists the files to insmod for NAME, dependencies first."""
+    from lab import kernels
+
+    k = kernels.get(kernel)
+    root = Path(k.vmlinuz).parent.parent
+    out = Path(tempfile.mkdtemp(prefix="pageheat-lab-modules-", dir="/tmp"))
+    for module in modules:
+        deps = subprocess.run(["modprobe", "-d", str(root), "-S", str(k.version),
+                               "--show-depends", module], capture_output=True, text=True)
+        order = []
+        for line in deps.stdout.splitlines():
+            if line.startswith("insmod "):
+                src = Path(line.split()[1])
+                shutil.copy(src, out / src.name)
+                order.append(src.name)
+        (out / f"{module}.order").write_text("\n".join(order) + "\n")
+    return out
+
+
+@pytest.fixture(scope="module", params=list(RUNS))
+def vm(request: pytest.FixtureRequest) -> Outcome:
+    reason = lab_unavailable_reason()
+    if reason:
+        need_kernel(f"kernel lab: {reason}")
+    run = RUNS[request.param]
+    modules = stage_modules(run.kernel)
+    try:
+        g = guest_pytest(run.kernel, ["-v", run.tests], numa=list(run.numa) or None,
+                         memory="2G", timeout=run.timeout, keep_outdir=True,
+                         env={"PAGEHEAT_REQUIRE_KERNEL": "1", "PAGEHEAT_LAB_MODULES": str(modules)})
+    finally:
+        shutil.rmtree(modules, ignore_errors=True)
+    results = []
+    if g.vm.outdir is not None:
+        f = g.vm.outdir / "results.jsonl"
+        if f.exists():
+            results = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+        shutil.rmtree(g.vm.outdir, ignore_errors=True)
+    # A guest test that failed before it could record (a load error, a set-up step) still
+    # shows up in docs/KERNELS.md.
+    results += [{"kernel": run.kernel, "uname": "", "test": "guest-failure", "source": name,
+                 "result": "FAIL"} for name in g.failed_names]
+    for r in results:
+        r["run"] = request.param
+        r["boot_seconds"], r["vm_wall_seconds"] = g.vm.boot_seconds, g.vm.wall_seconds
+    _collected.extend(results)
+    return Outcome(request.param, g, results)
+
+
+def test_guest_suite_passes(vm: Outcome) -> None:
+    g = vm.guest
+    assert not g.vm.timed_out, f"{vm.run}: VM timed out\n{g.vm.output[-6000:]}"
+    assert g.tests, f"{vm.run}: no guest test report\n{g.vm.output[-6000:]}"
+    assert g.failures == 0 and g.errors == 0 and g.skipped == 0, (
+        f"{vm.run}: failed {g.failed_names}, skipped {g.skipped}\n{g.vm.output[-8000:]}")
+    assert g.vm.returncode == 0, g.vm.output[-6000:]
+
+
+def test_guest_recorded_results(vm: Outcome) -> None:
+    assert vm.results, f"{vm.run}: the guest recorded nothing\n{vm.guest.vm.output[-4000:]}"
+    bad = [r for r in vm.results if r["result"] == "FAIL" and r["test"] != "guest-failure"]
+    assert not bad, bad
+
+
+def test_host_kernel_verdicts() -> None:
+    """The host (dev/CI) kernel: mglru-fexit must refuse with one clear line, ptwalk run."""
+    from pageheat.doctor import check_mglru_fexit, check_ptwalk
+    from pageheat.sources import open_source
+    from pageheat.sources.base import SourceError
+
+    if os.geteuid() != 0:
+        need_kernel("not root")
+    fexit, ptwalk = check_mglru_fexit(), check_ptwalk()
+    for v in (fexit, ptwalk):
+        _collected.append({"kernel": "host", "uname": platform.release(), "run": "host",
+                           "test": "doctor", "source": v.source,
+                           "result": "pass" if v.ok else f"n/a: {v.detail}"})
+    if fexit.ok:
+        return  # a host with MGLRU and fexit: nothing to refuse
+    with pytest.raises(SourceError) as e:
+        open_source("mglru-fexit")
+    msg = str(e.value)
+    assert "\n" not in msg and "use --source ptwalk" in msg, msg
