@@ -87,19 +87,27 @@ static __always_inline void record(struct fexit_stats *st, struct vm_area_struct
 	}
 }
 
-SEC("fexit/ptep_test_and_clear_young")
-int BPF_PROG(on_pte, struct vm_area_struct *vma, unsigned long addr, pte_t *ptep, int ret)
+/* A PTE-level young test returned ret: count it, and record the page if it was young. */
+static __always_inline void on_pte_young(struct vm_area_struct *vma, unsigned long addr, int ret,
+					 bool count_pte)
 {
 	struct fexit_stats *st = get_stats();
 
 	if (!st)
-		return 0;
+		return;
 	__sync_fetch_and_add(&st->calls, 1);
 	if (ret != 1)
-		return 0;
+		return;
 	__sync_fetch_and_add(&st->young, 1);
-	__sync_fetch_and_add(&st->pte_young, 1);
+	if (count_pte)
+		__sync_fetch_and_add(&st->pte_young, 1);
 	record(st, vma, addr, YOUNG_PTE);
+}
+
+SEC("fexit/ptep_test_and_clear_young")
+int BPF_PROG(on_pte, struct vm_area_struct *vma, unsigned long addr, pte_t *ptep, int ret)
+{
+	on_pte_young(vma, addr, ret, true);
 	return 0;
 }
 
@@ -110,15 +118,7 @@ int BPF_PROG(on_pte, struct vm_area_struct *vma, unsigned long addr, pte_t *ptep
 SEC("fexit/ptep_clear_flush_young")
 int BPF_PROG(on_pte_flush, struct vm_area_struct *vma, unsigned long addr, pte_t *ptep, int ret)
 {
-	struct fexit_stats *st = get_stats();
-
-	if (!st)
-		return 0;
-	__sync_fetch_and_add(&st->calls, 1);
-	if (ret != 1)
-		return 0;
-	__sync_fetch_and_add(&st->young, 1);
-	record(st, vma, addr, YOUNG_PTE);
+	on_pte_young(vma, addr, ret, false);
 	return 0;
 }
 
