@@ -10,6 +10,7 @@ import logging
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
@@ -17,6 +18,9 @@ from . import __version__, config, doctor, procfs
 from .config import parse_duration
 from .sources import NAMES, open_source
 from .sources.base import SourceError, TargetGone
+
+if TYPE_CHECKING:
+    from .daemon import Daemon
 
 
 class UsageError(Exception):
@@ -173,7 +177,7 @@ def _serve(args: argparse.Namespace) -> int:
     return _run_daemon(Daemon(cfg, source, web))
 
 
-def _run_daemon(daemon: object) -> int:
+def _run_daemon(daemon: Daemon) -> int:
     import uvloop
 
     async def runner() -> None:
@@ -181,7 +185,7 @@ def _run_daemon(daemon: object) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await daemon.run(stop)  # type: ignore[attr-defined]
+        await daemon.run(stop)
 
     uvloop.run(runner())
     return 0
