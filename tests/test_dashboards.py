@@ -22,7 +22,7 @@ import pytest
 import yaml
 from conftest import ROOT, Truth, run_pageheat, stop_process
 from pageheat import render as render_mod
-from test_exporter_prometheus import start_serve, wait_for
+from test_exporter_prometheus import scrape_job, serve_hot_band, wait_for
 
 GRAFANA = ROOT / "grafana"
 RULES = sorted((ROOT / "deploy" / "prometheus" / "rules").glob("*.yml"))
@@ -192,20 +192,10 @@ def resident_pages(pid: int, lo: int, hi: int) -> tuple[int, int]:
 @pytest.mark.kernel
 @pytest.mark.prometheus
 def test_every_panel_query_returns_data(ptwalk_ok, workload, prometheus_server, tmp_path):
-    t = workload("--size", "256MiB", "--layout", "contiguous", "--hot", "0.25", "--warm", "0.05")
-    serve, port, log = start_serve(tmp_path, f"""
-targets: {{pids: [{t.pid}], top_rss: 0}}
-aging: 500ms
-cpu_budget: 0.5
-discovery_interval: 500ms
-expose_addresses: true
-""")
+    t, serve, port, log = serve_hot_band(workload, tmp_path)
     started = time.monotonic()
     try:
-        prom = prometheus_server(f"""
-  - job_name: pageheat
-    static_configs: [{{targets: ['127.0.0.1:{port}']}}]
-""", rule_files=RULES)
+        prom = prometheus_server(scrape_job(port), rule_files=RULES)
         pid = f'pid="{t.pid}"'
         wait_for(lambda: prom.query(f"pageheat_harvests_total{{{pid}}} > 20"), 60, "20 harvests")
         wait_for(lambda: prom.query(f"pageheat:cold_ratio_120s:ratio{{{pid}}}"), 30, "recording rules")

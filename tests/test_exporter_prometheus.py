@@ -35,21 +35,31 @@ def wait_for(predicate, timeout: float, what: str):
         time.sleep(0.5)
 
 
-def test_heatmap_idle_and_vanishing_series(ptwalk_ok, workload, prometheus_server, tmp_path):
-    # A contiguous hot band, so whole address bins are hot and others cold.
+def serve_hot_band(workload, tmp: Path):
+    """The ground-truth workload with a contiguous hot band (so whole address bins are hot
+    and others cold), followed by `pageheat serve` with fast intervals and bin addresses."""
     t = workload("--size", "256MiB", "--layout", "contiguous", "--hot", "0.25", "--warm", "0.05")
-    serve, port, log = start_serve(tmp_path, f"""
+    serve, port, log = start_serve(tmp, f"""
 targets: {{pids: [{t.pid}], top_rss: 0}}
 aging: 500ms
 cpu_budget: 0.5
 discovery_interval: 500ms
 expose_addresses: true
 """)
-    try:
-        prom = prometheus_server(f"""
+    return t, serve, port, log
+
+
+def scrape_job(port: int) -> str:
+    return f"""
   - job_name: pageheat
     static_configs: [{{targets: ['127.0.0.1:{port}']}}]
-""")
+"""
+
+
+def test_heatmap_idle_and_vanishing_series(ptwalk_ok, workload, prometheus_server, tmp_path):
+    t, serve, port, log = serve_hot_band(workload, tmp_path)
+    try:
+        prom = prometheus_server(scrape_job(port))
         pid = f'pid="{t.pid}"'
         wait_for(lambda: prom.query(f"pageheat_harvests_total{{{pid}}} > 20"), 60, "20 harvests")
         time.sleep(3)
