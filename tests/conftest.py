@@ -13,7 +13,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,10 +68,11 @@ class Truth:
         return f"{self.start:x}-{self.start + self.size:x}"
 
 
-def start_workload(tmp: Path, *args: str) -> Truth:
+def start_workload(tmp: Path, *args: str, prefix: Sequence[str] = (), timeout: float = 60) -> Truth:
+    """Start ``pageheat workload`` (behind ``prefix``: numactl, a cgroup shell) and read its truth."""
     truth = tmp / f"truth-{time.monotonic_ns()}.json"
-    proc = subprocess.Popen([*PAGEHEAT, "workload", "--truth", str(truth), *args])
-    deadline = time.monotonic() + 60
+    proc = subprocess.Popen([*prefix, *PAGEHEAT, "workload", "--truth", str(truth), *args])
+    deadline = time.monotonic() + timeout
     while not truth.exists():
         if proc.poll() is not None:
             raise RuntimeError(f"workload exited with {proc.returncode}")
@@ -82,6 +83,31 @@ def start_workload(tmp: Path, *args: str) -> Truth:
     t = json.loads(truth.read_text())
     return Truth(t["pid"], int(t["start"], 16), t["size"], np.array(t["hot"], dtype=np.int64),
                  np.array(t["warm"], dtype=np.int64), proc)
+
+
+def truth_sets(t: Truth, pages: dict[int, dict]) -> tuple[np.ndarray, np.ndarray]:
+    """(must be accessed in every scan, must never be accessed), as page indices.
+
+    The Accessed bit of a PMD-mapped huge page covers all its 512 pages: such a page is hot
+    if any of its pages is hot, and cold only if none of its pages is hot or warm.
+    """
+    thp = np.array([pages.get(i, {}).get("thp", False) for i in range(t.pages)])
+    huge_of = np.arange(t.pages) // 512
+    hot = np.zeros(t.pages, bool)
+    hot[t.hot] = True
+    touched = hot.copy()
+    touched[t.warm] = True
+    hot |= thp & np.isin(huge_of, huge_of[t.hot])
+    touched |= thp & np.isin(huge_of, huge_of[np.flatnonzero(touched)])
+    return np.flatnonzero(hot), np.flatnonzero(~touched)
+
+
+def scan_matrix(t: Truth, pages: dict[int, dict], scans: int) -> np.ndarray:
+    """[page index, scan] -> accessed (0/1), for every page of the region; -1: not reported."""
+    m = np.full((t.pages, scans), -1, dtype=np.int8)
+    for i, p in pages.items():
+        m[i] = p["scans"]
+    return m
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import Truth, need_kernel, run_pageheat
+from conftest import Truth, need_kernel, run_pageheat, scan_matrix, truth_sets
 
 pytestmark = pytest.mark.kernel
 
@@ -25,35 +25,10 @@ def snapshot_pages(t: Truth, scans: int = 4, aging: str = "500ms") -> tuple[dict
     return snap, pages
 
 
-def scan_matrix(t: Truth, pages: dict[int, dict], scans: int) -> np.ndarray:
-    """[page index, scan] -> accessed, for every page of the region (missing pages: -1)."""
-    m = np.full((t.pages, scans), -1, dtype=np.int8)
-    for i, p in pages.items():
-        m[i] = p["scans"]
-    return m
-
-
-def expected(t: Truth, pages: dict[int, dict]) -> tuple[np.ndarray, np.ndarray]:
-    """(must be accessed in every scan, must never be accessed), page indices.
-
-    The Accessed bit of a PMD-mapped huge page covers all its 512 pages: such a page is hot
-    if any of its pages is hot, and cold only if none of its pages is hot or warm.
-    """
-    thp = np.array([pages.get(i, {}).get("thp", False) for i in range(t.pages)])
-    huge_of = np.arange(t.pages) // 512
-    hot = np.zeros(t.pages, bool)
-    hot[t.hot] = True
-    touched = hot.copy()
-    touched[t.warm] = True
-    hot |= thp & np.isin(huge_of, huge_of[t.hot])
-    touched |= thp & np.isin(huge_of, huge_of[np.flatnonzero(touched)])
-    return np.flatnonzero(hot), np.flatnonzero(~touched)
-
-
 def check_truth(t: Truth, pages: dict[int, dict], scans: int) -> tuple[np.ndarray, np.ndarray]:
     m = scan_matrix(t, pages, scans)
     assert (m >= 0).all(), f"{int((m < 0).any(axis=1).sum())} resident pages not reported"
-    hot, cold = expected(t, pages)
+    hot, cold = truth_sets(t, pages)
     missed = hot[(m[hot] == 0).any(axis=1)]
     false_hot = cold[(m[cold] == 1).any(axis=1)]
     assert len(missed) == 0, f"{len(missed)} hot pages not seen accessed, e.g. {missed[:5]}"

@@ -10,12 +10,11 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-from conftest import PAGEHEAT, Truth, need_kernel, run_pageheat, stop_process
+import conftest
+from conftest import Truth, need_kernel, run_pageheat, stop_process
 
 __all__ = ["Truth", "need_kernel", "stop_process"]
 
@@ -24,20 +23,8 @@ OUT = Path(os.environ.get("PAGEHEAT_LAB_OUT", "/tmp"))
 
 
 def start_workload(tmp: Path, *args: str, prefix: Sequence[str] = ()) -> Truth:
-    """Like tests/conftest.start_workload, with a command prefix (numactl, a cgroup shell)."""
-    truth = tmp / f"truth-{time.monotonic_ns()}.json"
-    proc = subprocess.Popen([*prefix, *PAGEHEAT, "workload", "--truth", str(truth), *args])
-    deadline = time.monotonic() + 120  # python + numpy start-up is slow under TCG
-    while not truth.exists():
-        if proc.poll() is not None:
-            raise RuntimeError(f"workload exited with {proc.returncode}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError("workload did not start")
-        time.sleep(0.1)
-    t = json.loads(truth.read_text())
-    return Truth(t["pid"], int(t["start"], 16), t["size"], np.array(t["hot"], dtype=np.int64),
-                 np.array(t["warm"], dtype=np.int64), proc)
+    # python + numpy start-up is slow under TCG
+    return conftest.start_workload(tmp, *args, prefix=prefix, timeout=120)
 
 
 def snapshot(t: Truth, source: str, scans: int = 3, aging: str = "1s",
@@ -55,18 +42,8 @@ def snapshot(t: Truth, source: str, scans: int = 3, aging: str = "1s",
 def truth_errors(t: Truth, pages: dict[int, dict], scans: int) -> dict[str, int]:
     """Ground truth as in tests/test_ptwalk_accuracy.py, counted instead of asserted:
     hot pages must be accessed in every scan, cold ones never, every page reported."""
-    m = np.full((t.pages, scans), -1, dtype=np.int8)
-    for i, p in pages.items():
-        m[i] = p["scans"]
-    thp = np.array([pages.get(i, {}).get("thp", False) for i in range(t.pages)])
-    huge_of = np.arange(t.pages) // 512
-    hot = np.zeros(t.pages, bool)
-    hot[t.hot] = True
-    touched = hot.copy()
-    touched[t.warm] = True
-    hot |= thp & np.isin(huge_of, huge_of[t.hot])
-    touched |= thp & np.isin(huge_of, huge_of[np.flatnonzero(touched)])
-    hot_i, cold_i = np.flatnonzero(hot), np.flatnonzero(~touched)
+    m = conftest.scan_matrix(t, pages, scans)
+    hot_i, cold_i = conftest.truth_sets(t, pages)
     return {"pages": t.pages, "hot": len(hot_i), "cold": len(cold_i),
             "not_reported": int((m < 0).any(axis=1).sum()),
             "hot_missed": int((m[hot_i] == 0).any(axis=1).sum()),
