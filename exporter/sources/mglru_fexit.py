@@ -3,301 +3,53 @@
 How it works (see bpf/mglru_fexit.bpf.c): fexit programs on ptep_test_and_clear_young and
 pmdp_test_and_clear_young record, in a BPF hash, every page of a followed process that the
 kernel finds young (Accessed bit set) and clears. MGLRU only calls them for PTEs that are
-young, so a page with no entry was not accessed since the kernel last looked at it.
-Each harvest drains the hash with one batch syscall and joins it, in numpy, with the
-resident set.
+young, so a page with no entry was not accessed since the kernel last looked at it. Works on
+stock kernels with MGLRU and BPF trampolines.
 
-Aging, ``PAGEHEAT_MGLRU_AGING`` (or the ``aging`` argument):
-
-* ``active`` (default): every cycle writes ``+ MEMCG NODE MAX_GEN SWAPPINESS 1`` to
-  /sys/kernel/debug/lru_gen for the target's memcg on each node (see ``pageheat.lrugen``).
-  That forced walk is synchronous, so the interval closes exactly at the cycle. **Cost:** the
-  walk visits every mm charged to the memcg, not only the target's, and it adds an MGLRU
-  generation each time, which also feeds the kernel's reclaim decisions: put targets in
-  their own cgroup to bound both.
-* ``passive``: no writes at all; the source only reports what the kernel's own aging and
-  reclaim found young during the interval. Without memory pressure the kernel does not
-  look, and nothing is reported; pages the kernel has not looked at since they were last
-  touched are reported when it does.
-
-TLB: clearing an Accessed bit does not flush the TLB, and the CPU sets the bit again only
-when it walks the page table, so a page whose translation stays cached looks idle however
-hot it is (measured in the lab: 300 of 819 hot pages missed per interval). The kernel accepts
-that; an exact heatmap does not. After each aging, active mode therefore ends with a full
-TLB flush of the target (``clear_refs`` 4), ``PAGEHEAT_TLB_FLUSH``:
-``auto`` (default) only where the kernel has no soft-dirty tracking, since on a
-CONFIG_MEM_SOFT_DIRTY kernel that write also clears the soft-dirty bits (CRIU) and costs a
-minor fault on the next write to each page, the same rule as ptwalk; ``always``; ``never``.
-
-Resident set: /proc/PID/pagemap, read per VMA into numpy (PFN -> NUMA node through
-NodeMap; bit 61 tells a private file mapping's COW copies, which are anonymous). Chosen over
-reusing the ptwalk iterator because it needs no direct-map probing and no second BPF object,
-and it cannot disturb the Accessed bits. A page is reported as mapped by a PMD (``thp``) when
-its whole aligned 2 MiB is present, physically contiguous and 2 MiB aligned, and
-/proc/kpageflags marks the head as a THP.
-
-Kernel-side limits, reported as "not accessed" because the kernel never looks:
-* VMAs with MADV_RANDOM or MADV_SEQUENTIAL (VM_RAND_READ / VM_SEQ_READ) and mlocked VMAs
-  are skipped by MGLRU's walk;
-* pages not yet on an LRU list (still in a per-CPU batch) or charged to another memcg;
-* with swappiness 0 (passive mode, no swap), anonymous and shmem pages are never aged.
+Active aging writes ``+ MEMCG NODE MAX_GEN SWAPPINESS 1`` to /sys/kernel/debug/lru_gen for
+the target's memcg on each node (see ``pageheat.lrugen``); the rest (passive mode, the TLB
+flush, the resident set, the kernel's limits) is shared with mglru-hook: see ``young``.
 """
 
 from __future__ import annotations
 
-import ctypes as C
 import errno
-import logging
-import mmap
-import os
-import time
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
-import numpy as np
-
-from .. import lrugen, procfs
-from ..bpfobjects import object_path
-from ..libbpf import BpfObject, LibbpfError, Link, lib
-from ..numa import NodeMap
-from .base import Harvest, Pages, PageType, SourceError, TargetGone, VmaKind, Vmas
-from .ptwalk import soft_dirty_tracking
-
-log = logging.getLogger(__name__)
+from .. import lrugen
+from ..libbpf import LibbpfError
+from .base import SourceError, TargetGone
+from .young import BTF, Target, YoungPagesSource, kernel_functions
 
 NAME = "mglru-fexit"
-AGING_ENV = "PAGEHEAT_MGLRU_AGING"
-TLB_ENV = "PAGEHEAT_TLB_FLUSH"  # shared with ptwalk
-BTF = Path("/sys/kernel/btf/vmlinux")
 # (program, kernel function, required): a required hook missing means the source cannot work.
 HOOKS = (("on_pte", "ptep_test_and_clear_young", True),
          ("on_pmd", "pmdp_test_and_clear_young", True),
          ("on_pte_flush", "ptep_clear_flush_young", False))
-
-_KEY = np.dtype([("tgid", "<u4"), ("pad", "<u4"), ("vpn", "<u8")])
-_STATS = np.dtype([(k, "<u8") for k in ("calls", "young", "target_young", "pte_young", "pmd_young",
-                                         "pmd_nonleaf", "dropped", "pad")])
-_YOUNG_PTE, _YOUNG_PMD = 1, 2
-_BATCH = 1 << 16
 _ENOTSUPP = 524  # the kernel's internal "not supported", leaked by BPF attach
-_DEFAULT_YOUNG_CAPACITY = 1 << 22  # 16 GiB of young 4 KiB pages per interval, all targets
-
-_PM_PRESENT = np.uint64(1 << 63)
-_PM_FILE_OR_SHARED = np.uint64(1 << 61)
-_PM_PFN = np.uint64((1 << 55) - 1)
-_KPF_THP = 22
-_PAGEMAP_CHUNK = 1 << 21  # pages per pread: 16 MiB of pagemap at most in memory per VMA chunk
-_SHMEM_NAMES = ("/memfd:", "/dev/zero", "/SYSV", "/dev/shm/", "[anon_shmem:")
-_SHMEM_FS = {"tmpfs", "ramfs", "shm", "devtmpfs"}
 
 
-def _declare(name: str, restype: object, argtypes: list[object]) -> Any:
-    """libbpf calls that pageheat.libbpf does not bind (map element and batch ops)."""
-    fn = getattr(lib(), name)
-    fn.restype, fn.argtypes = restype, argtypes
-    return fn
-
-
-def _cpu() -> float:
-    return time.thread_time()
-
-
-@dataclass
-class _Target:
-    memcg_id: int
-    nodes: list[int]  # memcg's nodes in lru_gen: where an aging is written
-    max_seq: dict[int, int]  # per node, at the last cycle: how often the kernel aged since
-    shmem_mounts: list[str] = field(default_factory=list)
-    clear_refs: int | None = None  # an fd on /proc/PID/clear_refs, for the TLB flush
-
-
-class MglruFexitSource:
+class MglruFexitSource(YoungPagesSource):
     name = NAME
+    object_name = "mglru_fexit"
+    needs_lru_gen_write = True
 
-    def __init__(self, aging: str | None = None, obj: Path | None = None,
-                 nodes: NodeMap | None = None, young_capacity: int = _DEFAULT_YOUNG_CAPACITY,
-                 swappiness: int = 1, tlb_flush: str | None = None) -> None:
-        self.aging = (aging or os.environ.get(AGING_ENV) or "active").lower()
-        if self.aging not in ("active", "passive"):
-            raise SourceError(f"{NAME}: aging must be active or passive, not {self.aging!r} "
-                              f"(${AGING_ENV})")
-        if not 1 <= swappiness <= 200:
-            raise SourceError(f"{NAME}: swappiness must be 1..200 (0 would skip anonymous memory)")
-        self.swappiness = swappiness
-        flush = (tlb_flush or os.environ.get(TLB_ENV) or "auto").lower()
-        if flush not in ("auto", "always", "never"):
-            raise SourceError(f"{NAME}: TLB flush must be auto, always or never, not {flush!r} "
-                              f"(${TLB_ENV})")
-        self.tlb_flush = self.aging == "active" and (
-            flush == "always" or (flush == "auto" and not soft_dirty_tracking()))
-        why = lrugen.mglru_state()
-        if why:
-            raise SourceError(f"{NAME}: {why}; use --source ptwalk")
-        if self.aging == "active" and not os.access(lrugen.LRU_GEN, os.W_OK):
-            raise SourceError(f"{NAME}: {lrugen.LRU_GEN} is not writable (mount debugfs, run as "
-                              f"root) or use {AGING_ENV}=passive")
-        self._nodes = nodes or NodeMap.from_sysfs()
-        self._path = obj or object_path("mglru_fexit")
-        self._targets: dict[int, _Target] = {}
-        self._pending: dict[int, list[np.ndarray]] = {}  # tgid -> drained keys+flags, not yet harvested
-        self._links: list[Link] = []
-        self._obj: BpfObject | None = None
-        self._stats_map: mmap.mmap | None = None
-        self._update = _declare("bpf_map_update_elem", C.c_int,
-                                [C.c_int, C.c_void_p, C.c_void_p, C.c_uint64])
-        self._delete = _declare("bpf_map_delete_elem", C.c_int, [C.c_int, C.c_void_p])
-        self._batch = _declare("bpf_map_lookup_and_delete_batch", C.c_int,
-                               [C.c_int, C.c_void_p, C.c_void_p, C.c_void_p, C.c_void_p,
-                                C.POINTER(C.c_uint32), C.c_void_p])
-        self._load(young_capacity)
-
-    # -- loading -----------------------------------------------------------------------------
-    def _load(self, capacity: int) -> None:
+    def programs(self) -> dict[str, bool]:
         present = kernel_functions([fn for _, fn, _ in HOOKS])
         for _, fn, required in HOOKS:
             if required and fn not in present:
                 raise SourceError(f"{NAME}: kernel function {fn} is not in {BTF} (inlined or "
                                   "renamed on this kernel), so it cannot be hooked; use --source ptwalk")
-        autoload = {prog: fn in present for prog, fn, _ in HOOKS}
-        try:
-            obj = BpfObject(self._path, max_entries={"young": capacity}, autoload=autoload)
-        except LibbpfError as e:
-            raise SourceError(f"{NAME}: cannot load {self._path.name}: {e.strerror}{_hint(e)}") from e
-        self._obj = obj
-        try:
-            if obj.value_size("stats") != _STATS.itemsize:
-                raise SourceError(f"{NAME}: map stats has {obj.value_size('stats')}-byte values, "
-                                  f"exporter expects {_STATS.itemsize}: rebuild bpf/")
-            for prog, _, _ in HOOKS:
-                if autoload[prog]:
-                    self._links.append(obj.attach(prog))
-        except LibbpfError as e:
-            self.close()
-            raise SourceError(f"{NAME}: cannot attach fexit {prog}: {e.strerror}{_hint(e)}") from e
-        except SourceError:
-            self.close()
-            raise
-        self._stats_map = obj.mmap_array("stats")
-        self._young_fd = obj.map_fd("young")
-        self._targets_fd = obj.map_fd("targets")
+        return {prog: fn in present for prog, fn, _ in HOOKS}
 
-    def stats(self) -> dict[str, int]:
-        """The BPF counters since load (all mms and targets)."""
-        if self._stats_map is None:
-            return {}
-        row = np.frombuffer(self._stats_map, dtype=_STATS, count=1)[0]
-        return {k: int(row[k]) for k in _STATS.names if k != "pad"}
+    def load_hint(self, e: LibbpfError) -> str:
+        if e.errno in (errno.EPERM, _ENOTSUPP, errno.EOPNOTSUPP, errno.EINVAL):
+            return (" (this kernel refuses fexit programs: no BPF trampolines, lockdown, or "
+                    "missing CAP_BPF/CAP_PERFMON/CAP_SYS_ADMIN); use --source ptwalk")
+        if e.errno in (errno.ESRCH, errno.ENOENT):
+            return " (a hooked kernel function is missing: inlined or renamed); use --source ptwalk"
+        return ""
 
-    # -- Source interface ----------------------------------------------------------------------
-    def attach(self, pid: int) -> None:
-        if pid in self._targets:
-            return
-        try:
-            cg = lrugen.cgroup_path(pid)
-            mounts = _shmem_mounts(pid)
-            refs = os.open(f"/proc/{pid}/clear_refs", os.O_WRONLY) if self.tlb_flush else None
-        except (FileNotFoundError, ProcessLookupError) as e:
-            raise TargetGone(pid) from e
-        except lrugen.LruGenError as e:
-            raise SourceError(f"{NAME}: {e.strerror}") from e
-        try:
-            memcg = self._memcg(cg) if self.aging == "active" else self._memcg_or_none(cg)
-        except SourceError:
-            if refs is not None:
-                os.close(refs)
-            raise
-        key = C.c_uint32(pid)
-        one = C.c_uint32(1)
-        if self._update(self._targets_fd, C.byref(key), C.byref(one), 0):
-            if refs is not None:
-                os.close(refs)
-            raise SourceError(f"{NAME}: cannot add target {pid}: {os.strerror(C.get_errno() or 1)}"
-                              " (at most 1024 targets)")
-        t = _Target(memcg.id, sorted(memcg.nodes), {n: memcg.max_seq(n) for n in memcg.nodes},
-                    mounts, refs)
-        self._targets[pid] = t
-        try:
-            if self.aging == "active":
-                self._age(pid, t)
-            self._drain()
-            self._pending.pop(pid, None)  # young before the first interval: not counted
-            if not procfs.pid_exists(pid):
-                raise TargetGone(pid)
-        except TargetGone:
-            self.detach(pid)
-            raise
-
-    def cycle(self, pid: int) -> Harvest:
-        t = self._targets[pid]
-        t0 = _cpu()
-        writes = self._age(pid, t) if self.aging == "active" else 0
-        t1 = _cpu()
-        now = time.monotonic()
-        self._drain()
-        young = self._pending.pop(pid, [])
-        try:
-            maps = procfs.read_maps(pid)
-            if not maps:
-                raise TargetGone(pid)  # a zombie: no mm left
-            pages, vmas, extra = _resident(pid, maps, young, self._nodes, t.shmem_mounts)
-        except (FileNotFoundError, ProcessLookupError) as e:
-            raise TargetGone(pid) from e
-        t2 = _cpu()
-        counters = {"aging_writes": writes, "tlb_flush": int(t.clear_refs is not None), **extra,
-                    **self._kernel_agings(t)}
-        return Harvest(pid, now, pages, vmas, t2 - t1, t1 - t0, counters)
-
-    def detach(self, pid: int) -> None:
-        t = self._targets.pop(pid, None)
-        if t is None:
-            return
-        if t.clear_refs is not None:
-            os.close(t.clear_refs)
-        self._pending.pop(pid, None)
-        key = C.c_uint32(pid)
-        if self._obj is not None:
-            self._delete(self._targets_fd, C.byref(key))
-
-    def close(self) -> None:
-        for pid in list(self._targets):
-            self.detach(pid)
-        for link in self._links:
-            link.destroy()
-        self._links = []
-        if self._stats_map is not None:
-            self._stats_map.close()
-            self._stats_map = None
-        if self._obj is not None:
-            self._obj.close()
-            self._obj = None
-
-    # -- internals -----------------------------------------------------------------------------
-    def _memcg(self, cgroup: str) -> lrugen.Memcg:
-        try:
-            return lrugen.memcg_of(cgroup, lrugen.read())
-        except lrugen.LruGenError as e:
-            raise SourceError(f"{NAME}: {e.strerror}") from e
-
-    def _memcg_or_none(self, cgroup: str) -> lrugen.Memcg:
-        """Passive mode only reads lru_gen for its counters: without it, run without them."""
-        try:
-            return self._memcg(cgroup)
-        except SourceError as e:
-            log.warning("%s (passive): no generation counters: %s", NAME, e)
-            return lrugen.Memcg(-1, cgroup)
-
-    def _age(self, pid: int, t: _Target) -> int:
-        """One forced MGLRU aging of the target's memcg on each node, then the TLB flush."""
-        writes = self._age_memcg(pid, t)
-        if t.clear_refs is not None:
-            try:
-                os.write(t.clear_refs, b"4")  # ends with flush_tlb_mm(); see the module doc
-            except (ProcessLookupError, FileNotFoundError) as e:
-                raise TargetGone(pid) from e
-        return writes
-
-    def _age_memcg(self, pid: int, t: _Target) -> int:
+    def age_memcg(self, pid: int, t: Target) -> int:
         try:
             return lrugen.age(t.memcg_id, t.nodes, self.swappiness)
         except KeyError:
@@ -310,190 +62,3 @@ class MglruFexitSource:
             return lrugen.age(t.memcg_id, t.nodes, self.swappiness)
         except lrugen.LruGenError as e:
             raise SourceError(f"{NAME}: {e.strerror}") from e
-
-    def _kernel_agings(self, t: _Target) -> dict[str, int]:
-        """Generations added to the target's memcg since the last cycle (by anyone), and the
-        generation histogram: how much of the memcg sits in each age rank."""
-        try:
-            memcg = lrugen.read().get(t.memcg_id) if t.memcg_id >= 0 else None
-        except lrugen.LruGenError:
-            return {}
-        if memcg is None:
-            return {}
-        out = {"generations_added": sum(memcg.max_seq(n) - t.max_seq.get(n, memcg.max_seq(n))
-                                        for n in memcg.nodes)}
-        t.max_seq = {n: memcg.max_seq(n) for n in memcg.nodes}
-        for node, rank, anon, file in lrugen.histogram(memcg):
-            out[f"lru_gen_node{node}_gen{rank}_anon"] = anon
-            out[f"lru_gen_node{node}_gen{rank}_file"] = file
-        return out
-
-    def _drain(self) -> None:
-        """Move every entry of the young hash into per-target pending arrays."""
-        keys = np.zeros(_BATCH, dtype=_KEY)
-        values = np.zeros(_BATCH, dtype=np.uint32)
-        token_in, token_out = C.c_uint64(0), C.c_uint64(0)
-        first = True
-        chunks: list[tuple[np.ndarray, np.ndarray]] = []
-        while True:
-            count = C.c_uint32(_BATCH)
-            C.set_errno(0)
-            rc = self._batch(self._young_fd, None if first else C.byref(token_in),
-                             C.byref(token_out), keys.ctypes.data, values.ctypes.data,
-                             C.byref(count), None)
-            err = C.get_errno()
-            n = count.value
-            if n:
-                chunks.append((keys[:n].copy(), values[:n].copy()))
-            if rc:
-                if err == errno.ENOENT:
-                    break  # the whole map was read
-                raise SourceError(f"{NAME}: draining the young map: {os.strerror(err or -rc)}")
-            token_in.value = token_out.value
-            first = False
-        if not chunks:
-            return
-        k = np.concatenate([c[0] for c in chunks])
-        v = np.concatenate([c[1] for c in chunks])
-        rec = np.empty(len(k), dtype=[("tgid", "<u4"), ("vpn", "<u8"), ("flags", "<u4")])
-        rec["tgid"], rec["vpn"], rec["flags"] = k["tgid"], k["vpn"], v
-        for tgid in np.unique(rec["tgid"]).tolist():
-            if tgid in self._targets:  # entries of a just-detached target are dropped
-                self._pending.setdefault(tgid, []).append(rec[rec["tgid"] == tgid])
-
-
-def kernel_functions(names: list[str], btf: Path = BTF) -> set[str]:
-    """Which of ``names`` the kernel's BTF knows. A cheap check on the string table: libbpf
-    would otherwise fail the load with a bare ESRCH."""
-    try:
-        data = btf.read_bytes()
-    except OSError:
-        return set()
-    return {n for n in names if b"\0" + n.encode() + b"\0" in data}
-
-
-def _hint(e: LibbpfError) -> str:
-    if e.errno in (errno.EPERM, _ENOTSUPP, errno.EOPNOTSUPP, errno.EINVAL):
-        return (" (this kernel refuses fexit programs: no BPF trampolines, lockdown, or missing "
-                "CAP_BPF/CAP_PERFMON/CAP_SYS_ADMIN); use --source ptwalk")
-    if e.errno in (errno.ESRCH, errno.ENOENT):
-        return " (a hooked kernel function is missing: inlined or renamed); use --source ptwalk"
-    return ""
-
-
-def _shmem_mounts(pid: int) -> list[str]:
-    """Mount points (in the target's namespace) whose files are shmem, longest first."""
-    out = []
-    for line in (procfs.PROC / str(pid) / "mountinfo").read_text().splitlines():
-        parts = line.split(" - ", 1)
-        if len(parts) == 2 and parts[1].split()[0] in _SHMEM_FS:
-            out.append(parts[0].split()[4])
-    return sorted(out, key=len, reverse=True)
-
-
-def vma_kind(m: procfs.Mapping, shmem_mounts: list[str]) -> VmaKind:
-    """What a /proc/PID/maps line maps, in ptwalk's terms."""
-    name = m.name
-    if name == "" or name.startswith("[anon:"):
-        return VmaKind.ANON
-    if name == "[heap]":
-        return VmaKind.HEAP
-    if name.startswith("[stack"):
-        return VmaKind.STACK
-    if name.startswith(_SHMEM_NAMES):
-        return VmaKind.SHMEM
-    if name.startswith("["):
-        return VmaKind.OTHER  # [vdso], [vvar], [vsyscall]: special mappings, not on any LRU
-    path = name.removesuffix(" (deleted)")
-    if any(path == p or path.startswith(p.rstrip("/") + "/") for p in shmem_mounts if p != "/"):
-        return VmaKind.SHMEM
-    return VmaKind.FILE
-
-
-_KIND_TYPE = np.array([PageType.ANON, PageType.FILE, PageType.SHMEM, PageType.ANON,
-                       PageType.ANON, PageType.ANON], dtype=np.uint8)
-
-
-def _resident(pid: int, maps: list[procfs.Mapping], young: list[np.ndarray], nodes: NodeMap,
-              shmem_mounts: list[str]) -> tuple[Pages, Vmas, dict[str, int]]:
-    """The resident pages from /proc/PID/pagemap, marked accessed where the kernel found them
-    young. One pread per VMA (per 16 MiB of pagemap for huge VMAs); everything else is numpy."""
-    kinds = np.array([vma_kind(m, shmem_mounts) for m in maps], dtype=np.uint8)
-    accessible = np.array([m.perms[:3] != "---" for m in maps], dtype=bool)
-    vmas = Vmas(np.array([m.start for m in maps], dtype=np.uint64),
-                np.array([m.end for m in maps], dtype=np.uint64), kinds, accessible,
-                [m.name for m in maps])
-    vpn_parts, ent_parts, vma_parts = [], [], []
-    fd = os.open(procfs.PROC / str(pid) / "pagemap", os.O_RDONLY)
-    try:
-        for i, m in enumerate(maps):
-            if not accessible[i] or kinds[i] == VmaKind.OTHER:
-                continue
-            first, last = m.start >> 12, m.end >> 12
-            for lo in range(first, last, _PAGEMAP_CHUNK):
-                n = min(_PAGEMAP_CHUNK, last - lo)
-                ent = np.frombuffer(os.pread(fd, n * 8, lo * 8), dtype="<u8")
-                idx = np.flatnonzero(ent & _PM_PRESENT)
-                if len(idx):
-                    vpn_parts.append(idx.astype(np.uint64) + np.uint64(lo))
-                    ent_parts.append(ent[idx])
-                    vma_parts.append(np.full(len(idx), i, dtype=np.int32))
-    finally:
-        os.close(fd)
-    cat = lambda parts, dt: np.concatenate(parts) if parts else np.zeros(0, dt)  # noqa: E731
-    vpn, ent, vma = cat(vpn_parts, np.uint64), cat(ent_parts, np.uint64), cat(vma_parts, np.int32)
-    pfn = ent & _PM_PFN
-
-    ptype = _KIND_TYPE[kinds[vma]]
-    shared = np.array([m.perms[3:4] == "s" for m in maps], dtype=bool)
-    filelike = (kinds[vma] == VmaKind.FILE) | (kinds[vma] == VmaKind.SHMEM)
-    cow = filelike & ~shared[vma] & ((ent & _PM_FILE_OR_SHARED) == 0)
-    ptype[cow] = PageType.ANON  # a private file mapping's written page is an anonymous copy
-
-    thp = _pmd_mapped(vpn, pfn)
-    node = nodes.node_of(pfn)
-
-    rec = np.concatenate(young) if young else np.zeros(0, dtype=[("tgid", "<u4"), ("vpn", "<u8"),
-                                                                  ("flags", "<u4")])
-    pte = rec["vpn"][(rec["flags"] & _YOUNG_PTE) != 0]
-    huge = rec["vpn"][(rec["flags"] & _YOUNG_PMD) != 0]
-    young_vpn = np.unique(np.concatenate([pte, (huge[:, None] + np.arange(512, dtype=np.uint64)
-                                                ).reshape(-1)]))
-    pos = np.searchsorted(vpn, young_vpn)
-    hit = pos < len(vpn)
-    hit[hit] = vpn[pos[hit]] == young_vpn[hit]
-    accessed = np.zeros(len(vpn), dtype=bool)
-    accessed[pos[hit]] = True
-    extra = {"young_pages": int(len(young_vpn)), "young_not_resident": int((~hit).sum()),
-             "young_huge": int(len(huge))}
-    return Pages(vpn, accessed, node, ptype, thp, vma), vmas, extra
-
-
-def _pmd_mapped(vpn: np.ndarray, pfn: np.ndarray) -> np.ndarray:
-    """Pages that look PMD-mapped: a whole aligned 2 MiB virtual range present, mapping 512
-    physically contiguous frames starting 2 MiB aligned, whose head is a THP (kpageflags)."""
-    thp = np.zeros(len(vpn), dtype=bool)
-    if len(vpn) < 512:
-        return thp
-    starts = np.flatnonzero((vpn[:-511] & np.uint64(511)) == 0)
-    starts = starts[(vpn[starts + 511] - vpn[starts] == 511) & (pfn[starts] & np.uint64(511) == 0)
-                    & (pfn[starts + 511] - pfn[starts] == 511) & (pfn[starts] != 0)]
-    if not len(starts):
-        return thp
-    # vpn is unique and sorted, so vpn[s+511]-vpn[s] == 511 means all 512 are present; the
-    # frames must step by exactly one page too.
-    step = np.concatenate([[0], (np.diff(pfn.astype(np.int64)) == 1).astype(np.int64)])
-    run = np.cumsum(step)
-    starts = starts[run[starts + 511] - run[starts] == 511]
-    try:
-        fd = os.open("/proc/kpageflags", os.O_RDONLY)
-    except OSError:
-        return thp  # no kpageflags: leave thp unknown (False)
-    try:
-        for s in starts.tolist():  # one read per 2 MiB candidate, not per page
-            flags = int.from_bytes(os.pread(fd, 8, int(pfn[s]) * 8), "little")
-            if flags >> _KPF_THP & 1:
-                thp[s:s + 512] = True
-    finally:
-        os.close(fd)
-    return thp

@@ -1,10 +1,11 @@
 /* SPDX-License-Identifier: GPL-2.0 OR BSD-2-Clause */
 /*
- * Records shared between mglru_fexit.bpf.c and exporter/sources/mglru_fexit.py.
- * The Python side mirrors them as numpy dtypes and checks the sizes at load.
+ * Records shared by the young-page sources (mglru_fexit.bpf.c, mglru_hook.bpf.c) and
+ * exporter/sources/mglru_fexit.py. The Python side mirrors them as numpy dtypes and checks
+ * the sizes at load.
  */
-#ifndef PAGEHEAT_MGLRU_FEXIT_H
-#define PAGEHEAT_MGLRU_FEXIT_H
+#ifndef PAGEHEAT_YOUNG_H
+#define PAGEHEAT_YOUNG_H
 
 /* young.value bits: which hook saw the page young (both can, after a THP split). */
 #define YOUNG_PTE	(1U << 0)	/* a 4 KiB PTE: key.vpn is the page */
@@ -18,15 +19,17 @@ struct young_key {
 };
 
 /* The one-element "stats" array: counters written by BPF, read (and never reset) by Python. */
-struct fexit_stats {
+struct young_stats {
 	__u64 calls;		/* hook calls, any mm */
-	__u64 young;		/* calls that returned 1, any mm */
-	__u64 target_young;	/* young calls on a target's mm */
+	__u64 young;		/* calls that found a young entry, any mm */
+	__u64 target_young;	/* young entries of a target's mm */
 	__u64 pte_young;
 	__u64 pmd_young;	/* leaf (huge) PMDs */
 	__u64 pmd_nonleaf;	/* non-leaf PMD Accessed bits (x86 ages them too): ignored */
 	__u64 dropped;		/* "young" was full: a young page lost */
-	__u64 pad;
+	__u64 look_around;	/* young entries found by the eviction's rmap look-around */
+	__u64 mm_walked;	/* mglru-hook: mm_structs our own aging walked */
+	__u64 mm_skipped;	/* mglru-hook: mm_structs our own aging skipped (not a target) */
 };
 
 #endif
