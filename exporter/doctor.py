@@ -67,8 +67,27 @@ def check_mglru_fexit() -> Verdict:
     return Verdict(NAME, True, f"MGLRU enabled, fexit attached, {mode} aging via {lrugen.LRU_GEN}, {flush}")
 
 
+def check_mglru_hook() -> Verdict:
+    """Loads and attaches the tracepoint (and, for active aging, filter) programs for real."""
+    from . import lrugen
+    from .sources.mglru_hook import NAME, MglruHookSource, kernel_support
+
+    why = kernel_support() or lrugen.mglru_state()
+    if why:
+        return Verdict(NAME, False, why)
+    try:
+        src = MglruHookSource()
+    except SourceError as e:
+        return Verdict(NAME, False, str(e).removeprefix(f"{NAME}: "))
+    mode, flush = src.aging, "TLB flush" if src.tlb_flush else "no TLB flush"
+    src.close()
+    return Verdict(NAME, True, f"kernel-patch/ tracepoints attached, {mode} aging via "
+                   f"bpf_lru_gen_run_aging() walking only the targets, {flush}")
+
+
 def verdicts() -> list[Verdict]:
-    out = [check_mglru_fexit(), check_ptwalk()]
+    """In --source auto's order of preference."""
+    out = [check_mglru_hook(), check_mglru_fexit(), check_ptwalk()]
     mglru = _mglru_state()
     for name in NAMES:
         if name not in IMPLEMENTED:

@@ -231,9 +231,14 @@ class BpfObject:
             raise _fail(f"attach iterator {prog} to pid {pid}")
         return Link(ptr)
 
-    def test_run(self, prog: str) -> int:
-        """Run ``prog`` once in the caller's context (BPF_PROG_TEST_RUN); its return value."""
+    def test_run(self, prog: str, ctx: C.Structure | None = None) -> int:
+        """Run ``prog`` once in the caller's context (BPF_PROG_TEST_RUN); its return value.
+        ``ctx`` is the context of a BPF_PROG_TYPE_SYSCALL program: the kernel copies it in
+        and, for that program type, back out, so outputs land in the same structure."""
         opts = _TestRunOpts(sz=C.sizeof(_TestRunOpts))
+        if ctx is not None:
+            opts.ctx_in = C.addressof(ctx)
+            opts.ctx_size_in = C.sizeof(ctx)
         C.set_errno(0)
         err = lib().bpf_prog_test_run_opts(lib().bpf_program__fd(self._prog(prog)), C.byref(opts))
         if err:

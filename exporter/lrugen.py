@@ -108,6 +108,27 @@ def cgroup_path(pid: int, proc: Path = PROC) -> str:
                       "(MGLRU debugfs names memcgs by their cgroup v2 path)")
 
 
+def cgroup2_mount(mountinfo: Path = PROC / "self/mountinfo") -> Path | None:
+    """Where the cgroup v2 hierarchy is mounted in our namespace, if anywhere."""
+    for line in mountinfo.read_text().splitlines():
+        pre, _, post = line.partition(" - ")
+        if post.split(" ", 1)[0] == "cgroup2":
+            return Path(pre.split()[4])
+    return None
+
+
+def cgroup_id(path: str, mount: Path | None = None) -> int:
+    """The cgroup v2 id of ``path`` (relative to the cgroup2 root): the inode number of its
+    directory, what bpf_get_current_cgroup_id() returns. The root is 1 even unmounted."""
+    if path in ("/", ""):
+        return 1
+    root = mount or cgroup2_mount()
+    if root is None:
+        raise LruGenError(errno.ENOENT, f"cgroup {path}: the cgroup v2 hierarchy is not mounted "
+                          "(mount -t cgroup2 none /sys/fs/cgroup)")
+    return os.stat(root / path.lstrip("/")).st_ino
+
+
 def memcg_of(path: str, memcgs: dict[int, Memcg]) -> Memcg:
     """The memcg a cgroup's pages are charged to: the cgroup itself or, when the memory
     controller is not enabled down to it, its nearest ancestor that lru_gen lists."""

@@ -8,7 +8,7 @@ import os
 from .base import Source, SourceError
 
 NAMES = ("ptwalk", "mglru-fexit", "mglru-hook", "damon")
-IMPLEMENTED = ("ptwalk", "mglru-fexit")
+IMPLEMENTED = ("ptwalk", "mglru-fexit", "mglru-hook")
 
 log = logging.getLogger(__name__)
 
@@ -18,20 +18,26 @@ def open_source(name: str) -> Source:
     from .. import capabilities
 
     if name == "auto":
-        # mglru-fexit reads the kernel's own aging, so it is preferred where MGLRU runs and
-        # fexit attaches; anything else falls back to ptwalk, and the log says why.
-        try:
-            return _open_mglru_fexit()
-        except SourceError as e:
-            why = e
+        # The mglru sources read the kernel's own aging, so they are preferred where MGLRU
+        # runs: mglru-hook (kernel-patch/'s tracepoints, an aging that walks only the targets)
+        # over mglru-fexit (stock kernels with fexit). Anything else falls back to ptwalk, and
+        # the log says why.
+        why = []
+        for opener in (_open_mglru_hook, _open_mglru_fexit):
+            try:
+                return opener()
+            except SourceError as e:
+                why.append(str(e))
         # Said only once ptwalk has opened: if it fails too, its error stays the one line.
         source = open_source("ptwalk")
-        log.info("source auto: ptwalk, because %s", why)
+        log.info("source auto: ptwalk, because %s", "; ".join(why))
         return source
     if name not in IMPLEMENTED:
         raise SourceError(f"source {name} is not implemented yet; use --source ptwalk")
     if name == "mglru-fexit":
         return _open_mglru_fexit()
+    if name == "mglru-hook":
+        return _open_mglru_hook()
     lacking = capabilities.missing(capabilities.PTWALK)
     if lacking:
         raise SourceError(f"ptwalk needs {', '.join(lacking)} (run as root or grant them)")
@@ -49,3 +55,13 @@ def _open_mglru_fexit() -> Source:
     if lacking:
         raise SourceError(f"mglru-fexit needs {', '.join(lacking)} (run as root or grant them)")
     return MglruFexitSource()
+
+
+def _open_mglru_hook() -> Source:
+    from .. import capabilities
+    from .mglru_hook import MglruHookSource
+
+    lacking = capabilities.missing(capabilities.PTWALK)  # the same: BPF, pagemap PFNs, /proc
+    if lacking:
+        raise SourceError(f"mglru-hook needs {', '.join(lacking)} (run as root or grant them)")
+    return MglruHookSource()

@@ -1,4 +1,4 @@
-"""Host-side unit tests for the parts of mglru-fexit that need no MGLRU kernel: lru_gen
+"""Host-side unit tests for the parts of the mglru sources that need no MGLRU kernel: lru_gen
 parsing (the formats measured on 6.1 and 6.12, lab/README.md), memcg lookup, aging writes
 against a fake lru_gen, and the pagemap resident set against ptwalk on the running kernel."""
 
@@ -78,7 +78,7 @@ def test_pagemap_resident_set_matches_ptwalk(ptwalk_ok, workload, backing: str) 
     """The resident set (vpn, type, node, vma) from pagemap equals ptwalk's page-table view."""
     from pageheat import procfs
     from pageheat.numa import NodeMap
-    from pageheat.sources import mglru_fexit as mf
+    from pageheat.sources import young as mf
     from pageheat.sources.ptwalk import PtwalkSource
 
     if os.geteuid() != 0:
@@ -104,3 +104,35 @@ def test_pagemap_resident_set_matches_ptwalk(ptwalk_ok, workload, backing: str) 
     assert set(pages.type[b].tolist()) == {mf.PageType[backing.upper()]}
     assert int(pages.accessed.sum()) == 10 and extra["young_not_resident"] == 0
     assert vmas.kind[pages.vma[b][0]] == mf.VmaKind[backing.upper()]
+
+
+def test_cgroup2_mount_and_id(tmp_path: Path) -> None:
+    """cgroup v2 ids as bpf_lru_gen_run_aging() wants them: the directory's inode, root 1."""
+    info = tmp_path / "mountinfo"
+    info.write_text("22 1 0:21 / /sys rw - sysfs sysfs rw\n"
+                    f"35 22 0:30 / {tmp_path} rw,nosuid - cgroup2 cgroup2 rw\n")
+    assert lrugen.cgroup2_mount(info) == tmp_path
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    assert lrugen.cgroup_id("/a/b", tmp_path) == os.stat(tmp_path / "a" / "b").st_ino
+    assert lrugen.cgroup_id("/") == 1
+    info.write_text("22 1 0:21 / /sys rw - sysfs sysfs rw\n")
+    assert lrugen.cgroup2_mount(info) is None
+    real = lrugen.cgroup2_mount()  # this machine: a cgroup2 mount (unified) exists
+    if real is not None:
+        assert lrugen.cgroup_id("/", real) == 1
+
+
+def test_hook_kernel_support_names_what_is_missing(tmp_path: Path) -> None:
+    from pageheat.sources.mglru_hook import kernel_support
+
+    btf = tmp_path / "vmlinux"
+    btf.write_bytes(b"\0ptep_test_and_clear_young\0")
+    assert "mglru_*_young_tp" in kernel_support(btf)
+    tps = b"\0btf_trace_mglru_pte_young_tp\0btf_trace_mglru_pmd_young_tp\0" \
+          b"btf_trace_mglru_look_around_young_tp\0"
+    btf.write_bytes(tps)
+    why = kernel_support(btf)
+    assert "bpf_lru_gen_run_aging" in why and "CONFIG_LRU_GEN_BPF_HARVEST" in why
+    btf.write_bytes(tps + b"bpf_lru_gen_run_aging\0bpf_lru_gen_skip_mm\0")
+    assert kernel_support(btf) is None
+    assert "mglru_*_young_tp" in kernel_support(Path("/sys/kernel/btf/vmlinux"))  # the dev kernel
