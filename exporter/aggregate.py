@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -26,6 +27,10 @@ N_TYPES = len(PAGE_TYPE_NAMES)
 # fraction of resident pages lies outside the current bins.
 REBIN_SIZE_FACTOR = 2.0
 REBIN_OUTSIDE_FRACTION = 0.10
+
+# Harvest.counters keys of the MGLRU generation histogram (mglru-fexit, mglru-hook; see
+# lrugen.histogram): pages of the target's memcg per node, age rank (0 youngest) and type.
+_LRU_GEN_KEY = re.compile(r"lru_gen_node(\d+)_gen(\d+)_(anon|file)")
 
 
 def mapping_label(name: str) -> str:
@@ -110,6 +115,26 @@ def _bin_labels(vmas: Vmas, sel: np.ndarray, edges: np.ndarray) -> tuple[str, ..
 
 
 @dataclass(frozen=True)
+class GenerationPages:
+    """Pages in one MGLRU generation of the target's memory cgroup on one node: the kernel's
+    view of the whole memcg (every process charged to it), not of the target alone."""
+
+    node: int
+    type: str  # anon | file
+    generation: int  # age rank, 0 = youngest
+    pages: int
+
+
+def lru_generations(counters: dict[str, int]) -> tuple[GenerationPages, ...]:
+    """The generation histogram in a harvest's counters, sorted; empty for sources without one."""
+    out = []
+    for key, value in counters.items():
+        if m := _LRU_GEN_KEY.fullmatch(key):
+            out.append(GenerationPages(int(m[1]), m[3], int(m[2]), int(value)))
+    return tuple(sorted(out, key=lambda g: (g.node, g.type, g.generation)))
+
+
+@dataclass(frozen=True)
 class TargetView:
     """What the collector exports for one target, as of its latest harvest.
 
@@ -134,6 +159,7 @@ class TargetView:
     resident_pages: int
     cold_pages: int  # pages idle for longer than the cold threshold, or never accessed
     extra: dict[str, float] = field(default_factory=dict)
+    lru_gen: tuple[GenerationPages, ...] = ()  # the latest harvest's; () when it carried none
 
     def series_count(self, max_never_mappings: int) -> int:
         """Series this view produces (keep in step with collector.py)."""
@@ -145,6 +171,7 @@ class TargetView:
             + min(len(self.never_accessed), max_never_mappings + 1)
             + n_bins  # address_bin_info
             + 6  # per-target gauges
+            + len(self.lru_gen)  # lru_gen_pages
         )
 
 
@@ -212,7 +239,7 @@ class TargetState:
             rebins=self.rebins, accessed_cum=cum, resident=resident, idle=idle, idle_seconds=idle_seconds,
             never_accessed=dict(never_accessed), harvests=self.harvests, interval=interval,
             wss_pages=int(np.count_nonzero(p.accessed)), resident_pages=len(p),
-            cold_pages=cold,
+            cold_pages=cold, lru_gen=lru_generations(h.counters),
         )
 
     def _merge_history(self, p: Pages, now: float) -> None:

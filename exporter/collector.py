@@ -88,6 +88,12 @@ class PageheatCollector(Collector):
         total = GaugeMetricFamily("pageheat_process_resident_pages",
                                   "Resident pages of the process seen by the last harvest.",
                                   labels=TARGET)
+        lru_gen = GaugeMetricFamily(
+            "pageheat_lru_gen_pages",
+            "Pages in each MGLRU generation (age rank, 0 youngest) of the memory cgroup the process "
+            "is charged to, at the latest harvest: the kernel's MGLRU view of the whole memcg "
+            "(all processes charged to it), not per process.",
+            labels=[*PAGES, "generation"])
         for v in views:
             pid = str(v.pid)
             t = [pid, v.comm]
@@ -123,8 +129,12 @@ class PageheatCollector(Collector):
             wss.add_metric(t, v.wss_pages)
             cold.add_metric(t, v.cold_pages)
             total.add_metric(t, v.resident_pages)
+            for g in v.lru_gen:
+                lru_gen.add_metric([pid, v.comm, str(g.node), g.type, str(g.generation)], g.pages)
         yield from (accessed, resident, idle, never, bin_info, interval, rebins, harvests, wss,
                     cold, total)
+        if lru_gen.samples:  # only sources that read MGLRU's histogram have it (not ptwalk)
+            yield lru_gen
 
     def _self_metrics(self, n_targets: int) -> Iterator[Metric]:
         s = self.stats
