@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import json
 import logging
+import shutil
 import signal
 import sys
 from pathlib import Path
@@ -14,13 +15,13 @@ from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
-from . import __version__, config, doctor, procfs
+from . import __version__, cgroups, config, doctor, procfs
 from .config import parse_duration
 from .sources import NAMES, open_source
-from .sources.base import SourceError, TargetGone
+from .sources.base import Source, SourceError, TargetGone
 
 if TYPE_CHECKING:
-    from .daemon import Daemon
+    from .daemon import Daemon, Launched
 
 
 class UsageError(Exception):
@@ -65,6 +66,11 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--source", choices=("auto", *NAMES[:3]))
     s.add_argument("--cpu-budget", type=float, help="fraction of one CPU for harvest + aging")
     s.add_argument("--web-config", type=Path, help="TLS / basic auth web-config file")
+    s.add_argument("--cgroup", choices=("inherit", "own"),
+                   help="run the command after -- in pageheat's memory cgroup (inherit, the default) "
+                        "or in a new one of its own (own)")
+    s.add_argument("cmd", nargs=argparse.REMAINDER,
+                   help="-- CMD ARGS...: launch CMD and follow it too; serve keeps running after it exits")
 
     d = sub.add_parser("doctor", help="say which sources can run on this kernel, and why not")
     d.add_argument("--json", action="store_true")
@@ -111,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValidationError, UsageError) as e:
         print(f"pageheat: {_one_line(e)}", file=sys.stderr)
         return 2
-    except (SourceError, OSError) as e:
+    except (SourceError, cgroups.CgroupError, OSError) as e:
         print(f"pageheat: {_one_line(e)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -152,9 +158,15 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    cmd = _command(args.cmd)
+    if args.cgroup == "own" and not cmd:
+        raise UsageError("--cgroup own needs a command to launch: serve --cgroup own -- CMD ARGS...")
+    if cmd and shutil.which(cmd[0]) is None:
+        raise UsageError(f"cannot run {cmd[0]}: no such executable")
     overrides = {k: v for k, v in (("pids", args.pid), ("listen", args.listen), ("aging", args.aging),
                                    ("source", args.source), ("cpu_budget", args.cpu_budget),
-                                   ("web_config_file", args.web_config)) if v is not None}
+                                   ("web_config_file", args.web_config), ("cgroup", args.cgroup))
+                 if v is not None}
     try:
         cfg = config.load(args.config, overrides)
     except (OSError, ValueError) as e:
@@ -171,10 +183,41 @@ def _serve(args: argparse.Namespace) -> int:
         web = WebConfig.load(cfg.web_config_file)
     except (OSError, ValueError) as e:
         raise UsageError(f"web config {cfg.web_config_file}: {e}") from e
-    source = open_source(cfg.source)
-    from .daemon import Daemon
+    # The cgroup first: if it cannot be made, nothing has been started yet.
+    cgroup = cgroups.create(cgroups.detect(), cmd[0]) if cmd and cfg.cgroup == "own" else None
+    launched: Launched | None = None
+    try:
+        source = open_source(cfg.source)
+        from .daemon import Daemon
 
-    return _run_daemon(Daemon(cfg, source, web))
+        if cmd:
+            launched = _launch(cmd, cgroup, source)
+            pids = [*cfg.targets.pids, launched.pid]  # added to what is configured
+            cfg = cfg.model_copy(update={"targets": cfg.targets.model_copy(update={"pids": pids})})
+        return _run_daemon(Daemon(cfg, source, web))
+    finally:
+        if launched is not None:
+            launched.stop()  # reaps it and removes its cgroup
+        elif cgroup is not None:
+            cgroups.remove(cgroup)
+
+
+def _command(remainder: list[str]) -> list[str]:
+    return remainder[1:] if remainder[:1] == ["--"] else remainder
+
+
+def _launch(cmd: list[str], cgroup: cgroups.Cgroup | None, source: Source) -> Launched:
+    """Start the command before the daemon starts any thread (see Launched)."""
+    from .daemon import Launched
+
+    try:
+        return Launched(cmd, cgroup)
+    except (FileNotFoundError, PermissionError) as e:
+        source.close()
+        raise UsageError(f"cannot run {cmd[0]}: {e.strerror}") from e
+    except BaseException:
+        source.close()
+        raise
 
 
 def _run_daemon(daemon: Daemon) -> int:
@@ -194,7 +237,7 @@ def _run_daemon(daemon: Daemon) -> int:
 def _top(args: argparse.Namespace) -> int:
     from .top import run
 
-    cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+    cmd = _command(args.cmd)
     if sum(bool(x) for x in (args.pid, cmd, args.connect)) != 1 and not (args.connect and args.pid):
         raise UsageError("top needs one of --pid PID, --connect URL or -- CMD ARGS...")
     if args.aging < 0.1:

@@ -80,6 +80,9 @@ class Config(BaseSettings):
     discovery_interval: Annotated[Duration, Field(ge=0.1)] = 5.0
     never_accessed_mappings: Annotated[int, Field(ge=0)] = 10
     web_config_file: Path | None = None
+    # The command after `serve --`: inherit pageheat's memory cgroup, or get one of its own
+    # (an MGLRU aging walks every process in the target's memcg). No command: no effect.
+    cgroup: Literal["inherit", "own"] = "inherit"
     targets: Targets = Targets()
 
     @field_validator("listen")

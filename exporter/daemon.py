@@ -9,13 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shlex
+import signal
+import subprocess
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from . import budget, targets
+from . import budget, cgroups, targets
 from .aggregate import TargetState, TargetView
 from .collector import PageheatCollector
 from .config import Config
@@ -26,6 +31,52 @@ from .webconfig import WebConfig
 
 log = logging.getLogger("pageheat")
 MAX_CONSECUTIVE_ERRORS = 3
+STOP_GRACE_SECONDS = 2.0  # between SIGTERM and SIGKILL for the command serve launched
+
+
+class Launched:
+    """The command `serve -- CMD` started, optionally in a memory cgroup of its own.
+
+    The daemon follows its pid like any other target and keeps running when it exits. A reaper
+    thread waits for it, so it never lingers as a zombie, and then removes its cgroup.
+    Start it before the daemon starts threads: the cgroup is entered in a preexec_fn.
+    """
+
+    def __init__(self, cmd: list[str], cgroup: cgroups.Cgroup | None) -> None:
+        self.cmd = cmd
+        self.cgroup = cgroup
+        enter = cgroups.entering(cgroup) if cgroup else nullcontext(None)
+        with enter as preexec:
+            try:
+                self.proc = subprocess.Popen(cmd, preexec_fn=preexec)
+            except subprocess.SubprocessError as e:  # the preexec_fn failed: the cgroup refused us
+                where = cgroup.path if cgroup else "?"
+                raise cgroups.CgroupError(f"cannot move {cmd[0]} into memory cgroup {where}: the "
+                                          "child's write to cgroup.procs failed") from e
+        self.pid = self.proc.pid
+        where = f" in memory cgroup {cgroup.name}" if cgroup else ""
+        log.info("launched pid %d%s: %s", self.pid, where, shlex.join(cmd))
+        self._reaper = threading.Thread(target=self._reap, name="reaper", daemon=True)
+        self._reaper.start()
+
+    def _reap(self) -> None:
+        code = self.proc.wait()
+        how = f"signal {-code}" if code < 0 else f"status {code}"
+        log.info("launched pid %d exited with %s", self.pid, how)
+        if self.cgroup:
+            cgroups.remove(self.cgroup)
+
+    def stop(self) -> None:
+        """SIGTERM, SIGKILL after STOP_GRACE_SECONDS; returns once it is reaped and its cgroup
+        is removed."""
+        if self.proc.returncode is None:  # set by the reaper once it has reaped the command
+            self.proc.send_signal(signal.SIGTERM)  # a no-op if reaped meanwhile: Popen knows
+            self._reaper.join(STOP_GRACE_SECONDS)
+            if self.proc.returncode is None:
+                log.warning("launched pid %d ignored SIGTERM for %gs: SIGKILL", self.pid,
+                            STOP_GRACE_SECONDS)
+                self.proc.kill()
+        self._reaper.join()
 
 
 class Daemon:
