@@ -36,6 +36,7 @@ class Spec:
     layout: str = "random"  # random | contiguous (hot pages in one band, for pictures)
     seed: int = 1
     dir: Path = Path("/var/tmp")
+    file_advice: str = "random"  # random | normal: madvise of a file backing (see run())
 
 
 def choose_sets(spec: Spec) -> tuple[np.ndarray, np.ndarray]:
@@ -77,10 +78,12 @@ def run(spec: Spec, truth: Path) -> None:
     offset = (-base_addr) % HUGE if spec.backing == "anon" else 0  # aligned, so THP can back it
     # Without --thp, keep 4 KiB mappings (file systems with large folios would map 2 MiB).
     region.madvise(mmap.MADV_HUGEPAGE if spec.thp else mmap.MADV_NOHUGEPAGE, offset, spec.size)
-    if spec.backing == "file" and not spec.thp:
+    if spec.backing == "file" and not spec.thp and spec.file_advice == "random":
         # No readahead, so the page cache holds single-page folios. File systems with large
         # folios otherwise group 16-512 pages, and whoever else clears Accessed bits (DAMON)
-        # keeps what it saw per folio, not per page: see docs/ACCURACY.md.
+        # keeps what it saw per folio, not per page: see docs/ACCURACY.md. MGLRU, though,
+        # never looks at MADV_RANDOM mappings: "normal" is for the mglru sources, on kernels
+        # whose file system has no large folios (ext4 before 6.16) and without DAMON.
         region.madvise(mmap.MADV_RANDOM)
     words = buf[offset : offset + spec.size].view(np.uint64)
     per_page = PAGE // 8
@@ -134,10 +137,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layout", choices=("random", "contiguous"), default=d.layout)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--dir", type=Path, default=d.dir, help="where the file backing goes")
+    p.add_argument("--file-advice", choices=("random", "normal"), default=d.file_advice,
+                   help="madvise of a file backing (default random: single-page folios; "
+                        "MGLRU skips such mappings)")
     p.add_argument("--truth", type=Path, required=True, help="write the page sets here (JSON)")
 
 
 def spec_from_args(a: argparse.Namespace) -> Spec:
     return Spec(size=a.size, backing=a.backing, thp=a.thp, hot=a.hot, warm=a.warm,
                 hot_period=a.hot_period, warm_period=a.warm_period, layout=a.layout,
-                seed=a.seed, dir=a.dir)
+                seed=a.seed, dir=a.dir, file_advice=a.file_advice)

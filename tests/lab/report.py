@@ -12,12 +12,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_IN = Path("/var/cache/pageheat-lab/last-results.json")
 DEFAULT_OUT = ROOT / "docs/KERNELS.md"
-SOURCES = ("mglru-fexit", "ptwalk")
+SOURCES = ("mglru-hook", "mglru-fexit", "ptwalk")
 COLUMNS = (("truth anon", "truth", {"backing": "anon"}),
            ("truth shmem", "truth", {"backing": "shmem"}),
            ("truth file", "truth", {"backing": "file"}),
            ("NUMA 2 nodes", "numa", {}),
-           ("passive", "passive", {}))
+           ("passive", "passive", {}),
+           ("walk filter", "walk-filter", {}))
 
 
 def _cell(rows: list[dict]) -> str:
@@ -56,6 +57,8 @@ def render(data: dict) -> str:
                 verdict = _cell(doc)
                 cells = [verdict if verdict != "pass" else "see tests/ (host suite)"] * 1
                 cells += ["-"] * (len(COLUMNS) - 1)
+            elif rows_k and all(r["test"] == "refused" for r in rows_k):
+                cells = [rows_k[0]["result"]] + ["-"] * (len(COLUMNS) - 1)
             else:
                 cells = [_cell([r for r in rows_k if r["test"] == test
                                 and all(r.get(k) == v for k, v in where.items())])

@@ -38,15 +38,25 @@ TWO_NODES = ["1G,cpus=0", "1G,cpus=1"]
 @dataclass(frozen=True)
 class Run:
     kernel: str
-    tests: str
+    tests: tuple[str, ...]
+    sources: str  # what the kernel must run, best first (guestlib.SOURCES)
+    truth_sources: str = ""  # what test_accuracy checks (guestlib.TRUTH_SOURCES; "": all)
     numa: tuple[str, ...] = ()
     timeout: float = 600
 
 
+STOCK = "mglru-fexit,ptwalk"
 RUNS = {
-    "deb-6.12": Run("deb-6.12", "tests/lab_guest/test_accuracy.py"),
-    "deb-6.1": Run("deb-6.1", "tests/lab_guest/test_accuracy.py"),
-    "deb-6.12-numa": Run("deb-6.12", "tests/lab_guest/test_numa.py", tuple(TWO_NODES)),
+    "deb-6.12": Run("deb-6.12", ("tests/lab_guest/test_accuracy.py",), STOCK),
+    "deb-6.1": Run("deb-6.1", ("tests/lab_guest/test_accuracy.py",), STOCK),
+    # kernel-patch/'s series on 6.12, two NUMA nodes: mglru-hook's ground truth, node
+    # attribution and walk filter; node attribution (with ground truth) for the stock sources
+    # too, which shows the series leaves them unaffected (their full accuracy set runs on
+    # deb-6.12 above). Built by kernel-patch/build.sh if not cached: ~15 min once.
+    "patched-6.12-numa": Run("patched-6.12", ("tests/lab_guest/test_accuracy.py",
+                                              "tests/lab_guest/test_numa.py",
+                                              "tests/lab_guest/test_hook.py"),
+                             "mglru-hook," + STOCK, "mglru-hook", tuple(TWO_NODES), timeout=900),
 }
 
 
@@ -86,6 +96,8 @@ def stage_modules(kernel: str, modules: tuple[str, ...] = GUEST_MODULES) -> Path
     k = kernels.get(kernel)
     root = Path(k.vmlinuz).parent.parent
     out = Path(tempfile.mkdtemp(prefix="pageheat-lab-modules-", dir="/tmp"))
+    if k.version is None:
+        return out  # a kernel we built: everything the tests need is built in
     for module in modules:
         deps = subprocess.run(["modprobe", "-d", str(root), "-S", str(k.version),
                                "--show-depends", module], capture_output=True, text=True)
@@ -107,9 +119,11 @@ def vm(request: pytest.FixtureRequest) -> Outcome:
     run = RUNS[request.param]
     modules = stage_modules(run.kernel)
     try:
-        g = guest_pytest(run.kernel, ["-v", run.tests], numa=list(run.numa) or None,
+        g = guest_pytest(run.kernel, ["-v", *run.tests], numa=list(run.numa) or None,
                          memory="2G", timeout=run.timeout, keep_outdir=True,
-                         env={"PAGEHEAT_REQUIRE_KERNEL": "1", "PAGEHEAT_LAB_MODULES": str(modules)})
+                         env={"PAGEHEAT_REQUIRE_KERNEL": "1", "PAGEHEAT_LAB_MODULES": str(modules),
+                              "PAGEHEAT_LAB_SOURCES": run.sources,
+                              "PAGEHEAT_LAB_TRUTH_SOURCES": run.truth_sources})
     finally:
         shutil.rmtree(modules, ignore_errors=True)
     results = []
@@ -146,14 +160,14 @@ def test_guest_recorded_results(vm: Outcome) -> None:
 
 def test_host_kernel_verdicts() -> None:
     """The host (dev/CI) kernel: mglru-fexit must refuse with one clear line, ptwalk run."""
-    from pageheat.doctor import check_mglru_fexit, check_ptwalk
+    from pageheat.doctor import check_mglru_fexit, check_mglru_hook, check_ptwalk
     from pageheat.sources import open_source
     from pageheat.sources.base import SourceError
 
     if os.geteuid() != 0:
         need_kernel("not root")
-    fexit, ptwalk = check_mglru_fexit(), check_ptwalk()
-    for v in (fexit, ptwalk):
+    hook, fexit, ptwalk = check_mglru_hook(), check_mglru_fexit(), check_ptwalk()
+    for v in (hook, fexit, ptwalk):
         _collected.append({"kernel": "host", "uname": platform.release(), "run": "host",
                            "test": "doctor", "source": v.source,
                            "result": "pass" if v.ok else f"n/a: {v.detail}"})

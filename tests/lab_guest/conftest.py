@@ -10,3 +10,5 @@ import os
 
 if os.environ.get("PAGEHEAT_LAB_GUEST") != "1":
     collect_ignore_glob = ["test_*.py"]
+elif "mglru-hook" not in os.environ.get("PAGEHEAT_LAB_SOURCES", ""):
+    collect_ignore_glob = ["test_hook.py"]  # needs the patched kernel (kernel-patch/)

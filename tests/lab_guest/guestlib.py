@@ -20,6 +20,13 @@ __all__ = ["Truth", "need_kernel", "stop_process"]
 
 KERNEL = os.environ.get("PAGEHEAT_LAB_KERNEL_NAME", "host")
 OUT = Path(os.environ.get("PAGEHEAT_LAB_OUT", "/tmp"))
+# The sources this VM's kernel must run, best first (what --source auto must pick first); set
+# per run by tests/lab/test_lab.py. A listed source that fails to load fails its tests.
+SOURCES = os.environ.get("PAGEHEAT_LAB_SOURCES", "mglru-fexit,ptwalk").split(",")
+# The sources test_accuracy checks (default: all of them); a run can narrow it to save time
+# when another run already covers the rest on an equivalent kernel.
+TRUTH_SOURCES = (os.environ.get("PAGEHEAT_LAB_TRUTH_SOURCES") or ",".join(SOURCES)).split(",")
+MGLRU_SOURCES = [s for s in TRUTH_SOURCES if s.startswith("mglru")]
 
 
 def start_workload(tmp: Path, *args: str, prefix: Sequence[str] = ()) -> Truth:
@@ -66,6 +73,9 @@ def modprobe(module: str) -> None:
     """Load a module in the guest. The guest's /lib/modules lacks most of them and /var/cache
     is a tmpfs there, so tests/lab/test_lab.py stages the modules (with their dependencies,
     in load order) in a host /tmp dir, named by $PAGEHEAT_LAB_MODULES."""
+    if Path(f"/sys/module/{module}").exists() or f"\t{module}\n" in \
+            Path("/proc/filesystems").read_text():
+        return  # built in (the patched lab kernel has no modules at all)
     if subprocess.run(["modprobe", "-q", module], capture_output=True).returncode == 0:
         return
     staged = os.environ.get("PAGEHEAT_LAB_MODULES")
@@ -98,7 +108,8 @@ def zram_swap(size: str = "256M") -> None:
     """Swap on zram: with no swap MGLRU never ages anonymous memory on its own."""
     if Path("/proc/swaps").read_text().count("\n") > 1:
         return
-    modprobe("zram")
+    if not Path("/sys/block/zram0").exists():  # built in, it has no /sys/module/zram
+        modprobe("zram")
     Path("/sys/block/zram0/disksize").write_text(size)
     subprocess.run(["mkswap", "/dev/zram0"], check=True, capture_output=True)
     subprocess.run(["swapon", "/dev/zram0"], check=True)

@@ -1,6 +1,7 @@
 """NUMA in a 2-node lab VM: half the workload memory bound to node 0, half to node 1
 (two workloads under ``numactl --membind``); every page's node must be right, for both
-sources, and mglru-fexit's per-node aging must still meet the ground truth."""
+sources (guestlib.SOURCES), and the mglru sources' per-node aging must still meet the
+ground truth."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from .guestlib import need_kernel, record, snapshot, start_workload, stop_process, truth_errors
+from .guestlib import SOURCES, need_kernel, record, snapshot, start_workload, stop_process, truth_errors
 
 SIZE = "32MiB"
 SCANS = 2
@@ -32,7 +33,7 @@ def bound(tmp_path_factory: pytest.TempPathFactory):
             stop_process(t.proc)
 
 
-@pytest.mark.parametrize("source", ["mglru-fexit", "ptwalk"])
+@pytest.mark.parametrize("source", SOURCES)
 def test_node_attribution(bound, source: str) -> None:
     for node, t in bound:
         snap, pages = snapshot(t, source, SCANS)
