@@ -10,7 +10,8 @@ APT_PACKAGES=(
   prometheus                                            # tests scrape with a real Prometheus
   util-linux iproute2 procps tmux openssl systemd       # setpriv, tmux, openssl, systemd-analyze in tests
   qemu-system-x86 udev kmod busybox-static bpftrace numactl xz-utils cpio  # the kernel lab
-  dwarves flex bison bc libssl-dev linux-source-6.12    # kernel-patch/check.sh
+  dwarves flex bison bc libssl-dev rsync linux-source-6.12  # kernel-patch/ (check.sh, build.sh)
+  e2fsprogs                                             # mkfs.ext4 for the lab guests
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
