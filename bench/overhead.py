@@ -1,7 +1,7 @@
 """Overhead of `pageheat serve` on the workload it watches: interleaved A/B runs.
 
     sudo .venv/bin/python bench/overhead.py micro [--size 4GiB] [--seconds 20] [--pairs 5]
-    sudo .venv/bin/python bench/overhead.py memcached [--keys 1000000] [--seconds 20] [--pairs 5]
+    sudo .venv/bin/python bench/overhead.py memcached [--keys 1000000] [--pairs 5] [--variants ABC]
 
 micro: a single-threaded C program (bench/c/gauss_access.c, compiled with gcc at run time)
 maps SIZE with 4 KiB pages, writes every page, then reads one word at a Gaussian random page
@@ -16,8 +16,10 @@ and reports accesses/s of each, the ratio to the same round's A, the effective a
 during the window, per monitored GiB per aging.
 
 memcached: one memcached (THP disabled, -m sized to the keys), populated once (P:P, 1:0),
-then per round A (unmonitored) and B (`pageheat serve --pid <memcached>`, defaults) of the
-Gaussian phase (G:G, 0:1, pipeline 8, bench/loadgen.py): ops/s and p99.
+then per round A (unmonitored), B (`pageheat serve --pid <memcached>`, defaults) and, with
+``--variants ABC``, C (defaults but PAGEHEAT_TLB_FLUSH=never: separates the cost of the TLB
+flush from the cost of serve's CPU bursts) of the Gaussian phase (G:G, 0:1, pipeline 8,
+bench/loadgen.py): ops/s and p99.
 
 Before each measured window, serve (if any) runs for --warmup seconds so that it has
 attached and harvested; the unmonitored run waits as long. No Prometheus scrapes during the
@@ -78,12 +80,14 @@ def metric(text: str, name: str) -> float | None:
 class Serve:
     """`pageheat serve --pid PID` with a config; CPU accounting by /proc/PID/stat."""
 
-    def __init__(self, pid: int, tmp: Path, aging: str, cpu_budget: float | None):
+    def __init__(self, pid: int, tmp: Path, aging: str, cpu_budget: float | None,
+                 env: dict[str, str] | None = None):
         cfg = tmp / f"serve-{aging}-{cpu_budget}.yaml"
         cfg.write_text(f"aging: {aging}\n" + (f"cpu_budget: {cpu_budget}\n" if cpu_budget else ""))
         self.log = open(tmp / "serve.log", "a")
         self.p = subprocess.Popen([PY, "-m", "pageheat", "serve", "--config", str(cfg), "--pid", str(pid),
-                                   "--listen", f"127.0.0.1:{PORT}"], stderr=self.log)
+                                   "--listen", f"127.0.0.1:{PORT}"], stderr=self.log,
+                                  env={**os.environ, **(env or {})})
 
     def wait_harvest(self, timeout: float = 60) -> None:
         t_end = time.time() + timeout
@@ -210,6 +214,10 @@ def micro_table(rounds: list[dict], size: int) -> str:
 
 # ---- memcached -------------------------------------------------------------------------------
 
+MC_VARIANTS = {"A": "A unmonitored", "B": "B default (1s)",
+               "C": "C default, no TLB flush"}  # C: PAGEHEAT_TLB_FLUSH=never
+
+
 def memcached(a: argparse.Namespace) -> dict:
     port = 11321
     mb = loadgen.memory_mb(a.keys, a.data_size)
@@ -227,10 +235,11 @@ def memcached(a: argparse.Namespace) -> dict:
         with tempfile.TemporaryDirectory(prefix="overhead-") as tmpd:
             for r in range(a.pairs):
                 row = {}
-                for name in ("A unmonitored", "B default (1s)"):
+                for name in [MC_VARIANTS[v] for v in a.variants if v in MC_VARIANTS]:
                     serve = None
-                    if name.startswith("B"):
-                        serve = Serve(mc.pid, Path(tmpd), "1s", None)
+                    if not name.startswith("A"):
+                        env = {"PAGEHEAT_TLB_FLUSH": "never"} if name.startswith("C") else None
+                        serve = Serve(mc.pid, Path(tmpd), "1s", None, env)
                         serve.wait_harvest()
                     time.sleep(a.warmup)
                     cpu0 = proc_cpu(serve.p.pid) if serve else 0.0
@@ -249,13 +258,14 @@ def memcached(a: argparse.Namespace) -> dict:
     finally:
         mc.terminate()
         mc.wait()
-    A, B = "A unmonitored", "B default (1s)"
-    thr = [row[B]["ops_per_sec"] / row[A]["ops_per_sec"] for row in rounds]
-    p99 = [row[B]["p99_us"] / row[A]["p99_us"] for row in rounds]
-    cols = ["variant", "ops/s (k)", "p50 (us)", "p99 (us)", "ops/s ratio B/A, same round", "p99 ratio B/A",
-            "generator CPU (max, % of a core)", "serve CPU (% of a core)", "effective interval (s)"]
+    A = MC_VARIANTS["A"]
+    cols = ["variant", "ops/s (k)", "p50 (us)", "p99 (us)", "ops/s ratio to A, same round",
+            "p99 ratio to A", "generator CPU (max, % of a core)", "serve CPU (% of a core)",
+            "effective interval (s)"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for name in (A, B):
+    for name in rounds[0]:
+        thr = [row[name]["ops_per_sec"] / row[A]["ops_per_sec"] for row in rounds]
+        p99 = [row[name]["p99_us"] / row[A]["p99_us"] for row in rounds]
         ops = [row[name]["ops_per_sec"] / 1e3 for row in rounds]
         p50 = [row[name]["p50_us"] for row in rounds]
         p99v = [row[name]["p99_us"] for row in rounds]
@@ -286,8 +296,11 @@ def main() -> int:
     p.add_argument("--seconds", type=float, default=20)
     p.add_argument("--warmup", type=float, default=3)
     p.add_argument("--pairs", type=int, default=5)
-    p.add_argument("--variants", default="ABCD", help="micro: which of A B C D to run, in this order")
+    p.add_argument("--variants", default=None,
+                   help="which variants to run, in this order (micro: ABCD, the default; "
+                        "memcached: AB by default, C = defaults without the TLB flush)")
     a = p.parse_args()
+    a.variants = a.variants or ("ABCD" if a.mode == "micro" else "AB")
     if a.mode == "table":
         d = json.loads(a.json.read_text())
         print(micro_table(d["rounds"], d.get("size") or parse_size(d["args"]["size"])))
