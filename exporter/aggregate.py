@@ -160,6 +160,7 @@ class TargetView:
     cold_pages: int  # pages idle for longer than the cold threshold, or never accessed
     extra: dict[str, float] = field(default_factory=dict)
     lru_gen: tuple[GenerationPages, ...] = ()  # the latest harvest's; () when it carried none
+    period: float = 0.0  # achieved seconds between the last two harvests; 0 after the first
 
     def series_count(self, max_never_mappings: int) -> int:
         """Series this view produces (keep in step with collector.py)."""
@@ -171,6 +172,7 @@ class TargetView:
             + min(len(self.never_accessed), max_never_mappings + 1)
             + n_bins  # address_bin_info
             + 6  # per-target gauges
+            + int(self.period > 0)  # aging_period_seconds
             + len(self.lru_gen)  # lru_gen_pages
         )
 
@@ -190,6 +192,7 @@ class TargetState:
         self.bins: Bins | None = None
         self.rebins = 0
         self.harvests = 0
+        self.last_time: float | None = None  # of the previous harvest
         self.accessed_cum: dict[tuple[int, int], np.ndarray] = {}
 
     def update(self, h: Harvest, interval: float) -> TargetView:
@@ -234,12 +237,14 @@ class TargetState:
             never_accessed[mapping_label(h.vmas.names[i])] += int(never_by_vma[i])
 
         cold = int(np.count_nonzero(never | (age > self.cold_after)))
+        period = h.time - self.last_time if self.last_time is not None else 0.0
+        self.last_time = h.time
         return TargetView(
             pid=self.pid, comm=self.comm, time=h.time, combos=combos, bins=bins,
             rebins=self.rebins, accessed_cum=cum, resident=resident, idle=idle, idle_seconds=idle_seconds,
             never_accessed=dict(never_accessed), harvests=self.harvests, interval=interval,
             wss_pages=int(np.count_nonzero(p.accessed)), resident_pages=len(p),
-            cold_pages=cold, lru_gen=lru_generations(h.counters),
+            cold_pages=cold, lru_gen=lru_generations(h.counters), period=period,
         )
 
     def _merge_history(self, p: Pages, now: float) -> None:

@@ -76,6 +76,10 @@ class PageheatCollector(Collector):
         interval = GaugeMetricFamily("pageheat_aging_interval_seconds",
                                      "Effective aging interval (stretched by the CPU budget).",
                                      labels=TARGET)
+        period = GaugeMetricFamily(
+            "pageheat_aging_period_seconds",
+            "Achieved time between the last two harvests; longer than the effective interval "
+            "when harvesting falls behind (CPU contention).", labels=TARGET)
         rebins = CounterMetricFamily("pageheat_rebins", "Times the address bins were recomputed.",
                                      labels=TARGET)
         harvests = CounterMetricFamily("pageheat_harvests", "Harvests of this process.",
@@ -124,6 +128,8 @@ class PageheatCollector(Collector):
                     info["end"] = hex(int(v.bins.edges[b + 1]) << 12)
                 bin_info.add_metric([*t, str(b)], info)
             interval.add_metric(t, v.interval)
+            if v.period > 0:
+                period.add_metric(t, v.period)
             rebins.add_metric(t, v.rebins)
             harvests.add_metric(t, v.harvests)
             wss.add_metric(t, v.wss_pages)
@@ -131,8 +137,8 @@ class PageheatCollector(Collector):
             total.add_metric(t, v.resident_pages)
             for g in v.lru_gen:
                 lru_gen.add_metric([pid, v.comm, str(g.node), g.type, str(g.generation)], g.pages)
-        yield from (accessed, resident, idle, never, bin_info, interval, rebins, harvests, wss,
-                    cold, total)
+        yield from (accessed, resident, idle, never, bin_info, interval, period, rebins, harvests,
+                    wss, cold, total)
         if lru_gen.samples:  # only sources that read MGLRU's histogram have it (not ptwalk)
             yield lru_gen
 

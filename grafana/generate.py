@@ -236,8 +236,12 @@ def exporter_dashboard() -> dashboard.Dashboard:
                 q(f"rate(pageheat_pages_scanned_total{{{i}}}[$__rate_interval])", "{{instance}}")],
                 "short", "Resident pages harvested per second.").height(9).span(12))
             .with_panel(timeseries("Aging interval per process", [
-                q(f"pageheat_aging_interval_seconds{{{i}}}", "{{instance}} {{comm}} {{pid}}")],
-                "s", "Effective aging interval, stretched by the CPU budget.").height(9).span(12))
+                q(f"pageheat_aging_interval_seconds{{{i}}}", "{{instance}} {{comm}} {{pid}} planned"),
+                q(f"pageheat_aging_period_seconds{{{i}}}", "{{instance}} {{comm}} {{pid}} achieved",
+                  ref="B")],
+                "s", "Effective aging interval, stretched by the CPU budget (planned), and the "
+                "time that actually passed between the last two harvests (achieved).")
+                        .height(9).span(12))
             .with_panel(table.Panel().title("Exporters").datasource(DS)
                         .with_target(q(f'max by (instance, version, source, kernel) '
                                        f'(pageheat_build_info{{{i}}}) * on (instance) group_left '

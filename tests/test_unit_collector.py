@@ -201,12 +201,23 @@ def synthetic_state_view(n_bins: int) -> TargetView:
     vma = (vpn >= 0x40000).astype(np.int32)
     st = TargetState(9, "agg", n_bins, 60.0)
     view = None
-    for t in (1.0, 2.0):
+    for t in (1.0, 2.75):
         pages = Pages(vpn, rng.random(len(vpn)) < 0.4, rng.integers(0, 2, len(vpn)).astype(np.int16),
                       rng.integers(0, 3, len(vpn)).astype(np.uint8), np.zeros(len(vpn), bool), vma)
         view = st.update(Harvest(9, t, pages, vmas, 0.0, 0.0), 1.0)
     assert view is not None
     return view
+
+
+def test_achieved_period_only_after_the_second_harvest() -> None:
+    """pageheat_aging_period_seconds is the time between the last two harvests, which can be
+    longer than the scheduled interval (1.0 here); there is none after the first harvest."""
+    view = synthetic_state_view(8)
+    text, _ = render(Config(), {9: view})
+    assert [s.value for s in by_name(text, "pageheat_aging_period_seconds")] == [1.75]
+    assert [s.value for s in by_name(text, "pageheat_aging_interval_seconds")] == [1.0]
+    text, _ = render(Config(), {7: make_view(7, 321)})  # a single harvest's view
+    assert by_name(text, "pageheat_aging_period_seconds") == []
 
 
 @pytest.mark.parametrize("limit", [0, 1, 10])
