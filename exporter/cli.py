@@ -183,6 +183,9 @@ def _serve(args: argparse.Namespace) -> int:
         web = WebConfig.load(cfg.web_config_file)
     except (OSError, ValueError) as e:
         raise UsageError(f"web config {cfg.web_config_file}: {e}") from e
+    # Until the daemon's loop handles SIGTERM, turn it into SystemExit, so that the finally
+    # below still stops a launched command and removes its cgroup.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     # The cgroup first: if it cannot be made, nothing has been started yet.
     cgroup = cgroups.create(cgroups.detect(), cmd[0]) if cmd and cfg.cgroup == "own" else None
     launched: Launched | None = None
@@ -200,6 +203,10 @@ def _serve(args: argparse.Namespace) -> int:
             launched.stop()  # reaps it and removes its cgroup
         elif cgroup is not None:
             cgroups.remove(cgroup)
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(0)
 
 
 def _command(remainder: list[str]) -> list[str]:
