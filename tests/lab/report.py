@@ -18,7 +18,8 @@ COLUMNS = (("truth anon", "truth", {"backing": "anon"}),
            ("truth file", "truth", {"backing": "file"}),
            ("NUMA 2 nodes", "numa", {}),
            ("passive", "passive", {}),
-           ("walk filter", "walk-filter", {}))
+           ("walk filter", "walk-filter", {}),
+           ("lru_gen metric", "lru-gen", {}))
 
 
 def _cell(rows: list[dict]) -> str:
