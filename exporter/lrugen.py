@@ -110,11 +110,10 @@ def cgroup_path(pid: int, proc: Path = PROC) -> str:
 
 def cgroup2_mount(mountinfo: Path = PROC / "self/mountinfo") -> Path | None:
     """Where the cgroup v2 hierarchy is mounted in our namespace, if anywhere."""
-    for line in mountinfo.read_text().splitlines():
-        pre, _, post = line.partition(" - ")
-        if post.split(" ", 1)[0] == "cgroup2":
-            return Path(pre.split()[4])
-    return None
+    from .cgroups import parse_mountinfo
+
+    return next((m.point for m in parse_mountinfo(mountinfo.read_text())
+                 if m.fstype == "cgroup2"), None)
 
 
 def cgroup_id(path: str, mount: Path | None = None) -> int:
