@@ -16,6 +16,11 @@ region containing its virtual address has nr_accesses > 0 (regions read with
 CPU: kdamond's user + sys from /proc over its phase; the source's harvest + aging CPU time
 (daemon thread, including the kernel's synchronous work).
 
+Slowdown (``--slowdown-rounds``, default 3): bench/c/gauss_access.c (the CPU-bound Gaussian
+random-access microbenchmark of bench/overhead.py, 256 MiB) for 15 s unmonitored, under the
+DAMON vaddr context, under ptwalk and under mglru-hook (each cycled every 2 s), interleaved in
+each round; accesses per second relative to the same round's unmonitored run.
+
     .venv/bin/python bench/damon_vaddr.py [--size 256MiB] [--phase 40] [--interval 2]
 
 Boots the patched lab kernel (it has DAMON vaddr, MGLRU and the series' tracepoints). Prints a
@@ -63,6 +68,66 @@ def start_kdamond(pid: int, aggr_s: float, max_regions: int) -> int:
 
 def stop_kdamond() -> None:
     _w(ADMIN / "kdamonds/0/state", "off")
+
+
+def _monitor(kind: str, pid: int, interval: float):  # noqa: ANN202 - a stop function
+    """Start monitoring ``pid`` with ``kind``; returns a function that stops it."""
+    import threading
+
+    from pageheat.sources.mglru_hook import MglruHookSource
+    from pageheat.sources.ptwalk import PtwalkSource
+
+    if kind == "none":
+        return lambda: None
+    if kind == "damon":
+        start_kdamond(pid, interval, 1000)
+        return stop_kdamond
+    src = PtwalkSource(tlb_flush="always") if kind == "ptwalk" else \
+        MglruHookSource(aging="active", tlb_flush="always")
+    src.attach(pid)
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(interval):
+            try:
+                src.cycle(pid)
+            except Exception:  # noqa: BLE001 - the benchmark process exited
+                return
+
+    th = threading.Thread(target=loop, daemon=True)
+    th.start()
+
+    def halt() -> None:
+        stop.set()
+        th.join()
+        src.close()
+    return halt
+
+
+def slowdown(a: argparse.Namespace) -> list[dict]:
+    rows = []
+    for r in range(a.slowdown_rounds):
+        for kind in ("none", "damon", "ptwalk", "mglru-hook"):
+            prog = subprocess.Popen([a.gauss, str(256 << 20), str(a.slowdown_seconds)],
+                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            try:
+                ready = prog.stdout.readline().split()
+                assert ready[0] == "ready", ready
+                halt = _monitor(kind, prog.pid, a.interval)
+                try:
+                    time.sleep(3)  # a first harvest / aggregation before the window
+                    prog.stdin.write("go\n")
+                    prog.stdin.flush()
+                    out = prog.stdout.readline().split()
+                finally:
+                    halt()
+            finally:
+                prog.kill()
+                prog.wait()
+            rows.append({"round": r, "monitor": kind, "accesses": int(out[1]),
+                         "seconds": float(out[3]), "rate": int(out[1]) / float(out[3])})
+            print(f"slowdown round {r} {kind}: {rows[-1]['rate'] / 1e6:.2f} M accesses/s", flush=True)
+    return rows
 
 
 def guest(a: argparse.Namespace) -> int:
@@ -142,6 +207,7 @@ def guest(a: argparse.Namespace) -> int:
         wl.terminate()
         wl.wait()
         tracer.close()
+    out["slowdown"] = slowdown(a) if a.slowdown_rounds else []
     Path(a.out).write_text(json.dumps(out))
     return 0
 
@@ -155,10 +221,15 @@ def host(a: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="damon-vaddr-", dir="/tmp") as tmpd:
         tmp = Path(tmpd)
         tracer = build_tracer(tmp)  # on the host: clang under TCG would take a while
+        gauss = tmp / "gauss_access"
+        subprocess.run(["gcc", "-O2", "-o", str(gauss), str(ROOT / "bench/c/gauss_access.c")],
+                       check=True)
         result = tmp / "result.json"
         cmd = [str(ROOT / ".venv/bin/python"), str(Path(__file__).resolve()), "--guest",
                "--out", str(result), "--tracer", str(tracer), "--size", a.size,
-               "--phase", str(a.phase), "--interval", str(a.interval)]
+               "--phase", str(a.phase), "--interval", str(a.interval), "--gauss", str(gauss),
+               "--slowdown-rounds", str(a.slowdown_rounds),
+               "--slowdown-seconds", str(a.slowdown_seconds)]
         vm = run_in_vm(a.kernel, cmd, memory="2G", timeout=a.timeout, rwdirs=[tmpd], cwd=ROOT)
         if vm.returncode != 0 or not result.exists():
             print(vm.output[-6000:], file=sys.stderr)
@@ -180,6 +251,18 @@ def host(a: argparse.Namespace) -> int:
         print(f"| {name} | {ph['intervals']} | {ph['precision']:.4f} | {ph['recall']:.4f} | "
               f"{ph['f1']:.4f} | {ph['cpu'] / ph['wall']:.4f} | "
               f"{1e3 * ph['cpu'] / max(gib_intervals(ph), 1e-9):.1f} |")
+    if res["slowdown"]:
+        import statistics
+
+        print("\n| monitor | accesses/s (M) | ratio to unmonitored, same round |")
+        print("| --- | --- | --- |")
+        base = {r["round"]: r["rate"] for r in res["slowdown"] if r["monitor"] == "none"}
+        for kind in ("none", "damon", "ptwalk", "mglru-hook"):
+            rs = [r for r in res["slowdown"] if r["monitor"] == kind]
+            rate = [r["rate"] / 1e6 for r in rs]
+            ratio = [r["rate"] / base[r["round"]] for r in rs]
+            print(f"| {kind} | {statistics.median(rate):.2f} ({min(rate):.2f}-{max(rate):.2f}) | "
+                  f"{statistics.median(ratio):.3f} ({min(ratio):.3f}-{max(ratio):.3f}) |")
     return 0
 
 
@@ -192,7 +275,10 @@ def main() -> int:
     p.add_argument("--timeout", type=float, default=1200)
     p.add_argument("--guest", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
+    p.add_argument("--slowdown-rounds", type=int, default=3, help="0: skip the slowdown part")
+    p.add_argument("--slowdown-seconds", type=float, default=15)
     p.add_argument("--tracer", help=argparse.SUPPRESS)
+    p.add_argument("--gauss", help=argparse.SUPPRESS)
     a = p.parse_args()
     return guest(a) if a.guest else host(a)
 
