@@ -21,7 +21,9 @@ pytestmark = pytest.mark.kernel
 
 @pytest.fixture
 def served(ptwalk_ok, workload, tmp_path: Path):
-    t = workload("--size", "64MiB", "--layout", "contiguous", "--hot", "0.25", "--warm", "0")
+    # The region must hold several of the 32 bins for the hot band to cover two whole ones: the
+    # bins span the whole process (libraries, heap), not only the region.
+    t = workload("--size", "256MiB", "--layout", "contiguous", "--hot", "0.25", "--warm", "0")
     port = free_port()
     cfg = tmp_path / "pageheat.yml"
     cfg.write_text(f"expose_addresses: true\nbins: 32\naging: 300ms\ntargets:\n  pids: [{t.pid}]\n"
@@ -99,7 +101,9 @@ def test_app_follows_pid_with_ptwalk(ptwalk_ok, workload) -> None:
     from pageheat.sources import open_source
     from pageheat.top.feed import LocalFeed
 
-    t = workload("--size", "64MiB", "--layout", "contiguous", "--hot", "0.25", "--warm", "0")
+    # The region must hold several of the 32 bins for the hot band to cover two whole ones: the
+    # bins span the whole process (libraries, heap), not only the region.
+    t = workload("--size", "256MiB", "--layout", "contiguous", "--hot", "0.25", "--warm", "0")
 
     async def run() -> None:
         feed = LocalFeed(open_source("ptwalk"), t.pid, "workload")
