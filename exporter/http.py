@@ -43,6 +43,15 @@ class HttpServer:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
+            await self._serve_one(reader, writer)
+        except asyncio.CancelledError:
+            # Shutdown cancels requests in flight (one waiting for bcrypt, say). Python 3.11's
+            # start_server calls task.exception() on the finished handler, which raises for a
+            # cancelled task and logs a traceback; ending normally avoids that.
+            writer.close()
+
+    async def _serve_one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=10)
             if len(head) > MAX_HEADER_BYTES:
                 raise ValueError("headers too large")

@@ -160,3 +160,38 @@ def test_prometheus_scrapes_over_tls_with_basic_auth(secured, prometheus_server,
     for job in ("pageheat-wrong-password", "pageheat-plain-http"):
         wait_for(lambda job=job: prom.query(f'up{{job="{job}"}} == 0'), 30, f"{job} to be down")
         assert not prom.query(f'pageheat_targets{{job="{job}"}}')
+
+
+def test_shutdown_during_auth_is_clean(ptwalk_ok, workload, tmp_path) -> None:
+    """SIGTERM while a request waits for bcrypt (cost 15: about a second here): serve exits 0
+    and logs no traceback (a cancelled handler once made asyncio log one)."""
+    import socket
+    import time
+
+    import bcrypt
+
+    cert, key = make_cert(tmp_path)
+    hashed = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=15)).decode()
+    web = tmp_path / "web.yml"
+    web.write_text(f"tls_server_config:\n  cert_file: {cert.name}\n  key_file: {key.name}\n"
+                   f"basic_auth_users:\n  {USER}: '{hashed}'\n")
+    t = workload("--size", "16MiB")
+    port = free_port()
+    log = tmp_path / "serve.log"
+    proc = subprocess.Popen([*PAGEHEAT, "serve", "--pid", str(t.pid), "--listen", f"127.0.0.1:{port}",
+                             "--web-config", str(web)], stdout=open(log, "w"), stderr=subprocess.STDOUT)
+    ctx = ssl.create_default_context(cafile=str(cert))
+    try:
+        wait_http(f"https://127.0.0.1:{port}/healthz", context=ctx)
+        token = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+        with socket.create_connection(("127.0.0.1", port)) as raw, \
+                ctx.wrap_socket(raw, server_hostname="127.0.0.1") as s:
+            s.sendall(f"GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {token}\r\n\r\n"
+                      .encode())
+            time.sleep(0.3)  # the request is now in bcrypt's hands
+            proc.terminate()
+            assert proc.wait(15) == 0
+    finally:
+        stop_process(proc)
+    text = log.read_text()
+    assert "Traceback" not in text and "ERROR" not in text, text
