@@ -5,12 +5,17 @@ from __future__ import annotations
 import json
 import platform
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import capabilities
 from .sources import IMPLEMENTED, NAMES
 from .sources.base import SourceError
+
+if TYPE_CHECKING:
+    from .sources.young import YoungPagesSource
 
 
 @dataclass
@@ -49,40 +54,37 @@ def check_ptwalk() -> Verdict:
     return Verdict("ptwalk", True, f"BTF, task_vma iterator, clear_refs, {levels}-level page tables")
 
 
+def _check_young_source(name: str, why: str | None, open_source: Callable[[], YoungPagesSource],
+                        works: str) -> Verdict:
+    """An mglru source: ``why`` it cannot run if known up front; otherwise load and attach its
+    programs for real, since only that shows what this kernel allows."""
+    if why:
+        return Verdict(name, False, why)
+    try:
+        src = open_source()
+    except SourceError as e:
+        return Verdict(name, False, str(e).removeprefix(f"{name}: "))
+    mode, flush = src.aging, "TLB flush" if src.tlb_flush else "no TLB flush"
+    src.close()
+    return Verdict(name, True, works.format(mode=mode, flush=flush))
+
+
 def check_mglru_fexit() -> Verdict:
-    """Loads and attaches the fexit programs for real: only that shows whether this kernel
-    allows BPF trampolines on the hooked functions."""
     from . import lrugen
     from .sources.mglru_fexit import NAME, MglruFexitSource
 
-    why = lrugen.mglru_state()
-    if why:
-        return Verdict(NAME, False, why)
-    try:
-        src = MglruFexitSource()
-    except SourceError as e:
-        return Verdict(NAME, False, str(e).removeprefix(f"{NAME}: "))
-    mode, flush = src.aging, "TLB flush" if src.tlb_flush else "no TLB flush"
-    src.close()
-    return Verdict(NAME, True, f"MGLRU enabled, fexit attached, {mode} aging via {lrugen.LRU_GEN}, {flush}")
+    return _check_young_source(NAME, lrugen.mglru_state(), MglruFexitSource,
+                               "MGLRU enabled, fexit attached, {mode} aging via "
+                               f"{lrugen.LRU_GEN}, {{flush}}")
 
 
 def check_mglru_hook() -> Verdict:
-    """Loads and attaches the tracepoint (and, for active aging, filter) programs for real."""
     from . import lrugen
     from .sources.mglru_hook import NAME, MglruHookSource, kernel_support
 
-    why = kernel_support() or lrugen.mglru_state()
-    if why:
-        return Verdict(NAME, False, why)
-    try:
-        src = MglruHookSource()
-    except SourceError as e:
-        return Verdict(NAME, False, str(e).removeprefix(f"{NAME}: "))
-    mode, flush = src.aging, "TLB flush" if src.tlb_flush else "no TLB flush"
-    src.close()
-    return Verdict(NAME, True, f"kernel-patch/ tracepoints attached, {mode} aging via "
-                   f"bpf_lru_gen_run_aging() walking only the targets, {flush}")
+    return _check_young_source(NAME, kernel_support() or lrugen.mglru_state(), MglruHookSource,
+                               "kernel-patch/ tracepoints attached, {mode} aging via "
+                               "bpf_lru_gen_run_aging() walking only the targets, {flush}")
 
 
 def verdicts() -> list[Verdict]:

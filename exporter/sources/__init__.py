@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 
 from .base import Source, SourceError
 
@@ -48,20 +49,21 @@ def open_source(name: str) -> Source:
 
 
 def _open_mglru_fexit() -> Source:
-    from .. import capabilities
     from .mglru_fexit import MglruFexitSource
 
-    lacking = capabilities.missing(capabilities.PTWALK)  # the same: BPF, pagemap PFNs, /proc
-    if lacking:
-        raise SourceError(f"mglru-fexit needs {', '.join(lacking)} (run as root or grant them)")
-    return MglruFexitSource()
+    return _open_mglru("mglru-fexit", MglruFexitSource)
 
 
 def _open_mglru_hook() -> Source:
-    from .. import capabilities
     from .mglru_hook import MglruHookSource
+
+    return _open_mglru("mglru-hook", MglruHookSource)
+
+
+def _open_mglru(name: str, cls: Callable[[], Source]) -> Source:
+    from .. import capabilities
 
     lacking = capabilities.missing(capabilities.PTWALK)  # the same: BPF, pagemap PFNs, /proc
     if lacking:
-        raise SourceError(f"mglru-hook needs {', '.join(lacking)} (run as root or grant them)")
-    return MglruHookSource()
+        raise SourceError(f"{name} needs {', '.join(lacking)} (run as root or grant them)")
+    return cls()
