@@ -39,17 +39,14 @@ extern int bpf_lru_gen_run_aging(__u64 cgroup_id, int nid, bool can_swap,
 /* tgid of the process whose run_aging is walking with the filter on, else 0. */
 __u32 filtering_tgid;
 
-static __always_inline int on_young(struct mm_struct *mm, unsigned long addr,
-				    unsigned int nr_pages, __u32 flag, __u64 *kind)
+/* One young entry: count it (kind: which tracepoint's counter), record it if followed. */
+static __always_inline int on_young(struct young_stats *st, __u64 *kind, struct mm_struct *mm,
+				    unsigned long addr, __u32 flag)
 {
-	struct young_stats *st = get_stats();
-
-	if (!st)
-		return 0;
 	__sync_fetch_and_add(&st->calls, 1);
 	__sync_fetch_and_add(&st->young, 1);
 	__sync_fetch_and_add(kind, 1);
-	record_young(st, mm, addr, nr_pages > 1 ? YOUNG_PMD : flag);
+	record_young(st, mm, addr, flag);
 	return 0;
 }
 
@@ -59,7 +56,7 @@ int BPF_PROG(pte_young, struct mm_struct *mm, unsigned long addr, unsigned long 
 {
 	struct young_stats *st = get_stats();
 
-	return st ? on_young(mm, addr, 1, YOUNG_PTE, &st->pte_young) : 0;
+	return st ? on_young(st, &st->pte_young, mm, addr, YOUNG_PTE) : 0;
 }
 
 SEC("tp_btf/mglru_pmd_young_tp")
@@ -68,8 +65,8 @@ int BPF_PROG(pmd_young, struct mm_struct *mm, unsigned long addr, unsigned long 
 {
 	struct young_stats *st = get_stats();
 
-	/* addr is PMD aligned; nr_pages is the folio's, 512 for a PMD-mapped THP */
-	return st ? on_young(mm, addr, nr_pages, YOUNG_PMD, &st->pmd_young) : 0;
+	/* addr is PMD aligned; the entry maps the whole THP (nr_pages = 512) */
+	return st ? on_young(st, &st->pmd_young, mm, addr, YOUNG_PMD) : 0;
 }
 
 SEC("tp_btf/mglru_look_around_young_tp")
@@ -78,7 +75,7 @@ int BPF_PROG(look_around_young, struct mm_struct *mm, unsigned long addr, unsign
 {
 	struct young_stats *st = get_stats();
 
-	return st ? on_young(mm, addr, 1, YOUNG_PTE, &st->look_around) : 0;
+	return st ? on_young(st, &st->look_around, mm, addr, YOUNG_PTE) : 0;
 }
 
 SEC("fmod_ret/bpf_lru_gen_skip_mm")
