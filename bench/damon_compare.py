@@ -44,6 +44,9 @@ import numpy as np
 from pageheat.libbpf import BpfObject
 from pageheat.sources.ptwalk import PtwalkSource
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from labbench import start_workload  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN = Path("/sys/kernel/mm/damon/admin/kdamonds")
 CLK = os.sysconf("SC_CLK_TCK")
@@ -164,15 +167,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="damoncmp-") as tmpd:
         tmp = Path(tmpd)
         tracer = Tracer(build_tracer(tmp))
-        truth_f = tmp / "truth.json"
-        wl = subprocess.Popen([sys.executable, "-m", "pageheat", "workload", "--truth", str(truth_f),
-                               "--size", a.size, "--hot", str(a.hot), "--warm", str(a.warm)])
+        wl, t = start_workload(tmp, "--size", a.size, "--hot", str(a.hot), "--warm", str(a.warm))
         try:
-            while not truth_f.exists():
-                if wl.poll() is not None:
-                    raise RuntimeError("workload failed")
-                time.sleep(0.1)
-            t = json.loads(truth_f.read_text())
             start, n = int(t["start"], 16), t["size"] // 4096
             truth = np.zeros(n, bool)
             truth[t["hot"]] = True

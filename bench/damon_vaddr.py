@@ -41,6 +41,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
+from labbench import run_guest, start_workload  # noqa: E402
+
 ADMIN = Path("/sys/kernel/mm/damon/admin")
 
 
@@ -137,18 +139,11 @@ def guest(a: argparse.Namespace) -> int:
     from pageheat.sources.ptwalk import PtwalkSource
 
     tmp = Path(tempfile.mkdtemp(prefix="damon-vaddr-"))
-    truth_f = tmp / "truth.json"
-    wl = subprocess.Popen([sys.executable, "-m", "pageheat", "workload", "--truth", str(truth_f),
-                           "--size", a.size, "--hot", "0.1", "--warm", "0.1"])
+    wl, t = start_workload(tmp, "--size", a.size, "--hot", "0.1", "--warm", "0.1")
     tracer = Tracer(Path(a.tracer))
     out: dict = {"uname": platform.release(), "nproc": os.cpu_count(), "size": a.size,
                  "interval": a.interval, "phase_seconds": a.phase, "phases": {}}
     try:
-        while not truth_f.exists():
-            if wl.poll() is not None:
-                raise RuntimeError("workload failed")
-            time.sleep(0.1)
-        t = json.loads(truth_f.read_text())
         start, n = int(t["start"], 16), t["size"] // 4096
         truth = np.zeros(n, bool)
         truth[t["hot"]] = True
@@ -216,7 +211,6 @@ def host(a: argparse.Namespace) -> int:
     sys.path.insert(0, str(ROOT))
     from damon_compare import build_tracer
 
-    from lab.vm import run_in_vm
 
     with tempfile.TemporaryDirectory(prefix="damon-vaddr-", dir="/tmp") as tmpd:
         tmp = Path(tmpd)
@@ -224,18 +218,14 @@ def host(a: argparse.Namespace) -> int:
         gauss = tmp / "gauss_access"
         subprocess.run(["gcc", "-O2", "-o", str(gauss), str(ROOT / "bench/c/gauss_access.c")],
                        check=True)
-        result = tmp / "result.json"
-        cmd = [str(ROOT / ".venv/bin/python"), str(Path(__file__).resolve()), "--guest",
-               "--out", str(result), "--tracer", str(tracer), "--size", a.size,
-               "--phase", str(a.phase), "--interval", str(a.interval), "--gauss", str(gauss),
-               "--slowdown-rounds", str(a.slowdown_rounds),
-               "--slowdown-seconds", str(a.slowdown_seconds)]
-        vm = run_in_vm(a.kernel, cmd, memory="2G", timeout=a.timeout, rwdirs=[tmpd], cwd=ROOT)
-        if vm.returncode != 0 or not result.exists():
-            print(vm.output[-6000:], file=sys.stderr)
-            print(f"error: the guest run failed ({vm.returncode})", file=sys.stderr)
-            return 1
-        res = json.loads(result.read_text())
+        res = run_guest(__file__, ["--tracer", str(tracer), "--size", a.size,
+                                   "--phase", str(a.phase), "--interval", str(a.interval),
+                                   "--gauss", str(gauss),
+                                   "--slowdown-rounds", str(a.slowdown_rounds),
+                                   "--slowdown-seconds", str(a.slowdown_seconds)],
+                        tmp, a.kernel, "2G", a.timeout)
+    if res is None:
+        return 1
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     res.update({"date": time.strftime("%Y-%m-%d"), "kernel": a.kernel, "host": platform.release(),
                 "command": "bench/damon_vaddr.py " + " ".join(sys.argv[1:])})

@@ -33,39 +33,19 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+from labbench import make_cgroup, run_guest, start_workload  # noqa: E402
+
 VARIANTS = ("mglru-hook", "mglru-hook (no filter)", "mglru-fexit", "ptwalk")
 
 
 # -- guest side ---------------------------------------------------------------------------------
-def _cgroup(name: str) -> Path:
-    root = Path("/sys/fs/cgroup")
-    (root / "cgroup.subtree_control").write_text("+memory")
-    cg = root / name
-    cg.mkdir(exist_ok=True)
-    return cg
-
-
-def _workload(tmp: Path, cg: Path, size: str, hot: str, warm: str) -> tuple[subprocess.Popen, dict]:
-    truth = tmp / f"truth-{time.monotonic_ns()}.json"
-    proc = subprocess.Popen(["sh", "-c", f'echo $$ > {cg}/cgroup.procs && exec "$@"', "sh",
-                             sys.executable, "-m", "pageheat", "workload", "--truth", str(truth),
-                             "--size", size, "--hot", hot, "--warm", warm])
-    deadline = time.monotonic() + 180
-    while not truth.exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError("workload did not start")
-        time.sleep(0.1)
-    return proc, json.loads(truth.read_text())
-
-
 def _open(variant: str):  # noqa: ANN202 - a Source
     from pageheat.sources.mglru_fexit import MglruFexitSource
     from pageheat.sources.mglru_hook import MglruHookSource
@@ -101,14 +81,16 @@ def guest(a: argparse.Namespace) -> int:
     out: dict = {"uname": platform.release(), "nproc": os.cpu_count(), "size": a.size,
                  "neighbour": a.neighbour, "interval": a.interval, "rows": []}
     tmp = Path(tempfile.mkdtemp(prefix="lab-sources-"))
-    cg = _cgroup("bench-sources")
-    target, truth = _workload(tmp, cg, a.size, "0.1", "0.1")
+    cg = make_cgroup("bench-sources")
+    target, truth = start_workload(tmp, "--size", a.size, "--hot", "0.1", "--warm", "0.1",
+                                   cgroup=cg)
     neighbour = None
     scenarios = ["alone"] + (["neighbour"] if a.neighbour != "0" else [])
     try:
         for scenario in scenarios:
             if scenario == "neighbour":
-                neighbour, _ = _workload(tmp, cg, a.neighbour, "0.5", "0")
+                neighbour, _ = start_workload(tmp, "--size", a.neighbour, "--hot", "0.5",
+                                              "--warm", "0", cgroup=cg)
             for r in range(a.rounds):
                 order = VARIANTS[r % len(VARIANTS):] + VARIANTS[:r % len(VARIANTS)]
                 for variant in order:
@@ -171,21 +153,13 @@ def table(res: dict) -> str:
 
 
 def host(a: argparse.Namespace) -> int:
-    sys.path.insert(0, str(ROOT))
-    from lab.vm import run_in_vm
-
     with tempfile.TemporaryDirectory(prefix="lab-sources-", dir="/tmp") as tmp:
-        result = Path(tmp) / "result.json"
-        cmd = [str(ROOT / ".venv/bin/python"), str(Path(__file__).resolve()), "--guest",
-               "--out", str(result), "--size", a.size, "--neighbour", a.neighbour,
-               "--rounds", str(a.rounds), "--cycles", str(a.cycles), "--interval", str(a.interval)]
-        vm = run_in_vm(a.kernel, cmd, memory=a.memory, timeout=a.timeout, rwdirs=[tmp],
-                       cwd=ROOT)
-        if vm.returncode != 0 or not result.exists():
-            print(vm.output[-6000:], file=sys.stderr)
-            print(f"error: the guest run failed ({vm.returncode})", file=sys.stderr)
-            return 1
-        res = json.loads(result.read_text())
+        res = run_guest(__file__, ["--size", a.size, "--neighbour", a.neighbour,
+                                   "--rounds", str(a.rounds), "--cycles", str(a.cycles),
+                                   "--interval", str(a.interval)],
+                        Path(tmp), a.kernel, a.memory, a.timeout)
+    if res is None:
+        return 1
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     res.update({"date": time.strftime("%Y-%m-%d"), "kernel": a.kernel, "host": platform.release(),
                 "host_nproc": os.cpu_count(), "command": "bench/lab_sources.py " + " ".join(sys.argv[1:])})
