@@ -2,13 +2,15 @@
 
 A server process runs pageheat's real HttpServer (uvloop, as `serve` does) over the real
 collector, whose views the real aggregator made from synthetic harvests: enough targets for
-about --series series. It bumps the generation every --bump seconds (as a harvest does), and
-runs a harvest stand-in on a worker thread (TargetState.update of a synthetic harvest of
---harvest-pages pages, in a loop) whose wall time per update tells whether scrapes slow
-harvesting. This process runs 1 and 10 scrapers (threads, one keep-alive connection each,
-Prometheus' Accept and Accept-Encoding headers) against 127.0.0.1 for --seconds each, for
-both modes in one run, interleaved. Prints a Markdown table; raw numbers go to
-bench/results/scrape-TIMESTAMP.json.
+about --series series; process_* metrics in the live (never cached) registry, as in `serve`.
+It bumps the generation every --bump seconds (as a harvest does), and runs a harvest stand-in
+on a worker thread (TargetState.update of a synthetic harvest of --harvest-pages pages, in a
+loop) whose wall time per update tells whether scrapes slow harvesting. This process runs 1
+and 10 scrapers (threads, one keep-alive connection each, Prometheus' Accept and
+Accept-Encoding headers) against 127.0.0.1 for --seconds each: back to back, and 10 at one
+scrape per second each. "encoded per scrape (before)" is the same server without a
+generation (the behaviour before the cache); both modes run in one run, interleaved. Prints a
+Markdown table; raw numbers go to bench/results/scrape-TIMESTAMP.json.
 
     .venv/bin/python bench/scrape.py [--series 10000] [--seconds 10] [--rounds 2]
 """
@@ -73,7 +75,7 @@ def server_main(a: argparse.Namespace) -> int:
     from pageheat.http import HttpServer
     from pageheat.stats import Stats
     from pageheat.webconfig import WebConfig
-    from prometheus_client import CollectorRegistry
+    from prometheus_client import CollectorRegistry, ProcessCollector
     from prometheus_client.exposition import generate_latest
 
     cfg = Config(max_series=10_000_000, bins=a.bins)
@@ -89,8 +91,11 @@ def server_main(a: argparse.Namespace) -> int:
         if series >= a.series:
             break
     state = {"generation": 0}
+    # As the daemon: process_* self metrics in the live registry, read at every scrape.
+    live = CollectorRegistry(auto_describe=False)
+    ProcessCollector(registry=live)
     server = HttpServer(registry, WebConfig(), generation=(lambda: state["generation"])
-                        if a.mode == "cached" else None)
+                        if a.mode == "cached" else None, live=live)
     encodes: list[tuple[float, float]] = []  # (time.time() at the end, seconds) of each encoding
     plain_encode = server._encode
 

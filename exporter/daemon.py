@@ -98,9 +98,12 @@ class Daemon:
         # Bumped after every piece of worker-thread work (harvest, drop, discovery), which is
         # what changes the views and the stats: /metrics is encoded at most once per value.
         self.generation = 0
+        # Collectors that change between harvests (process_* self metrics) go here instead:
+        # read at every scrape, never cached.
+        self.live_registry = CollectorRegistry(auto_describe=False)
         self.http = HttpServer(self.registry, web or WebConfig(),
                                {"/api/v1/targets": self._api_targets, "/api/v1/heat": self._api_heat},
-                               generation=lambda: self.generation)
+                               generation=lambda: self.generation, live=self.live_registry)
 
     async def run(self, stop: asyncio.Event) -> None:
         host, port = self.cfg.host_port

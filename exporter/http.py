@@ -172,7 +172,13 @@ class HttpServer:
                 request = await self._next_request(conn, reader, timeout)
                 if request is None:
                     return
-                status, headers, body = await self._respond(request)
+                try:
+                    status, headers, body = await self._respond(request)
+                except Exception as e:  # noqa: BLE001 - a bug in a collector or handler: say so, go on
+                    log.error("internal error answering %s: %s: %s",
+                              request.target.decode("latin-1")[:100], type(e).__name__, e)
+                    status, headers = 500, [("Content-Type", "text/plain; charset=utf-8")]
+                    body = b"internal server error\n"
             except h11.RemoteProtocolError as e:
                 status = e.error_status_hint
                 headers, body = [("Content-Type", "text/plain; charset=utf-8")], _error_body(status, e)
@@ -290,7 +296,10 @@ class HttpServer:
                     await loop.run_in_executor(None, entry.deflate)
         if self.live is None:
             return ctype, entry.gzipped(None) if gzip_ok else entry.text + eof
-        return ctype, await loop.run_in_executor(None, self._with_live, entry, encoder, gzip_ok)
+        # The live part is small (process_*: ~0.3 ms with its /proc reads, and 0.04 ms to
+        # compress it after a copy of the cached deflate state): on the loop, which costs less
+        # than a hop to a thread on a busy machine.
+        return ctype, self._with_live(entry, encoder, gzip_ok)
 
     def _encode(self, encoder: Callable[[CollectorRegistry], bytes], eof: bytes, generation: int,
                 gzip_ok: bool) -> _Exposition:

@@ -300,3 +300,14 @@ def test_api_filters_by_pid(daemon) -> None:
         for bad in ("abc", "-1", "0", "1e3", "", "%C3%A9", "99999999999"):
             st, _, body = get(s.url + f"/api/v1/heat?pid={bad}")
             assert st == 400 and body.startswith(b"pid: expected a process id"), (bad, body)
+
+
+def test_failing_handler_is_a_500_and_the_server_goes_on(views, caplog) -> None:
+    async def broken(query):
+        raise RuntimeError("boom")
+
+    with serve(views, api={"/api/v1/broken": broken}) as s:
+        st, _, body = get(s.url + "/api/v1/broken")
+        assert st == 500 and body == b"internal server error\n"
+        assert get(s.url + "/metrics")[0] == 200
+    assert any("RuntimeError: boom" in r.getMessage() for r in caplog.records)
