@@ -106,13 +106,13 @@ def server_main(a: argparse.Namespace) -> int:
         return out
 
     server._encode = timed_encode  # type: ignore[method-assign]
-    harvest, _ = synthetic_harvest(1, a.harvest_pages, 1)
+    harvest, _ = synthetic_harvest(1, max(a.harvest_pages, 4), 1)
     stop = threading.Event()
     updates: list[tuple[float, float]] = []  # (time.time() at the end, seconds)
 
     def harvesting() -> None:  # the daemon's worker thread, with the same numpy work per page
         target = TargetState(1, "harvest", a.bins, 120.0)
-        while not stop.is_set():
+        while a.harvest_pages and not stop.is_set():
             t0 = time.perf_counter()
             target.update(harvest, 1.0)
             updates.append((time.time(), time.perf_counter() - t0))
@@ -242,7 +242,7 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=2, help="rounds, the two modes interleaved")
     p.add_argument("--bump", type=float, default=5.0,
                    help="seconds between generations (new views; the daemon bumps after each harvest)")
-    p.add_argument("--harvest-pages", type=int, default=262144)
+    p.add_argument("--harvest-pages", type=int, default=262144, help="0: no harvest stand-in")
     p.add_argument("--serve", choices=("cached", "uncached"), help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
     a = p.parse_args()
