@@ -24,7 +24,6 @@ from urllib.parse import parse_qsl, urlsplit
 import h11
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
-from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPENMETRICS_TYPE
 
 from . import __version__
 from .webconfig import WebConfig
@@ -46,6 +45,7 @@ GZIP_LEVEL = 1
 HEALTHZ = "/healthz"
 DOCS_URL = "https://github.com/pageheat/pageheat#readme"
 _EOF = b"# EOF\n"
+OPENMETRICS_MEDIA = "application/openmetrics-text"
 
 
 class BadRequest(ValueError):
@@ -105,6 +105,9 @@ class HttpServer:
         self.registry = registry
         self.web = web
         self.api = api or {}
+        if metrics_path in ("/", HEALTHZ, *self.api) or not metrics_path.startswith("/"):
+            raise ValueError(f"telemetry path {metrics_path!r}: must start with / and not be "
+                             f"one of /, {HEALTHZ}, {', '.join(sorted(self.api))}")
         self.metrics_path = metrics_path
         self.generation = generation
         self.live = live
@@ -281,7 +284,8 @@ class HttpServer:
         Encodes (off the loop) only when the generation changed since the cached encoding;
         concurrent scrapers wait for the one encoding under way, and gzip it once."""
         encoder, ctype = choose_encoder(accept)
-        eof = _EOF if ctype == OPENMETRICS_TYPE else b""
+        # OpenMetrics ends with "# EOF", also in its variants ("; escaping=underscores", ...).
+        eof = _EOF if ctype.startswith(OPENMETRICS_MEDIA) else b""
         loop = asyncio.get_running_loop()
         if self.generation is None:  # no cache: encode (and compress) for this scrape alone
             entry = await loop.run_in_executor(None, self._encode, encoder, eof, -1, gzip_ok)

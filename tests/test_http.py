@@ -27,6 +27,15 @@ from prometheus_client.parser import text_string_to_metric_families
 
 GET = b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
 
+# Prometheus 2.42's and 3.x's Accept headers: OpenMetrics with parameters after the version.
+PROMETHEUS_ACCEPT = [
+    "application/openmetrics-text;version=1.0.0;q=0.5,application/openmetrics-text;version=0.0.1;"
+    "q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2",
+    "application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.6,application/openmetrics-text;"
+    "version=0.0.1;q=0.5,text/plain;version=1.0.0;escaping=allow-utf-8;q=0.4,text/plain;version=0.0.4;"
+    "q=0.3,*/*;q=0.2",
+]
+
 
 def get(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
     req = urllib.request.Request(url, headers=headers or {})
@@ -123,7 +132,7 @@ def test_keep_alive_serves_several_requests(views) -> None:
 
 
 # -- issue 13, goal 4: gzip and the exposition cache -------------------------------------------
-@pytest.mark.parametrize("accept", ["", "application/openmetrics-text; version=1.0.0"])
+@pytest.mark.parametrize("accept", ["", "application/openmetrics-text; version=1.0.0", *PROMETHEUS_ACCEPT])
 def test_gzip_decodes_to_the_same_exposition(views, accept: str) -> None:
     with serve(views) as s:
         _, plain_h, plain = get(s.url + "/metrics", {"Accept": accept})
@@ -189,7 +198,7 @@ def test_uncached_server_encodes_every_scrape(views) -> None:
         assert a == b and s.server.encodings == 2
 
 
-@pytest.mark.parametrize("accept", ["", "application/openmetrics-text"])
+@pytest.mark.parametrize("accept", ["", "application/openmetrics-text", *PROMETHEUS_ACCEPT])
 def test_live_registry_is_fresh_at_every_scrape(views, accept: str) -> None:
     live = CollectorRegistry()
     c = Counter("live_things", "changes between generations", registry=live)
@@ -202,7 +211,10 @@ def test_live_registry_is_fresh_at_every_scrape(views, accept: str) -> None:
             assert gzip.decompress(gz) == plain
             assert f"live_things_total {i + 1}.0".encode() in plain
             if accept:
-                assert plain.endswith(b"# EOF\n") and plain.count(b"# EOF") == 1
+                assert plain.endswith(b"# EOF\n") and plain.count(b"# EOF") == 1, plain[-300:]
+                from prometheus_client.openmetrics.parser import text_string_to_metric_families as om
+
+                assert any(f.name == "live_things" for f in om(plain.decode()))
             bodies.append(plain)
         assert s.server.encodings == 1
         assert all(b"pageheat_resident_pages{" in b for b in bodies)
@@ -311,3 +323,11 @@ def test_failing_handler_is_a_500_and_the_server_goes_on(views, caplog) -> None:
         assert st == 500 and body == b"internal server error\n"
         assert get(s.url + "/metrics")[0] == 200
     assert any("RuntimeError: boom" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("path", ["/", "/healthz", "/api/v1/heat", "metrics"])
+def test_telemetry_path_cannot_hide_another_path(path: str) -> None:
+    from pageheat.http import HttpServer
+
+    with pytest.raises(ValueError, match="telemetry path"):
+        HttpServer(CollectorRegistry(), WebConfig(), {"/api/v1/heat": lambda q: asyncio.sleep(0)}, path)
