@@ -148,7 +148,8 @@ class PtwalkSource:
         """Run find_base (see ptwalk.bpf.c) with a pattern planted in a page of our own, and a
         THP-eligible page that is only read (the huge zero page, where THP maps it)."""
         page = mmap.mmap(-1, mmap.PAGESIZE)
-        huge = mmap.mmap(-1, 2 * _HUGE)
+        # Private: shared anonymous memory is shmem, which never maps the huge zero page.
+        huge = mmap.mmap(-1, 2 * _HUGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         anchors: list[ctypes.c_char] = []
         try:
             pattern = int.from_bytes(secrets.token_bytes(8), "little") | 1
