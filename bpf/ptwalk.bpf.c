@@ -45,7 +45,7 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
  * needs more is counted in step_limit_vmas, never cut silently.
  */
 #define MAX_STEPS	(1U << 23)
-#define MAX_WALK_LOOPS	1
+#define MAX_WALK_LOOPS	4
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -561,6 +561,14 @@ record:
 	return 0;
 }
 
+static long walk_chunk(__u64 i, struct walk_ctx *w)
+{
+	if (w->addr >= w->vm_end)
+		return 1;
+	bpf_loop(MAX_STEPS, walk_step, w, 0);
+	return 0;
+}
+
 static __always_inline __u32 classify(struct vm_area_struct *vma, __u64 vm_flags, __u32 *flags)
 {
 	struct mm_struct *mm = BPF_CORE_READ(vma, vm_mm);
@@ -602,7 +610,6 @@ int scan(struct bpf_iter__task_vma *ctx)
 	struct vma_rec *rec;
 	struct mm_struct *mm;
 	__u32 slot, flags = 0;
-	int n;
 
 	if (!st || !task || !vma || task->tgid != st->target_tgid)
 		return 0;
@@ -637,9 +644,11 @@ int scan(struct bpf_iter__task_vma *ctx)
 	w.vma_idx = slot;
 	w.region = 1;	/* no region loaded: region addresses are 1 GiB aligned */
 	w.count_only = !!(flags & VMA_F_SKIPPED);
-	/* bpf_loop stops at BPF_MAX_LOOPS (2^23) steps: chain calls, then count what is left. */
-	for (n = 0; n < MAX_WALK_LOOPS && w.addr < w.vm_end; n++)
-		bpf_loop(MAX_STEPS, walk_step, &w, 0);
+	/*
+	 * bpf_loop stops at BPF_MAX_LOOPS (2^23) steps: chain calls from an outer bpf_loop (one
+	 * call site, verified once, unlike an unrolled chain), then count what is left.
+	 */
+	bpf_loop(MAX_WALK_LOOPS, walk_chunk, &w, 0);
 	if (w.addr < w.vm_end)
 		st->step_limit_vmas++;
 	rec->unmonitored = w.count;
