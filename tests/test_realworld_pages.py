@@ -257,3 +257,53 @@ def test_zero_page_mask_on_synthetic_pagemap() -> None:
     want = [True, False, False, True, True, False, False]  # not present: not a mapped zero page
     assert ZeroPages(zero, huge).mask(ent).tolist() == want
     assert ZeroPages(zero).mask(ent).tolist() == [True] + [False] * 6
+
+
+def scrape(port: int) -> dict[tuple[str, str], float]:
+    """{(metric name, label text): value} of one /metrics scrape (prometheus_client's parser)."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    out = {}
+    for fam in text_string_to_metric_families(body):
+        for s in fam.samples:
+            out[(s.name, ",".join(f"{k}={v}" for k, v in sorted(s.labels.items())))] = s.value
+    return out
+
+
+@pytest.mark.kind2
+def test_serve_resident_pages_agree_with_smaps(ptwalk_ok, hugetlb_pages, layout, tmp_path) -> None:
+    """`serve`: pageheat_process_resident_pages is smaps Rss (zero pages left out), and the
+    hugetlb pages show up in pageheat_unmonitored_pages; the sanity counters exist at 0."""
+    from conftest import free_port, wait_http
+
+    zero, _ = layout("zero", "8192", "256", "64")
+    huge, _ = layout("hugetlb", str(hugetlb_pages), "2")
+    port = free_port()
+    cfg = tmp_path / "pageheat.yml"
+    cfg.write_text("aging: 300ms\ntargets: {top_rss: 0}\n")
+    proc = subprocess.Popen([*PAGEHEAT, "serve", "--config", str(cfg), "--source", "ptwalk",
+                             "--listen", f"127.0.0.1:{port}", "--pid", str(zero.pid),
+                             "--pid", str(huge.pid)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/healthz")
+        deadline = time.monotonic() + 30
+        while True:
+            m = scrape(port)
+            got = {pid: m.get(("pageheat_process_resident_pages", f"comm=realworld,pid={pid}"))
+                   for pid in (zero.pid, huge.pid)}
+            if all(v is not None for v in got.values()) or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        for pid, v in got.items():
+            assert v is not None, f"no pageheat_process_resident_pages for {pid}"
+            assert abs(v - smaps_kib(pid, "Rss") // 4) <= RSS_SLACK_PAGES, (pid, v)
+        key = ("pageheat_unmonitored_pages", f"comm=realworld,pid={huge.pid},reason=hugetlb")
+        assert m[key] == smaps_kib(huge.pid, "Private_Hugetlb") // 4
+        assert m[("pageheat_walk_truncations_total", "reason=step_limit")] == 0
+        assert ("pageheat_aging_ineffective_total", "reason=all_accessed") in m
+    finally:
+        stop_process(proc)
