@@ -209,6 +209,26 @@ def test_snapshot_without_cap_sys_admin(ptwalk_ok, layout) -> None:
     snap = json.loads(r.stdout)
     assert region(snap, addr)["resident"] == written
     assert region(snap, addr)["accessed"] == [written, written]
+    r = subprocess.run([setpriv, "--inh-caps=-all", "--bounding-set=-sys_admin", *PAGEHEAT,
+                        "doctor", "--json"], capture_output=True, text=True, timeout=120)
+    verdicts = {v["source"]: v for v in json.loads(r.stdout)["sources"]}
+    assert verdicts["ptwalk"]["ok"], verdicts["ptwalk"]
+
+
+@pytest.mark.least_privilege
+def test_failed_load_is_one_error_not_a_buffer_error(ptwalk_ok) -> None:
+    """A find_base failure while a view of the BPF maps is alive in the failing frame (as the
+    old pagemap check had) must surface as the SourceError, not as BufferError on unload."""
+    from pageheat.sources.base import SourceError
+    from pageheat.sources.ptwalk import PtwalkSource
+
+    class Failing(PtwalkSource):
+        def _find_direct_map(self) -> None:
+            st = self._state  # noqa: F841 - a live view of the mmapped state, like the old code
+            raise SourceError("ptwalk: planted failure")
+
+    with pytest.raises(SourceError, match="planted failure"):
+        Failing()
 
 
 @pytest.mark.least_privilege
