@@ -32,7 +32,8 @@ def add_process(proc: Path, pid: int, comm: str, rss_pages: int, start_time: int
     (d / "statm").write_text(f"{rss_pages * 3} {rss_pages} 10 5 0 20 0\n")
     (d / "maps").write_text(maps)
     (d / "status").write_text(status if status is not None else
-                              f"Name:\t{comm}\nVmRSS:\t{rss_pages * 4} kB\nRssAnon:\t{rss_pages * 2} kB\n")
+                              f"Name:\t{comm}\nTgid:\t{pid}\nVmRSS:\t{rss_pages * 4} kB\n"
+                              f"RssAnon:\t{rss_pages * 2} kB\n")
 
 
 MAPS = """\
