@@ -20,8 +20,8 @@ PTWALK = (CAP_SYS_ADMIN, CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE, CAP_DAC_OVERRIDE)
 
 
 def effective(status: Path = Path("/proc/self/status")) -> int:
-    for line in status.read_text().splitlines():
-        if line.startswith("CapEff:"):
+    for line in status.read_bytes().split(b"\n"):  # bytes: Name: is the raw comm
+        if line.startswith(b"CapEff:"):
             return int(line.split()[1], 16)
     return 0
 
