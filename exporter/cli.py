@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
-from . import __version__, cgroups, config, doctor, procfs, targets
+from . import __version__, capabilities, cgroups, config, doctor, procfs, targets
 from .config import parse_duration
 from .sources import NAMES, open_source
 from .sources.base import Source, SourceError, TargetGone
@@ -179,6 +179,8 @@ def _serve(args: argparse.Namespace) -> int:
         raise UsageError(f"config {args.config}: {e}") from e
     if cfg.targets.pids:  # each must name a process that can be followed, or serve does not start
         pids = list(dict.fromkeys(_process_of(p) for p in cfg.targets.pids))
+        for pid in pids:
+            _check_access(pid)
         cfg = cfg.model_copy(update={"targets": cfg.targets.model_copy(update={"pids": pids})})
     from .webconfig import WebConfig
 
@@ -194,12 +196,6 @@ def _serve(args: argparse.Namespace) -> int:
     launched: Launched | None = None
     try:
         source = open_source(cfg.source)
-        try:
-            for pid in cfg.targets.pids:
-                _check_access(pid)
-        except UsageError:
-            source.close()
-            raise
         from .daemon import Daemon
 
         if cmd:
@@ -277,9 +273,9 @@ def _snapshot(args: argparse.Namespace) -> int:
     if args.aging < 0.1:
         raise UsageError("--aging must be at least 100ms")
     pid = _process_of(args.pid)
+    _check_access(pid)
     source = open_source(args.source)
     try:
-        _check_access(pid)
         result = take(source, pid, args.aging, args.scans, args.range, args.pages)
     except TargetGone:
         result = {"pid": pid, "source": source.name, "aging_ms": args.aging * 1000,
@@ -304,8 +300,12 @@ def _process_of(pid: int) -> int:
 
 
 def _check_access(pid: int) -> None:
-    """UsageError when the process cannot be read or aged (another user's without the
-    capabilities). Checked once the source is open, so a missing BPF capability is said first."""
+    """UsageError when the process cannot be read or aged (another user's, or one with more
+    capabilities, without CAP_SYS_PTRACE / CAP_DAC_OVERRIDE). Not checked when a capability
+    that loading any source needs is missing: opening the source then says so (exit 1), and
+    without it no process can be followed anyway."""
+    if capabilities.missing(capabilities.LOAD):
+        return
     try:
         targets.check_access(pid)
     except targets.PidError as e:

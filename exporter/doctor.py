@@ -39,9 +39,10 @@ def _mglru_state() -> str:
 def check_ptwalk() -> Verdict:
     if platform.machine() != "x86_64":
         return Verdict("ptwalk", False, f"page-table layout not supported on {platform.machine()}")
-    lacking = capabilities.missing(capabilities.PTWALK)
+    lacking = capabilities.missing(capabilities.LOAD)
     if lacking:
         return Verdict("ptwalk", False, f"missing {', '.join(lacking)} (run as root)")
+    per_target = capabilities.missing(capabilities.PTWALK)
     if not Path("/sys/kernel/btf/vmlinux").exists():
         return Verdict("ptwalk", False, "no kernel BTF (/sys/kernel/btf/vmlinux; CONFIG_DEBUG_INFO_BTF)")
     if not Path("/proc/self/clear_refs").exists():
@@ -54,7 +55,10 @@ def check_ptwalk() -> Verdict:
         return Verdict("ptwalk", False, str(e).removeprefix("ptwalk: "))
     levels = int(src._state["pgtable_levels"][0])
     src.close()
-    return Verdict("ptwalk", True, f"BTF, task_vma iterator, clear_refs, {levels}-level page tables")
+    only_own = (f"; without {', '.join(per_target)}: only processes it may read and age without "
+                "them (its own user's)") if per_target else ""
+    return Verdict("ptwalk", True,
+                   f"BTF, task_vma iterator, clear_refs, {levels}-level page tables{only_own}")
 
 
 def _check_young_source(name: str, why: str | None, open_source: Callable[[], YoungPagesSource],
