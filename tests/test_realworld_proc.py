@@ -250,6 +250,10 @@ def test_zombie_leader_is_selected_by_rss_and_comm_and_followed(ptwalk_ok, zl_ex
 
 @pytest.mark.kind3
 def test_aging_moves_to_a_live_thread_when_the_leader_exits_later(ptwalk_ok, zl_exe) -> None:
+    """clear_refs opened while the leader lived, the leader exits afterwards. On 6.18 such a
+    descriptor keeps aging the mm (measured: only one opened after the leader's exit ages
+    nothing), so this passes without procfs.ClearRefs' re-check too; it pins the behaviour for
+    kernels whose clear_refs_write() looks the mm up through the task at each write."""
     from pageheat.sources.ptwalk import PtwalkSource
 
     src = PtwalkSource()
