@@ -21,7 +21,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from . import budget, cgroups, targets
+from . import budget, cgroups, procfs, targets
 from .aggregate import TargetState, TargetView
 from .collector import PageheatCollector
 from .config import Config
@@ -44,6 +44,13 @@ class _Refused:
     start_time: int
     attempts: int = 0
     next_try: float = 0.0
+
+
+def _same_process(pid: int, start_time: int) -> bool:
+    try:
+        return procfs.read_start_time(pid) == start_time
+    except (OSError, ValueError):
+        return False
 
 
 class Launched:
@@ -155,9 +162,8 @@ class Daemon:
             elif wanted[pid].comm != known.comm:
                 self._rename(pid, wanted[pid])
         now = time.monotonic()
-        for pid in [p for p, r in self._refused.items()
-                    if p not in wanted or wanted[p].start_time != r.start_time]:
-            del self._refused[pid]  # that process is gone: a new one starts afresh
+        for pid in [p for p, r in self._refused.items() if not _same_process(p, r.start_time)]:
+            del self._refused[pid]  # that process is gone: one that reuses the pid starts afresh
         for pid, proc in wanted.items():
             refused = self._refused.get(pid)
             if pid in self._procs or (refused and now < refused.next_try):

@@ -119,6 +119,22 @@ def test_names_that_break_lines_or_utf8_snapshot_and_doctor(ptwalk_ok, tmp_path)
 
 
 @pytest.mark.kind1
+def test_comm_with_parentheses_spaces_and_line_breaks(tmp_path) -> None:
+    from pageheat import procfs, targets
+    from pageheat.config import Targets
+
+    comm = b"x) Z 1 (\n\xc2\x85\x0c"  # looks like the end of the comm field, then breaks lines
+    with named_process(tmp_path, comm, [], 1) as p:
+        assert Path(f"/proc/{p.pid}/comm").read_bytes() == comm + b"\n"
+        st = procfs.read_stat(p.pid)
+        assert st.ppid == os.getpid() and st.state in "RS"  # the truth: we started it
+        assert procfs.read_comm(p.pid) == comm.decode("utf-8", "replace")
+        got = [t for t in targets.select(Targets(comm_regex=r"^x\) Z 1 \(\n", top_rss=0))]
+        assert [t.pid for t in got] == [p.pid] and got[0].start_time == st.start_time
+        assert procfs.shown(got[0].comm) == "x) Z 1 (\\x0a\\x85\\x0c"
+
+
+@pytest.mark.kind1
 def test_serve_follows_a_name_that_is_not_utf8_and_metrics_stay_valid(ptwalk_ok, tmp_path) -> None:
     promtool = shutil.which("promtool")
     if promtool is None:
