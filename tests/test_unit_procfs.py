@@ -386,3 +386,21 @@ def test_task_dir_of_a_zombie_leader_is_a_live_thread(proc: Path) -> None:
     assert procfs.rss_pages(6, proc) == 80 * MIB_PAGES
     assert len(procfs.read_maps(6, proc)) == 7
     assert procfs.task_dir(4, proc) == proc / "4"  # a live leader is read directly
+
+
+@pytest.mark.kind1
+def test_render_draws_names_as_they_are(tmp_path: Path) -> None:
+    """A comm or file name with ``$...$`` is mathtext to matplotlib (and ``$\\x$`` made it raise);
+    control characters would reach the terminal."""
+    from pageheat import render
+    from PIL import Image
+
+    rows = ["#0 $\\x$ (deleted)", "#1 a\x1b[2Jb"]
+    heat = render.Matrix(np.arange(4.0), rows, np.arange(8.0).reshape(2, 4))
+    idle = render.Matrix(np.arange(4.0), ["0-1 s"], np.ones((1, 4)))
+    data = render.Data(1, "job-$\\x$\x0c", heat, idle, 4.0)
+    out = tmp_path / "x.png"
+    render.draw(data, out)
+    assert Image.open(out).size == (render.FIGSIZE[0] * render.DPI, render.FIGSIZE[1] * render.DPI)
+    text = render.terminal(render.Data(1, procfs.shown(data.comm), heat, idle, 4.0), color=False)
+    assert "\x0c" not in text and "job-$\\x$\\x0c" in text
