@@ -13,6 +13,10 @@ thread-group leader: ``/proc/PID/maps`` and ``statm`` read empty and ``clear_ref
 ages nothing, because they go through the leader's ``mm``, which ``exit_mm()`` has cleared
 (fs/proc/task_mmu.c, ``clear_refs_write``: no mm, nothing done, no error). The same files of a
 live thread, ``/proc/PID/task/TID/...``, see the process's memory: ``task_dir()`` picks one.
+ptwalk's BPF task_vma iterator needs no such help: with a pid filter it visits every thread of
+the process and skips those without an mm (kernel/bpf/task_iter.c, task_group_seq_get_next and
+task_vma_seq_get_next), so it walks the live threads' mm; measured on 6.18 in
+tests/test_realworld_proc.py (every page of the region found, every mapping named).
 """
 
 from __future__ import annotations
