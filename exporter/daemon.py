@@ -158,7 +158,8 @@ class Daemon:
         self._pin(wanted)
         for pid, known in list(self._procs.items()):
             if pid not in wanted or wanted[pid].start_time != known.start_time:
-                self._drop(pid, "no longer selected" if pid in wanted else "exited")
+                alive = _same_process(pid, known.start_time)
+                self._drop(pid, "no longer selected" if alive else "exited")
             elif wanted[pid].comm != known.comm:
                 self._rename(pid, wanted[pid])
         now = time.monotonic()
