@@ -186,8 +186,8 @@ def draw(data: Data, out: Path) -> None:
 
 def _literal(text: str) -> str:
     """Text that matplotlib draws as it is: a pair of ``$`` would start mathtext, and a name
-    from /proc (comm, a mapped file's name) may hold any characters."""
-    return text.replace("$", r"\$")
+    from /proc (comm, a mapped file's name) may hold any characters, control ones too."""
+    return shown(text).replace("$", r"\$")
 
 
 def _inferno(x: np.ndarray) -> np.ndarray:
