@@ -53,6 +53,7 @@ FILE_NAMES = [
     b"sp ace) (x",
 ]
 PAGES = 1024  # per file: more than any of python's own mappings, so each is shown by name
+NO_CAP_DAC = ("setpriv", "--inh-caps=-dac_override", "--bounding-set=-dac_override")
 NO_CAP_PTRACE = ("setpriv", "--inh-caps=-sys_ptrace,-dac_override",
                  "--bounding-set=-sys_ptrace,-dac_override")
 
@@ -334,7 +335,10 @@ def test_pids_that_name_no_followable_process_exit_2_at_start(ptwalk_ok) -> None
     kthread = kernel_thread_pid()
     name = Path(f"/proc/{kthread}/comm").read_text().strip()
     zombie = subprocess.Popen(["true"])
+    other = subprocess.Popen(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                              "sleep", "60"])
     wait_for(lambda: state(zombie.pid) == "Z", 10, "an unreaped child")
+    wait_for(lambda: Path(f"/proc/{other.pid}/comm").read_text() == "sleep\n", 10, "nobody's sleep")
     try:
         cases = [(kthread, (), f"pid {kthread} is a kernel thread ({name})"),
                  (zombie.pid, (), f"process {zombie.pid} (true) has exited"),
@@ -343,6 +347,9 @@ def test_pids_that_name_no_followable_process_exit_2_at_start(ptwalk_ok) -> None
         probe = subprocess.run([*NO_CAP_PTRACE, "cat", "/proc/1/maps"], capture_output=True)
         assert probe.returncode != 0, "setpriv did not take away the right to read pid 1"
         cases.append((1, NO_CAP_PTRACE, "cannot follow process 1 ("))
+        # Another user's process: its clear_refs is writable by its owner only.
+        cases.append((other.pid, NO_CAP_DAC, f"/proc/{other.pid}/clear_refs: permission denied "
+                                             "(needs CAP_DAC_OVERRIDE"))
         for pid, prefix, says in cases:
             for cmd in (["snapshot", "--pid", str(pid), "--json"],
                         ["serve", "--pid", str(pid), "--listen", f"127.0.0.1:{free_port()}"]):
@@ -353,6 +360,8 @@ def test_pids_that_name_no_followable_process_exit_2_at_start(ptwalk_ok) -> None
                 assert r.stdout == ""
     finally:
         zombie.wait()
+        other.kill()
+        other.wait()
 
 
 @pytest.mark.kind4
