@@ -27,6 +27,7 @@ from .collector import PageheatCollector
 from .config import Config
 from .http import HttpServer
 from .procfs import shown
+from .sanity import Sanity
 from .sources.base import Source, TargetGone
 from .stats import Stats
 from .webconfig import WebConfig
@@ -103,6 +104,7 @@ class Daemon:
         self.cfg = cfg
         self.source = source
         self.stats = Stats()
+        self.sanity = Sanity(self.stats)
         self.views: dict[int, TargetView] = {}  # replaced, never mutated: scrapes read it lock-free
         self._procs: dict[int, targets.Process] = {}
         self._states: dict[int, TargetState] = {}
@@ -239,6 +241,7 @@ class Daemon:
             return
         self._errors.pop(pid, None)
         self._refused.pop(pid, None)
+        self.sanity.check(h, self._procs[pid].comm)
         cost = h.harvest_seconds + h.aging_seconds
         self.stats.harvest.observe(h.harvest_seconds)
         self.stats.aging.observe(h.aging_seconds)
@@ -267,6 +270,7 @@ class Daemon:
 
     def _drop(self, pid: int, why: str) -> None:
         self.source.detach(pid)
+        self.sanity.forget(pid)
         proc = self._procs.pop(pid, None)
         for d in (self._states, self._cost, self._interval, self._due, self._errors):
             d.pop(pid, None)  # type: ignore[attr-defined]
