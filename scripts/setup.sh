@@ -28,7 +28,7 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 log=$(mktemp)
-if ! .venv/bin/pip install -q -e '.[test]' >"$log" 2>&1; then
+if ! .venv/bin/pip install -q -e '.[test,all]' >"$log" 2>&1; then
   cat "$log" >&2
   exit 1
 fi
