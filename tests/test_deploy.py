@@ -380,3 +380,41 @@ def test_absent_alert_watches_the_real_job_name():
     m = manifests()
     assert "jobLabel" not in m["ServiceMonitor"]["spec"]
     assert m["Service"]["metadata"]["name"] == job
+
+
+def readme_block(after: str, lang: str = "sh") -> str:
+    """The first ```lang block after the line containing ``after`` in README.md."""
+    text = (ROOT / "README.md").read_text()
+    start = text.index(after)
+    return text[start:].split(f"```{lang}\n", 1)[1].split("```", 1)[0]
+
+
+def test_readme_podman_command_matches_the_daemonset():
+    """The README's one-host podman command uses the DaemonSet's capabilities and host paths."""
+    cmd = readme_block("On one host without Kubernetes").replace("\\\n", " ")
+    run = next(line for line in cmd.splitlines() if line.startswith("podman run"))
+    caps = set(re.search(r"--cap-add=(\S+)", run).group(1).split(","))
+    (c,) = manifests()["DaemonSet"]["spec"]["template"]["spec"]["containers"]
+    assert "--cap-drop=all" in run
+    assert caps == set(c["securityContext"]["capabilities"]["add"])
+    mounts = set(re.findall(r"-v (/[^:\s]+):", run))
+    for path in ("/sys/kernel/btf", "/sys/devices/system", "/sys/fs/bpf"):
+        assert path in mounts, path
+    assert f"localhost/pageheat:{project_version()}" in run
+
+
+def test_readme_kustomize_overlay_renders(tmp_path):
+    """The README's site overlay, next to a deploy/ like the checkout's, renders with the
+    registry's image name."""
+    block = readme_block("point the DaemonSet at your registry")
+    overlay = block.split("<<'YAML'\n", 1)[1].split("YAML\n", 1)[0]
+    site = tmp_path / "pageheat-site"
+    site.mkdir()
+    (site / "kustomization.yaml").write_text(overlay)
+    (tmp_path / "deploy").symlink_to(DEPLOY)
+    r = subprocess.run([shutil.which("kubectl") or "kubectl", "kustomize", str(site)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    ds = next(d for d in yaml.safe_load_all(r.stdout) if d and d["kind"] == "DaemonSet")
+    (c,) = ds["spec"]["template"]["spec"]["containers"]
+    assert c["image"] == f"registry.example.com/pageheat:{project_version()}"

@@ -36,6 +36,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import ROOT, free_port
+from pageheat import capabilities
 from prometheus_client.parser import text_string_to_metric_families
 from test_deploy import manifests
 
@@ -184,6 +185,22 @@ def test_image_runs_like_the_daemonset(ptwalk_ok, image, workload, tmp_path):
                     logs = podman("logs", name, check=False)
                     pytest.fail(f"container {state}: {logs.stdout[-2000:]}{logs.stderr[-2000:]}")
                 time.sleep(0.5)
+        # The exporter runs with exactly the DaemonSet's capabilities, no_new_privs, a read-only
+        # root and the host's PID namespace, as the kernel sees it.
+        pid = int(podman("inspect", "--format", "{{.State.Pid}}", name).stdout)
+        status = dict(line.split(":\t", 1) for line in
+                      Path(f"/proc/{pid}/status").read_text().splitlines() if ":\t" in line)
+        by_name = {v.removeprefix("CAP_"): k for k, v in capabilities.NAMES.items()}
+        added = manifests()["DaemonSet"]["spec"]["template"]["spec"]["containers"][0][
+            "securityContext"]["capabilities"]["add"]
+        want = sum(1 << by_name[c] for c in added)
+        assert int(status["CapEff"], 16) == want and int(status["CapBnd"], 16) == want, status
+        assert status["NoNewPrivs"].strip() == "1"
+        root = next(ln.split() for ln in Path(f"/proc/{pid}/mountinfo").read_text().splitlines()
+                    if ln.split()[4] == "/")
+        assert "ro" in root[5].split(","), root
+        assert Path(f"/proc/{pid}/ns/pid").readlink() == Path("/proc/self/ns/pid").readlink()
+
         # Wait for a few harvests, then measure the accessed pages per bin over 6 s.
         deadline = time.monotonic() + 60
         while True:
