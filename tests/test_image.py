@@ -29,8 +29,10 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -53,17 +55,23 @@ def tool(name: str) -> str:
     return exe
 
 
+# The test loads the archive into a storage of its own: it proves that the archive alone is
+# enough, and never touches the images and containers of the machine's default storage.
+STORE: list[str] = []
+
+
 def podman(*args: str, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess:
-    r = subprocess.run([tool("podman"), *args], capture_output=True, text=True, timeout=timeout)
+    r = subprocess.run([tool("podman"), *STORE, *args], capture_output=True, text=True,
+                       timeout=timeout)
     if check:
         assert r.returncode == 0, f"podman {' '.join(args)}: {r.stderr}"
     return r
 
 
 @pytest.fixture(scope="module")
-def image(tmp_path_factory) -> str:
-    """Build the image, remove the tag from local storage and load it back from the OCI archive
-    (what a node without the build would do). Returns the tag."""
+def image(tmp_path_factory) -> Iterator[str]:
+    """Build the image and load its OCI archive into an empty storage of the test's own (what a
+    node without the build would do). Yields the tag."""
     tool("mmdebstrap")
     tool("buildah")
     out = tmp_path_factory.mktemp("image")
@@ -74,10 +82,17 @@ def image(tmp_path_factory) -> str:
     print(f"image build: {time.monotonic() - t:.0f} s\n{r.stdout}")
     tag = re.search(r"^image: (\S+)$", r.stdout, re.M).group(1)
     (archive,) = out.glob("*.oci.tar")
-    podman("rmi", "--force", tag)
-    loaded = podman("load", "--input", str(archive))
-    assert tag in loaded.stdout + loaded.stderr, loaded.stdout + loaded.stderr
-    return tag
+    store = Path(tempfile.mkdtemp(prefix="pageheat-podman-", dir="/var/tmp"))
+    STORE[:] = [f"--root={store / 'root'}", f"--runroot={store / 'run'}"]
+    try:
+        assert not podman("images", "--quiet").stdout.strip()
+        loaded = podman("load", "--input", str(archive))
+        assert tag in loaded.stdout + loaded.stderr, loaded.stdout + loaded.stderr
+        yield tag
+    finally:
+        podman("system", "reset", "--force", check=False)
+        STORE.clear()
+        shutil.rmtree(store, ignore_errors=True)
 
 
 def test_image_is_small_and_has_no_build_tools(image):

@@ -113,7 +113,12 @@ buildah config \
   --label org.opencontainers.image.licenses=GPL-2.0-only \
   --label org.opencontainers.image.revision="$(git -C "$root" rev-parse HEAD 2>/dev/null || echo unknown)" \
   "$ctr"
+old=$(buildah images --quiet --noheading "$tag" 2>/dev/null || true)
 buildah commit --quiet --rm "$ctr" "$tag" >/dev/null
+# The previous build under this tag is now nameless: remove it unless a container uses it.
+if [ -n "$old" ] && [ "$old" != "$(buildah images --quiet --noheading "$tag")" ]; then
+  buildah rmi "$old" >/dev/null 2>&1 || true
+fi
 trap 'rm -rf "$work"' EXIT
 rm -f "$archive"
 buildah push --quiet "$tag" "oci-archive:$archive:$tag"
