@@ -90,7 +90,10 @@ def image(tmp_path_factory) -> Iterator[str]:
         assert tag in loaded.stdout + loaded.stderr, loaded.stdout + loaded.stderr
         yield tag
     finally:
-        podman("system", "reset", "--force", check=False)
+        # Only this storage's containers and images (not `system reset`, which also deletes the
+        # machine's podman networks).
+        podman("rm", "--all", "--force", check=False)
+        podman("rmi", "--all", "--force", check=False)
         STORE.clear()
         shutil.rmtree(store, ignore_errors=True)
 
