@@ -281,6 +281,17 @@ def test_configmap_is_a_valid_pageheat_config(tmp_path):
     assert cfg.listen.endswith(":9476")
 
 
+def test_systemd_example_config_is_the_configmaps(tmp_path):
+    """The unit's example /etc/pageheat/pageheat.yml: valid, and the DaemonSet's settings."""
+    from pageheat import config
+
+    example = DEPLOY / "systemd" / "pageheat.yml"
+    assert "/etc/pageheat/pageheat.yml" in unit()["Service"]["ExecStart"]
+    assert yaml.safe_load(example.read_text()) == yaml.safe_load(
+        manifests()["ConfigMap"]["data"]["pageheat.yml"])
+    assert config.load(example, {}).listen.endswith(":9476")
+
+
 def test_service_and_servicemonitor_select_the_daemonset():
     m = manifests()
     labels = m["DaemonSet"]["spec"]["template"]["metadata"]["labels"]
