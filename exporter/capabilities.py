@@ -17,11 +17,15 @@ NAMES = {CAP_DAC_OVERRIDE: "CAP_DAC_OVERRIDE", CAP_SYS_PTRACE: "CAP_SYS_PTRACE",
 # kernel memory; CAP_SYS_PTRACE to read other users' /proc/PID/maps; CAP_DAC_OVERRIDE to write
 # other users' /proc/PID/clear_refs (mode 0200, owner only).
 PTWALK = (CAP_SYS_ADMIN, CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE, CAP_DAC_OVERRIDE)
+# What loading a source needs. The other two are needed per target: without them pageheat
+# follows the processes of its own user only, and says so for each other one
+# (targets.check_access for a pid given explicitly, a once-logged warning for a selected one).
+LOAD = (CAP_SYS_ADMIN, CAP_BPF, CAP_PERFMON)
 
 
 def effective(status: Path = Path("/proc/self/status")) -> int:
-    for line in status.read_text().splitlines():
-        if line.startswith("CapEff:"):
+    for line in status.read_bytes().split(b"\n"):  # bytes: Name: is the raw comm
+        if line.startswith(b"CapEff:"):
             return int(line.split()[1], 16)
     return 0
 

@@ -12,6 +12,7 @@ APT_PACKAGES=(
   qemu-system-x86 udev kmod busybox-static bpftrace numactl xz-utils cpio  # the kernel lab
   dwarves flex bison bc libssl-dev rsync linux-source-6.12  # kernel-patch/ (check.sh, build.sh)
   e2fsprogs                                             # mkfs.ext4 for the lab guests
+  gcc libc6-dev                                         # tests/c helper programs
   mmdebstrap buildah podman runc                        # deploy/image/build.sh, tests/test_image.py
 )
 missing=()

@@ -68,7 +68,7 @@ class _Capacity:
 @dataclass
 class _Target:
     link: Link
-    clear_refs: int  # an open fd on /proc/PID/clear_refs
+    clear_refs: procfs.ClearRefs  # through a live thread: a zombie leader's ages nothing
 
 
 def _cpu() -> float:
@@ -197,7 +197,7 @@ class PtwalkSource:
         try:
             status = procfs.read_status_kib(pid, ("VmPTE", "AnonHugePages", "FilePmdMapped"))
             n_maps = len(procfs.read_maps(pid))
-            fd = os.open(f"/proc/{pid}/clear_refs", os.O_WRONLY)
+            refs = procfs.ClearRefs(pid)
         except (FileNotFoundError, ProcessLookupError) as e:
             raise TargetGone(pid) from e
         # Size the buffers from what the kernel says the page tables take, before the first scan.
@@ -208,11 +208,11 @@ class PtwalkSource:
         try:
             link = self._obj.attach_task_iter("scan", pid)  # type: ignore[union-attr]
         except LibbpfError as e:
-            os.close(fd)
+            refs.close()
             if e.errno in (3, 2):  # ESRCH, ENOENT
                 raise TargetGone(pid) from e
             raise
-        self._targets[pid] = _Target(link, fd)
+        self._targets[pid] = _Target(link, refs)
         try:
             self._age(pid)
         except TargetGone:
@@ -239,7 +239,7 @@ class PtwalkSource:
         t = self._targets.pop(pid, None)
         if t:
             t.link.destroy()
-            os.close(t.clear_refs)
+            t.clear_refs.close()
 
     def close(self) -> None:
         for pid in list(self._targets):
@@ -253,11 +253,11 @@ class PtwalkSource:
         goes unseen however often it is used (measured: tens of hot pages per scan for a
         tight loop). Writing 4 (clear soft-dirty) ends with a full TLB flush of the mm; on a
         kernel without CONFIG_MEM_SOFT_DIRTY it changes nothing else."""
-        fd = self._targets[pid].clear_refs
+        refs = self._targets[pid].clear_refs
         try:
-            os.write(fd, b"1")
+            refs.write(b"1")
             if self.tlb_flush:
-                os.write(fd, b"4")
+                refs.write(b"4")
         except (ProcessLookupError, FileNotFoundError) as e:
             raise TargetGone(pid) from e
 
@@ -302,8 +302,9 @@ def damon_running(proc: Path = Path("/proc")) -> bool:
 
 def soft_dirty_tracking(smaps: Path = Path("/proc/self/smaps")) -> bool:
     """True if the kernel tracks soft-dirty bits: it marks new mappings "sd" in VmFlags."""
-    return any(line.startswith("VmFlags:") and " sd" in line
-               for line in smaps.read_text().splitlines())
+    # Bytes, split at \n only: the file names in smaps are any bytes.
+    return any(line.startswith(b"VmFlags:") and b" sd" in line
+               for line in smaps.read_bytes().split(b"\n"))
 
 
 def _grow(cap: _Capacity, need: _Capacity) -> _Capacity:

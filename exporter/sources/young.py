@@ -105,7 +105,7 @@ class Target:
     nodes: list[int]  # nodes where an aging is requested
     max_seq: dict[int, int]  # per node, at the last cycle: how often the kernel aged since
     shmem_mounts: list[str] = field(default_factory=list)
-    clear_refs: int | None = None  # an fd on /proc/PID/clear_refs, for the TLB flush
+    clear_refs: procfs.ClearRefs | None = None  # for the TLB flush, through a live thread
     cgroup: str = "/"  # cgroup v2 path
     cgroup_id: int = 0  # its cgroup v2 id, once looked up (mglru-hook)
 
@@ -214,7 +214,7 @@ class YoungPagesSource:
         try:
             cg = lrugen.cgroup_path(pid)
             mounts = _shmem_mounts(pid)
-            refs = os.open(f"/proc/{pid}/clear_refs", os.O_WRONLY) if self.tlb_flush else None
+            refs = procfs.ClearRefs(pid) if self.tlb_flush else None
         except (FileNotFoundError, ProcessLookupError) as e:
             raise TargetGone(pid) from e
         except lrugen.LruGenError as e:
@@ -226,13 +226,13 @@ class YoungPagesSource:
                 memcg = self._memcg_or_none(cg)
         except SourceError:
             if refs is not None:
-                os.close(refs)
+                refs.close()
             raise
         key = C.c_uint32(pid)
         one = C.c_uint32(1)
         if self._update(self._targets_fd, C.byref(key), C.byref(one), 0):
             if refs is not None:
-                os.close(refs)
+                refs.close()
             raise SourceError(f"{self.name}: cannot add target {pid}: "
                               f"{os.strerror(C.get_errno() or 1)} (at most 1024 targets)")
         nodes = sorted(memcg.nodes) if memcg.id >= 0 else self.memory_nodes
@@ -274,7 +274,7 @@ class YoungPagesSource:
         if t is None:
             return
         if t.clear_refs is not None:
-            os.close(t.clear_refs)
+            t.clear_refs.close()
         self._pending.pop(pid, None)
         key = C.c_uint32(pid)
         if self._obj is not None:
@@ -314,7 +314,7 @@ class YoungPagesSource:
         writes = self.age_memcg(pid, t)
         if t.clear_refs is not None:
             try:
-                os.write(t.clear_refs, b"4")  # ends with flush_tlb_mm(); see the module doc
+                t.clear_refs.write(b"4")  # ends with flush_tlb_mm(); see the module doc
             except (ProcessLookupError, FileNotFoundError) as e:
                 raise TargetGone(pid) from e
         return writes
@@ -382,11 +382,17 @@ def kernel_functions(names: list[str], btf: Path = BTF) -> set[str]:
 
 def _shmem_mounts(pid: int) -> list[str]:
     """Mount points (in the target's namespace) whose files are shmem, longest first."""
+    from ..cgroups import _unescape
+
     out = []
-    for line in (procfs.PROC / str(pid) / "mountinfo").read_text().splitlines():
+    # Bytes, split at \n only: mount points are any bytes (mountinfo escapes only space, tab,
+    # newline and backslash); a zombie leader has no mount namespace left: a live thread's.
+    with open(procfs.task_dir(pid) / "mountinfo", "rb") as f:
+        text = procfs.decode(f.read())
+    for line in text.split("\n"):
         parts = line.split(" - ", 1)
-        if len(parts) == 2 and parts[1].split()[0] in _SHMEM_FS:
-            out.append(parts[0].split()[4])
+        if len(parts) == 2 and parts[1].split(" ")[0] in _SHMEM_FS:
+            out.append(_unescape(parts[0].split(" ")[4]))
     return sorted(out, key=len, reverse=True)
 
 
@@ -423,7 +429,7 @@ def _resident(pid: int, maps: list[procfs.Mapping], young: list[np.ndarray], nod
                 np.array([m.end for m in maps], dtype=np.uint64), kinds, accessible,
                 [m.name for m in maps])
     vpn_parts, ent_parts, vma_parts = [], [], []
-    fd = os.open(procfs.PROC / str(pid) / "pagemap", os.O_RDONLY)
+    fd = os.open(procfs.task_dir(pid) / "pagemap", os.O_RDONLY)  # a zombie leader's is empty
     try:
         for i, m in enumerate(maps):
             if not accessible[i] or kinds[i] == VmaKind.OTHER:
