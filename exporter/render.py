@@ -14,6 +14,7 @@ image is written.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import os
@@ -38,6 +39,11 @@ DPI = 100
 HEAT_AXES = (0.28, 0.40, 0.60, 0.52)
 IDLE_AXES = (0.28, 0.07, 0.60, 0.24)
 CMAP = "inferno"  # luminance rises monotonically with the value
+
+
+# matplotlib is the `render` extra; only images need it (the terminal view does not).
+MISSING_EXTRA = ("pageheat render --png/--svg needs the 'render' extra: "
+                 "pip install 'pageheat[render]'")
 
 
 class RenderError(Exception):
@@ -288,6 +294,9 @@ def run(args: argparse.Namespace) -> int:
         rate = parse_duration(args.rate_interval)
     except ValueError as e:
         print(f"pageheat: {e}", file=sys.stderr)
+        return 2
+    if (args.png or args.svg) and importlib.util.find_spec("matplotlib") is None:
+        print(MISSING_EXTRA, file=sys.stderr)
         return 2
     try:
         data = fetch(args.prometheus, args.pid, range_s, step, rate)
