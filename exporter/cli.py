@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
-from . import __version__, cgroups, config, doctor, procfs
+from . import __version__, capabilities, cgroups, config, doctor, procfs, targets
 from .config import parse_duration
 from .sources import NAMES, open_source
 from .sources.base import Source, SourceError, TargetGone
@@ -139,6 +139,10 @@ def _one_line(e: Exception) -> str:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    if args.command in ("serve", "snapshot", "demo") or (args.command == "top" and not args.connect):
+        why = procfs.pid_namespace_problem()
+        if why:
+            raise SourceError(why)
     if args.command == "serve":
         return _serve(args)
     if args.command == "doctor":
@@ -179,10 +183,11 @@ def _serve(args: argparse.Namespace) -> int:
         if isinstance(e, ValidationError):
             raise
         raise UsageError(f"config {args.config}: {e}") from e
-    missing = [p for p in cfg.targets.pids if not procfs.pid_exists(p)]
-    if missing and len(missing) == len(cfg.targets.pids) and not cfg.targets.comm_regex \
-            and not cfg.targets.top_rss:
-        raise UsageError(f"no such process: {', '.join(map(str, missing))}")
+    if cfg.targets.pids:  # each must name a process that can be followed, or serve does not start
+        pids = list(dict.fromkeys(_process_of(p) for p in cfg.targets.pids))
+        for pid in pids:
+            _check_access(pid)
+        cfg = cfg.model_copy(update={"targets": cfg.targets.model_copy(update={"pids": pids})})
     from .webconfig import WebConfig
 
     try:
@@ -257,11 +262,13 @@ def _top(args: argparse.Namespace) -> int:
         raise UsageError("--aging must be at least 100ms")
     if args.aggregate < 1:
         raise UsageError("--aggregate must be at least 1")
-    if args.pid and not args.connect and not procfs.pid_exists(args.pid):
-        raise UsageError(f"no such process: {args.pid}")
+    pid = args.pid
+    if pid and not args.connect:
+        pid = _process_of(pid)
+        _check_access(pid)
     if not args.connect and (args.connect_user or args.connect_password_file or args.ca_file):
         raise UsageError("--connect-user, --connect-password-file and --ca-file need --connect URL")
-    return run(args.pid, cmd, args.connect, args.source, args.aging, args.aggregate,
+    return run(pid, cmd, args.connect, args.source, args.aging, args.aggregate,
                connect_user=args.connect_user, password_file=args.connect_password_file,
                ca_file=args.ca_file)
 
@@ -275,19 +282,44 @@ def _snapshot(args: argparse.Namespace) -> int:
         raise UsageError("--scans must be at least 1")
     if args.aging < 0.1:
         raise UsageError("--aging must be at least 100ms")
-    if not procfs.pid_exists(args.pid):
-        raise UsageError(f"no such process: {args.pid}")
+    pid = _process_of(args.pid)
+    _check_access(pid)
     source = open_source(args.source)
     try:
-        result = take(source, args.pid, args.aging, args.scans, args.range, args.pages)
+        result = take(source, pid, args.aging, args.scans, args.range, args.pages)
     except TargetGone:
-        result = {"pid": args.pid, "source": source.name, "aging_ms": args.aging * 1000,
+        result = {"pid": pid, "source": source.name, "aging_ms": args.aging * 1000,
                   "scans": 0, "harvest_ms": [], "aging_cost_ms": [], "exited": True, "vmas": []}
     finally:
         source.close()
     json.dump(result, sys.stdout, separators=(",", ":"))
     sys.stdout.write("\n")
     return 0
+
+
+def _process_of(pid: int) -> int:
+    """The process a pid given explicitly stands for (a thread's process, said once).
+    UsageError when there is none to follow (no such pid, a kernel thread, a zombie)."""
+    try:
+        tgid, note = targets.resolve(pid)
+    except targets.PidError as e:
+        raise UsageError(str(e)) from e
+    if note:
+        logging.getLogger("pageheat").warning("%s", note)
+    return tgid
+
+
+def _check_access(pid: int) -> None:
+    """UsageError when the process cannot be read or aged (another user's, or one with more
+    capabilities, without CAP_SYS_PTRACE / CAP_DAC_OVERRIDE). Not checked when a capability
+    that loading any source needs is missing: opening the source then says so (exit 1), and
+    without it no process can be followed anyway."""
+    if capabilities.missing(capabilities.LOAD):
+        return
+    try:
+        targets.check_access(pid)
+    except targets.PidError as e:
+        raise UsageError(str(e)) from e
 
 
 if __name__ == "__main__":

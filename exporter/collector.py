@@ -23,6 +23,7 @@ from prometheus_client.utils import floatToGoString
 from . import __version__
 from .aggregate import IDLE_BOUNDS, TargetView
 from .config import Config
+from .sanity import AGING_REASONS, TRUNCATIONS
 from .sources.base import PAGE_TYPE_NAMES
 from .stats import Stats
 
@@ -55,6 +56,7 @@ class PageheatCollector(Collector):
         self.stats.targets_dropped = len(views) - len(kept)
         self.stats.series_exported = self.cfg.max_series - SELF_SERIES - budget
         yield from self._pages(kept)
+        yield from self._sanity(kept)
         yield from self._self_metrics(len(views))
 
     def _pages(self, views: list[TargetView]) -> Iterator[Metric]:
@@ -141,6 +143,35 @@ class PageheatCollector(Collector):
                     wss, cold, total)
         if lru_gen.samples:  # only sources that read MGLRU's histogram have it (not ptwalk)
             yield lru_gen
+
+    def _sanity(self, views: list[TargetView]) -> Iterator[Metric]:
+        """exporter/sanity.py's findings; every known reason exported, at 0 until it happens."""
+        s = self.stats
+        unmon = GaugeMetricFamily(
+            "pageheat_unmonitored_pages",
+            "Mapped 4 KiB pages of the process that pageheat cannot monitor, by reason (hugetlb: "
+            "clear_refs does not age it; pfnmap: device/PFN maps; vdso), at the latest harvest.",
+            labels=[*TARGET, "reason"])
+        for v in views:
+            for reason, n in s.unmonitored.get(v.pid, ("", {}))[1].items():
+                unmon.add_metric([str(v.pid), v.comm, reason], n)
+        yield unmon
+        trunc = CounterMetricFamily(
+            "pageheat_walk_truncations",
+            "Harvests that could not read everything, by reason (step_limit: VMAs whose walk ran "
+            "out of BPF loop steps; read_error: page-table reads that failed; young_map_full: "
+            "young pages the BPF hash had no room for).", labels=["reason"])
+        for reason in sorted({*TRUNCATIONS.values(), *s.truncations}):
+            trunc.add_metric([reason], s.truncations[reason])
+        yield trunc
+        aging = CounterMetricFamily(
+            "pageheat_aging_ineffective",
+            "Times aging looked ineffective, by reason (all_accessed: every resident page "
+            "accessed in several harvests in a row; no_new_generation: an MGLRU aging added no "
+            "generation).", labels=["reason"])
+        for reason in sorted({*AGING_REASONS, *s.aging_ineffective}):
+            aging.add_metric([reason], s.aging_ineffective[reason])
+        yield aging
 
     def _self_metrics(self, n_targets: int) -> Iterator[Metric]:
         s = self.stats

@@ -8,6 +8,7 @@ loop stays responsive and SIGTERM is answered within the current cycle.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import shlex
 import signal
@@ -21,11 +22,13 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from . import budget, cgroups, targets
+from . import budget, cgroups, procfs, targets
 from .aggregate import TargetState, TargetView
 from .collector import PageheatCollector
 from .config import Config
 from .http import BadRequest, HttpServer
+from .procfs import shown
+from .sanity import Sanity
 from .sources.base import Source, TargetGone
 from .stats import Stats
 from .webconfig import WebConfig
@@ -33,6 +36,23 @@ from .webconfig import WebConfig
 log = logging.getLogger("pageheat")
 MAX_CONSECUTIVE_ERRORS = 3
 STOP_GRACE_SECONDS = 2.0  # between SIGTERM and SIGKILL for the command serve launched
+BACKOFF_MAX_SECONDS = 300.0  # longest wait before retrying a process that could not be followed
+
+
+@dataclasses.dataclass
+class _Refused:
+    """A selected process that could not be followed, and when to try it again."""
+
+    start_time: int
+    attempts: int = 0
+    next_try: float = 0.0
+
+
+def _same_process(pid: int, start_time: int) -> bool:
+    try:
+        return procfs.read_start_time(pid) == start_time
+    except (OSError, ValueError):
+        return False
 
 
 class Launched:
@@ -85,6 +105,7 @@ class Daemon:
         self.cfg = cfg
         self.source = source
         self.stats = Stats()
+        self.sanity = Sanity(self.stats)
         self.views: dict[int, TargetView] = {}  # replaced, never mutated: scrapes read it lock-free
         self._procs: dict[int, targets.Process] = {}
         self._states: dict[int, TargetState] = {}
@@ -92,6 +113,8 @@ class Daemon:
         self._interval: dict[int, float] = {}
         self._due: dict[int, float] = {}
         self._errors: dict[int, int] = {}
+        self._refused: dict[int, _Refused] = {}  # selected but could not be followed
+        self._pinned: dict[int, int] = {}  # explicit pid -> start_time of the process it named
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="harvest")
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(PageheatCollector(cfg, lambda: self.views, self.stats, source.name))
@@ -139,31 +162,72 @@ class Daemon:
     # -- on the worker thread ------------------------------------------------------------------
     def _discover(self) -> None:
         try:
-            wanted = {p.pid: p for p in targets.select(self.cfg.targets)}
+            wanted = {p.pid: p for p in targets.select(self.cfg.targets, pinned=self._pinned)}
         except OSError as e:
             self.stats.errors["discovery"] += 1
             log.warning("target discovery failed: %s", e)
             return
+        self._pin(wanted)
         for pid, known in list(self._procs.items()):
             if pid not in wanted or wanted[pid].start_time != known.start_time:
-                self._drop(pid, "no longer selected" if pid in wanted else "exited")
+                alive = _same_process(pid, known.start_time)
+                self._drop(pid, "no longer selected" if alive else "exited")
+            elif wanted[pid].comm != known.comm:
+                self._rename(pid, wanted[pid])
+        now = time.monotonic()
+        for pid in [p for p, r in self._refused.items() if not _same_process(p, r.start_time)]:
+            del self._refused[pid]  # that process is gone: one that reuses the pid starts afresh
         for pid, proc in wanted.items():
-            if pid in self._procs:
+            refused = self._refused.get(pid)
+            if pid in self._procs or (refused and now < refused.next_try):
                 continue
             try:
                 self.source.attach(pid)
             except TargetGone:
                 continue
             except Exception as e:  # noqa: BLE001 - one bad target must not stop the daemon
-                self.stats.errors["attach"] += 1
-                log.warning("cannot follow pid %d (%s): %s", pid, proc.comm, e)
+                self._refuse(pid, proc, f"cannot follow pid {pid} ({shown(proc.comm)}): {e}")
                 continue
-            self._procs[pid] = proc
+            self._procs[pid] = proc  # still in _refused until a harvest succeeds
             self._states[pid] = TargetState(pid, proc.comm, self.cfg.bins, self.cfg.cold_after)
             self._interval[pid] = self.cfg.aging
             self._due[pid] = time.monotonic() + self.cfg.aging
-            log.info("following pid %d (%s), %d MiB resident", pid, proc.comm,
-                     proc.rss_pages * 4096 >> 20)
+            log.info("following pid %d (%s), %d MiB resident%s", pid, shown(proc.comm),
+                     proc.rss_pages * 4096 >> 20,
+                     f", after {refused.attempts} failed attempts" if refused else "")
+
+    def _pin(self, wanted: dict[int, targets.Process]) -> None:
+        """Remember which process each explicit pid named when first seen, so that a process
+        that later reuses the pid is not taken for it (targets.select(pinned=...))."""
+        for pid in self.cfg.targets.pids:
+            if pid not in self._pinned and pid in wanted:
+                self._pinned[pid] = wanted[pid].start_time
+
+    def _refuse(self, pid: int, proc: targets.Process, why: str) -> None:
+        """A selected process that cannot be followed: counted and logged once per process,
+        retried with back-off (discovery_interval doubling up to BACKOFF_MAX_SECONDS)."""
+        r = self._refused.get(pid)
+        if r is None or r.start_time != proc.start_time:
+            self.stats.errors["attach"] += 1
+            log.warning("%s; retrying with back-off (up to every %gs)", why, BACKOFF_MAX_SECONDS)
+            r = self._refused[pid] = _Refused(proc.start_time)
+        else:
+            log.debug("%s (attempt %d)", why, r.attempts + 1)
+        r.attempts += 1
+        delay = min(BACKOFF_MAX_SECONDS, self.cfg.discovery_interval * 2 ** min(r.attempts, 16))
+        r.next_try = time.monotonic() + delay
+
+    def _rename(self, pid: int, proc: targets.Process) -> None:
+        """The process changed its comm (an exec, or prctl(PR_SET_NAME)): the same process, so
+        its history stays, but its series carry the new comm from the next scrape on and
+        those with the old one go away."""
+        old = self._procs[pid]
+        log.info("pid %d is now %s (was %s)", pid, shown(proc.comm), shown(old.comm))
+        self._procs[pid] = proc
+        self._states[pid].comm = proc.comm
+        view = self.views.get(pid)
+        if view is not None:
+            self.views = {**self.views, pid: dataclasses.replace(view, comm=proc.comm)}
 
     def _cycle(self, pid: int) -> None:
         if pid not in self._procs:
@@ -179,11 +243,15 @@ class Daemon:
             self._errors[pid] = self._errors.get(pid, 0) + 1
             log.warning("harvest of pid %d failed: %s", pid, e)
             if self._errors[pid] >= MAX_CONSECUTIVE_ERRORS:
+                proc = self._procs[pid]
                 self._drop(pid, f"{MAX_CONSECUTIVE_ERRORS} harvests in a row failed")
+                self._refuse(pid, proc, f"cannot harvest pid {pid} ({shown(proc.comm)}): {e}")
             else:
                 self._due[pid] = time.monotonic() + self._interval[pid]
             return
         self._errors.pop(pid, None)
+        self._refused.pop(pid, None)
+        self.sanity.check(h, self._procs[pid].comm)
         cost = h.harvest_seconds + h.aging_seconds
         self.stats.harvest.observe(h.harvest_seconds)
         self.stats.aging.observe(h.aging_seconds)
@@ -212,12 +280,13 @@ class Daemon:
 
     def _drop(self, pid: int, why: str) -> None:
         self.source.detach(pid)
+        self.sanity.forget(pid)
         proc = self._procs.pop(pid, None)
         for d in (self._states, self._cost, self._interval, self._due, self._errors):
             d.pop(pid, None)  # type: ignore[attr-defined]
         self.views = {p: v for p, v in self.views.items() if p != pid}
         if proc:
-            log.info("stopped following pid %d (%s): %s", pid, proc.comm, why)
+            log.info("stopped following pid %d (%s): %s", pid, shown(proc.comm), why)
 
     def _close(self) -> None:
         for pid in list(self._procs):

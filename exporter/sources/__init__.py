@@ -39,7 +39,7 @@ def open_source(name: str) -> Source:
         return _open_mglru_fexit()
     if name == "mglru-hook":
         return _open_mglru_hook()
-    lacking = capabilities.missing(capabilities.PTWALK)
+    lacking = capabilities.missing(capabilities.LOAD)
     if lacking:
         raise SourceError(f"ptwalk needs {', '.join(lacking)} (run as root or grant them)")
     from .ptwalk import PtwalkSource
@@ -63,7 +63,7 @@ def _open_mglru_hook() -> Source:
 def _open_mglru(name: str, cls: Callable[[], Source]) -> Source:
     from .. import capabilities
 
-    lacking = capabilities.missing(capabilities.PTWALK)  # the same: BPF, pagemap PFNs, /proc
+    lacking = capabilities.missing(capabilities.MGLRU_LOAD)  # BPF and pagemap PFNs
     if lacking:
         raise SourceError(f"{name} needs {', '.join(lacking)} (run as root or grant them)")
     return cls()

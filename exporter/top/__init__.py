@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import subprocess
 import sys
 import time
 
+# textual (and rich, which it brings) are the `top` extra: the daemon on every node does not
+# need them. Checked before anything else so that a missing extra is one line, not a traceback.
+MISSING_EXTRA = "pageheat top needs the 'top' extra: pip install 'pageheat[top]'"
 HEADLESS = ("pageheat top: stdout is not a terminal; for a non-interactive view use "
             "`pageheat snapshot --pid PID --json`")
 
@@ -16,6 +20,9 @@ def run(pid: int | None, command: list[str], connect: str | None, source: str, a
         ca_file: str | None = None) -> int:
     """Entry point of the subcommand; returns the exit code. Raises SourceError, OSError.
     connect_user, password_file, ca_file: basic auth and a private CA for ``connect``."""
+    if not has_extra():
+        print(MISSING_EXTRA, file=sys.stderr)
+        return 2
     if not sys.stdout.isatty():
         print(HEADLESS, file=sys.stderr)
         return 2
@@ -77,6 +84,11 @@ def run(pid: int | None, command: list[str], connect: str | None, source: str, a
     if code and app.message:  # the harvest failed: say why once the screen is gone
         print(f"pageheat: {app.message}", file=sys.stderr)
     return int(code or 0)
+
+
+def has_extra() -> bool:
+    """Whether textual and rich are installed (without importing them: that takes ~0.3 s)."""
+    return all(importlib.util.find_spec(m) is not None for m in ("textual", "rich"))
 
 
 class _Held(logging.Handler):
