@@ -331,3 +331,14 @@ def test_telemetry_path_cannot_hide_another_path(path: str) -> None:
 
     with pytest.raises(ValueError, match="telemetry path"):
         HttpServer(CollectorRegistry(), WebConfig(), {"/api/v1/heat": lambda q: asyncio.sleep(0)}, path)
+
+
+@pytest.mark.parametrize(("header", "want"), [
+    ("gzip", True), ("gzip, deflate, br", True), ("br;q=1.0, gzip;q=0.8", True), ("GZIP", True),
+    ("x-gzip", True), ("gzip;q=0", False), ("gzip;q=0.0", False), ("gzip;q=bogus", False),
+    ("", False), ("identity", False), ("*", False), ("deflate", False),
+])
+def test_accept_encoding_parsing(header: str, want: bool) -> None:
+    from pageheat.http import _accepts_gzip
+
+    assert _accepts_gzip(header) is want
