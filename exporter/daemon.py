@@ -129,10 +129,11 @@ class Daemon:
                                generation=lambda: self.generation, live=self.live_registry)
 
     async def run(self, stop: asyncio.Event) -> None:
-        host, port = self.cfg.host_port
-        await self.http.start([self.cfg.host_port])
-        log.info("serving on %s:%d, source %s, aging %gs", host, self.http.port, self.source.name,
-                 self.cfg.aging)
+        addresses = [self.cfg.host_port]
+        await self.http.start(addresses)
+        where = ", ".join(f"{host}:{port}" for (host, _), port in zip(addresses, self.http.ports,
+                                                                      strict=True))
+        log.info("serving on %s, source %s, aging %gs", where, self.source.name, self.cfg.aging)
         loop = asyncio.get_running_loop()
         next_discovery = 0.0
         try:
