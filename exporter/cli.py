@@ -92,6 +92,12 @@ def parser() -> argparse.ArgumentParser:
     t = sub.add_parser("top", help="live terminal heatmap of one process")
     t.add_argument("--pid", type=_pid, help="follow this process")
     t.add_argument("--connect", metavar="URL", help="follow a running `pageheat serve` (http://HOST:PORT)")
+    t.add_argument("--connect-user", metavar="USER",
+                   help="basic auth user for --connect (or USER:PASSWORD@ in the URL)")
+    t.add_argument("--connect-password-file", metavar="FILE",
+                   help="basic auth password for --connect: first line of FILE "
+                        "(or the environment variable PAGEHEAT_CONNECT_PASSWORD)")
+    t.add_argument("--ca-file", metavar="FILE", help="CA certificate(s) to verify an https --connect server")
     t.add_argument("--source", choices=("auto", *NAMES[:3]), default="auto")
     t.add_argument("--aging", type=_duration, default=0.5, help="aging interval (default 500ms)")
     t.add_argument("--aggregate", type=int, default=3, metavar="N", help="agings per column (default 3)")
@@ -260,7 +266,11 @@ def _top(args: argparse.Namespace) -> int:
     if pid and not args.connect:
         pid = _process_of(pid)
         _check_access(pid)
-    return run(pid, cmd, args.connect, args.source, args.aging, args.aggregate)
+    if not args.connect and (args.connect_user or args.connect_password_file or args.ca_file):
+        raise UsageError("--connect-user, --connect-password-file and --ca-file need --connect URL")
+    return run(pid, cmd, args.connect, args.source, args.aging, args.aggregate,
+               connect_user=args.connect_user, password_file=args.connect_password_file,
+               ca_file=args.ca_file)
 
 
 def _snapshot(args: argparse.Namespace) -> int:

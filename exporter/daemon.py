@@ -15,6 +15,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from typing import Any
@@ -25,7 +26,7 @@ from . import budget, cgroups, procfs, targets
 from .aggregate import TargetState, TargetView
 from .collector import PageheatCollector
 from .config import Config
-from .http import HttpServer
+from .http import BadRequest, HttpServer
 from .procfs import shown
 from .sanity import Sanity
 from .sources.base import Source, TargetGone
@@ -117,14 +118,22 @@ class Daemon:
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="harvest")
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(PageheatCollector(cfg, lambda: self.views, self.stats, source.name))
-        self.http = HttpServer(self.registry, web or WebConfig(), {"/api/v1/targets": self._api_targets,
-                                                                 "/api/v1/heat": self._api_heat})
+        # Bumped after every piece of worker-thread work (harvest, drop, discovery), which is
+        # what changes the views and the stats: /metrics is encoded at most once per value.
+        self.generation = 0
+        # Collectors that change between harvests (process_* self metrics) go here instead:
+        # read at every scrape, never cached.
+        self.live_registry = CollectorRegistry(auto_describe=False)
+        self.http = HttpServer(self.registry, web or WebConfig(),
+                               {"/api/v1/targets": self._api_targets, "/api/v1/heat": self._api_heat},
+                               generation=lambda: self.generation, live=self.live_registry)
 
     async def run(self, stop: asyncio.Event) -> None:
-        host, port = self.cfg.host_port
-        await self.http.start(host, port)
-        log.info("serving on %s:%d, source %s, aging %gs", host, self.http.port, self.source.name,
-                 self.cfg.aging)
+        addresses = [self.cfg.host_port]
+        await self.http.start(addresses)
+        where = ", ".join(f"{host}:{port}" for (host, _), port in zip(addresses, self.http.ports,
+                                                                      strict=True))
+        log.info("serving on %s, source %s, aging %gs", where, self.source.name, self.cfg.aging)
         loop = asyncio.get_running_loop()
         next_discovery = 0.0
         try:
@@ -132,11 +141,13 @@ class Daemon:
                 now = time.monotonic()
                 if now >= next_discovery:
                     await loop.run_in_executor(self._worker, self._discover)
+                    self.generation += 1
                     next_discovery = time.monotonic() + self.cfg.discovery_interval
                 for pid in [p for p, t in self._due.items() if t <= now]:
                     if stop.is_set():
                         break
                     await loop.run_in_executor(self._worker, self._cycle, pid)
+                    self.generation += 1
                 wake = min([next_discovery, *self._due.values()]) - time.monotonic()
                 if wake > 0:
                     try:
@@ -283,15 +294,27 @@ class Daemon:
             self._drop(pid, "shutting down")
         self.source.close()
 
-    async def _api_targets(self) -> Any:
+    def _api_views(self, query: Mapping[str, str]) -> list[TargetView]:
+        """The views the query selects: all, or the one of ``?pid=N`` (none if not followed).
+        Raises BadRequest for a pid that is not a positive integer."""
+        views = list(self.views.values())
+        if "pid" not in query:
+            return views
+        pid = query["pid"]
+        if not (pid.isascii() and pid.isdigit() and 0 < int(pid) < 2**31):
+            raise BadRequest(f"pid: expected a process id, got {pid[:40]!r}")
+        return [v for v in views if v.pid == int(pid)]
+
+    async def _api_targets(self, query: Mapping[str, str]) -> Any:
         return [{"pid": v.pid, "comm": v.comm, "aging_interval_s": v.interval,
                  "resident_pages": v.resident_pages, "working_set_pages": v.wss_pages,
                  "cold_pages": v.cold_pages, "harvests": v.harvests, "bins": v.bins.n}
-                for v in self.views.values()]
+                for v in self._api_views(query)]
 
-    async def _api_heat(self) -> Any:
+    async def _api_heat(self, query: Mapping[str, str]) -> Any:
         """Latest per-bin counts of every target, for `pageheat top --connect` (cumulative
-        accessed: the client takes differences). Addresses only with expose_addresses."""
+        accessed: the client takes differences). Addresses only with expose_addresses.
+        ``?pid=N``: that target only (an empty list when it is not followed)."""
         expose = self.cfg.expose_addresses
         return {"source": self.source.name, "expose_addresses": expose, "targets": [
             {"pid": v.pid, "comm": v.comm, "time": v.time, "interval": v.interval, "harvests": v.harvests,
@@ -302,4 +325,4 @@ class Daemon:
              "resident": v.resident.tolist(), "never_accessed": v.never_accessed,
              "wss_pages": v.wss_pages, "resident_pages": v.resident_pages, "cold_pages": v.cold_pages,
              "cost_s": self._cost.get(v.pid, 0.0)}
-            for v in self.views.values()]}
+            for v in self._api_views(query)]}

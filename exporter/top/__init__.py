@@ -16,8 +16,10 @@ HEADLESS = ("pageheat top: stdout is not a terminal; for a non-interactive view 
 
 
 def run(pid: int | None, command: list[str], connect: str | None, source: str, aging: float,
-        aggregate: int) -> int:
-    """Entry point of the subcommand; returns the exit code. Raises SourceError, OSError."""
+        aggregate: int, *, connect_user: str | None = None, password_file: str | None = None,
+        ca_file: str | None = None) -> int:
+    """Entry point of the subcommand; returns the exit code. Raises SourceError, OSError.
+    connect_user, password_file, ca_file: basic auth and a private CA for ``connect``."""
     if not has_extra():
         print(MISSING_EXTRA, file=sys.stderr)
         return 2
@@ -30,11 +32,16 @@ def run(pid: int | None, command: list[str], connect: str | None, source: str, a
 
     child: subprocess.Popen | None = None
     if connect:
-        feed = RemoteFeed(connect, pid)
+        try:
+            feed = RemoteFeed(connect, pid, user=connect_user, password_file=password_file,
+                              ca_file=ca_file)
+        except ValueError as e:  # the URL or the credentials' flags: usage
+            print(f"pageheat: --connect: {e}", file=sys.stderr)
+            return 2
         try:
             feed.attach()  # fails early, before the terminal is taken over
         except (LookupError, ValueError) as e:
-            print(f"pageheat: {connect}: {e}", file=sys.stderr)
+            print(f"pageheat: {feed.base}: {e}", file=sys.stderr)  # no password in feed.base
             return 1
         app = TopApp(feed, aging=aging, aggregate=aggregate)
     else:
