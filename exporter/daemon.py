@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from typing import Any
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, ProcessCollector
 
 from . import budget, cgroups, targets
 from .aggregate import TargetState, TargetView
@@ -94,6 +94,7 @@ class Daemon:
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="harvest")
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(PageheatCollector(cfg, lambda: self.views, self.stats, source.name))
+        ProcessCollector(registry=self.registry)  # process_* self metrics: CPU, memory, fds
         self.http = HttpServer(self.registry, web or WebConfig(), {"/api/v1/targets": self._api_targets,
                                                                  "/api/v1/heat": self._api_heat})
 

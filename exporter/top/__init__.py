@@ -12,8 +12,9 @@ HEADLESS = ("pageheat top: stdout is not a terminal; for a non-interactive view 
 
 
 def run(pid: int | None, command: list[str], connect: str | None, source: str, aging: float,
-        aggregate: int) -> int:
-    """Entry point of the subcommand; returns the exit code. Raises SourceError, OSError."""
+        aggregate: int, tlb_flush: str = "auto", mglru_aging: str = "active") -> int:
+    """Entry point of the subcommand; returns the exit code. ``tlb_flush`` and ``mglru_aging``
+    are the Config's settings for the source. Raises SourceError, OSError."""
     if not sys.stdout.isatty():
         print(HEADLESS, file=sys.stderr)
         return 2
@@ -33,7 +34,7 @@ def run(pid: int | None, command: list[str], connect: str | None, source: str, a
     else:
         from ..sources import open_source
 
-        src = open_source(source)
+        src = open_source(source, tlb_flush, mglru_aging)
         if command:
             try:
                 child = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
