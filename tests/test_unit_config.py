@@ -249,7 +249,7 @@ def test_every_setting_has_an_environment_variable(monkeypatch: pytest.MonkeyPat
 
 
 ROOT = Path(__file__).resolve().parent.parent
-DELIBERATELY_MISSPELT = {"test_unit_config.py", "test_cli.py"}  # they test the error
+DELIBERATELY_MISSPELT = {"test_unit_config.py", "test_cli.py", "test_cli_config.py"}  # they test the error
 
 
 def test_pageheat_variables_used_by_tests_lab_and_scripts_are_not_errors() -> None:
