@@ -166,7 +166,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "serve":
         return _serve(args)
     if args.command == "doctor":
-        return doctor.run(as_json=args.json)
+        cfg = config.from_env()  # the sources' settings, as serve would use them
+        return doctor.run(as_json=args.json, aging=cfg.mglru_aging, tlb_flush=cfg.tlb_flush)
     if args.command == "snapshot":
         return _snapshot(args)
     if args.command == "workload":

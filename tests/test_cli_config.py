@@ -103,7 +103,7 @@ def test_other_non_finite_values_are_rejected(tmp_path: Path, field: str, value:
 
 @pytest.mark.kind5
 @pytest.mark.parametrize("command", [["serve"], ["snapshot", "--pid", str(os.getpid()), "--json"],
-                                     ["top", "--pid", str(os.getpid())]])
+                                     ["top", "--pid", str(os.getpid())], ["doctor", "--json"]])
 def test_bad_tlb_flush_is_a_configuration_error(command: list[str]) -> None:
     r = run_pageheat(*command, env=clean_env(PAGEHEAT_TLB_FLUSH="bogus"), timeout=60)
     assert r.returncode == 2
