@@ -66,6 +66,14 @@ def _common() -> argparse.ArgumentParser:
     return c
 
 
+def _listen(text: str) -> str:
+    try:
+        config.parse_listen(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
 def parser() -> argparse.ArgumentParser:
     common = _common()
     p = argparse.ArgumentParser(prog="pageheat", description=__doc__, parents=[common])
@@ -133,8 +141,8 @@ def parser() -> argparse.ArgumentParser:
     render_arguments(r)
 
     m = add("demo", help="serve metrics for a built-in workload and print its heat")
-    m.add_argument("--seconds", type=float, default=20.0)
-    m.add_argument("--listen", default=f"127.0.0.1:{config.DEFAULT_PORT}")
+    m.add_argument("--seconds", type=_duration, default=20.0, help="how long (default 20s)")
+    m.add_argument("--listen", type=_listen, default=f"127.0.0.1:{config.DEFAULT_PORT}")
 
     c = add("completion", help="print a shell completion script (bash, zsh or tcsh)")
     c.add_argument("shell", choices=("bash", "zsh", "tcsh"))

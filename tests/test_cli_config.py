@@ -162,6 +162,15 @@ def test_log_level_after_other_subcommands(command: list[str]) -> None:
     assert "no such process: 4194304" in one_line_error(r)
 
 
+@pytest.mark.kind5
+@pytest.mark.parametrize("args", [["--seconds", "inf"], ["--seconds", "nan"], ["--listen", "nope"],
+                                  ["--listen", "127.0.0.1:99999"]])
+def test_demo_rejects_bad_values_before_starting(args: list[str]) -> None:
+    r = run_pageheat("demo", *args, env=clean_env(), timeout=60)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("pageheat demo: error: argument")
+
+
 def test_config_check_prints_the_exporter_flags(tmp_path: Path) -> None:
     web = tmp_path / "web.yml"
     web.write_text("basic_auth_users: {}\n")
