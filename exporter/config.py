@@ -55,8 +55,9 @@ PID_MAX_LIMIT = 1 << 22
 # (conftest.py, test_top.py, test_dashboards.py), by bpfobjects.py (where the BPF objects are,
 # a packaging location like PYTHONPATH), by lab/ (PAGEHEAT_LAB_*, passed into the guests) and
 # by kernel-patch/ (PAGEHEAT_KERNEL_*).
+# PAGEHEAT_CONNECT_PASSWORD is a client's secret (top --connect), never a daemon setting.
 NOT_SETTINGS = frozenset({"PAGEHEAT_REQUIRE_KERNEL", "PAGEHEAT_UPDATE_SNAPSHOTS",
-                          "PAGEHEAT_RENDER_DEMO", "PAGEHEAT_BPF_DIR"})
+                          "PAGEHEAT_RENDER_DEMO", "PAGEHEAT_BPF_DIR", "PAGEHEAT_CONNECT_PASSWORD"})
 NOT_SETTINGS_PREFIXES = ("PAGEHEAT_LAB_", "PAGEHEAT_KERNEL_")
 
 
