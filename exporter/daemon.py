@@ -96,12 +96,13 @@ class Daemon:
         self.registry.register(PageheatCollector(cfg, lambda: self.views, self.stats, source.name))
         ProcessCollector(registry=self.registry)  # process_* self metrics: CPU, memory, fds
         self.http = HttpServer(self.registry, web or WebConfig(), {"/api/v1/targets": self._api_targets,
-                                                                 "/api/v1/heat": self._api_heat})
+                                                                 "/api/v1/heat": self._api_heat},
+                               metrics_path=cfg.telemetry_path)
 
     async def run(self, stop: asyncio.Event) -> None:
-        host, port = self.cfg.host_port
-        await self.http.start(host, port)
-        log.info("serving on %s:%d, source %s, aging %gs", host, self.http.port, self.source.name,
+        await self.http.start(self.cfg.listen_addresses)
+        log.info("serving %s on %s, source %s, aging %gs", self.cfg.telemetry_path,
+                 ", ".join(f"{h}:{p}" for h, p in self.cfg.listen_addresses), self.source.name,
                  self.cfg.aging)
         loop = asyncio.get_running_loop()
         next_discovery = 0.0
