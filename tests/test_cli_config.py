@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from cli_helpers import clean_env, scrape
 from conftest import PAGEHEAT, free_port, run_pageheat, stop_process, wait_http
-from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -25,13 +25,6 @@ def one_line_error(r: subprocess.CompletedProcess) -> str:
     assert len(lines) == 1 and lines[0].startswith("pageheat: "), r.stderr
     assert "Traceback" not in r.stderr and "errors.pydantic.dev" not in r.stderr
     return lines[0]
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    """This environment without PAGEHEAT_* settings (the test runner's own switches stay)."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.upper().startswith("PAGEHEAT_") or k.upper() == "PAGEHEAT_REQUIRE_KERNEL"}
-    return {**env, **extra}
 
 
 def yaml_mark(text: str) -> tuple[int, int]:
@@ -212,17 +205,6 @@ def test_completion_scripts() -> None:
 def api_pids(port: int) -> set[int]:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/targets", timeout=5) as r:
         return {t["pid"] for t in json.load(r)}
-
-
-def scrape(port: int, path: str = "/metrics") -> dict[str, list]:
-    """Samples by sample name (pageheat_errors_total, pageheat_build_info, ...)."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
-        text = r.read().decode()
-    out: dict[str, list] = {}
-    for fam in text_string_to_metric_families(text):
-        for s in fam.samples:
-            out.setdefault(s.name, []).append(s)
-    return out
 
 
 @pytest.mark.kernel

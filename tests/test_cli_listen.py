@@ -8,8 +8,8 @@ import urllib.error
 import urllib.request
 
 import pytest
+from cli_helpers import clean_env, scrape
 from conftest import PAGEHEAT, free_port, stop_process, wait_http
-from test_cli_config import clean_env, scrape
 
 
 @pytest.mark.kernel
