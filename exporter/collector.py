@@ -5,7 +5,6 @@ Metric names and labels are pageheat's public API: add, never rename.
 
 from __future__ import annotations
 
-import platform
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -20,7 +19,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from . import __version__
+from . import buildinfo
 from .aggregate import IDLE_BOUNDS, TargetView
 from .config import Config
 from .sanity import AGING_REASONS, TRUNCATIONS
@@ -203,7 +202,7 @@ class PageheatCollector(Collector):
         yield GaugeMetricFamily("pageheat_targets_dropped",
                                 "Processes left out at the latest scrape to stay under max_series.",
                                 value=s.targets_dropped)
-        info = InfoMetricFamily("pageheat_build", "pageheat version and harvesting source.")
-        info.add_metric([], {"version": __version__, "source": self.source_name,
-                             "kernel": platform.release()})
+        info = InfoMetricFamily("pageheat_build", "pageheat version, git revision, harvesting "
+                                "source, kernel release and Python version.")
+        info.add_metric([], buildinfo.labels(self.source_name))
         yield info

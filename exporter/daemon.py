@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from typing import Any
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, ProcessCollector
 
 from . import budget, cgroups, procfs, targets
 from .aggregate import TargetState, TargetView
@@ -124,16 +124,19 @@ class Daemon:
         # Collectors that change between harvests (process_* self metrics) go here instead:
         # read at every scrape, never cached.
         self.live_registry = CollectorRegistry(auto_describe=False)
+        ProcessCollector(registry=self.live_registry)  # process_* self metrics: CPU, memory, fds
         self.http = HttpServer(self.registry, web or WebConfig(),
                                {"/api/v1/targets": self._api_targets, "/api/v1/heat": self._api_heat},
-                               generation=lambda: self.generation, live=self.live_registry)
+                               metrics_path=cfg.telemetry_path, generation=lambda: self.generation,
+                               live=self.live_registry)
 
     async def run(self, stop: asyncio.Event) -> None:
-        addresses = [self.cfg.host_port]
+        addresses = self.cfg.listen_addresses
         await self.http.start(addresses)
         where = ", ".join(f"{host}:{port}" for (host, _), port in zip(addresses, self.http.ports,
                                                                       strict=True))
-        log.info("serving on %s, source %s, aging %gs", where, self.source.name, self.cfg.aging)
+        log.info("serving %s on %s, source %s, aging %gs", self.cfg.telemetry_path, where,
+                 self.source.name, self.cfg.aging)
         loop = asyncio.get_running_loop()
         next_discovery = 0.0
         try:

@@ -7,6 +7,7 @@ import platform
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -76,27 +77,29 @@ def _check_young_source(name: str, why: str | None, open_source: Callable[[], Yo
     return Verdict(name, True, works.format(mode=mode, flush=flush))
 
 
-def check_mglru_fexit() -> Verdict:
+def check_mglru_fexit(**settings: str) -> Verdict:
+    """``settings``: the Config's ``aging`` (mglru_aging) and ``tlb_flush`` for the source."""
     from . import lrugen
     from .sources.mglru_fexit import NAME, MglruFexitSource
 
-    return _check_young_source(NAME, lrugen.mglru_state(), MglruFexitSource,
+    return _check_young_source(NAME, lrugen.mglru_state(), partial(MglruFexitSource, **settings),
                                "MGLRU enabled, fexit attached, {mode} aging via "
                                f"{lrugen.LRU_GEN}, {{flush}}")
 
 
-def check_mglru_hook() -> Verdict:
+def check_mglru_hook(**settings: str) -> Verdict:
     from . import lrugen
     from .sources.mglru_hook import NAME, MglruHookSource, kernel_support
 
-    return _check_young_source(NAME, kernel_support() or lrugen.mglru_state(), MglruHookSource,
+    return _check_young_source(NAME, kernel_support() or lrugen.mglru_state(),
+                               partial(MglruHookSource, **settings),
                                "kernel-patch/ tracepoints attached, {mode} aging via "
                                "bpf_lru_gen_run_aging() walking only the targets, {flush}")
 
 
-def verdicts() -> list[Verdict]:
-    """In --source auto's order of preference."""
-    out = [check_mglru_hook(), check_mglru_fexit(), check_ptwalk()]
+def verdicts(**settings: str) -> list[Verdict]:
+    """In --source auto's order of preference; ``settings`` as for check_mglru_fexit."""
+    out = [check_mglru_hook(**settings), check_mglru_fexit(**settings), check_ptwalk()]
     mglru = _mglru_state()
     for name in NAMES:
         if name not in IMPLEMENTED:
@@ -105,10 +108,10 @@ def verdicts() -> list[Verdict]:
     return out
 
 
-def run(as_json: bool = False) -> int:
+def run(as_json: bool = False, **settings: str) -> int:
     """Exit 1 when no source can run, or when pageheat is not in the host PID namespace (then
     every source would load, and follow nothing: see procfs.pid_namespace_problem)."""
-    vs = verdicts()
+    vs = verdicts(**settings)
     usable = [v.source for v in vs if v.ok]
     namespace = procfs.pid_namespace_problem()
     if as_json:

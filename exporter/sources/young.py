@@ -124,14 +124,14 @@ class YoungPagesSource:
                  nodes: NodeMap | None = None, young_capacity: int = _DEFAULT_YOUNG_CAPACITY,
                  swappiness: int = 1, tlb_flush: str | None = None) -> None:
         name = self.name
-        self.aging = (aging or os.environ.get(AGING_ENV) or "active").lower()
+        self.aging = (aging or "active").lower()  # the Config passes mglru_aging
         if self.aging not in ("active", "passive"):
             raise SourceError(f"{name}: aging must be active or passive, not {self.aging!r} "
                               f"(${AGING_ENV})")
         if not 1 <= swappiness <= 200:
             raise SourceError(f"{name}: swappiness must be 1..200 (0 would skip anonymous memory)")
         self.swappiness = swappiness
-        flush = (tlb_flush or os.environ.get(TLB_ENV) or "auto").lower()
+        flush = (tlb_flush or "auto").lower()  # the Config passes tlb_flush
         if flush not in ("auto", "always", "never"):
             raise SourceError(f"{name}: TLB flush must be auto, always or never, not {flush!r} "
                               f"(${TLB_ENV})")

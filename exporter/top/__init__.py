@@ -17,9 +17,10 @@ HEADLESS = ("pageheat top: stdout is not a terminal; for a non-interactive view 
 
 def run(pid: int | None, command: list[str], connect: str | None, source: str, aging: float,
         aggregate: int, *, connect_user: str | None = None, password_file: str | None = None,
-        ca_file: str | None = None) -> int:
+        ca_file: str | None = None, tlb_flush: str = "auto", mglru_aging: str = "active") -> int:
     """Entry point of the subcommand; returns the exit code. Raises SourceError, OSError.
-    connect_user, password_file, ca_file: basic auth and a private CA for ``connect``."""
+    connect_user, password_file, ca_file: basic auth and a private CA for ``connect``;
+    ``tlb_flush`` and ``mglru_aging``: the Config's settings for the source."""
     if not has_extra():
         print(MISSING_EXTRA, file=sys.stderr)
         return 2
@@ -47,7 +48,7 @@ def run(pid: int | None, command: list[str], connect: str | None, source: str, a
     else:
         from ..sources import open_source
 
-        src = open_source(source)
+        src = open_source(source, tlb_flush, mglru_aging)
         if command:
             try:
                 child = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
