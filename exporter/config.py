@@ -54,11 +54,11 @@ PID_MAX_LIMIT = 1 << 22
 # PAGEHEAT_* variables that are not daemon settings, so not misspelt ones: read by the tests
 # (conftest.py, test_top.py, test_dashboards.py), by bpfobjects.py (where the BPF objects are,
 # a packaging location like PYTHONPATH), by lab/ (PAGEHEAT_LAB_*, passed into the guests) and
-# by kernel-patch/ (PAGEHEAT_KERNEL_*).
+# by kernel-patch/ (PAGEHEAT_KERNEL_*) and by deploy/image/build.sh (PAGEHEAT_IMAGE_*).
 # PAGEHEAT_CONNECT_PASSWORD is a client's secret (top --connect), never a daemon setting.
 NOT_SETTINGS = frozenset({"PAGEHEAT_REQUIRE_KERNEL", "PAGEHEAT_UPDATE_SNAPSHOTS",
                           "PAGEHEAT_RENDER_DEMO", "PAGEHEAT_BPF_DIR", "PAGEHEAT_CONNECT_PASSWORD"})
-NOT_SETTINGS_PREFIXES = ("PAGEHEAT_LAB_", "PAGEHEAT_KERNEL_")
+NOT_SETTINGS_PREFIXES = ("PAGEHEAT_LAB_", "PAGEHEAT_KERNEL_", "PAGEHEAT_IMAGE_")
 
 
 class ConfigError(ValueError):

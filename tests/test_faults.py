@@ -116,7 +116,7 @@ discovery_interval: 100ms
             p.wait(30)
         time.sleep(1.5)  # one discovery round after the last exit
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-        assert "pageheat_targets 0.0" in metrics
+        assert "pageheat_targets 0.0" in metrics, [x for x in metrics.splitlines() if "_targets" in x]
         assert 'comm="phshort"' not in metrics
         assert len(os.listdir(f"/proc/{serve.pid}/fd")) == fds_before
         progs, links = bpf_object_counts()

@@ -326,8 +326,8 @@ def test_thread_id_given_to_serve_follows_its_process_and_says_so_once(ptwalk_ok
             assert serve.stop() == 0
         log = serve.log()
         assert log.count(f"pid {z.worker} is a thread of process {z.pid}") == 1, log
-        assert log.count(f"INFO following pid {z.pid} ") == 1, log
-        assert set(re.findall(r"stopped following pid \d+ \(.*\): (.*)", log)) == {"shutting down"}
+        assert log.count(f'level=info logger=pageheat msg="following pid {z.pid} ') == 1, log
+        assert set(re.findall(r"stopped following pid \d+ \(.*\): ([^\"]*)", log)) == {"shutting down"}
 
 
 @pytest.mark.kind4
@@ -381,7 +381,7 @@ def test_selected_process_that_cannot_be_followed_is_retried_with_back_off(ptwal
     finally:
         assert serve.stop() == 0
     log = serve.log()
-    warned = re.findall(r"WARNING cannot follow pid (\d+) ", log)
+    warned = re.findall(r'level=warning logger=pageheat msg="cannot follow pid (\d+) ', log)
     assert warned.count("1") == 1, log
     assert first == second == len(warned)  # once per process, not once per attempt
     tries = len(re.findall(r"cannot follow pid 1 .*attempt", log)) + 1
