@@ -10,9 +10,10 @@ Then, on the same process, ``pageheat serve --pid P --aging 1s --cpu-budget 1.0`
 --cycles aging cycles: its CPU per cycle is user + sys of the whole serve process from
 /proc/PID/stat (every thread, including the kernel time of its clear_refs writes and BPF
 runs), divided by the harvests it reports on /api/v1/targets (no /metrics scrape inside the
-window: a scrape costs CPU too). VmHWM is serve's peak RSS; "RSS before" is serve's RSS just
-before its first harvest, "RSS after exit" once the target was killed and dropped (goal 6 of
-issue 13). --maps N adds a row for a process with N mappings of 2 resident pages each.
+window: a scrape costs CPU too). VmHWM is serve's peak RSS; "RSS before" is serve's lowest
+RSS from when its HTTP endpoint answers to its first harvest, "RSS after exit" once the
+target was killed and dropped (goal 6 of issue 13). --maps N adds a row for a process with
+N mappings of 2 resident pages each.
 --root DIR runs serve from another checkout (DIR/.venv/bin/python -m pageheat, cwd DIR):
 the "before" numbers of a change. Prints Markdown tables.
 
@@ -112,8 +113,9 @@ def serve_cost(pid: int, stop_target, root: Path, cycles: int, tmp: Path) -> dic
             try:
                 rows = api_targets()
                 harvests = rows[0]["harvests"] if rows else 0
-                if not harvests:
-                    rss_before = proc_status_kib(p.pid, "VmRSS")
+                if not harvests:  # the lowest: before the first harvest's arrays exist
+                    rss = proc_status_kib(p.pid, "VmRSS")
+                    rss_before = min(rss_before, rss) if rss_before else rss
             except requests.RequestException:
                 pass
             time.sleep(0.05)
