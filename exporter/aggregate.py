@@ -211,8 +211,11 @@ class PageHistory:
 
     Epochs are handed out in time order. When they run out (MAX_EPOCH harvests: 18 hours at
     1 s), ``_compact`` renumbers the epochs still in use and merges those older than
-    ``horizon`` (past the largest finite idle bound, so their bucket cannot change) into one,
-    at their page-weighted mean time, which keeps the sum of idle ages of those pages.
+    ``horizon`` (past the largest finite idle bound and cold_after, so their bucket and their
+    coldness cannot change) into one, at their page-weighted mean time: that keeps the sum of
+    their idle ages while they stay together; once some of them are accessed again or leave,
+    the idle and promotion second sums (histogram _sum) of pages idle past the horizon are
+    approximate. Bucket counts stay exact.
     """
 
     def __init__(self, horizon: float, max_epoch: int = MAX_EPOCH) -> None:
@@ -225,30 +228,35 @@ class PageHistory:
         self.times = np.full(max_epoch + 1, np.nan)
         self.next = FIRST_EPOCH
         self.compactions = 0
+        self.overflows = 0  # compactions that had to merge epochs inside the horizon
 
     @property
     def nbytes(self) -> int:
         return self.keys.nbytes + self.epochs.nbytes + self.times.nbytes
 
-    def begin(self, now: float) -> int:
-        """The epoch for a harvest at ``now`` (renumbering the old ones if they ran out)."""
+    def begin(self, now: float, prev: float | None) -> int:
+        """The epoch for a harvest at ``now`` (renumbering the old ones if they ran out);
+        ``prev``: the time of the previous harvest, None for the first."""
         if self.next > self.max_epoch:
-            self._compact(now)
+            self._compact(prev if prev is not None else now)
         e = self.next
         self.next += 1
         self.times[e] = now
         return e
 
-    def _compact(self, now: float) -> None:
+    def _compact(self, prev: float) -> None:
+        """Merge the epochs already past the horizon at the previous harvest, so that the idle
+        ages promotions are binned by (at the previous harvest) keep their bucket too."""
         counts = np.bincount(self.epochs.ravel(), minlength=self.max_epoch + 1)
         live = np.flatnonzero(counts[FIRST_EPOCH:]) + FIRST_EPOCH  # in time order
-        old = live[now - self.times[live] > self.horizon]
+        old = live[prev - self.times[live] > self.horizon]
         young = live[len(old):]
         room = self.max_epoch - FIRST_EPOCH  # leave one epoch free for the caller
         if len(young) + (len(old) > 0) > room:
             # Only with more than max_epoch harvests inside the horizon (aging below the
             # 100 ms minimum): merge the oldest young ones too; their buckets may be off.
             cut = len(young) + 1 - room
+            self.overflows += 1
             old, young = live[:len(old) + cut], young[cut:]
         groups = ([old] if len(old) else []) + [young[i:i + 1] for i in range(len(young))]
         lut = np.zeros(self.max_epoch + 1, dtype=np.uint16)
@@ -331,21 +339,23 @@ class TargetState:
         self.harvests += 1
         bins = self.bins
         hist = self.history
-        epoch = hist.begin(now)
+        epoch = hist.begin(now, self.last_time)
         old, old_row = hist.relayout(p.vpn)
 
-        # Per-epoch tables (MAX_EPOCH entries, not per page): idle age now and at the previous
-        # harvest, their buckets, and whether the age makes a page cold.
+        # Per-epoch tables (not per page): idle age now and at the previous harvest, their
+        # buckets, and whether the age makes a page cold. Pages are counted per (combo, epoch)
+        # and the tables turn those counts into buckets, seconds and cold pages.
+        m = hist.next  # epochs in use are below it
         nbk = len(IDLE_BOUNDS)
         bounds = np.array(IDLE_BOUNDS)
-        age_now = now - hist.times  # NaN for ABSENT and NEVER
-        known = ~np.isnan(age_now)
-        age_now0 = np.where(known, age_now, 0.0)
-        bucket_now = np.where(known, np.searchsorted(bounds, age_now0, side="left"), nbk - 1)
-        cold_epoch = ~known | (age_now0 > self.cold_after)
+        times = hist.times[:m]
+        known = ~np.isnan(times)
+        age_now = np.where(known, now - times, 0.0)
+        bucket_now = np.where(known, np.searchsorted(bounds, age_now, side="left"), nbk - 1)
+        cold_epoch = ~known | (age_now > self.cold_after)
         cold_epoch[ABSENT] = False
         prev_time = self.last_time if self.last_time is not None else now
-        age_prev = np.where(known, prev_time - hist.times, 0.0)
+        age_prev = np.where(known, prev_time - times, 0.0)
         bucket_prev = np.where(known, np.searchsorted(bounds, age_prev, side="left"), nbk - 1)
 
         # Accumulators over combo keys (node + 1) * N_TYPES + type, then over present combos.
@@ -353,38 +363,54 @@ class TargetState:
         nb = bins.n
         acc_now = np.zeros(nk * nb, dtype=np.int64)
         resident = np.zeros(nk * nb, dtype=np.int64)
-        idle = np.zeros(nk * nbk, dtype=np.int64)
-        idle_seconds = np.zeros(nk)
-        promoted = np.zeros(nk * nbk, dtype=np.int64)
-        promoted_seconds = np.zeros(nk)
+        per_epoch = np.zeros(nk * m, dtype=np.int64)  # [combo key, epoch] pages now
+        promoted_from = np.zeros(nk * m, dtype=np.int64)  # [combo key, previous epoch]
         never_by_vma = np.zeros(len(h.vmas), dtype=np.int64)
-        cold = 0
+        same_blocks = len(old) == len(hist.keys) and np.array_equal(old_row, np.arange(len(old_row)))
+        old_flat, new_flat = old.reshape(-1), hist.epochs.reshape(-1)
         for lo in range(0, len(p), CHUNK):
             sl = slice(lo, lo + CHUNK)
             vpn, accessed = p.vpn[sl], p.accessed[sl]
-            row, off, _ = hist.rows(vpn)  # every block of the harvest is in keys
-            orow = old_row[row]
-            prev = old[np.maximum(orow, 0), off] if len(old) else np.zeros(len(vpn), np.uint16)
-            prev[orow < 0] = ABSENT
+            # Row of each page: pages are sorted, so rows only step up where the block changes.
+            blk = vpn >> np.uint64(BLOCK_SHIFT)
+            row = np.empty(len(vpn), dtype=np.intp)
+            row[0] = np.searchsorted(hist.keys, blk[0])
+            np.cumsum(blk[1:] != blk[:-1], out=row[1:])
+            row[1:] += row[0]
+            idx = row * BLOCK + (vpn & np.uint64(BLOCK - 1)).astype(np.intp)
+            if same_blocks:
+                prev = old_flat[idx]
+            elif len(old):
+                orow = old_row[row]
+                prev = old_flat[np.maximum(orow, 0) * BLOCK + (idx & (BLOCK - 1))]
+                prev[orow < 0] = ABSENT
+            else:
+                prev = np.zeros(len(vpn), dtype=np.uint16)
             val = np.where(prev == ABSENT, np.uint16(NEVER), prev)
             val[accessed] = epoch
-            hist.epochs[row, off] = val
+            new_flat[idx] = val
 
             key = (p.node[sl].astype(np.intp) + 1) * N_TYPES + p.type[sl]
             flat = key * nb + bins.of(vpn)
             acc_now += np.bincount(flat[accessed], minlength=nk * nb)
             resident += np.bincount(flat, minlength=nk * nb)
-            idle += np.bincount(key * nbk + bucket_now[val], minlength=nk * nbk)
-            idle_seconds += np.bincount(key, weights=age_now0[val], minlength=nk)
-            never = val == NEVER
-            never_by_vma += np.bincount(p.vma[sl][never], minlength=len(h.vmas))
-            cold += int(np.count_nonzero(cold_epoch[val]))
+            per_epoch += np.bincount(key * m + val, minlength=nk * m)
+            never_by_vma += np.bincount(p.vma[sl][val == NEVER], minlength=len(h.vmas))
             # Promotions: accessed now, resident at the previous harvest (prev != ABSENT).
-            was = prev[accessed]
-            was = was[was != ABSENT]
-            pkey = key[accessed][prev[accessed] != ABSENT]
-            promoted += np.bincount(pkey * nbk + bucket_prev[was], minlength=nk * nbk)
-            promoted_seconds += np.bincount(pkey, weights=age_prev[was], minlength=nk)
+            pk = key[accessed] * m + prev[accessed]
+            promoted_from += np.bincount(pk, minlength=nk * m)
+        promoted_from.reshape(nk, m)[:, ABSENT] = 0
+        per_epoch = per_epoch.reshape(nk, m).astype(np.float64)
+        promoted_from = promoted_from.reshape(nk, m).astype(np.float64)
+        onehot_now = np.zeros((m, nbk))
+        onehot_now[np.arange(m), bucket_now] = 1.0
+        onehot_prev = np.zeros((m, nbk))
+        onehot_prev[np.arange(m), bucket_prev] = 1.0
+        idle = np.rint(per_epoch @ onehot_now).astype(np.int64).reshape(-1)
+        idle_seconds = per_epoch @ age_now
+        cold = int(np.rint(per_epoch.sum(axis=0) @ cold_epoch))
+        promoted = np.rint(promoted_from @ onehot_prev).astype(np.int64).reshape(-1)
+        promoted_seconds = promoted_from @ age_prev
 
         present = np.flatnonzero(resident.reshape(nk, nb).sum(axis=1))
         keys = [int(k) - N_TYPES for k in present]  # back to node * N_TYPES + type
