@@ -20,7 +20,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from . import budget, cgroups, targets
+from . import budget, cgroups, memory, targets
 from .aggregate import TargetState, TargetView
 from .collector import PageheatCollector
 from .config import Config
@@ -206,6 +206,7 @@ class Daemon:
         for d in (self._states, self._cost, self._interval, self._due, self._errors):
             d.pop(pid, None)  # type: ignore[attr-defined]
         self.views = {p: v for p, v in self.views.items() if p != pid}
+        memory.trim()  # its history and the source's arrays were freed: give the pages back
         if proc:
             log.info("stopped following pid %d (%s): %s", pid, proc.comm, why)
 

@@ -1,0 +1,29 @@
+"""Giving memory back to the system after a large target is dropped.
+
+numpy returns its big arrays with munmap, but everything smaller than glibc's mmap threshold
+(128 KiB, raised dynamically up to 32 MiB once large blocks were freed: mallopt(3)) stays in
+the heap of the thread that allocated it. After a target with many mappings or pages is gone,
+``malloc_trim(0)`` hands the free pages of every arena back (glibc >= 2.8 trims all arenas, not
+only the main one: malloc/malloc.c, mtrim).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+
+log = logging.getLogger("pageheat")
+_libc: ctypes.CDLL | None = None
+
+
+def trim() -> bool:
+    """Return free heap memory to the kernel; False where there is no glibc malloc_trim."""
+    global _libc
+    try:
+        if _libc is None:
+            _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(_libc.malloc_trim(0))
+    except (OSError, AttributeError) as e:  # musl, or no libc found: nothing to trim with
+        log.debug("malloc_trim unavailable: %s", e)
+        return False
