@@ -305,6 +305,13 @@ class PageHistory:
         return old, old_row
 
 
+def _sorted_bins(bins: Bins, vpn: np.ndarray) -> np.ndarray:
+    """``bins.of(vpn)`` for sorted ``vpn``: a search per bin edge instead of one per page."""
+    cuts = np.searchsorted(vpn, bins.edges, side="left")  # pages below each edge
+    b = np.repeat(np.arange(-1, bins.n + 1), np.diff(cuts, prepend=0, append=len(vpn)))
+    return np.clip(b, 0, bins.n - 1, out=b)
+
+
 class TargetState:
     """Everything pageheat remembers about one process between harvests."""
 
@@ -360,6 +367,9 @@ class TargetState:
 
         # Accumulators over combo keys (node + 1) * N_TYPES + type, then over present combos.
         nk = (int(p.node.max()) + 2) * N_TYPES if len(p) else N_TYPES
+        uniform = None
+        if len(p) and p.node.min() == p.node.max() and p.type.min() == p.type.max():
+            uniform = (int(p.node[0]) + 1) * N_TYPES + int(p.type[0])
         nb = bins.n
         acc_now = np.zeros(nk * nb, dtype=np.int64)
         resident = np.zeros(nk * nb, dtype=np.int64)
@@ -373,10 +383,10 @@ class TargetState:
             vpn, accessed = p.vpn[sl], p.accessed[sl]
             # Row of each page: pages are sorted, so rows only step up where the block changes.
             blk = vpn >> np.uint64(BLOCK_SHIFT)
-            row = np.empty(len(vpn), dtype=np.intp)
-            row[0] = np.searchsorted(hist.keys, blk[0])
-            np.cumsum(blk[1:] != blk[:-1], out=row[1:])
-            row[1:] += row[0]
+            starts = np.flatnonzero(blk[1:] != blk[:-1]) + 1
+            row0 = int(np.searchsorted(hist.keys, blk[0]))
+            row = np.repeat(np.arange(row0, row0 + len(starts) + 1),
+                            np.diff(starts, prepend=0, append=len(vpn)))
             idx = row * BLOCK + (vpn & np.uint64(BLOCK - 1)).astype(np.intp)
             if same_blocks:
                 prev = old_flat[idx]
@@ -390,14 +400,18 @@ class TargetState:
             val[accessed] = epoch
             new_flat[idx] = val
 
-            key = (p.node[sl].astype(np.intp) + 1) * N_TYPES + p.type[sl]
-            flat = key * nb + bins.of(vpn)
+            # One (node, type) for the whole harvest (the usual case): no per-page keys.
+            key: np.ndarray | int = uniform if uniform is not None else \
+                (p.node[sl].astype(np.intp) + 1) * N_TYPES + p.type[sl]
+            flat = _sorted_bins(bins, vpn)
+            flat += key * nb
             acc_now += np.bincount(flat[accessed], minlength=nk * nb)
             resident += np.bincount(flat, minlength=nk * nb)
-            per_epoch += np.bincount(key * m + val, minlength=nk * m)
+            per_epoch += np.bincount(val.astype(np.intp) + key * m, minlength=nk * m)
             never_by_vma += np.bincount(p.vma[sl][val == NEVER], minlength=len(h.vmas))
             # Promotions: accessed now, resident at the previous harvest (prev != ABSENT).
-            pk = key[accessed] * m + prev[accessed]
+            pk = prev[accessed].astype(np.intp)
+            pk += key[accessed] * m if isinstance(key, np.ndarray) else key * m
             promoted_from += np.bincount(pk, minlength=nk * m)
         promoted_from.reshape(nk, m)[:, ABSENT] = 0
         per_epoch = per_epoch.reshape(nk, m).astype(np.float64)

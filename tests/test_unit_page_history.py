@@ -304,3 +304,15 @@ def test_state_costs_about_two_bytes_per_dense_page() -> None:
     assert per_page == 2 + 8 / BLOCK
     assert state.history.nbytes < 2.2 * n + (MAX_EPOCH + 1) * 8
     assert view.resident_pages == n and int(view.promoted.sum()) == len(range(0, n, 7))
+
+
+def test_sorted_bins_agree_with_bins_of_inside_outside_and_on_repeated_edges() -> None:
+    from pageheat.aggregate import _sorted_bins, make_bins
+
+    rng = np.random.default_rng(2)
+    for vmas, nbins in ((vmas_of((0x1000, 3, "")), 8),  # more bins than pages: repeated edges
+                        (vmas_of((0x1000, 500, "/a"), (0x9000, 300, "")), 7)):
+        bins = make_bins(vmas, nbins)
+        lo, hi = int(bins.edges[0]) - 50, int(bins.edges[-1]) + 50
+        vpn = np.unique(rng.integers(lo, hi, 400)).astype(np.uint64)
+        np.testing.assert_array_equal(_sorted_bins(bins, vpn), bins.of(vpn))
