@@ -330,6 +330,20 @@ class TargetState:
         self.accessed_cum: dict[tuple[int, int], np.ndarray] = {}
         self.promoted_cum: dict[tuple[int, int], np.ndarray] = {}
         self.promoted_seconds_cum: dict[tuple[int, int], float] = {}
+        self._names: list[str] | None = None  # the mapping names _label_of was made for
+        self._label_of = np.zeros(0, dtype=np.intp)
+        self._label_names: list[str] = []
+
+    def _labels(self, names: list[str]) -> tuple[np.ndarray, list[str]]:
+        """intp label index of each mapping, and the labels (``mapping_label``). Per mapping
+        Python work only when the names changed (the list compares in C otherwise)."""
+        if names is not self._names and names != self._names:
+            index: dict[str, int] = {}
+            self._label_of = np.fromiter((index.setdefault(mapping_label(n), len(index)) for n in names),
+                                         dtype=np.intp, count=len(names))
+            self._label_names = list(index)
+            self._names = list(names)
+        return self._label_of, self._label_names
 
     def idle_ages(self, vpn: np.ndarray, now: float) -> np.ndarray:
         """float64 seconds from each page's last seen access to ``now``; NaN for pages never
@@ -458,9 +472,9 @@ class TargetState:
             self.promoted_seconds_cum[c] = self.promoted_seconds_cum.get(c, 0.0) + pr_s
             prom_s[i] = self.promoted_seconds_cum[c]
 
-        never_accessed: Counter[str] = Counter()
-        for i in np.flatnonzero(never_by_vma):
-            never_accessed[mapping_label(h.vmas.names[i])] += int(never_by_vma[i])
+        label_of, labels = self._labels(h.vmas.names)
+        never_by_label = np.bincount(label_of, weights=never_by_vma, minlength=len(labels))
+        never_accessed = {labels[i]: int(never_by_label[i]) for i in np.flatnonzero(never_by_label)}
 
         period = now - self.last_time if self.last_time is not None else 0.0
         self.last_time = now
