@@ -14,11 +14,12 @@ window: a scrape costs CPU too). VmHWM is serve's peak RSS; "RSS before" is serv
 RSS from when its HTTP endpoint answers to its first harvest, "RSS after exit" once the
 target was killed and dropped (goal 6 of issue 13). --maps N adds a row for a process with
 N mappings of 2 resident pages each.
---root DIR runs serve from another checkout (DIR/.venv/bin/python -m pageheat, cwd DIR):
-the "before" numbers of a change. Prints Markdown tables.
+--root DIR runs serve from another checkout (DIR/.venv/bin/python -m pageheat, cwd DIR),
+repeatable: before and after a change side by side, each serve on a fresh target of the same
+kind (measuring RSS after exit ends the target). Prints Markdown tables.
 
     sudo .venv/bin/python bench/harvest.py [--sizes 1GiB,4GiB,16GiB] [--reps 7] [--cycles 20]
-        [--maps 60000] [--root /path/to/other/checkout]
+        [--maps 60000] [--root CHECKOUT_BEFORE --root CHECKOUT_AFTER]
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import argparse
 import json
 import os
 import platform
+import socket
 import statistics
 import subprocess
 import sys
@@ -59,7 +61,6 @@ def pagemap_read(pid: int) -> int:
 
 
 CLK = os.sysconf("SC_CLK_TCK")
-PORT = 9479
 MANY_MAPS = r"""
 import ctypes, mmap, signal, sys, time
 n = int(sys.argv[1]); ready = sys.argv[2]
@@ -92,8 +93,14 @@ def proc_status_kib(pid: int, key: str) -> int:
     raise KeyError(key)
 
 
-def api_targets() -> list[dict]:
-    return requests.get(f"http://127.0.0.1:{PORT}/api/v1/targets", timeout=10).json()
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def api_targets(port: int) -> list[dict]:
+    return requests.get(f"http://127.0.0.1:{port}/api/v1/targets", timeout=10).json()
 
 
 def serve_cost(pid: int, stop_target, root: Path, cycles: int, tmp: Path) -> dict:
@@ -101,8 +108,9 @@ def serve_cost(pid: int, stop_target, root: Path, cycles: int, tmp: Path) -> dic
     first harvest and after ``stop_target()`` ended the target and serve dropped it."""
     log = open(tmp / "serve.log", "a")
     py = root / ".venv/bin/python"
+    port = free_port()
     p = subprocess.Popen([str(py), "-m", "pageheat", "serve", "--pid", str(pid), "--aging", "1s",
-                          "--cpu-budget", "1.0", "--listen", f"127.0.0.1:{PORT}"], cwd=root,
+                          "--cpu-budget", "1.0", "--listen", f"127.0.0.1:{port}"], cwd=root,
                          stdout=log, stderr=log)
     try:
         rss_before = harvests = 0
@@ -111,7 +119,7 @@ def serve_cost(pid: int, stop_target, root: Path, cycles: int, tmp: Path) -> dic
             if p.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"serve failed, see {tmp / 'serve.log'}")
             try:
-                rows = api_targets()
+                rows = api_targets(port)
                 harvests = rows[0]["harvests"] if rows else 0
                 if not harvests:  # the lowest: before the first harvest's arrays exist
                     rss = proc_status_kib(p.pid, "VmRSS")
@@ -119,19 +127,19 @@ def serve_cost(pid: int, stop_target, root: Path, cycles: int, tmp: Path) -> dic
             except requests.RequestException:
                 pass
             time.sleep(0.05)
-        while api_targets()[0]["harvests"] < 3:  # warm up: past the first rebinning
+        while api_targets(port)[0]["harvests"] < 3:  # warm up: past the first rebinning
             time.sleep(0.2)
-        h0, c0 = api_targets()[0]["harvests"], proc_cpu(p.pid)
+        h0, c0 = api_targets(port)[0]["harvests"], proc_cpu(p.pid)
         while True:
             time.sleep(0.5)
             c1 = proc_cpu(p.pid)
-            h1 = api_targets()[0]["harvests"]
+            h1 = api_targets(port)[0]["harvests"]
             if h1 - h0 >= cycles:
                 break
         hwm = proc_status_kib(p.pid, "VmHWM")
         stop_target()
         deadline = time.monotonic() + 60
-        while api_targets() and time.monotonic() < deadline:
+        while api_targets(port) and time.monotonic() < deadline:
             time.sleep(0.5)
         time.sleep(1.0)
         rss_after = proc_status_kib(p.pid, "VmRSS")
@@ -152,21 +160,28 @@ def timed(fn) -> tuple[float, object]:
     return time.thread_time() - t0, out
 
 
-def measure(size: int, reps: int, cycles: int, root: Path, maps: int = 0) -> dict:
+def start_target(size: int, maps: int, tmp: Path) -> subprocess.Popen:
     """maps == 0: a ``pageheat workload`` of ``size`` bytes; else a process with ``maps``
-    mappings of 2 resident pages each."""
+    mappings of 2 resident pages each. Returns once it is populated."""
+    truth = tmp / f"t-{time.monotonic_ns()}.json"
+    if maps:
+        wl = subprocess.Popen([sys.executable, "-c", MANY_MAPS, str(maps), str(truth)])
+    else:
+        wl = subprocess.Popen([sys.executable, "-m", "pageheat", "workload", "--truth", str(truth),
+                               "--size", str(size), "--hot", "0.01", "--warm", "0.01"])
+    while not truth.exists():
+        if wl.poll() is not None:
+            raise RuntimeError("workload failed")
+        time.sleep(0.1)
+    return wl
+
+
+def measure(size: int, reps: int, cycles: int, roots: list[Path], maps: int = 0) -> dict:
+    """The in-process rounds on one target, then serve from each root in turn (each on a fresh
+    target of the same kind after the first: measuring RSS after exit ends the target)."""
     with tempfile.TemporaryDirectory() as tmp:
-        truth = Path(tmp) / "t.json"
-        if maps:
-            wl = subprocess.Popen([sys.executable, "-c", MANY_MAPS, str(maps), str(truth)])
-        else:
-            wl = subprocess.Popen([sys.executable, "-m", "pageheat", "workload", "--truth", str(truth),
-                                   "--size", str(size), "--hot", "0.01", "--warm", "0.01"])
+        wl = start_target(size, maps, Path(tmp))
         try:
-            while not truth.exists():
-                if wl.poll() is not None:
-                    raise RuntimeError("workload failed")
-                time.sleep(0.1)
             src = PtwalkSource(check_young=False)
             src_young = PtwalkSource(check_young=True)  # what DAMON hosts pay (see ptwalk.py)
             src.attach(wl.pid)
@@ -187,16 +202,21 @@ def measure(size: int, reps: int, cycles: int, root: Path, maps: int = 0) -> dic
                              "pagemap": pagemap_s})
             src.close()
             src_young.close()
+            daemons = {}
+            for k, root in enumerate(roots):
+                if k:
+                    wl = start_target(size, maps, Path(tmp))
+                target = wl
 
-            def stop_target() -> None:
-                wl.terminate()
-                wl.wait()
+                def stop_target(target: subprocess.Popen = target) -> None:
+                    target.terminate()
+                    target.wait()
 
-            daemon = serve_cost(wl.pid, stop_target, root, cycles, Path(tmp))
+                daemons[str(root)] = serve_cost(wl.pid, stop_target, root, cycles, Path(tmp))
         finally:
             wl.terminate()
             wl.wait()
-    return {"size": size, "maps": maps, "rows": rows, "serve": daemon}
+    return {"size": size, "maps": maps, "rows": rows, "serve": daemons}
 
 
 def ns_per_page(rows: list[dict], key: str) -> tuple[float, float, float]:
@@ -216,20 +236,21 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=7)
     ap.add_argument("--cycles", type=int, default=20, help="serve harvests per measurement")
     ap.add_argument("--maps", type=int, default=0, help="add a row: a process with N mappings")
-    ap.add_argument("--root", type=Path, default=Path(__file__).resolve().parent.parent,
-                    help="checkout whose serve is measured (default: this one)")
+    ap.add_argument("--root", type=Path, action="append",
+                    help="checkout whose serve is measured (repeatable; default: this one)")
     ap.add_argument("--json", type=Path, help="also write the raw measurements here")
     a = ap.parse_args()
-    results = [measure(parse_size(s), a.reps, a.cycles, a.root) for s in a.sizes.split(",") if s]
+    roots = a.root or [Path(__file__).resolve().parent.parent]
+    results = [measure(parse_size(s), a.reps, a.cycles, roots) for s in a.sizes.split(",") if s]
     if a.maps:
-        results.append(measure(0, a.reps, a.cycles, a.root, maps=a.maps))
+        results.append(measure(0, a.reps, a.cycles, roots, maps=a.maps))
     if a.json:
         a.json.write_text(json.dumps(results, indent=1))
     model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
                   if line.startswith("model name")), "?")
     print(f"Machine: {os.cpu_count()} CPUs, {model}, kernel {platform.release()}; "
           f"date {time.strftime('%Y-%m-%d %H:%M')}; {a.reps} rounds per size, median (min-max); "
-          f"serve from {a.root}, {a.cycles} cycles.\n")
+          f"serve from {', '.join(map(str, roots))}, {a.cycles} cycles.\n")
     print("| target | present pages | BPF scan | BPF scan + PG_young | harvest (scan + decode) "
           "| clear_refs | TLB flush | pagemap read | scan / pagemap | harvest / pagemap |")
     print("|---|---|---|---|---|---|---|---|---|---|")
@@ -244,19 +265,20 @@ def main() -> int:
             ratios.append(f"{statistics.median(v):.2f} ({min(v):.2f}-{max(v):.2f})")
         print(f"| {target_name(r)} | {rows[0]['pages']} | {fmt} | {' | '.join(ratios)} |")
     print("\nAll columns but the ratios are ns per present page (CPU time of the harvesting thread).\n")
-    print("| target | present pages | serve CPU per cycle | clear_refs + harvest (floor) | serve / floor "
-          "| serve / clear_refs | serve VmHWM | VmHWM bytes per page | goal 2 budget | RSS before "
-          "| RSS after exit |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for r in results:
-        rows, d = r["rows"], r["serve"]
+    print("| target | serve from | present pages | serve CPU per cycle | clear_refs + harvest (floor) "
+          "| serve / floor | serve / clear_refs | serve VmHWM | VmHWM bytes per page | goal 2 budget "
+          "| RSS before | RSS after exit |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for res, root, d in ((r, root, d) for r in results for root, d in r["serve"].items()):
+        rows = res["rows"]
         pages = rows[0]["pages"]
         clear = statistics.median(row["clear_refs"] for row in rows)
         floor = statistics.median(row["clear_refs"] + row["harvest"] for row in rows)
         cpu = d["cpu_per_cycle"]
         hwm = d["vmhwm_kib"] * 1024
         budget = (60 << 20) + 3 * pages
-        print(f"| {target_name(r)} | {pages} | {cpu * 1e3:.1f} ms = {cpu / pages * 1e9:.0f} ns/page "
+        print(f"| {target_name(res)} | {Path(root).name} | {pages} "
+              f"| {cpu * 1e3:.1f} ms = {cpu / pages * 1e9:.0f} ns/page "
               f"| {floor * 1e3:.1f} ms | {cpu / floor:.2f}x | {cpu / clear:.1f}x | {hwm / 2**20:.0f} MiB "
               f"| {hwm / pages:.0f} | {budget / 2**20:.0f} MiB ({'met' if hwm <= budget else 'not met'}) "
               f"| {d['rss_before_kib'] / 1024:.0f} MiB | {d['rss_after_kib'] / 1024:.0f} MiB |")
