@@ -293,7 +293,10 @@ class PageHistory:
         for lo in range(0, len(vpn), CHUNK):
             blk = vpn[lo:lo + CHUNK] >> np.uint64(BLOCK_SHIFT)
             parts.append(blk[np.concatenate(([True], blk[1:] != blk[:-1]))])
-        keys = np.unique(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.uint64)
+        # vpn is sorted, so the blocks are too: drop repeats where chunks meet. (Not np.unique:
+        # numpy 2.3+ hashes, 7 ms for 16 k sorted keys here, 1.7 s for 1 M.)
+        keys = np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint64)
+        keys = keys[np.concatenate(([True], keys[1:] != keys[:-1]))] if len(keys) else keys
         old_keys, old = self.keys, self.epochs
         if len(old_keys):
             idx = np.minimum(np.searchsorted(old_keys, keys), len(old_keys) - 1)
