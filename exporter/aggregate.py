@@ -43,7 +43,7 @@ ABSENT = 0  # epoch value: not resident at the latest harvest
 NEVER = 1  # resident, never seen accessed since it became resident
 FIRST_EPOCH = 2
 MAX_EPOCH = np.iinfo(np.uint16).max
-CHUNK = 1 << 18  # pages per numpy pass: bounds the per-page transients (~10 MiB)
+CHUNK = 1 << 16  # pages per numpy pass: bounds the per-page transients (~3 MiB)
 
 
 def mapping_label(name: str) -> str:
