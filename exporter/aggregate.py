@@ -382,16 +382,28 @@ class TargetState:
         age_prev = np.where(known, prev_time - times, 0.0)
         bucket_prev = np.where(known, np.searchsorted(bounds, age_prev, side="left"), nbk - 1)
 
-        # Accumulators over combo keys (node + 1) * N_TYPES + type, then over present combos.
-        nk = (int(p.node.max()) + 2) * N_TYPES if len(p) else N_TYPES
-        uniform = None
-        if len(p) and p.node.min() == p.node.max() and p.type.min() == p.type.max():
-            uniform = (int(p.node[0]) + 1) * N_TYPES + int(p.type[0])
-        nb = bins.n
+        # The (node, type) combos present, as keys (node + 1) * N_TYPES + type, in key order;
+        # pages are counted by their index there (node ids can be large and sparse).
+        kmax = (int(p.node.max()) + 2) * N_TYPES if len(p) else N_TYPES
+        uniform = len(p) and p.node.min() == p.node.max() and p.type.min() == p.type.max()
+        lut = None
+        if uniform:  # one (node, type) for the whole harvest (the usual case): no per-page keys
+            slot_key = np.array([(int(p.node[0]) + 1) * N_TYPES + int(p.type[0])])
+        elif kmax <= 8 * N_TYPES:  # a few nodes: one slot per possible key
+            slot_key = np.arange(kmax)
+        else:  # large node ids: one slot per key present (an extra pass to find them)
+            seen = np.zeros(kmax, dtype=np.int64)
+            for lo in range(0, len(p), CHUNK):
+                sl = slice(lo, lo + CHUNK)
+                seen += np.bincount((p.node[sl].astype(np.intp) + 1) * N_TYPES + p.type[sl], minlength=kmax)
+            slot_key = np.flatnonzero(seen)
+            lut = np.full(kmax, -1, dtype=np.intp)
+            lut[slot_key] = np.arange(len(slot_key))
+        nk, nb = max(len(slot_key), 1), bins.n
         acc_now = np.zeros(nk * nb, dtype=np.int64)
         resident = np.zeros(nk * nb, dtype=np.int64)
-        per_epoch = np.zeros(nk * m, dtype=np.int64)  # [combo key, epoch] pages now
-        promoted_from = np.zeros(nk * m, dtype=np.int64)  # [combo key, previous epoch]
+        per_epoch = np.zeros(nk * m, dtype=np.int64)  # [combo index, epoch] pages now
+        promoted_from = np.zeros(nk * m, dtype=np.int64)  # [combo index, previous epoch]
         never_by_vma = np.zeros(len(h.vmas), dtype=np.int64)
         same_blocks = len(old) == len(hist.keys) and np.array_equal(old_row, np.arange(len(old_row)))
         old_flat, new_flat = old.reshape(-1), hist.epochs.reshape(-1)
@@ -417,9 +429,11 @@ class TargetState:
             val[accessed] = epoch
             new_flat[idx] = val
 
-            # One (node, type) for the whole harvest (the usual case): no per-page keys.
-            key: np.ndarray | int = uniform if uniform is not None else \
-                (p.node[sl].astype(np.intp) + 1) * N_TYPES + p.type[sl]
+            key: np.ndarray | int = 0
+            if not uniform:
+                key = (p.node[sl].astype(np.intp) + 1) * N_TYPES + p.type[sl]
+                if lut is not None:
+                    key = lut[key]
             flat = _sorted_bins(bins, vpn)
             flat += key * nb
             acc_now += np.bincount(flat[accessed], minlength=nk * nb)
@@ -443,8 +457,8 @@ class TargetState:
         promoted = np.rint(promoted_from @ onehot_prev).astype(np.int64).reshape(-1)
         promoted_seconds = promoted_from @ age_prev
 
-        present = np.flatnonzero(resident.reshape(nk, nb).sum(axis=1))
-        keys = [int(k) - N_TYPES for k in present]  # back to node * N_TYPES + type
+        present = np.flatnonzero(resident.reshape(nk, nb).sum(axis=1))  # slots, in key order
+        keys = [int(slot_key[k]) - N_TYPES for k in present]  # back to node * N_TYPES + type
         for c in self.accessed_cum:  # keep combos seen before, so counters never vanish
             if c[0] * N_TYPES + c[1] not in keys:
                 keys.append(c[0] * N_TYPES + c[1])
@@ -457,8 +471,8 @@ class TargetState:
         prom = np.zeros((nc, nbk), dtype=np.uint64)
         prom_s = np.zeros(nc)
         for i, c in enumerate(combos):
-            k = (c[0] + 1) * N_TYPES + c[1]
-            if k < nk:
+            if i < len(present):  # present combos first, then those only in the counters
+                k = int(present[i])
                 a = acc_now[k * nb:(k + 1) * nb].astype(np.uint64)
                 res[i] = resident[k * nb:(k + 1) * nb]
                 idl[i] = idle[k * nbk:(k + 1) * nbk]

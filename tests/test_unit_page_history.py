@@ -316,3 +316,19 @@ def test_sorted_bins_agree_with_bins_of_inside_outside_and_on_repeated_edges() -
         lo, hi = int(bins.edges[0]) - 50, int(bins.edges[-1]) + 50
         vpn = np.unique(rng.integers(lo, hi, 400)).astype(np.uint64)
         np.testing.assert_array_equal(_sorted_bins(bins, vpn), bins.of(vpn))
+
+
+def test_large_sparse_node_ids_are_counted_by_the_combos_present() -> None:
+    """Accumulators are sized by the (node, type) pairs present, not by the largest node id
+    (CXL memory nodes can have large ids)."""
+    rng = np.random.default_rng(9)
+    vmas = vmas_of((0x1000, 200, ""), (0x3000, 100, "/f"))
+    universe = list(range(0x1000, 0x1000 + 200)) + list(range(0x3000, 0x3000 + 100))
+    node = {v: (900 if v % 7 == 0 else 0) for v in universe}
+    ptype = {v: (1 if v >= 0x3000 else 0) for v in universe}
+    state, ref = TargetState(1, "x", n_bins=4, cold_after=5.0), Ref(5.0)
+    for t in (0.0, 1.0, 9.0):
+        accessed = {v: bool(rng.random() < 0.4) for v in universe}
+        view, want = run(state, ref, vmas, accessed, t, node=node, ptype=ptype)
+        check(view, want)
+    assert set(view.combos) == {(0, 0), (0, 1), (900, 0), (900, 1)}
