@@ -367,20 +367,20 @@ class TargetState:
         old, old_row = hist.relayout(p.vpn)
 
         # Per-epoch tables (not per page): idle age now and at the previous harvest, their
-        # buckets, and whether the age makes a page cold. Pages are counted per (combo, epoch)
-        # and the tables turn those counts into buckets, seconds and cold pages.
+        # buckets, and whether the age makes a page cold; each page looks its epoch up there.
         m = hist.next  # epochs in use are below it
         nbk = len(IDLE_BOUNDS)
         bounds = np.array(IDLE_BOUNDS)
         times = hist.times[:m]
         known = ~np.isnan(times)
         age_now = np.where(known, now - times, 0.0)
-        bucket_now = np.where(known, np.searchsorted(bounds, age_now, side="left"), nbk - 1)
+        bucket_now = np.where(known, np.searchsorted(bounds, age_now, side="left"), nbk - 1).astype(np.intp)
         cold_epoch = ~known | (age_now > self.cold_after)
         cold_epoch[ABSENT] = False
+        code_now = bucket_now * 2 + cold_epoch  # bucket and coldness in one lookup
         prev_time = self.last_time if self.last_time is not None else now
         age_prev = np.where(known, prev_time - times, 0.0)
-        bucket_prev = np.where(known, np.searchsorted(bounds, age_prev, side="left"), nbk - 1)
+        bucket_prev = np.where(known, np.searchsorted(bounds, age_prev, side="left"), nbk - 1).astype(np.intp)
 
         # The (node, type) combos present, as keys (node + 1) * N_TYPES + type, in key order;
         # pages are counted by their index there (node ids can be large and sparse).
@@ -402,8 +402,10 @@ class TargetState:
         nk, nb = max(len(slot_key), 1), bins.n
         acc_now = np.zeros(nk * nb, dtype=np.int64)
         resident = np.zeros(nk * nb, dtype=np.int64)
-        per_epoch = np.zeros(nk * m, dtype=np.int64)  # [combo index, epoch] pages now
-        promoted_from = np.zeros(nk * m, dtype=np.int64)  # [combo index, previous epoch]
+        idle_cold = np.zeros(nk * nbk * 2, dtype=np.int64)  # [combo, bucket, cold]
+        idle_seconds = np.zeros(nk)
+        promoted = np.zeros(nk * nbk, dtype=np.int64)
+        promoted_seconds = np.zeros(nk)
         never_by_vma = np.zeros(len(h.vmas), dtype=np.int64)
         same_blocks = len(old) == len(hist.keys) and np.array_equal(old_row, np.arange(len(old_row)))
         old_flat, new_flat = old.reshape(-1), hist.epochs.reshape(-1)
@@ -438,25 +440,25 @@ class TargetState:
             flat += key * nb
             acc_now += np.bincount(flat[accessed], minlength=nk * nb)
             resident += np.bincount(flat, minlength=nk * nb)
-            per_epoch += np.bincount(val.astype(np.intp) + key * m, minlength=nk * m)
+            idle_cold += np.bincount(code_now[val] + key * (2 * nbk), minlength=nk * nbk * 2)
             never_by_vma += np.bincount(p.vma[sl][val == NEVER], minlength=len(h.vmas))
             # Promotions: accessed now, resident at the previous harvest (prev != ABSENT).
-            pk = prev[accessed].astype(np.intp)
-            pk += key[accessed] * m if isinstance(key, np.ndarray) else key * m
-            promoted_from += np.bincount(pk, minlength=nk * m)
-        promoted_from.reshape(nk, m)[:, ABSENT] = 0
-        per_epoch = per_epoch.reshape(nk, m).astype(np.float64)
-        promoted_from = promoted_from.reshape(nk, m).astype(np.float64)
-        onehot_now = np.zeros((m, nbk))
-        onehot_now[np.arange(m), bucket_now] = 1.0
-        onehot_prev = np.zeros((m, nbk))
-        onehot_prev[np.arange(m), bucket_prev] = 1.0
-        idle = np.rint(per_epoch @ onehot_now).astype(np.int64).reshape(-1)
-        idle_seconds = per_epoch @ age_now
-        cold = int(np.rint(per_epoch.sum(axis=0) @ cold_epoch))
-        promoted = np.rint(promoted_from @ onehot_prev).astype(np.int64).reshape(-1)
-        promoted_seconds = promoted_from @ age_prev
+            was = prev[accessed]
+            back = was != ABSENT
+            was = was[back]
+            if isinstance(key, np.ndarray):
+                pkey = key[accessed][back]
+                promoted += np.bincount(bucket_prev[was] + pkey * nbk, minlength=nk * nbk)
+                promoted_seconds += np.bincount(pkey, weights=age_prev[was], minlength=nk)
+                idle_seconds += np.bincount(key, weights=age_now[val], minlength=nk)
+            else:
+                promoted += np.bincount(bucket_prev[was] + key * nbk, minlength=nk * nbk)
+                promoted_seconds[key] += float(age_prev[was].sum())
+                idle_seconds[key] += float(age_now[val].sum())
 
+        idle_cold = idle_cold.reshape(nk, nbk, 2)
+        idle = idle_cold.sum(axis=2).reshape(-1)
+        cold = int(idle_cold[:, :, 1].sum())
         present = np.flatnonzero(resident.reshape(nk, nb).sum(axis=1))  # slots, in key order
         keys = [int(slot_key[k]) - N_TYPES for k in present]  # back to node * N_TYPES + type
         for c in self.accessed_cum:  # keep combos seen before, so counters never vanish
