@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -112,19 +111,44 @@ def make_bins(vmas: Vmas, n: int) -> Bins:
 
 
 def _bin_labels(vmas: Vmas, sel: np.ndarray, edges: np.ndarray) -> tuple[str, ...]:
-    """The one or two mappings covering most of each bin (per-VMA work, not per page)."""
+    """The one or two mappings covering most of each bin: labels by pages covered, ties in
+    address order of their first mapping in the bin. numpy over (mapping, bin) pairs, about
+    one per mapping plus one per bin; Python only per label and per bin."""
     n = len(edges) - 1
-    weights: list[Counter[str]] = [Counter() for _ in range(n)]
-    for i in sel:
-        lo, hi = int(vmas.start[i]) >> 12, int(vmas.end[i]) >> 12
-        first = max(int(np.searchsorted(edges, lo, side="right")) - 1, 0)
-        last = min(int(np.searchsorted(edges, hi, side="left")), n)
-        name = mapping_label(vmas.names[i])
-        for b in range(first, last):
-            overlap = min(hi, int(edges[b + 1])) - max(lo, int(edges[b]))
-            if overlap > 0:
-                weights[b][name] += overlap
-    return tuple(",".join(k for k, _ in w.most_common(2)) for w in weights)
+    index: dict[str, int] = {}
+    label = np.fromiter((index.setdefault(mapping_label(vmas.names[i]), len(index)) for i in sel),
+                        dtype=np.int64, count=len(sel))
+    names = list(index)
+    e = edges.astype(np.int64)
+    lo = (vmas.start[sel] >> np.uint64(12)).astype(np.int64)
+    hi = (vmas.end[sel] >> np.uint64(12)).astype(np.int64)
+    first = np.maximum(np.searchsorted(e, lo, side="right") - 1, 0)
+    last = np.minimum(np.searchsorted(e, hi, side="left"), n)
+    count = np.maximum(last - first, 0)
+    # One row per (mapping, bin) it may overlap, in mapping (address) order then bin order.
+    m = np.repeat(np.arange(len(sel)), count)
+    b = first[m] + np.arange(len(m)) - np.repeat(np.cumsum(count) - count, count)
+    overlap = np.minimum(hi[m], e[b + 1]) - np.maximum(lo[m], e[b])
+    keep = overlap > 0
+    b, lab, overlap = b[keep], label[m[keep]], overlap[keep]
+    pair = np.arange(len(b))
+    # Sum per (bin, label); a stable sort keeps each group's earliest pair first.
+    key = b * max(len(names), 1) + lab
+    order = np.argsort(key, kind="stable")
+    key, pair, overlap = key[order], pair[order], overlap[order]
+    starts = np.flatnonzero(np.concatenate(([True], key[1:] != key[:-1]))) if len(key) else key
+    weight = np.add.reduceat(overlap, starts) if len(key) else overlap
+    gbin, glab, gfirst = b[order][starts], lab[order][starts], pair[starts]
+    # Per bin: heaviest first, ties by the earliest pair (Counter.most_common's order).
+    rank = np.lexsort((gfirst, -weight, gbin))
+    rb = gbin[rank]
+    run_start = np.flatnonzero(np.concatenate(([True], rb[1:] != rb[:-1]))) if len(rb) else rb
+    place = np.arange(len(rb)) - np.repeat(run_start, np.diff(run_start, append=len(rb)))
+    top = rank[place < 2]  # the two heaviest of each bin, in order
+    out: list[list[str]] = [[] for _ in range(n)]
+    for bb, g in zip(gbin[top].tolist(), glab[top].tolist(), strict=True):
+        out[bb].append(names[g])
+    return tuple(",".join(x) for x in out)
 
 
 @dataclass(frozen=True)

@@ -332,3 +332,38 @@ def test_large_sparse_node_ids_are_counted_by_the_combos_present() -> None:
         view, want = run(state, ref, vmas, accessed, t, node=node, ptype=ptype)
         check(view, want)
     assert set(view.combos) == {(0, 0), (0, 1), (900, 0), (900, 1)}
+
+
+def _ref_bin_labels(vmas: Vmas, sel: np.ndarray, edges: np.ndarray) -> tuple[str, ...]:
+    """The per-mapping Python loop the aggregator used before (slow reference)."""
+    n = len(edges) - 1
+    weights: list[Counter[str]] = [Counter() for _ in range(n)]
+    for i in sel:
+        lo, hi = int(vmas.start[i]) >> 12, int(vmas.end[i]) >> 12
+        first = max(int(np.searchsorted(edges, lo, side="right")) - 1, 0)
+        last = min(int(np.searchsorted(edges, hi, side="left")), n)
+        name = mapping_label(vmas.names[i])
+        for b in range(first, last):
+            overlap = min(hi, int(edges[b + 1])) - max(lo, int(edges[b]))
+            if overlap > 0:
+                weights[b][name] += overlap
+    return tuple(",".join(k for k, _ in w.most_common(2)) for w in weights)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_bin_labels_match_the_per_mapping_reference(seed: int) -> None:
+    """Random layouts with repeated names (ties between labels), tiny and huge mappings, more
+    bins than pages: the vectorised labels equal the per-mapping loop's, ties included."""
+    from pageheat.aggregate import _bin_labels, _binned_vmas, make_bins
+
+    rng = np.random.default_rng(seed)
+    specs, at = [], 0x1000
+    for _ in range(int(rng.integers(1, 300))):
+        size = int(rng.choice([1, 2, 3, 8, 64, 1000]))
+        specs.append((at, size, str(rng.choice(["", "/lib/a.so", "/lib/b.so", "[heap]", "/x/c"]))))
+        at += size + int(rng.choice([0, 0, 1, 50]))
+    vmas = vmas_of(*specs)
+    for nbins in (2, 7, 32, 1024):
+        bins = make_bins(vmas, nbins)
+        sel = _binned_vmas(vmas)
+        assert _bin_labels(vmas, sel, bins.edges) == _ref_bin_labels(vmas, sel, bins.edges)
