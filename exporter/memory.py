@@ -12,7 +12,6 @@ only the main one: malloc/malloc.c, mtrim). Measured with bench/harvest.py on a 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import gc
 import logging
 
@@ -28,7 +27,7 @@ def trim() -> bool:
     gc.collect()
     try:
         if _libc is None:
-            _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            _libc = ctypes.CDLL(None)  # the process's own symbols: no ldconfig subprocess
         return bool(_libc.malloc_trim(0))
     except (OSError, AttributeError) as e:  # musl, or no libc found: nothing to trim with
         log.debug("malloc_trim unavailable: %s", e)
