@@ -29,6 +29,7 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 #define _PAGE_DIRTY	(1ULL << 6)
 #define _PAGE_PSE	(1ULL << 7)
 #define _PAGE_PROTNONE	(1ULL << 8)	/* NUMA-hinting PROT_NONE: still a present page */
+#define _PAGE_SPECIAL	(1ULL << 9)	/* pte_mkspecial(): vm_normal_page() returns NULL */
 /* Bits 12..51: the next table's or the page's physical frame. */
 #define PHYS_MASK	0x000ffffffffff000ULL
 
@@ -38,8 +39,13 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 #define VM_HUGETLB	0x00400000UL
 #define TMPFS_MAGIC	0x01021994
 
-/* bpf_loop's own limit (BPF_MAX_LOOPS): 16 TiB of populated PMD slots per VMA. */
-#define MAX_PMD_STEPS	(1U << 23)
+/*
+ * bpf_loop's own limit (BPF_MAX_LOOPS), chained MAX_WALK_LOOPS times per VMA: 2^25 populated
+ * PMD slots (64 TiB of THPs, or 128 GiB of PTE tables) plus loaded 1 GiB regions. A VMA that
+ * needs more is counted in step_limit_vmas, never cut silently.
+ */
+#define MAX_STEPS	(1U << 23)
+#define MAX_WALK_LOOPS	4
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -82,6 +88,14 @@ struct {
 	__type(value, __u64[PTRS]);
 } scratch SEC(".maps");
 
+/* The walk's current PMD table: which of its 512 entries map something (see load_region). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64[8]);
+} pmd_map SEC(".maps");
+
 static __always_inline struct ptwalk_state *get_state(void)
 {
 	__u32 zero = 0;
@@ -96,12 +110,14 @@ static __always_inline int read_entry(struct ptwalk_state *st, __u64 phys, __u64
 				     (void *)(st->direct_map_base + (phys & PHYS_MASK) + idx * 8));
 }
 
+
 /*
- * Walk from the PGD (a direct-map pointer) down to the PMD entry for addr. Returns 0 with *pmd
- * set, or 1 with *next set to the first address worth looking at after an empty upper level.
+ * Walk from the PGD (a direct-map pointer) down to the PUD entry for addr. Returns 0 with *pud
+ * set to a present entry (a PMD table, or a 1 GiB leaf when PSE is set), or 1 with *next set
+ * to the first address worth looking at after an empty upper level.
  */
-static __always_inline int lookup_pmd(struct ptwalk_state *st, __u64 pgd, __u64 addr,
-				      __u64 *pmd, __u64 *next)
+static __always_inline int lookup_pud(struct ptwalk_state *st, __u64 pgd, __u64 addr,
+				      __u64 *pud, __u64 *next)
 {
 	__u64 e = 0;
 
@@ -123,45 +139,57 @@ static __always_inline int lookup_pmd(struct ptwalk_state *st, __u64 pgd, __u64 
 	}
 	if (read_entry(st, e, (addr >> PUD_SHIFT) & 511, &e))
 		goto fault;
-	if (!(e & _PAGE_PRESENT) || (e & _PAGE_PSE)) {
-		/* 1 GiB pages exist only in hugetlb VMAs, which are not walked. */
-		if (e & _PAGE_PSE)
-			st->skipped_huge_pud++;
+	if (!(e & _PAGE_PRESENT)) {
 		*next = (addr | ((1ULL << PUD_SHIFT) - 1)) + 1;
 		return 1;
 	}
-	if (read_entry(st, e, (addr >> PMD_SHIFT) & 511, pmd))
-		goto fault;
+	*pud = e;
 	return 0;
 fault:
 	st->read_errors++;
-	*next = (addr | ((1ULL << PMD_SHIFT) - 1)) + 1;
+	*next = (addr | ((1ULL << PUD_SHIFT) - 1)) + 1;
 	return 1;
 }
 
-/* Bits [lo, hi) of word k of a 512-bit bitmap. */
-static __always_inline __u64 range_mask(__u32 lo, __u32 hi, int k)
+/* The PMD entry for addr (find_base's translation). 0 with *pmd set, or 1. */
+static __always_inline int lookup_pmd(struct ptwalk_state *st, __u64 pgd, __u64 addr, __u64 *pmd)
 {
-	int a = (int)lo - 64 * k, b = (int)hi - 64 * k;
-	__u64 m;
+	__u64 pud = 0, next = 0;
 
-	if (a < 0)
-		a = 0;
-	if (b > 64)
-		b = 64;
-	if (b <= a)
-		return 0;
-	m = b == 64 ? ~0ULL : (1ULL << b) - 1;
-	return m & ~((1ULL << a) - 1);
+	if (lookup_pud(st, pgd, addr, &pud, &next) || (pud & _PAGE_PSE))
+		return 1;
+	return read_entry(st, pud, (addr >> PMD_SHIFT) & 511, pmd) ? 1 : 0;
 }
 
-struct walk_ctx {
-	__u64 pgd;
-	__u64 addr;
-	__u64 vm_start;
-	__u64 vm_end;
-	__u32 vma_idx;
-};
+/*
+ * x clamped to [0, 64], for |x| < 2^30, without a branch. The empty asm hides the sign masks
+ * from clang, which would otherwise turn this back into compare-and-branch min/max.
+ */
+static __always_inline __s32 clamp64(__s32 x)
+{
+	__s32 neg = x >> 31, over;
+
+	asm volatile("" : "+r"(neg));
+	x &= ~neg;				/* max(x, 0) */
+	over = (x - 64) >> 31;
+	asm volatile("" : "+r"(over));
+	return 64 + ((x - 64) & over);		/* min(x, 64) */
+}
+
+/* Bits [0, x) set, x in [0, 64]. */
+static __always_inline __u64 low_bits(__s32 x)
+{
+	return ((1ULL << (x & 63)) - 1) | -(__u64)(x >> 6);
+}
+
+/*
+ * Bits [lo, hi) of word k of a 512-bit bitmap. Branch-free: it runs inside loops, and every
+ * branch there would multiply the paths the verifier walks.
+ */
+static __always_inline __u64 range_mask(__u32 lo, __u32 hi, int k)
+{
+	return low_bits(clamp64((__s32)hi - 64 * k)) & ~low_bits(clamp64((__s32)lo - 64 * k));
+}
 
 struct bits_ctx {
 	__u64 *pt;
@@ -169,6 +197,8 @@ struct bits_ctx {
 	struct ptwalk_state *st;
 	__u32 lo, hi;
 	__u64 any;
+	__u32 count_only;	/* only count mapped entries into count (skipped VMAs) */
+	__u64 count;
 };
 
 /*
@@ -237,21 +267,40 @@ static long young_bit(__u64 b, struct young_ctx *y)
 /* Word k (entries 64k..64k+63) of a PTE table into the record's bitmaps. */
 static long table_word(__u64 k, struct bits_ctx *c)
 {
-	__u64 p = 0, a = 0, wr = 0, m;
+	__u64 p = 0, a = 0, wr = 0, sp = 0, m;
 	int b;
 
-	if (k >= 8 || !c->pt || !c->rec)
+	if (k >= 8 || !c->pt || (!c->rec && !c->count_only))
 		return 1;
 	m = range_mask(c->lo, c->hi, k);
 	for (b = 0; b < 64; b++) {
 		__u64 e = c->pt[k * 64 + b];
+		__u64 mapped = (e | (e >> 8)) & 1;		/* PRESENT | PROTNONE */
 
 		/* Branch-free, so the verifier walks this loop once, not once per path. */
-		p |= ((e | (e >> 8)) & 1) << b;			/* PRESENT | PROTNONE */
+		p |= mapped << b;
+		sp |= (mapped & (e >> 9)) << b;			/* SPECIAL */
 		a |= ((e >> 5) & 1) << b;			/* ACCESSED */
 		wr |= (((e >> 1) | (e >> 6)) & 1) << b;		/* RW | DIRTY */
 	}
 	p &= m;
+	sp &= m;
+	if (c->count_only) {
+		/* A skipped VMA: every mapped entry counts, special (PFN-mapped) or not. */
+		c->count += __builtin_popcountll(p);
+		return 0;
+	}
+	/*
+	 * A special PTE maps no page of the process's own: the shared zero page (read-only
+	 * anonymous memory never written), PFNs in VM_MIXEDMAP mappings. vm_normal_page() returns
+	 * NULL for it, so smaps leaves it out of Rss, and clear_refs never ages it
+	 * (clear_refs_pte_range skips !page), so its Accessed bit would read 1 forever.
+	 */
+	if (sp && c->st)
+		c->st->special_ptes += __builtin_popcountll(sp);
+	p &= ~sp;
+	if (!c->rec)
+		return 1;
 	if (c->st && c->st->check_young && c->st->vmemmap_base && (p & ~a)) {
 		struct young_ctx y = { .pt = c->pt, .st = c->st, .word = k, .maybe = p & ~a };
 
@@ -265,40 +314,153 @@ static long table_word(__u64 k, struct bits_ctx *c)
 	return 0;
 }
 
-static long walk_pmd_slot(__u64 i, struct walk_ctx *w)
+
+/* Index of the lowest set bit of m (m != 0), branch-free: BPF has no count-trailing-zeros. */
+static __always_inline __u32 lowest_bit(__u64 m)
 {
-	struct ptwalk_state *st = get_state();
-	__u64 addr = w->addr, table_addr, pmd = 0, next = 0;
-	__u32 lo, hi, slot, zero = 0;
-	struct table_rec *rec;
-	__u64 *pt;
+	return __builtin_popcountll((m & -m) - 1);
+}
+
+/*
+ * One VMA's walk. The PMD table of the current 1 GiB region is read once, whole, into a bitmap
+ * of the entries that map something, so an empty 2 MiB slot costs no step: each bpf_loop step
+ * either loads a region (or skips an empty upper level) or visits one populated PMD slot. A
+ * sparse 24 TiB reservation then takes two steps per touched GiB instead of 512.
+ */
+struct walk_ctx {
+	__u64 pgd;
+	__u64 addr;
+	__u64 vm_start;
+	__u64 vm_end;
+	__u32 vma_idx;
+	__u32 count_only;	/* a skipped VMA: only count its mapped pages into count */
+	__u64 region;		/* 1 GiB region whose PMD table is in pmd_map/pmd_table, or 1 */
+	__u64 pmd_table;	/* physical address of that PMD table (its map: pmd_map) */
+	__u64 count;
+};
+
+/* Pages [lo, hi) of the 2 MiB slot at table_addr that lie inside the VMA. */
+static __always_inline void clip(struct walk_ctx *w, __u64 table_addr, __u32 *lo, __u32 *hi)
+{
+	*lo = (w->vm_start > table_addr ? w->vm_start - table_addr : 0) >> PAGE_SHIFT;
+	*hi = (w->vm_end - table_addr >= (1ULL << PMD_SHIFT) ? (1ULL << PMD_SHIFT)
+							     : w->vm_end - table_addr) >> PAGE_SHIFT;
+}
+
+struct region_ctx {
+	__u64 *t;
+	__u64 *map;
+};
+
+/* Word k of the loaded PMD table's map of entries that map something. */
+static long region_word(__u64 k, struct region_ctx *r)
+{
+	__u64 m = 0;
+	int b;
+
+	if (k >= 8 || !r->t || !r->map)
+		return 1;
+	for (b = 0; b < 64; b++) {
+		__u64 e = r->t[k * 64 + b];
+
+		/* PRESENT | PSE | PROTNONE: x86 pmd_present(), a splitting THP included. */
+		m |= ((e | (e >> 7) | (e >> 8)) & 1) << b;
+	}
+	r->map[k & 7] = m;
+	return 0;
+}
+
+/* Load the PMD table of addr's 1 GiB region. 0: loaded; 1: w->addr moved past an empty part. */
+static __always_inline int load_region(struct ptwalk_state *st, struct walk_ctx *w)
+{
+	__u64 region = w->addr & ~((1ULL << PUD_SHIFT) - 1), pud = 0, next = 0, *t;
+	__u32 zero = 0;
+
+	if (lookup_pud(st, w->pgd, w->addr, &pud, &next)) {
+		w->addr = next;
+		return 1;
+	}
+	if (pud & _PAGE_PSE) {
+		/* A 1 GiB page: only hugetlb (and PFN maps) have them, and those VMAs are counted. */
+		__u64 lo = w->vm_start > region ? w->vm_start : region;
+		__u64 hi = w->vm_end - region > (1ULL << PUD_SHIFT) ? region + (1ULL << PUD_SHIFT)
+								      : w->vm_end;
+
+		if (w->count_only)
+			w->count += (hi - lo) >> PAGE_SHIFT;
+		else
+			st->skipped_huge_pud++;
+		w->addr = region + (1ULL << PUD_SHIFT);
+		return 1;
+	}
+	t = bpf_map_lookup_elem(&scratch, &zero);
+	if (!t)
+		return 1;
+	if (bpf_probe_read_kernel(t, PTRS * 8, (void *)(st->direct_map_base + (pud & PHYS_MASK)))) {
+		st->read_errors++;
+		w->addr = region + (1ULL << PUD_SHIFT);
+		return 1;
+	}
+	{
+		struct region_ctx r = { .t = t, .map = bpf_map_lookup_elem(&pmd_map, &zero) };
+
+		if (!r.map)
+			return 1;
+		bpf_loop(8, region_word, &r, 0);
+	}
+	w->region = region;
+	w->pmd_table = pud & PHYS_MASK;
+	return 0;
+}
+
+/* Bits of 1 << x where x != 0, branch-free: (x | -x) has its top bit set iff x != 0. */
+static __always_inline __u64 nonzero(__u64 x)
+{
+	return (x | -x) >> 63;
+}
+
+/* The first populated slot of the cached region at or after w->addr, below the VMA's end. */
+static __always_inline int next_slot(struct walk_ctx *w, __u32 *slot)
+{
+	__u64 rest = w->vm_end - w->region, words = 0, m, *map;
+	__u32 lo = (w->addr - w->region) >> PMD_SHIFT;
+	__u32 hi = rest >= (1ULL << PUD_SHIFT) ? PTRS : (rest + (1ULL << PMD_SHIFT) - 1) >> PMD_SHIFT;
+	__u32 k, zero = 0;
+
+	map = bpf_map_lookup_elem(&pmd_map, &zero);
+	if (!map)
+		return 1;
+	/* Which words hold a candidate, then the first candidate of the first such word: no
+	 * branch per word, so the verifier does not multiply paths. */
+#pragma clang loop unroll(full)
+	for (k = 0; k < 8; k++)
+		words |= nonzero(map[k] & range_mask(lo, hi, k)) << k;
+	if (!words)
+		return 1;
+	k = lowest_bit(words) & 7;
+	m = map[k] & range_mask(lo, hi, k);
+	*slot = k * 64 + lowest_bit(m);
+	return 0;
+}
+
+/* A huge PMD (THP, huge zero page, or hugetlb/PFN maps when counting) into a record. */
+static __always_inline int huge_slot(struct ptwalk_state *st, struct walk_ctx *w,
+				     struct table_rec *rec, __u64 pmd, __u32 lo, __u32 hi)
+{
 	int k;
 
-	if (!st || addr >= w->vm_end)
+	/*
+	 * The huge zero page: mapped on a read fault of a THP-eligible range never written. Like
+	 * the 4 KiB zero page it is nobody's memory and clear_refs never ages it. Since 6.17 its
+	 * PMD is special ("mm/huge_memory: mark PMD mappings of the huge zero folio special");
+	 * before that, find_base tells us its PFN.
+	 */
+	if ((pmd & _PAGE_SPECIAL) ||
+	    (st->huge_zero_pfn && ((pmd & PHYS_MASK) >> PAGE_SHIFT) == st->huge_zero_pfn)) {
+		st->special_pmds++;
 		return 1;
-	table_addr = addr & ~((1ULL << PMD_SHIFT) - 1);
-	w->addr = table_addr + (1ULL << PMD_SHIFT);
-	if (lookup_pmd(st, w->pgd, addr, &pmd, &next)) {
-		w->addr = next;
-		return 0;
 	}
-	if (!(pmd & (_PAGE_PRESENT | _PAGE_PROTNONE | _PAGE_PSE)))
-		return 0;
-
-	lo = (w->vm_start > table_addr ? w->vm_start - table_addr : 0) >> PAGE_SHIFT;
-	hi = (w->vm_end - table_addr >= (1ULL << PMD_SHIFT) ? (1ULL << PMD_SHIFT)
-							    : w->vm_end - table_addr) >> PAGE_SHIFT;
-
-	slot = st->n_tables;
-	if (slot >= st->max_tables) {
-		st->dropped_tables++;
-		return 0;
-	}
-	rec = bpf_map_lookup_elem(&tables, &slot);
-	if (!rec)
-		return 1;
-
-	if (pmd & _PAGE_PSE) {
+	{
 		/* A PMD-mapped THP: one Accessed bit for all 512 pages. */
 		int young = (pmd & _PAGE_ACCESSED) ||
 			    (st->check_young && st->vmemmap_base && folio_young(st, pmd, 1));
@@ -310,33 +472,100 @@ static long walk_pmd_slot(__u64 i, struct walk_ctx *w)
 			rec->accessed[k] = young ? m : 0;
 			rec->written[k] = (pmd & (_PAGE_RW | _PAGE_DIRTY)) ? m : 0;
 		}
-		rec->flags = TABLE_F_HUGE;
-	} else {
-		struct bits_ctx b = { .rec = rec, .st = st, .lo = lo, .hi = hi };
-		__u64 table = st->direct_map_base + (pmd & PHYS_MASK);
+	}
+	rec->flags = TABLE_F_HUGE;
+	return 0;
+}
 
-		b.pt = bpf_map_lookup_elem(&scratch, &zero);
-		if (!b.pt)
-			return 1;
-		if (bpf_probe_read_kernel(b.pt, PTRS * 8, (void *)table)) {
-			st->read_errors++;
+static long walk_step(__u64 i, struct walk_ctx *w)
+{
+	struct ptwalk_state *st = get_state();
+	struct bits_ctx b = {};
+	struct table_rec *rec = NULL;
+	__u64 table_addr, table, pmd = 0;
+	__u32 lo, hi, slot = 0, zero = 0;
+	__u64 *pt;
+
+	if (!st || w->addr >= w->vm_end)
+		return 1;
+	/* A step loads a region or visits a slot, never both: fewer paths for the verifier. */
+	if ((w->addr & ~((1ULL << PUD_SHIFT) - 1)) != w->region) {
+		load_region(st, w);
+		return 0;
+	}
+	if (next_slot(w, &slot)) {
+		w->addr = w->region + (1ULL << PUD_SHIFT);
+		return 0;
+	}
+	table_addr = w->region + ((__u64)(slot & 511) << PMD_SHIFT);
+	w->addr = table_addr + (1ULL << PMD_SHIFT);
+	if (read_entry(st, w->pmd_table, slot & 511, &pmd)) {
+		st->read_errors++;
+		return 0;
+	}
+	if (!(pmd & (_PAGE_PRESENT | _PAGE_PROTNONE | _PAGE_PSE)))
+		return 0;	/* zapped since the region was loaded */
+	clip(w, table_addr, &lo, &hi);
+	if (w->count_only && (pmd & _PAGE_PSE)) {
+		w->count += hi > lo ? hi - lo : 0;
+		return 0;
+	}
+
+	if (!w->count_only) {
+		slot = st->n_tables;
+		if (slot >= st->max_tables) {
+			st->dropped_tables++;
 			return 0;
 		}
-		/* Raw entries hold the PFNs, which only multi-node machines need. */
-		if (st->copy_raw && slot < st->max_raw) {
-			pt = bpf_map_lookup_elem(&raw, &slot);
-			if (pt)
-				bpf_probe_read_kernel(pt, PTRS * 8, (void *)table);
+		rec = bpf_map_lookup_elem(&tables, &slot);
+		if (!rec)
+			return 1;
+		if (pmd & _PAGE_PSE) {
+			if (huge_slot(st, w, rec, pmd, lo, hi))
+				return 0;
+			goto record;
 		}
-		bpf_loop(8, table_word, &b, 0);
-		if (!b.any)
-			return 0;	/* nothing resident in this VMA's part of the table */
-		rec->flags = 0;
 	}
+	b.rec = rec;
+	b.st = st;
+	b.lo = lo;
+	b.hi = hi;
+	b.count_only = w->count_only;
+	table = st->direct_map_base + (pmd & PHYS_MASK);
+	b.pt = bpf_map_lookup_elem(&scratch, &zero);
+	if (!b.pt)
+		return 1;
+	if (bpf_probe_read_kernel(b.pt, PTRS * 8, (void *)table)) {
+		st->read_errors++;
+		return 0;
+	}
+	/* Raw entries hold the PFNs, which only multi-node machines need. */
+	if (rec && st->copy_raw && slot < st->max_raw) {
+		pt = bpf_map_lookup_elem(&raw, &slot);
+		if (pt)
+			bpf_probe_read_kernel(pt, PTRS * 8, (void *)table);
+	}
+	bpf_loop(8, table_word, &b, 0);
+	if (!rec) {
+		w->count += b.count;
+		return 0;
+	}
+	if (!b.any)
+		return 0;	/* nothing resident in this VMA's part of the table */
+	rec->flags = 0;
+record:
 	rec->addr = table_addr;
 	rec->pmd = pmd;
 	rec->vma = w->vma_idx;
 	st->n_tables = slot + 1;
+	return 0;
+}
+
+static long walk_chunk(__u64 i, struct walk_ctx *w)
+{
+	if (w->addr >= w->vm_end)
+		return 1;
+	bpf_loop(MAX_STEPS, walk_step, w, 0);
 	return 0;
 }
 
@@ -349,11 +578,14 @@ static __always_inline __u32 classify(struct vm_area_struct *vma, __u64 vm_flags
 
 	if (vm_flags & VM_SHARED)
 		*flags |= VMA_F_SHARED;
-	if (vm_flags & (VM_HUGETLB | VM_PFNMAP | VM_IO) ||
-	    start == (__u64)BPF_CORE_READ(mm, context.vdso)) {
-		*flags |= VMA_F_SKIPPED;
+	if (vm_flags & VM_HUGETLB)
+		*flags |= VMA_F_SKIPPED | VMA_F_HUGETLB;
+	else if (vm_flags & (VM_PFNMAP | VM_IO))
+		*flags |= VMA_F_SKIPPED | VMA_F_PFNMAP;
+	else if (start == (__u64)BPF_CORE_READ(mm, context.vdso))
+		*flags |= VMA_F_SKIPPED | VMA_F_VDSO;
+	if (*flags & VMA_F_SKIPPED)
 		return VMA_OTHER;
-	}
 	if (file) {
 		/* shmem, tmpfs, memfd, SysV shm and shared anonymous memory all live on tmpfs. */
 		if (BPF_CORE_READ(file, f_inode, i_sb, s_magic) == TMPFS_MAGIC)
@@ -404,56 +636,101 @@ int scan(struct bpf_iter__task_vma *ctx)
 	rec->end = w.vm_end;
 	rec->kind = classify(vma, BPF_CORE_READ(vma, vm_flags), &flags);
 	rec->flags = flags;
+	rec->unmonitored = 0;
 	st->n_vmas = slot + 1;
-	if (flags & VMA_F_SKIPPED)
-		return 0;
 
 	w.pgd = (__u64)BPF_CORE_READ(mm, pgd);
 	w.addr = w.vm_start;
 	w.vma_idx = slot;
-	bpf_loop(MAX_PMD_STEPS, walk_pmd_slot, &w, 0);
+	w.region = 1;	/* no region loaded: region addresses are 1 GiB aligned */
+	w.count_only = !!(flags & VMA_F_SKIPPED);
+	/*
+	 * bpf_loop stops at BPF_MAX_LOOPS (2^23) steps: chain calls from an outer bpf_loop (one
+	 * call site, verified once, unlike an unrolled chain), then count what is left.
+	 */
+	bpf_loop(MAX_WALK_LOOPS, walk_chunk, &w, 0);
+	if (w.addr < w.vm_end)
+		st->step_limit_vmas++;
+	rec->unmonitored = w.count;
 	return 0;
 }
 
 /*
- * Find page_offset_base (KASLR-randomised, absent from BTF and kallsyms on some kernels).
- * Userspace plants a random pattern in a locked page of its own and tells us its PFN; the
- * direct map is 1 GiB aligned and lies below our own PGD's direct-map address, so the pattern
- * appears at exactly one candidate. Then translate the page's user address through our own
- * page tables with 4 and with 5 levels: the depth that lands on the same PFN is the real one.
- * Run with BPF_PROG_TEST_RUN, in the caller's context.
+ * Find page_offset_base (KASLR-randomised, absent from BTF and kallsyms on some kernels) without
+ * any privilege beyond loading this program: no PFN from /proc/self/pagemap (that needs
+ * CAP_SYS_ADMIN). Userspace plants a random pattern in a page of its own. The direct map is
+ * 1 GiB aligned and lies below our own PGD's direct-map address; for each candidate base,
+ * translate the page's user address through our own page tables (4 and 5 levels), reading
+ * each table through the candidate: only the real base and depth lead to a frame that holds
+ * the pattern. That frame is the page's PFN (find_vmemmap needs it). Run with
+ * BPF_PROG_TEST_RUN, in the caller's context.
  */
 struct probe_ctx {
 	__u64 top;
+	__u64 pgd;
 };
+
+/* The frame vaddr maps to with the current direct_map_base and depth, or 0. *huge: by a PMD. */
+static __always_inline __u64 translate(struct ptwalk_state *st, __u64 pgd, __u64 vaddr,
+				       __u32 levels, int *huge, __u64 *pmd_out)
+{
+	__u64 pmd = 0, pte = 0;
+
+	st->pgtable_levels = levels;
+	if (lookup_pmd(st, pgd, vaddr, &pmd) || !(pmd & _PAGE_PRESENT))
+		return 0;
+	*pmd_out = pmd;
+	if (pmd & _PAGE_PSE) {
+		*huge = 1;
+		return ((pmd & PHYS_MASK) >> PAGE_SHIFT) + ((vaddr >> PAGE_SHIFT) & 511);
+	}
+	if (read_entry(st, pmd, (vaddr >> PAGE_SHIFT) & 511, &pte) || !(pte & _PAGE_PRESENT))
+		return 0;
+	return (pte & PHYS_MASK) >> PAGE_SHIFT;
+}
 
 static long try_base(__u64 i, struct probe_ctx *c)
 {
 	struct ptwalk_state *st = get_state();
-	__u64 cand, v = 0;
+	__u64 cand, pfn, pmd = 0, v = 0;
+	__u32 levels;
+	int huge = 0;
 
 	if (!st)
 		return 1;
 	cand = c->top - (i << PUD_SHIFT);
 	st->probe_tries++;
-	if (!bpf_probe_read_kernel(&v, 8, (void *)(cand + (st->probe_pfn << PAGE_SHIFT))) &&
-	    v == st->probe_pattern) {
-		st->direct_map_base = cand;
-		return 1;
+	st->direct_map_base = cand;
+	for (levels = 4; levels <= 5; levels++) {
+		pfn = translate(st, c->pgd, st->probe_vaddr, levels, &huge, &pmd);
+		if (pfn && !huge &&
+		    !bpf_probe_read_kernel(&v, 8, (void *)(cand + (pfn << PAGE_SHIFT))) &&
+		    v == st->probe_pattern) {
+			st->probe_pfn = pfn;
+			return 1;
+		}
 	}
+	st->direct_map_base = 0;
+	st->pgtable_levels = 0;
 	return 0;
 }
 
-static __always_inline int translates(struct ptwalk_state *st, __u64 pgd, __u64 vaddr, __u32 levels)
+/*
+ * Kernels before 6.17 do not mark the huge zero page's PMD special: learn its frame from a
+ * THP-eligible page of ours that was only read. A read-only huge PMD there is the huge zero
+ * page (our mm keeps its reference, so the frame stays while we run).
+ */
+static __always_inline void find_huge_zero(struct ptwalk_state *st, __u64 pgd)
 {
-	__u64 pmd = 0, next = 0, pte = 0;
+	__u64 pfn, pmd = 0;
+	int huge = 0;
 
-	st->pgtable_levels = levels;
-	if (lookup_pmd(st, pgd, vaddr, &pmd, &next) || !(pmd & _PAGE_PRESENT) || (pmd & _PAGE_PSE))
-		return 0;
-	if (read_entry(st, pmd, (vaddr >> PAGE_SHIFT) & 511, &pte))
-		return 0;
-	return ((pte & PHYS_MASK) >> PAGE_SHIFT) == st->probe_pfn;
+	st->huge_zero_pfn = 0;
+	if (!st->huge_probe_vaddr)
+		return;
+	pfn = translate(st, pgd, st->huge_probe_vaddr, st->pgtable_levels, &huge, &pmd);
+	if (pfn && huge && !(pmd & _PAGE_RW))
+		st->huge_zero_pfn = (pmd & PHYS_MASK) >> PAGE_SHIFT;
 }
 
 struct vma_probe {
@@ -510,21 +787,18 @@ int find_base(void *ctx)
 	struct task_struct *t = bpf_get_current_task_btf();
 	struct ptwalk_state *st = get_state();
 	struct probe_ctx c;
-	__u64 pgd;
 
 	if (!st)
 		return 1;
-	pgd = (__u64)BPF_CORE_READ(t, mm, pgd);
-	c.top = pgd & ~((1ULL << PUD_SHIFT) - 1);
+	c.pgd = (__u64)BPF_CORE_READ(t, mm, pgd);
+	c.top = c.pgd & ~((1ULL << PUD_SHIFT) - 1);
 	st->direct_map_base = 0;
 	st->probe_tries = 0;
+	st->probe_pfn = 0;
 	bpf_loop(st->probe_max_gib, try_base, &c, 0);
 	if (!st->direct_map_base)
 		return 2;
-	if (!translates(st, pgd, st->probe_vaddr, 4) && !translates(st, pgd, st->probe_vaddr, 5)) {
-		st->pgtable_levels = 0;
-		return 3;
-	}
+	find_huge_zero(st, c.pgd);
 	find_vmemmap(t, st);
 	return 0;
 }

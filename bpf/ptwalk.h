@@ -16,12 +16,17 @@ enum vma_kind {
 	VMA_SHMEM = 2,
 	VMA_HEAP = 3,
 	VMA_STACK = 4,
-	VMA_OTHER = 5,	/* hugetlb, PFN/IO maps: not walked */
+	VMA_OTHER = 5,	/* hugetlb, PFN/IO maps, the vDSO: only counted (vma_rec.unmonitored) */
 };
 
 /* vma_rec.flags */
 #define VMA_F_SHARED	(1U << 0)
 #define VMA_F_SKIPPED	(1U << 1)	/* kind OTHER: its pages are not reported */
+/* Why a VMA is skipped: clear_refs cannot age it (hugetlb: fs/proc/task_mmu.c's
+ * clear_refs_walk_ops has no hugetlb_entry; VM_PFNMAP: clear_refs_test_walk skips it). */
+#define VMA_F_HUGETLB	(1U << 2)
+#define VMA_F_PFNMAP	(1U << 3)	/* VM_PFNMAP or VM_IO: device memory, no struct page */
+#define VMA_F_VDSO	(1U << 4)
 
 /* table_rec.flags */
 #define TABLE_F_HUGE	(1U << 0)	/* a PMD-mapped THP: 512 pages, one Accessed bit */
@@ -31,6 +36,7 @@ struct vma_rec {
 	__u64 end;
 	__u32 kind;
 	__u32 flags;
+	__u64 unmonitored;	/* skipped VMAs: mapped 4 KiB pages, counted but not reported */
 };
 
 /*
@@ -69,6 +75,8 @@ struct ptwalk_state {
 	__u64 vmemmap_steps;	/* how many 1 GiB steps it may look */
 	__u32 check_young;	/* count PG_young (see table_word) as accessed */
 	__u32 pad0;
+	__u64 huge_zero_pfn;	/* kernels that do not mark the huge zero PMD special: its PFN */
+	__u64 huge_probe_vaddr;	/* find_base: a read-only THP-eligible page of ours */
 	/* per-scan counters, reset by userspace before each scan */
 	__u64 n_vmas;
 	__u64 n_tables;
@@ -78,6 +86,9 @@ struct ptwalk_state {
 	__u64 skipped_huge_pud;
 	__u64 dup_vmas;
 	__u64 young_flag_hits;
+	__u64 special_ptes;	/* zero page and PFN-mapped PTEs in walked VMAs: not the process's */
+	__u64 special_pmds;	/* huge zero page (and special huge PMDs) in walked VMAs */
+	__u64 step_limit_vmas;	/* VMAs whose walk ran out of steps before their end */
 	__u64 last_mm;
 	__u64 last_vm_end;
 };

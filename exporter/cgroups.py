@@ -81,7 +81,7 @@ def parse_mountinfo(text: str) -> list[Mount]:
     SUPER_OPTIONS``; the optional fields vary in number, hence the split at `` - ``.
     """
     out = []
-    for line in text.splitlines():
+    for line in text.split("\n"):  # not splitlines(): mount points may hold \x0c, \x85, ...
         head, sep, tail = line.partition(" - ")
         fields, rest = head.split(), tail.split()
         if not sep or len(fields) < 5 or len(rest) < 2 or rest[0] not in ("cgroup", "cgroup2"):
@@ -95,7 +95,7 @@ def parse_proc_cgroup(text: str) -> dict[str, str]:
     """/proc/PID/cgroup text -> {controller: cgroup path}. The cgroup v2 line (``0::/path``) is
     under ``""``; a v1 line with several controllers (``2:cpu,cpuacct:/x``) gives each one."""
     out: dict[str, str] = {}
-    for line in text.splitlines():
+    for line in text.split("\n"):
         hier, sep1, rest = line.partition(":")
         controllers, sep2, path = rest.partition(":")
         if not (sep1 and sep2):
@@ -147,8 +147,10 @@ def find_memory_hierarchy(mountinfo: str, self_cgroup: str) -> Hierarchy:
 
 def detect(proc_self: Path = PROC_SELF) -> Hierarchy:
     try:
-        mountinfo = (proc_self / "mountinfo").read_text()
-        self_cgroup = (proc_self / "cgroup").read_text()
+        # Any mount point or cgroup name on the host may be bytes that are not UTF-8: decoded
+        # as file names are (surrogateescape), they still name the same directories.
+        mountinfo = os.fsdecode((proc_self / "mountinfo").read_bytes())
+        self_cgroup = os.fsdecode((proc_self / "cgroup").read_bytes())
     except OSError as e:
         raise CgroupError(f"cannot read {e.filename}: {e.strerror}") from e
     return find_memory_hierarchy(mountinfo, self_cgroup)

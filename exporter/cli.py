@@ -1,5 +1,9 @@
 """The `pageheat` command. Errors are caught here and become one line and an exit code:
-2 for bad configuration or arguments, 1 for anything the machine or kernel refuses."""
+2 for bad configuration or arguments, 1 for anything the machine or kernel refuses.
+
+Options follow the Prometheus exporters' conventions (--web.listen-address, --log.level, ...);
+the older spellings stay as aliases. --log.level and --log.format work before or after the
+subcommand."""
 
 from __future__ import annotations
 
@@ -15,8 +19,8 @@ from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
-from . import __version__, cgroups, config, doctor, procfs
-from .config import parse_duration
+from . import __version__, capabilities, cgroups, config, doctor, logs, procfs, targets
+from .config import ConfigError, Targets, parse_duration
 from .sources import NAMES, open_source
 from .sources.base import Source, SourceError, TargetGone
 
@@ -52,69 +56,112 @@ def _duration(text: str) -> float:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def _common() -> argparse.ArgumentParser:
+    """Options every subcommand accepts too. Their default is SUPPRESS, so that a subcommand
+    that does not see them keeps what was given before it (the main parser's defaults)."""
+    c = argparse.ArgumentParser(add_help=False)
+    c.add_argument("--log.level", "--log-level", dest="log_level", choices=logs.LEVELS,
+                   default=argparse.SUPPRESS, help="log level (default info)")
+    c.add_argument("--log.format", dest="log_format", choices=logs.FORMATS,
+                   default=argparse.SUPPRESS, help="log line format (default logfmt)")
+    return c
+
+
+def _listen(text: str) -> str:
+    try:
+        config.parse_listen(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="pageheat", description=__doc__)
+    common = _common()
+    p = argparse.ArgumentParser(prog="pageheat", description=__doc__, parents=[common])
+    p.set_defaults(log_level="info", log_format="logfmt")
     p.add_argument("--version", action="version", version=f"pageheat {__version__}")
-    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     sub = p.add_subparsers(dest="command", required=True)
 
-    s = sub.add_parser("serve", help="run the exporter")
-    s.add_argument("--config", type=Path, help="YAML configuration file")
+    def add(name: str, **kwargs: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[common], **kwargs)
+
+    s = add("serve", help="run the exporter")
+    s.add_argument("--config.file", "--config", dest="config", type=Path, metavar="FILE",
+                   help="YAML configuration file")
+    s.add_argument("--config.check", dest="config_check", action="store_true",
+                   help="validate the configuration (file, environment, flags, web config), print "
+                        "the effective settings as YAML and exit")
     s.add_argument("--pid", type=_pid, action="append", help="follow this process (repeatable)")
-    s.add_argument("--listen", help=f"HOST:PORT (default 0.0.0.0:{config.DEFAULT_PORT})")
+    s.add_argument("--web.listen-address", "--listen", dest="listen", action="append", metavar="HOST:PORT",
+                   help=f"listen here (repeatable; default 0.0.0.0:{config.DEFAULT_PORT})")
+    s.add_argument("--web.telemetry-path", dest="telemetry_path", metavar="PATH",
+                   help="path of the metrics (default /metrics)")
+    s.add_argument("--web.config.file", "--web-config", dest="web_config", type=Path, metavar="FILE",
+                   help="TLS / basic auth web-config file (exporter-toolkit format)")
     s.add_argument("--aging", help="aging interval, e.g. 1s or 500ms (minimum 100ms)")
     s.add_argument("--source", choices=("auto", *NAMES[:3]))
-    s.add_argument("--cpu-budget", type=float, help="fraction of one CPU for harvest + aging")
-    s.add_argument("--web-config", type=Path, help="TLS / basic auth web-config file")
+    s.add_argument("--cpu-budget", help="fraction of one CPU for harvest + aging")
+    s.add_argument("--tlb-flush", choices=("auto", "always", "never"),
+                   help="TLB flush after each aging (docs/ACCURACY.md; default auto)")
+    s.add_argument("--mglru-aging", choices=("active", "passive"),
+                   help="mglru sources: request agings or only watch the kernel's (default active)")
     s.add_argument("--cgroup", choices=("inherit", "own"),
                    help="run the command after -- in pageheat's memory cgroup (inherit, the default) "
                         "or in a new one of its own (own)")
     s.add_argument("cmd", nargs=argparse.REMAINDER,
                    help="-- CMD ARGS...: launch CMD and follow it too; serve keeps running after it exits")
 
-    d = sub.add_parser("doctor", help="say which sources can run on this kernel, and why not")
+    d = add("doctor", help="say which sources can run on this kernel, and why not")
     d.add_argument("--json", action="store_true")
 
-    n = sub.add_parser("snapshot", help="scan one process a few times and print JSON")
+    n = add("snapshot", help="scan one process a few times and print JSON")
     n.add_argument("--pid", type=_pid, required=True)
     n.add_argument("--aging", type=_duration, default=0.5)
     n.add_argument("--scans", type=int, default=3)
     n.add_argument("--range", type=_range, help="START-END (hex): limit --pages to this range")
     n.add_argument("--pages", action="store_true", help="per-page detail (requires --range)")
-    n.add_argument("--source", choices=("auto", *NAMES[:3]), default="auto")
+    n.add_argument("--source", choices=("auto", *NAMES[:3]), help="default: the setting (auto)")
     n.add_argument("--json", action="store_true", help="print JSON (the only format)")
 
-    w = sub.add_parser("workload", help="run a ground-truth workload (hot, warm, cold pages)")
+    w = add("workload", help="run a ground-truth workload (hot, warm, cold pages)")
     from .workload import add_arguments
 
     add_arguments(w)
 
-    t = sub.add_parser("top", help="live terminal heatmap of one process")
+    t = add("top", help="live terminal heatmap of one process")
     t.add_argument("--pid", type=_pid, help="follow this process")
     t.add_argument("--connect", metavar="URL", help="follow a running `pageheat serve` (http://HOST:PORT)")
-    t.add_argument("--source", choices=("auto", *NAMES[:3]), default="auto")
+    t.add_argument("--connect-user", metavar="USER",
+                   help="basic auth user for --connect (or USER:PASSWORD@ in the URL)")
+    t.add_argument("--connect-password-file", metavar="FILE",
+                   help="basic auth password for --connect: first line of FILE "
+                        "(or the environment variable PAGEHEAT_CONNECT_PASSWORD)")
+    t.add_argument("--ca-file", metavar="FILE", help="CA certificate(s) to verify an https --connect server")
+    t.add_argument("--source", choices=("auto", *NAMES[:3]), help="default: the setting (auto)")
     t.add_argument("--aging", type=_duration, default=0.5, help="aging interval (default 500ms)")
     t.add_argument("--aggregate", type=int, default=3, metavar="N", help="agings per column (default 3)")
     t.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD ARGS...: launch and follow")
 
-    r = sub.add_parser("render", help="draw one process's heatmap from Prometheus (PNG, SVG, terminal)")
+    r = add("render", help="draw one process's heatmap from Prometheus (PNG, SVG, terminal)")
     from .render import add_arguments as render_arguments
 
     render_arguments(r)
 
-    m = sub.add_parser("demo", help="serve metrics for a built-in workload and print its heat")
-    m.add_argument("--seconds", type=float, default=20.0)
-    m.add_argument("--listen", default=f"127.0.0.1:{config.DEFAULT_PORT}")
+    m = add("demo", help="serve metrics for a built-in workload and print its heat")
+    m.add_argument("--seconds", type=_duration, default=20.0, help="how long (default 20s)")
+    m.add_argument("--listen", type=_listen, default=f"127.0.0.1:{config.DEFAULT_PORT}")
+
+    c = add("completion", help="print a shell completion script (bash, zsh or tcsh)")
+    c.add_argument("shell", choices=("bash", "zsh", "tcsh"))
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(message)s")
+    logs.setup(args.log_level, args.log_format)
     try:
         return _dispatch(args)
-    except (ValidationError, UsageError) as e:
+    except (ValidationError, UsageError, ConfigError) as e:
         print(f"pageheat: {_one_line(e)}", file=sys.stderr)
         return 2
     except (SourceError, cgroups.CgroupError, OSError) as e:
@@ -126,17 +173,20 @@ def main(argv: list[str] | None = None) -> int:
 
 def _one_line(e: Exception) -> str:
     if isinstance(e, ValidationError):
-        errs = e.errors()
-        return "bad configuration: " + "; ".join(
-            f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in errs)
+        return config.describe(e)
     return " ".join(str(e).split())
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    if args.command in ("serve", "snapshot", "demo") or (args.command == "top" and not args.connect):
+        why = procfs.pid_namespace_problem()
+        if why:
+            raise SourceError(why)
     if args.command == "serve":
         return _serve(args)
     if args.command == "doctor":
-        return doctor.run(as_json=args.json)
+        cfg = config.from_env()  # the sources' settings, as serve would use them
+        return doctor.run(as_json=args.json, aging=cfg.mglru_aging, tlb_flush=cfg.tlb_flush)
     if args.command == "snapshot":
         return _snapshot(args)
     if args.command == "workload":
@@ -154,6 +204,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         from .demo import run as demo
 
         return demo(args.seconds, args.listen)
+    if args.command == "completion":
+        import shtab
+
+        print(shtab.complete(parser(), shell=args.shell), end="")
+        return 0
     raise AssertionError(args.command)
 
 
@@ -163,26 +218,25 @@ def _serve(args: argparse.Namespace) -> int:
         raise UsageError("--cgroup own needs a command to launch: serve --cgroup own -- CMD ARGS...")
     if cmd and shutil.which(cmd[0]) is None:
         raise UsageError(f"cannot run {cmd[0]}: no such executable")
-    overrides = {k: v for k, v in (("pids", args.pid), ("listen", args.listen), ("aging", args.aging),
-                                   ("source", args.source), ("cpu_budget", args.cpu_budget),
-                                   ("web_config_file", args.web_config), ("cgroup", args.cgroup))
-                 if v is not None}
-    try:
-        cfg = config.load(args.config, overrides)
-    except (OSError, ValueError) as e:
-        if isinstance(e, ValidationError):
-            raise
-        raise UsageError(f"config {args.config}: {e}") from e
-    missing = [p for p in cfg.targets.pids if not procfs.pid_exists(p)]
-    if missing and len(missing) == len(cfg.targets.pids) and not cfg.targets.comm_regex \
-            and not cfg.targets.top_rss:
-        raise UsageError(f"no such process: {', '.join(map(str, missing))}")
+    cfg = _serve_config(args)
+    if cfg.targets.pids:  # each must name a process that can be followed, or serve does not start
+        pids = list(dict.fromkeys(_process_of(p) for p in cfg.targets.pids))
+        for pid in pids:
+            _check_access(pid)
+        cfg = cfg.model_copy(update={"targets": cfg.targets.model_copy(update={"pids": pids})})
     from .webconfig import WebConfig
 
     try:
         web = WebConfig.load(cfg.web_config_file)
+    except ValidationError as e:
+        raise UsageError(config.describe(e, f"bad web configuration {cfg.web_config_file}")) from None
+    except ConfigError:
+        raise
     except (OSError, ValueError) as e:
         raise UsageError(f"web config {cfg.web_config_file}: {e}") from e
+    if args.config_check:
+        print(cfg.effective(), end="")
+        return 0
     # Until the daemon's loop handles SIGTERM, turn it into SystemExit, so that the finally
     # below still stops a launched command and removes its cgroup.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
@@ -190,19 +244,36 @@ def _serve(args: argparse.Namespace) -> int:
     cgroup = cgroups.create(cgroups.detect(), cmd[0]) if cmd and cfg.cgroup == "own" else None
     launched: Launched | None = None
     try:
-        source = open_source(cfg.source)
+        source = open_source(cfg.source, cfg.tlb_flush, cfg.mglru_aging)
         from .daemon import Daemon
 
         if cmd:
             launched = _launch(cmd, cgroup, source)
-            pids = [*cfg.targets.pids, launched.pid]  # added to what is configured
-            cfg = cfg.model_copy(update={"targets": cfg.targets.model_copy(update={"pids": pids})})
+            # Added to the targets configured in the file, environment or flags; without any,
+            # only the command (not also the default top-N by RSS: the user asked for CMD).
+            wanted = cfg.targets if cfg.targets_configured else Targets(top_rss=0)
+            targets = wanted.model_copy(update={"pids": [*wanted.pids, launched.pid]})
+            cfg = cfg.model_copy(update={"targets": targets})
         return _run_daemon(Daemon(cfg, source, web))
     finally:
         if launched is not None:
             launched.stop()  # reaps it and removes its cgroup
         elif cgroup is not None:
             cgroups.remove(cgroup)
+
+
+def _serve_config(args: argparse.Namespace) -> config.Config:
+    """Flags over the environment over the file (--config) over the defaults."""
+    flags = {"pids": args.pid, "listen": args.listen, "telemetry_path": args.telemetry_path,
+             "aging": args.aging, "source": args.source, "cpu_budget": args.cpu_budget,
+             "web_config_file": args.web_config, "cgroup": args.cgroup, "tlb_flush": args.tlb_flush,
+             "mglru_aging": args.mglru_aging}
+    if args.listen is not None and len(args.listen) == 1:
+        flags["listen"] = args.listen[0]
+    try:
+        return config.load(args.config, {k: v for k, v in flags.items() if v is not None})
+    except OSError as e:
+        raise UsageError(f"config {args.config}: {e.strerror or e}") from e
 
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:
@@ -241,9 +312,15 @@ def _run_daemon(daemon: Daemon) -> int:
     return 0
 
 
+def _env_config(args: argparse.Namespace) -> config.Config:
+    """The settings of snapshot and top: the environment, with --source on top."""
+    return config.load(None, {"source": args.source} if args.source else {})
+
+
 def _top(args: argparse.Namespace) -> int:
     from .top import run
 
+    cfg = _env_config(args)
     cmd = _command(args.cmd)
     if sum(bool(x) for x in (args.pid, cmd, args.connect)) != 1 and not (args.connect and args.pid):
         raise UsageError("top needs one of --pid PID, --connect URL or -- CMD ARGS...")
@@ -251,33 +328,65 @@ def _top(args: argparse.Namespace) -> int:
         raise UsageError("--aging must be at least 100ms")
     if args.aggregate < 1:
         raise UsageError("--aggregate must be at least 1")
-    if args.pid and not args.connect and not procfs.pid_exists(args.pid):
-        raise UsageError(f"no such process: {args.pid}")
-    return run(args.pid, cmd, args.connect, args.source, args.aging, args.aggregate)
+    pid = args.pid
+    if pid and not args.connect:
+        pid = _process_of(pid)
+        _check_access(pid)
+    if not args.connect and (args.connect_user or args.connect_password_file or args.ca_file):
+        raise UsageError("--connect-user, --connect-password-file and --ca-file need --connect URL")
+    return run(pid, cmd, args.connect, cfg.source, args.aging, args.aggregate,
+               connect_user=args.connect_user, password_file=args.connect_password_file,
+               ca_file=args.ca_file, tlb_flush=cfg.tlb_flush, mglru_aging=cfg.mglru_aging)
 
 
 def _snapshot(args: argparse.Namespace) -> int:
     from .snapshot import take
 
+    cfg = _env_config(args)
     if args.pages and not args.range:
         raise UsageError("--pages requires --range START-END")
     if args.scans < 1:
         raise UsageError("--scans must be at least 1")
     if args.aging < 0.1:
         raise UsageError("--aging must be at least 100ms")
-    if not procfs.pid_exists(args.pid):
-        raise UsageError(f"no such process: {args.pid}")
-    source = open_source(args.source)
+    pid = _process_of(args.pid)
+    _check_access(pid)
+    source = open_source(cfg.source, cfg.tlb_flush, cfg.mglru_aging)
     try:
-        result = take(source, args.pid, args.aging, args.scans, args.range, args.pages)
+        result = take(source, pid, args.aging, args.scans, args.range, args.pages)
     except TargetGone:
-        result = {"pid": args.pid, "source": source.name, "aging_ms": args.aging * 1000,
+        result = {"pid": pid, "source": source.name, "aging_ms": args.aging * 1000,
                   "scans": 0, "harvest_ms": [], "aging_cost_ms": [], "exited": True, "vmas": []}
     finally:
         source.close()
     json.dump(result, sys.stdout, separators=(",", ":"))
     sys.stdout.write("\n")
     return 0
+
+
+def _process_of(pid: int) -> int:
+    """The process a pid given explicitly stands for (a thread's process, said once).
+    UsageError when there is none to follow (no such pid, a kernel thread, a zombie)."""
+    try:
+        tgid, note = targets.resolve(pid)
+    except targets.PidError as e:
+        raise UsageError(str(e)) from e
+    if note:
+        logging.getLogger("pageheat").warning("%s", note)
+    return tgid
+
+
+def _check_access(pid: int) -> None:
+    """UsageError when the process cannot be read or aged (another user's, or one with more
+    capabilities, without CAP_SYS_PTRACE / CAP_DAC_OVERRIDE). Not checked when a capability
+    that loading any source needs is missing: opening the source then says so (exit 1), and
+    without it no process can be followed anyway."""
+    if capabilities.missing(capabilities.LOAD):
+        return
+    try:
+        targets.check_access(pid)
+    except targets.PidError as e:
+        raise UsageError(str(e)) from e
 
 
 if __name__ == "__main__":

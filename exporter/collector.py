@@ -5,7 +5,6 @@ Metric names and labels are pageheat's public API: add, never rename.
 
 from __future__ import annotations
 
-import platform
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -20,9 +19,10 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from . import __version__
+from . import buildinfo
 from .aggregate import IDLE_BOUNDS, TargetView
 from .config import Config
+from .sanity import AGING_REASONS, TRUNCATIONS
 from .sources.base import PAGE_TYPE_NAMES
 from .stats import Stats
 
@@ -55,6 +55,7 @@ class PageheatCollector(Collector):
         self.stats.targets_dropped = len(views) - len(kept)
         self.stats.series_exported = self.cfg.max_series - SELF_SERIES - budget
         yield from self._pages(kept)
+        yield from self._sanity(kept)
         yield from self._self_metrics(len(views))
 
     def _pages(self, views: list[TargetView]) -> Iterator[Metric]:
@@ -155,6 +156,35 @@ class PageheatCollector(Collector):
         if lru_gen.samples:  # only sources that read MGLRU's histogram have it (not ptwalk)
             yield lru_gen
 
+    def _sanity(self, views: list[TargetView]) -> Iterator[Metric]:
+        """exporter/sanity.py's findings; every known reason exported, at 0 until it happens."""
+        s = self.stats
+        unmon = GaugeMetricFamily(
+            "pageheat_unmonitored_pages",
+            "Mapped 4 KiB pages of the process that pageheat cannot monitor, by reason (hugetlb: "
+            "clear_refs does not age it; pfnmap: device/PFN maps; vdso), at the latest harvest.",
+            labels=[*TARGET, "reason"])
+        for v in views:
+            for reason, n in s.unmonitored.get(v.pid, ("", {}))[1].items():
+                unmon.add_metric([str(v.pid), v.comm, reason], n)
+        yield unmon
+        trunc = CounterMetricFamily(
+            "pageheat_walk_truncations",
+            "Harvests that could not read everything, by reason (step_limit: VMAs whose walk ran "
+            "out of BPF loop steps; read_error: page-table reads that failed; young_map_full: "
+            "young pages the BPF hash had no room for).", labels=["reason"])
+        for reason in sorted({*TRUNCATIONS.values(), *s.truncations}):
+            trunc.add_metric([reason], s.truncations[reason])
+        yield trunc
+        aging = CounterMetricFamily(
+            "pageheat_aging_ineffective",
+            "Times aging looked ineffective, by reason (all_accessed: every resident page "
+            "accessed in several harvests in a row; no_new_generation: an MGLRU aging added no "
+            "generation).", labels=["reason"])
+        for reason in sorted({*AGING_REASONS, *s.aging_ineffective}):
+            aging.add_metric([reason], s.aging_ineffective[reason])
+        yield aging
+
     def _self_metrics(self, n_targets: int) -> Iterator[Metric]:
         s = self.stats
         for name, hist, what in (("pageheat_harvest_duration_seconds", s.harvest, "reading the bits"),
@@ -185,7 +215,7 @@ class PageheatCollector(Collector):
         yield GaugeMetricFamily("pageheat_targets_dropped",
                                 "Processes left out at the latest scrape to stay under max_series.",
                                 value=s.targets_dropped)
-        info = InfoMetricFamily("pageheat_build", "pageheat version and harvesting source.")
-        info.add_metric([], {"version": __version__, "source": self.source_name,
-                             "kernel": platform.release()})
+        info = InfoMetricFamily("pageheat_build", "pageheat version, git revision, harvesting "
+                                "source, kernel release and Python version.")
+        info.add_metric([], buildinfo.labels(self.source_name))
         yield info

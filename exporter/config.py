@@ -1,47 +1,127 @@
-"""Configuration: one pydantic model, read once at start-up.
+"""Configuration: one pydantic-settings model, read once at start-up.
 
-Precedence: command-line flags over the YAML file over PAGEHEAT_* environment variables over
-the defaults. A bad value fails validation with a message that names the field.
+Every setting of every command is a field of ``Config``. Precedence, highest first:
+command-line flags, then ``PAGEHEAT_*`` environment variables (``PAGEHEAT_TARGETS__TOP_RSS``
+for nested fields), then the YAML file, then the defaults. A bad value fails validation with
+a message that names the field; a misspelt ``PAGEHEAT_*`` variable is an error too, except the
+names in ``NOT_SETTINGS`` (the test suite's, the lab's and the kernel build's switches).
+
+Errors: ``load`` and ``from_env`` raise ``pydantic.ValidationError`` (a value is wrong),
+``ConfigError`` (a file that is not YAML, an unknown variable) or ``OSError`` (the file cannot
+be read). ``describe`` turns a ValidationError into one line.
 """
 
 from __future__ import annotations
 
+import difflib
+import math
+import os
 import re
+from collections.abc import Mapping
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 
 DEFAULT_PORT = 9476
+ENV_PREFIX = "PAGEHEAT_"
 _UNITS = {"ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 _SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+# Nothing pageheat schedules is meaningful beyond a week; larger values are typos or .inf.
+MAX_DURATION = 7 * 86400.0
+# x86-64 with 5-level paging addresses 2^57 bytes: no process or threshold can be larger.
+MAX_SIZE = 1 << 57
+# PID_MAX_LIMIT on 64-bit (include/linux/threads.h): 4 * 1024 * 1024.
+PID_MAX_LIMIT = 1 << 22
+
+# PAGEHEAT_* variables that are not daemon settings, so not misspelt ones: read by the tests
+# (conftest.py, test_top.py, test_dashboards.py), by bpfobjects.py (where the BPF objects are,
+# a packaging location like PYTHONPATH), by lab/ (PAGEHEAT_LAB_*, passed into the guests) and
+# by kernel-patch/ (PAGEHEAT_KERNEL_*).
+# PAGEHEAT_CONNECT_PASSWORD is a client's secret (top --connect), never a daemon setting.
+NOT_SETTINGS = frozenset({"PAGEHEAT_REQUIRE_KERNEL", "PAGEHEAT_UPDATE_SNAPSHOTS",
+                          "PAGEHEAT_RENDER_DEMO", "PAGEHEAT_BPF_DIR", "PAGEHEAT_CONNECT_PASSWORD"})
+NOT_SETTINGS_PREFIXES = ("PAGEHEAT_LAB_", "PAGEHEAT_KERNEL_")
+
+
+class ConfigError(ValueError):
+    """A configuration problem already phrased as one line (file, line and column, or name)."""
 
 
 def parse_duration(value: Any) -> float:
-    """'500ms', '1s', '2m', '1h', '1.5s' or a number of seconds -> seconds."""
-    if isinstance(value, int | float):
-        return float(value)
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(ms|s|m|h)?\s*", str(value))
-    if not m:
+    """'500ms', '1s', '2m', '1h', '1.5s' or a number of seconds -> seconds (float).
+
+    Raises ValueError for anything else, and for non-finite or absurd values (inf, nan, more
+    than MAX_DURATION): an aging interval of .inf would silently never harvest."""
+    if isinstance(value, bool):
         raise ValueError(f"not a duration: {value!r} (use e.g. 500ms, 1s, 2m)")
-    return float(m.group(1)) * _UNITS[m.group(2) or "s"]
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(ms|s|m|h)?\s*", str(value))
+        if not m:
+            raise ValueError(f"not a duration: {value!r} (use e.g. 500ms, 1s, 2m)")
+        seconds = float(m.group(1)) * _UNITS[m.group(2) or "s"]
+    if not math.isfinite(seconds) or not 0 <= seconds <= MAX_DURATION:
+        raise ValueError(f"not a duration: {value!r} (must be finite, from 0 to 7 days)")
+    return seconds
 
 
 def parse_size(value: Any) -> int:
-    """'64MiB', '1G', '4096' -> bytes."""
-    if isinstance(value, int):
-        return value
-    m = re.fullmatch(r"\s*([0-9]+)\s*([kKmMgGtT]?)(?:i?[bB])?\s*", str(value))
-    if not m:
+    """'64MiB', '1G', '4096' -> bytes (int). Raises ValueError for anything else, negative
+    sizes and sizes above MAX_SIZE."""
+    if isinstance(value, bool) or isinstance(value, float):
         raise ValueError(f"not a size: {value!r} (use e.g. 64MiB, 1GiB)")
-    return int(m.group(1)) * _SIZE_UNITS[m.group(2).lower()]
+    if isinstance(value, int):
+        size = value
+    else:
+        m = re.fullmatch(r"\s*([0-9]+)\s*([kKmMgGtT]?)(?:i?[bB])?\s*", str(value))
+        if not m:
+            raise ValueError(f"not a size: {value!r} (use e.g. 64MiB, 1GiB)")
+        size = int(m.group(1)) * _SIZE_UNITS[m.group(2).lower()]
+    if not 0 <= size <= MAX_SIZE:
+        raise ValueError(f"not a size: {value!r} (must be from 0 to 128PiB)")
+    return size
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """'HOST:PORT', ':PORT' or '[v6]:PORT' -> (host, port); an empty host is 0.0.0.0."""
+    if not isinstance(value, str):
+        raise ValueError(f"expected HOST:PORT, got {value!r}")
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"expected HOST:PORT, got {value!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def _lower(value: Any) -> Any:
+    return value.lower() if isinstance(value, str) else value
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 Size = Annotated[int, BeforeValidator(parse_size)]
 SourceName = Literal["auto", "ptwalk", "mglru-fexit", "mglru-hook"]
+TlbFlush = Annotated[Literal["auto", "always", "never"], BeforeValidator(_lower)]
+MglruAging = Annotated[Literal["active", "passive"], BeforeValidator(_lower)]
+# Paths the HTTP server answers itself; the telemetry path must not hide them.
+RESERVED_PATHS = ("/", "/healthz")
 
 
 class Targets(BaseModel):
@@ -49,7 +129,7 @@ class Targets(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    pids: list[Annotated[int, Field(gt=0)]] = []
+    pids: list[Annotated[int, Field(gt=0, le=PID_MAX_LIMIT)]] = []
     comm_regex: str | None = None
     top_rss: Annotated[int, Field(ge=0)] = 5
     min_rss: Size = 64 << 20
@@ -66,13 +146,18 @@ class Targets(BaseModel):
 
 
 class Config(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="PAGEHEAT_", extra="forbid")
+    """Every setting of pageheat (see the module docstring for where each comes from)."""
 
-    listen: str = f"0.0.0.0:{DEFAULT_PORT}"
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__",
+                                      extra="forbid")
+
+    # One HOST:PORT or a list of them (--web.listen-address is repeatable).
+    listen: str | list[str] = f"0.0.0.0:{DEFAULT_PORT}"
+    telemetry_path: str = "/metrics"
     source: SourceName = "auto"
     aging: Annotated[Duration, Field(ge=0.1)] = 1.0
     # Harvest plus aging may use this fraction of one CPU; larger targets age less often.
-    cpu_budget: Annotated[float, Field(gt=0, le=64)] = 0.02
+    cpu_budget: Annotated[float, Field(gt=0, le=64, allow_inf_nan=False)] = 0.02
     bins: Annotated[int, Field(ge=2, le=1024)] = 32
     max_series: Annotated[int, Field(ge=100)] = 2000
     expose_addresses: bool = False
@@ -83,35 +168,176 @@ class Config(BaseSettings):
     # The command after `serve --`: inherit pageheat's memory cgroup, or get one of its own
     # (an MGLRU aging walks every process in the target's memcg). No command: no effect.
     cgroup: Literal["inherit", "own"] = "inherit"
+    # The TLB flush after each aging (docs/ACCURACY.md): auto = only where no soft-dirty
+    # tracking would be disturbed. Read by every source.
+    tlb_flush: TlbFlush = "auto"
+    # mglru sources: request agings (active) or only watch the kernel's own (passive).
+    mglru_aging: MglruAging = "active"
     targets: Targets = Targets()
 
     @field_validator("listen")
     @classmethod
-    def _host_port(cls, v: str) -> str:
-        host, sep, port = v.rpartition(":")
-        if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError(f"expected HOST:PORT, got {v!r}")
+    def _host_port(cls, v: str | list[str]) -> str | list[str]:
+        for one in [v] if isinstance(v, str) else v:
+            parse_listen(one)
+        if isinstance(v, list) and not v:
+            raise ValueError("expected at least one HOST:PORT")
+        return v
+
+    @field_validator("telemetry_path")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        if not re.fullmatch(r"/[^\s?#]*", v):
+            raise ValueError(f"expected a path starting with /, without spaces, ? or #, got {v!r}")
+        if v in RESERVED_PATHS or v.startswith("/api/"):
+            raise ValueError(f"{v} is served by pageheat itself; choose another path")
         return v
 
     @property
+    def listen_addresses(self) -> list[tuple[str, int]]:
+        """Every address to listen on, as (host, port)."""
+        return [parse_listen(one) for one in ([self.listen] if isinstance(self.listen, str)
+                                              else self.listen)]
+
+    @property
     def host_port(self) -> tuple[str, int]:
-        host, _, port = self.listen.rpartition(":")
-        return host.strip("[]") or "0.0.0.0", int(port)
+        """The first listen address."""
+        return self.listen_addresses[0]
+
+    @property
+    def targets_configured(self) -> bool:
+        """Whether targets came from flags, the environment or the file (not the defaults)."""
+        return "targets" in self.model_fields_set
+
+    def effective(self) -> str:
+        """The settings as YAML, in the file's format (durations in seconds, sizes in bytes)."""
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings],
+                                   init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource,
+                                   dotenv_settings: PydanticBaseSettingsSource,
+                                   file_secret_settings: PydanticBaseSettingsSource,
+                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # First wins: flags (init kwargs), environment, file; nested dicts are merged.
+        return (init_settings, _CheckedEnv(settings_cls), _FileSource(settings_cls, _FILE.get() or {}))
+
+
+# The file's contents for the Config being built (settings_customise_sources is a classmethod).
+_FILE: ContextVar[Mapping[str, Any] | None] = ContextVar("pageheat_config_file", default=None)
+
+
+class _FileSource(PydanticBaseSettingsSource):
+    """The YAML file's mapping, as it is: unknown or mis-cased keys fail as extra fields."""
+
+    def __init__(self, settings_cls: type[BaseSettings], data: Mapping[str, Any]) -> None:
+        super().__init__(settings_cls)
+        self.data = dict(data)
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return self.data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return self.data
+
+
+class _CheckedEnv(EnvSettingsSource):
+    """The environment, after checking that every PAGEHEAT_* name is a setting."""
+
+    def __call__(self) -> dict[str, Any]:
+        check_environment(os.environ)
+        return super().__call__()
+
+
+def setting_names() -> list[str]:
+    """Every environment variable name that sets a field, nested ones with '__'."""
+    names = []
+    for name, field in Config.model_fields.items():
+        names.append(ENV_PREFIX + name.upper())
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            names += [f"{ENV_PREFIX}{name.upper()}__{sub.upper()}" for sub in field.annotation.model_fields]
+    return names
+
+
+def check_environment(environ: Mapping[str, str]) -> None:
+    """Raise ConfigError for a PAGEHEAT_* variable that is neither a setting nor in
+    NOT_SETTINGS: a misspelt name would otherwise be silently ignored."""
+    known = set(setting_names())
+    for key in environ:
+        upper = key.upper()
+        if not upper.startswith(ENV_PREFIX) or upper in known or upper in NOT_SETTINGS \
+                or upper.startswith(NOT_SETTINGS_PREFIXES):
+            continue
+        close = difflib.get_close_matches(upper, known, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise ConfigError(f"unknown environment variable {key}{hint}; settings are "
+                          f"{ENV_PREFIX}<FIELD> or {ENV_PREFIX}<FIELD>__<SUBFIELD>")
+
+
+def read_yaml(path: Path, what: str = "config") -> dict[str, Any]:
+    """A YAML file whose top level is a mapping with string keys (an empty file is {}).
+
+    Raises OSError if it cannot be read, ConfigError naming the file, line and column for a
+    syntax error, and ConfigError for anything that is not such a mapping."""
+    data = path.read_bytes()
+    try:
+        loaded = yaml.safe_load(data)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = e.problem or e.context or "invalid YAML"
+        if e.context and e.context_mark and e.problem:  # where the unclosed construct began
+            problem += f" ({e.context} started at {e.context_mark.line + 1}:{e.context_mark.column + 1})"
+        raise ConfigError(f"{what} {where}: YAML syntax error: {problem}") from None
+    except yaml.YAMLError as e:  # e.g. bytes that are not UTF-8 or UTF-16
+        raise ConfigError(f"{what} {path}: not YAML: {' '.join(str(e).split())}") from None
+    except RecursionError:
+        raise ConfigError(f"{what} {path}: nested too deeply") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict) or not all(isinstance(k, str) for k in loaded):
+        raise ConfigError(f"{what} {path}: expected a YAML mapping of names at the top level")
+    return loaded
 
 
 def load(path: Path | None, overrides: dict[str, Any]) -> Config:
-    """The file (if any) with command-line overrides on top. Raises pydantic.ValidationError,
-    OSError, or ValueError for YAML that is not a mapping."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        loaded = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ValueError(f"{path}: expected a YAML mapping at the top level")
-        data = loaded
+    """Defaults < the file (if any) < the environment < command-line ``overrides``.
+
+    ``overrides["pids"]`` names exactly the processes to follow (no top-N, no regex).
+    Raises ValidationError, ConfigError or OSError (see the module docstring)."""
+    data = read_yaml(path) if path is not None else {}
+    init: dict[str, Any] = {}
     for key, value in overrides.items():
         if key == "pids":
-            # --pid names exactly the processes to follow.
-            data["targets"] = {**data.get("targets", {}), "pids": value, "top_rss": 0, "comm_regex": None}
+            init["targets"] = {"pids": value, "top_rss": 0, "comm_regex": None}
         else:
-            data[key] = value
-    return Config(**data)
+            init[key] = value
+    token = _FILE.set(data)
+    try:
+        return Config(**init)
+    except SettingsError as e:  # e.g. PAGEHEAT_TARGETS that is not JSON
+        field = re.search(r'field "([^"]+)"', str(e))
+        name = f"{ENV_PREFIX}{field.group(1).upper()}" if field else "a PAGEHEAT_* variable"
+        raise ConfigError(f"bad configuration: environment variable {name} is not valid JSON (nested "
+                          f"settings take JSON, or set {ENV_PREFIX}FIELD__SUBFIELD)") from None
+    finally:
+        _FILE.reset(token)
+
+
+def from_env() -> Config:
+    """Defaults and the environment: the settings of commands without a config file."""
+    return load(None, {})
+
+
+def describe(e: ValidationError, what: str = "bad configuration") -> str:
+    """One line: every failing field as ``dotted.loc: message (got VALUE)``."""
+    parts = []
+    for err in e.errors():
+        loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        value = err.get("input")
+        got = f" (got {value!r})" if isinstance(value, str | int | float) and len(repr(value)) <= 40 \
+            and err["type"] != "missing" and str(value) not in msg else ""
+        parts.append(f"{loc}: {msg}{got}")
+    return f"{what}: " + "; ".join(" ".join(p.split()) for p in parts)

@@ -8,23 +8,27 @@ loop stays responsive and SIGTERM is answered within the current cycle.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import shlex
 import signal
 import subprocess
 import threading
 import time
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from typing import Any
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, ProcessCollector
 
-from . import budget, cgroups, memory, targets
+from . import budget, cgroups, memory, procfs, targets
 from .aggregate import TargetState, TargetView
 from .collector import PageheatCollector
 from .config import Config
-from .http import HttpServer
+from .http import BadRequest, HttpServer
+from .procfs import shown
+from .sanity import Sanity
 from .sources.base import Source, TargetGone
 from .stats import Stats
 from .webconfig import WebConfig
@@ -32,6 +36,23 @@ from .webconfig import WebConfig
 log = logging.getLogger("pageheat")
 MAX_CONSECUTIVE_ERRORS = 3
 STOP_GRACE_SECONDS = 2.0  # between SIGTERM and SIGKILL for the command serve launched
+BACKOFF_MAX_SECONDS = 300.0  # longest wait before retrying a process that could not be followed
+
+
+@dataclasses.dataclass
+class _Refused:
+    """A selected process that could not be followed, and when to try it again."""
+
+    start_time: int
+    attempts: int = 0
+    next_try: float = 0.0
+
+
+def _same_process(pid: int, start_time: int) -> bool:
+    try:
+        return procfs.read_start_time(pid) == start_time
+    except (OSError, ValueError):
+        return False
 
 
 class Launched:
@@ -84,6 +105,7 @@ class Daemon:
         self.cfg = cfg
         self.source = source
         self.stats = Stats()
+        self.sanity = Sanity(self.stats)
         self.views: dict[int, TargetView] = {}  # replaced, never mutated: scrapes read it lock-free
         self._procs: dict[int, targets.Process] = {}
         self._states: dict[int, TargetState] = {}
@@ -91,17 +113,30 @@ class Daemon:
         self._interval: dict[int, float] = {}
         self._due: dict[int, float] = {}
         self._errors: dict[int, int] = {}
+        self._refused: dict[int, _Refused] = {}  # selected but could not be followed
+        self._pinned: dict[int, int] = {}  # explicit pid -> start_time of the process it named
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="harvest")
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(PageheatCollector(cfg, lambda: self.views, self.stats, source.name))
-        self.http = HttpServer(self.registry, web or WebConfig(), {"/api/v1/targets": self._api_targets,
-                                                                 "/api/v1/heat": self._api_heat})
+        # Bumped after every piece of worker-thread work (harvest, drop, discovery), which is
+        # what changes the views and the stats: /metrics is encoded at most once per value.
+        self.generation = 0
+        # Collectors that change between harvests (process_* self metrics) go here instead:
+        # read at every scrape, never cached.
+        self.live_registry = CollectorRegistry(auto_describe=False)
+        ProcessCollector(registry=self.live_registry)  # process_* self metrics: CPU, memory, fds
+        self.http = HttpServer(self.registry, web or WebConfig(),
+                               {"/api/v1/targets": self._api_targets, "/api/v1/heat": self._api_heat},
+                               metrics_path=cfg.telemetry_path, generation=lambda: self.generation,
+                               live=self.live_registry)
 
     async def run(self, stop: asyncio.Event) -> None:
-        host, port = self.cfg.host_port
-        await self.http.start(host, port)
-        log.info("serving on %s:%d, source %s, aging %gs", host, self.http.port, self.source.name,
-                 self.cfg.aging)
+        addresses = self.cfg.listen_addresses
+        await self.http.start(addresses)
+        where = ", ".join(f"{host}:{port}" for (host, _), port in zip(addresses, self.http.ports,
+                                                                      strict=True))
+        log.info("serving %s on %s, source %s, aging %gs", self.cfg.telemetry_path, where,
+                 self.source.name, self.cfg.aging)
         loop = asyncio.get_running_loop()
         next_discovery = 0.0
         try:
@@ -109,11 +144,13 @@ class Daemon:
                 now = time.monotonic()
                 if now >= next_discovery:
                     await loop.run_in_executor(self._worker, self._discover)
+                    self.generation += 1
                     next_discovery = time.monotonic() + self.cfg.discovery_interval
                 for pid in [p for p, t in self._due.items() if t <= now]:
                     if stop.is_set():
                         break
                     await loop.run_in_executor(self._worker, self._cycle, pid)
+                    self.generation += 1
                 wake = min([next_discovery, *self._due.values()]) - time.monotonic()
                 if wake > 0:
                     try:
@@ -129,31 +166,72 @@ class Daemon:
     # -- on the worker thread ------------------------------------------------------------------
     def _discover(self) -> None:
         try:
-            wanted = {p.pid: p for p in targets.select(self.cfg.targets)}
+            wanted = {p.pid: p for p in targets.select(self.cfg.targets, pinned=self._pinned)}
         except OSError as e:
             self.stats.errors["discovery"] += 1
             log.warning("target discovery failed: %s", e)
             return
+        self._pin(wanted)
         for pid, known in list(self._procs.items()):
             if pid not in wanted or wanted[pid].start_time != known.start_time:
-                self._drop(pid, "no longer selected" if pid in wanted else "exited")
+                alive = _same_process(pid, known.start_time)
+                self._drop(pid, "no longer selected" if alive else "exited")
+            elif wanted[pid].comm != known.comm:
+                self._rename(pid, wanted[pid])
+        now = time.monotonic()
+        for pid in [p for p, r in self._refused.items() if not _same_process(p, r.start_time)]:
+            del self._refused[pid]  # that process is gone: one that reuses the pid starts afresh
         for pid, proc in wanted.items():
-            if pid in self._procs:
+            refused = self._refused.get(pid)
+            if pid in self._procs or (refused and now < refused.next_try):
                 continue
             try:
                 self.source.attach(pid)
             except TargetGone:
                 continue
             except Exception as e:  # noqa: BLE001 - one bad target must not stop the daemon
-                self.stats.errors["attach"] += 1
-                log.warning("cannot follow pid %d (%s): %s", pid, proc.comm, e)
+                self._refuse(pid, proc, f"cannot follow pid {pid} ({shown(proc.comm)}): {e}")
                 continue
-            self._procs[pid] = proc
+            self._procs[pid] = proc  # still in _refused until a harvest succeeds
             self._states[pid] = TargetState(pid, proc.comm, self.cfg.bins, self.cfg.cold_after)
             self._interval[pid] = self.cfg.aging
             self._due[pid] = time.monotonic() + self.cfg.aging
-            log.info("following pid %d (%s), %d MiB resident", pid, proc.comm,
-                     proc.rss_pages * 4096 >> 20)
+            log.info("following pid %d (%s), %d MiB resident%s", pid, shown(proc.comm),
+                     proc.rss_pages * 4096 >> 20,
+                     f", after {refused.attempts} failed attempts" if refused else "")
+
+    def _pin(self, wanted: dict[int, targets.Process]) -> None:
+        """Remember which process each explicit pid named when first seen, so that a process
+        that later reuses the pid is not taken for it (targets.select(pinned=...))."""
+        for pid in self.cfg.targets.pids:
+            if pid not in self._pinned and pid in wanted:
+                self._pinned[pid] = wanted[pid].start_time
+
+    def _refuse(self, pid: int, proc: targets.Process, why: str) -> None:
+        """A selected process that cannot be followed: counted and logged once per process,
+        retried with back-off (discovery_interval doubling up to BACKOFF_MAX_SECONDS)."""
+        r = self._refused.get(pid)
+        if r is None or r.start_time != proc.start_time:
+            self.stats.errors["attach"] += 1
+            log.warning("%s; retrying with back-off (up to every %gs)", why, BACKOFF_MAX_SECONDS)
+            r = self._refused[pid] = _Refused(proc.start_time)
+        else:
+            log.debug("%s (attempt %d)", why, r.attempts + 1)
+        r.attempts += 1
+        delay = min(BACKOFF_MAX_SECONDS, self.cfg.discovery_interval * 2 ** min(r.attempts, 16))
+        r.next_try = time.monotonic() + delay
+
+    def _rename(self, pid: int, proc: targets.Process) -> None:
+        """The process changed its comm (an exec, or prctl(PR_SET_NAME)): the same process, so
+        its history stays, but its series carry the new comm from the next scrape on and
+        those with the old one go away."""
+        old = self._procs[pid]
+        log.info("pid %d is now %s (was %s)", pid, shown(proc.comm), shown(old.comm))
+        self._procs[pid] = proc
+        self._states[pid].comm = proc.comm
+        view = self.views.get(pid)
+        if view is not None:
+            self.views = {**self.views, pid: dataclasses.replace(view, comm=proc.comm)}
 
     def _cycle(self, pid: int) -> None:
         if pid not in self._procs:
@@ -169,11 +247,15 @@ class Daemon:
             self._errors[pid] = self._errors.get(pid, 0) + 1
             log.warning("harvest of pid %d failed: %s", pid, e)
             if self._errors[pid] >= MAX_CONSECUTIVE_ERRORS:
+                proc = self._procs[pid]
                 self._drop(pid, f"{MAX_CONSECUTIVE_ERRORS} harvests in a row failed")
+                self._refuse(pid, proc, f"cannot harvest pid {pid} ({shown(proc.comm)}): {e}")
             else:
                 self._due[pid] = time.monotonic() + self._interval[pid]
             return
         self._errors.pop(pid, None)
+        self._refused.pop(pid, None)
+        self.sanity.check(h, self._procs[pid].comm)
         cost = h.harvest_seconds + h.aging_seconds
         self.stats.harvest.observe(h.harvest_seconds)
         self.stats.aging.observe(h.aging_seconds)
@@ -202,28 +284,41 @@ class Daemon:
 
     def _drop(self, pid: int, why: str) -> None:
         self.source.detach(pid)
+        self.sanity.forget(pid)
         proc = self._procs.pop(pid, None)
         for d in (self._states, self._cost, self._interval, self._due, self._errors):
             d.pop(pid, None)  # type: ignore[attr-defined]
         self.views = {p: v for p, v in self.views.items() if p != pid}
         memory.trim()  # its history and the source's arrays were freed: give the pages back
         if proc:
-            log.info("stopped following pid %d (%s): %s", pid, proc.comm, why)
+            log.info("stopped following pid %d (%s): %s", pid, shown(proc.comm), why)
 
     def _close(self) -> None:
         for pid in list(self._procs):
             self._drop(pid, "shutting down")
         self.source.close()
 
-    async def _api_targets(self) -> Any:
+    def _api_views(self, query: Mapping[str, str]) -> list[TargetView]:
+        """The views the query selects: all, or the one of ``?pid=N`` (none if not followed).
+        Raises BadRequest for a pid that is not a positive integer."""
+        views = list(self.views.values())
+        if "pid" not in query:
+            return views
+        pid = query["pid"]
+        if not (pid.isascii() and pid.isdigit() and 0 < int(pid) < 2**31):
+            raise BadRequest(f"pid: expected a process id, got {pid[:40]!r}")
+        return [v for v in views if v.pid == int(pid)]
+
+    async def _api_targets(self, query: Mapping[str, str]) -> Any:
         return [{"pid": v.pid, "comm": v.comm, "aging_interval_s": v.interval,
                  "resident_pages": v.resident_pages, "working_set_pages": v.wss_pages,
                  "cold_pages": v.cold_pages, "harvests": v.harvests, "bins": v.bins.n}
-                for v in self.views.values()]
+                for v in self._api_views(query)]
 
-    async def _api_heat(self) -> Any:
+    async def _api_heat(self, query: Mapping[str, str]) -> Any:
         """Latest per-bin counts of every target, for `pageheat top --connect` (cumulative
-        accessed: the client takes differences). Addresses only with expose_addresses."""
+        accessed: the client takes differences). Addresses only with expose_addresses.
+        ``?pid=N``: that target only (an empty list when it is not followed)."""
         expose = self.cfg.expose_addresses
         return {"source": self.source.name, "expose_addresses": expose, "targets": [
             {"pid": v.pid, "comm": v.comm, "time": v.time, "interval": v.interval, "harvests": v.harvests,
@@ -234,4 +329,4 @@ class Daemon:
              "resident": v.resident.tolist(), "never_accessed": v.never_accessed,
              "wss_pages": v.wss_pages, "resident_pages": v.resident_pages, "cold_pages": v.cold_pages,
              "cost_s": self._cost.get(v.pid, 0.0)}
-            for v in self.views.values()]}
+            for v in self._api_views(query)]}

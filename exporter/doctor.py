@@ -7,10 +7,11 @@ import platform
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import capabilities
+from . import capabilities, procfs
 from .sources import IMPLEMENTED, NAMES
 from .sources.base import SourceError
 
@@ -29,16 +30,20 @@ def _mglru_state() -> str:
     enabled = Path("/sys/kernel/mm/lru_gen/enabled")
     if not enabled.exists():
         return "MGLRU not built into this kernel (CONFIG_LRU_GEN)"
-    value = int(enabled.read_text().strip(), 16)
+    try:
+        value = int(enabled.read_bytes().strip(), 16)
+    except (OSError, ValueError) as e:
+        return f"cannot read {enabled}: {e}"
     return "MGLRU enabled" if value else "MGLRU built in but disabled"
 
 
 def check_ptwalk() -> Verdict:
     if platform.machine() != "x86_64":
         return Verdict("ptwalk", False, f"page-table layout not supported on {platform.machine()}")
-    lacking = capabilities.missing(capabilities.PTWALK)
+    lacking = capabilities.missing(capabilities.LOAD)
     if lacking:
         return Verdict("ptwalk", False, f"missing {', '.join(lacking)} (run as root)")
+    per_target = capabilities.missing(capabilities.PTWALK)
     if not Path("/sys/kernel/btf/vmlinux").exists():
         return Verdict("ptwalk", False, "no kernel BTF (/sys/kernel/btf/vmlinux; CONFIG_DEBUG_INFO_BTF)")
     if not Path("/proc/self/clear_refs").exists():
@@ -51,7 +56,10 @@ def check_ptwalk() -> Verdict:
         return Verdict("ptwalk", False, str(e).removeprefix("ptwalk: "))
     levels = int(src._state["pgtable_levels"][0])
     src.close()
-    return Verdict("ptwalk", True, f"BTF, task_vma iterator, clear_refs, {levels}-level page tables")
+    only_own = (f"; without {', '.join(per_target)}: only processes it may read and age without "
+                "them (its own user's)") if per_target else ""
+    return Verdict("ptwalk", True,
+                   f"BTF, task_vma iterator, clear_refs, {levels}-level page tables{only_own}")
 
 
 def _check_young_source(name: str, why: str | None, open_source: Callable[[], YoungPagesSource],
@@ -69,27 +77,29 @@ def _check_young_source(name: str, why: str | None, open_source: Callable[[], Yo
     return Verdict(name, True, works.format(mode=mode, flush=flush))
 
 
-def check_mglru_fexit() -> Verdict:
+def check_mglru_fexit(**settings: str) -> Verdict:
+    """``settings``: the Config's ``aging`` (mglru_aging) and ``tlb_flush`` for the source."""
     from . import lrugen
     from .sources.mglru_fexit import NAME, MglruFexitSource
 
-    return _check_young_source(NAME, lrugen.mglru_state(), MglruFexitSource,
+    return _check_young_source(NAME, lrugen.mglru_state(), partial(MglruFexitSource, **settings),
                                "MGLRU enabled, fexit attached, {mode} aging via "
                                f"{lrugen.LRU_GEN}, {{flush}}")
 
 
-def check_mglru_hook() -> Verdict:
+def check_mglru_hook(**settings: str) -> Verdict:
     from . import lrugen
     from .sources.mglru_hook import NAME, MglruHookSource, kernel_support
 
-    return _check_young_source(NAME, kernel_support() or lrugen.mglru_state(), MglruHookSource,
+    return _check_young_source(NAME, kernel_support() or lrugen.mglru_state(),
+                               partial(MglruHookSource, **settings),
                                "kernel-patch/ tracepoints attached, {mode} aging via "
                                "bpf_lru_gen_run_aging() walking only the targets, {flush}")
 
 
-def verdicts() -> list[Verdict]:
-    """In --source auto's order of preference."""
-    out = [check_mglru_hook(), check_mglru_fexit(), check_ptwalk()]
+def verdicts(**settings: str) -> list[Verdict]:
+    """In --source auto's order of preference; ``settings`` as for check_mglru_fexit."""
+    out = [check_mglru_hook(**settings), check_mglru_fexit(**settings), check_ptwalk()]
     mglru = _mglru_state()
     for name in NAMES:
         if name not in IMPLEMENTED:
@@ -98,16 +108,24 @@ def verdicts() -> list[Verdict]:
     return out
 
 
-def run(as_json: bool = False) -> int:
-    vs = verdicts()
+def run(as_json: bool = False, **settings: str) -> int:
+    """Exit 1 when no source can run, or when pageheat is not in the host PID namespace (then
+    every source would load, and follow nothing: see procfs.pid_namespace_problem)."""
+    vs = verdicts(**settings)
     usable = [v.source for v in vs if v.ok]
+    namespace = procfs.pid_namespace_problem()
     if as_json:
         json.dump({"kernel": platform.release(), "sources": [asdict(v) for v in vs],
-                   "auto": usable[0] if usable else None}, sys.stdout)
+                   "auto": usable[0] if usable and not namespace else None,
+                   "pid_namespace": {"ok": namespace is None, "detail": namespace or "host"}},
+                  sys.stdout)
         print()
     else:
         print(f"pageheat doctor: kernel {platform.release()} ({platform.machine()})")
         for v in vs:
             print(f"  {v.source:<12} {'yes' if v.ok else 'no ':<4} {v.detail}")
-        print(f"--source auto picks: {usable[0] if usable else 'nothing: no source can run'}")
-    return 0 if usable else 1
+        if namespace:
+            print(f"--source auto picks: nothing: {namespace}")
+        else:
+            print(f"--source auto picks: {usable[0] if usable else 'nothing: no source can run'}")
+    return 0 if usable and not namespace else 1

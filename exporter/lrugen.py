@@ -76,7 +76,7 @@ def parse(text: str) -> dict[int, Memcg]:
     out: dict[int, Memcg] = {}
     memcg: Memcg | None = None
     gens: list[Generation] | None = None
-    for line in text.splitlines():
+    for line in text.split("\n"):  # not splitlines(): cgroup names may hold \x0c, \x85, ...
         if m := _MEMCG.match(line):
             memcg = out[int(m[1])] = Memcg(int(m[1]), m[2] or "/")
             gens = None
@@ -89,7 +89,9 @@ def parse(text: str) -> dict[int, Memcg]:
 
 def read(path: Path = LRU_GEN) -> dict[int, Memcg]:
     try:
-        return parse(path.read_text())
+        # Memcg paths are cgroup directory names, any bytes: decoded as file names are, so
+        # that they compare equal to cgroup_path()'s and still name the directory.
+        return parse(os.fsdecode(path.read_bytes()))
     except FileNotFoundError as e:
         raise LruGenError(errno.ENOENT, f"{path} is missing: mount debugfs "
                           "(mount -t debugfs none /sys/kernel/debug) on a kernel with MGLRU") from e
@@ -99,7 +101,7 @@ def read(path: Path = LRU_GEN) -> dict[int, Memcg]:
 
 def cgroup_path(pid: int, proc: Path = PROC) -> str:
     """The process's cgroup v2 path (``0::/a/b``), relative to the cgroup2 root."""
-    for line in (proc / str(pid) / "cgroup").read_text().splitlines():
+    for line in os.fsdecode((proc / str(pid) / "cgroup").read_bytes()).split("\n"):
         hier, _, rest = line.partition(":")
         controllers, _, path = rest.partition(":")
         if hier == "0" and controllers == "":
@@ -112,7 +114,7 @@ def cgroup2_mount(mountinfo: Path = PROC / "self/mountinfo") -> Path | None:
     """Where the cgroup v2 hierarchy is mounted in our namespace, if anywhere."""
     from .cgroups import parse_mountinfo
 
-    return next((m.point for m in parse_mountinfo(mountinfo.read_text())
+    return next((m.point for m in parse_mountinfo(os.fsdecode(mountinfo.read_bytes()))
                  if m.fstype == "cgroup2"), None)
 
 

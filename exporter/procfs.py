@@ -1,13 +1,36 @@
 """Readers for the few /proc files pageheat needs. Each takes a root, so tests can point
-them at a fake tree."""
+them at a fake tree.
+
+Everything in /proc is untrusted bytes: a process names itself (``prctl(PR_SET_NAME)``, any
+15 bytes but NUL, not necessarily UTF-8) and names its files (any bytes but ``/`` and NUL).
+So every reader here reads bytes, ends lines only at ``\\n`` (``str.splitlines`` would also
+split at ``\\x0c``, ``\\x1c``, ``\\x85``, U+2028, ...), and decodes names with replacement.
+Names keep their other characters: they are label values, and the exposition format escapes
+what it must; ``shown()`` makes them safe for a log line or a terminal.
+
+A process whose main thread called ``pthread_exit`` while other threads run has a zombie
+thread-group leader: ``/proc/PID/maps`` and ``statm`` read empty and ``clear_refs`` silently
+ages nothing, because they go through the leader's ``mm``, which ``exit_mm()`` has cleared
+(fs/proc/task_mmu.c, ``clear_refs_write``: no mm, nothing done, no error). The same files of a
+live thread, ``/proc/PID/task/TID/...``, see the process's memory: ``task_dir()`` picks one.
+ptwalk's BPF task_vma iterator needs no such help: with a pid filter it visits every thread of
+the process and skips those without an mm (kernel/bpf/task_iter.c, task_group_seq_get_next and
+task_vma_seq_get_next), so it walks the live threads' mm; measured on 6.18 in
+tests/test_realworld_proc.py (every page of the region found, every mapping named).
+"""
 
 from __future__ import annotations
 
+import errno
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 PROC = Path("/proc")
+# include/linux/proc_ns.h: the initial PID namespace's inode number, fixed since Linux 3.8.
+INIT_PID_NS_INO = 0xEFFFFFFC
+PF_KTHREAD = 0x00200000  # include/linux/sched.h, task flags (field 9 of /proc/PID/stat)
+DEAD_STATES = frozenset("ZXx")  # zombie, dead: no mm any more
 
 
 @dataclass(frozen=True)
@@ -18,40 +41,134 @@ class Mapping:
     name: str  # "" for anonymous memory
 
 
-def read_maps(pid: int, proc: Path = PROC) -> list[Mapping]:
+@dataclass(frozen=True)
+class Stat:
+    """The fields of /proc/PID/stat that pageheat uses."""
+
+    state: str  # one letter: R S D T t Z X I ...
+    ppid: int
+    flags: int  # PF_* task flags
+    start_time: int  # clock ticks since boot: with the pid, a process's identity
+
+
+def decode(data: bytes) -> str:
+    """Untrusted bytes -> str: invalid UTF-8 becomes U+FFFD, never an exception."""
+    return data.decode("utf-8", "replace")
+
+
+def shown(text: str) -> str:
+    """``text`` for a log line or a terminal: every non-printable character but the space
+    (``\\n``, ``\\x1b``, ``\\x85``, U+2028, ...) as an escape, so a name can neither break a line
+    nor drive the terminal."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() or c == " " else _escape(c) for c in text)
+
+
+def _escape(c: str) -> str:
+    o = ord(c)
+    return f"\\x{o:02x}" if o < 0x100 else f"\\u{o:04x}" if o < 0x10000 else f"\\U{o:08x}"
+
+
+def _read(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def parse_maps(data: bytes) -> list[Mapping]:
+    """/proc/PID/maps bytes -> mappings. Only ``\\n`` ends a line: the kernel escapes a newline
+    in a file name (as ``\\012``, fs/proc/task_mmu.c ``seq_file_path(m, file, "\\n")``) but no
+    other byte. A line is ``START-END PERMS OFFSET DEV INODE`` and one space, then, for a named
+    mapping, padding spaces and the name (which may itself contain spaces)."""
     out = []
-    with open(proc / str(pid) / "maps", "rb") as f:
-        for line in f.read().decode(errors="replace").splitlines():
-            parts = line.split(None, 5)
-            lo, _, hi = parts[0].partition("-")
-            out.append(Mapping(int(lo, 16), int(hi, 16), parts[1], parts[5] if len(parts) > 5 else ""))
+    for line in data.split(b"\n"):
+        if not line:
+            continue
+        parts = line.split(b" ", 5)
+        lo, _, hi = parts[0].partition(b"-")
+        name = parts[5].lstrip(b" ") if len(parts) > 5 else b""
+        out.append(Mapping(int(lo, 16), int(hi, 16), decode(parts[1]), decode(name)))
     return out
 
 
+def read_maps(pid: int, proc: Path = PROC) -> list[Mapping]:
+    """The process's mappings; read through a live thread when the leader is a zombie.
+    Empty for a kernel thread or a process that has exited."""
+    data = _read(proc / str(pid) / "maps")
+    if not data:
+        d = task_dir(pid, proc)
+        if d != proc / str(pid):
+            data = _read(d / "maps")
+    return parse_maps(data)
+
+
 def read_comm(pid: int, proc: Path = PROC) -> str:
-    return (proc / str(pid) / "comm").read_text().rstrip("\n")
+    """The process's name (comm), decoded with replacement. The kernel prints it raw
+    (fs/proc/base.c ``comm_show``, no escaping) and adds one ``\\n``: only that one is removed,
+    a name may itself end in a newline."""
+    data = _read(proc / str(pid) / "comm")
+    return decode(data[:-1] if data.endswith(b"\n") else data)
+
+
+def parse_stat(data: bytes) -> Stat:
+    """/proc/PID/stat bytes -> Stat. comm (field 2) may contain spaces, parentheses and any
+    other byte: the fields after it start after the *last* ``)``. Raises ValueError when the
+    line is cut short (a process that is exiting)."""
+    try:
+        rest = data[data.rindex(b")") + 2:].split(b" ")
+        return Stat(decode(rest[0]), int(rest[1]), int(rest[6]), int(rest[19]))
+    except IndexError as e:
+        raise ValueError(f"short /proc stat line ({len(data)} bytes)") from e
+
+
+def read_stat(pid: int, proc: Path = PROC) -> Stat:
+    return parse_stat(_read(proc / str(pid) / "stat"))
 
 
 def read_start_time(pid: int, proc: Path = PROC) -> int:
     """Field 22 of /proc/PID/stat, in clock ticks since boot: with the pid, a process's identity."""
-    stat = (proc / str(pid) / "stat").read_bytes()
-    # comm (field 2) may contain spaces and parentheses: split after the last ')'.
-    return int(stat[stat.rindex(b")") + 2 :].split()[19])
+    return read_stat(pid, proc).start_time
+
+
+def _status(path: Path) -> dict[bytes, bytes]:
+    out = {}
+    for line in _read(path).split(b"\n"):
+        key, sep, value = line.partition(b":")
+        if sep:
+            out[key] = value.strip()
+    return out
 
 
 def read_status_kib(pid: int, keys: tuple[str, ...], proc: Path = PROC) -> dict[str, int]:
-    """Numeric fields of /proc/PID/status, in KiB (0 for kernel threads and absent keys)."""
-    found = dict.fromkeys(keys, 0)
-    for line in (proc / str(pid) / "status").read_text().splitlines():
-        key, _, rest = line.partition(":")
-        if key in found:
-            found[key] = int(rest.split()[0])
+    """Numeric fields of /proc/PID/status, in KiB (0 for kernel threads and absent keys); of a
+    live thread when the leader is a zombie (a zombie's status has no memory fields).
+    ``Name:`` in status holds the raw comm, so the file is not read as text."""
+    fields = _status(task_dir(pid, proc) / "status")
+    found = {}
+    for k in keys:
+        value = fields.get(k.encode())
+        found[k] = int(value.split()[0]) if value else 0
     return found
 
 
+def read_tgid(pid: int, proc: Path = PROC) -> int:
+    """The process (thread group) a pid belongs to: itself for a process, the process's pid
+    for a thread id. /proc/TID exists for every thread, though ``ls /proc`` does not show it."""
+    value = _status(proc / str(pid) / "status").get(b"Tgid")
+    if not value:
+        raise ValueError(f"/proc/{pid}/status has no Tgid")
+    return int(value)
+
+
 def rss_pages(pid: int, proc: Path = PROC) -> int:
-    """Resident pages from /proc/PID/statm (0 for kernel threads)."""
-    return int((proc / str(pid) / "statm").read_text().split()[1])
+    """Resident pages from /proc/PID/statm (0 for kernel threads); through a live thread
+    when the leader is a zombie (its statm reads all zeros)."""
+    rss = int(_read(proc / str(pid) / "statm").split(b" ")[1])
+    if rss == 0:
+        d = task_dir(pid, proc)
+        if d != proc / str(pid):
+            rss = int(_read(d / "statm").split(b" ")[1])
+    return rss
 
 
 def list_pids(proc: Path = PROC) -> list[int]:
@@ -60,3 +177,94 @@ def list_pids(proc: Path = PROC) -> list[int]:
 
 def pid_exists(pid: int, proc: Path = PROC) -> bool:
     return (proc / str(pid)).exists()
+
+
+def _alive(d: Path) -> bool:
+    try:
+        return parse_stat(_read(d / "stat")).state not in DEAD_STATES
+    except (FileNotFoundError, ProcessLookupError, ValueError):
+        return False
+
+
+def task_dir(pid: int, proc: Path = PROC) -> Path:
+    """Where to read and age process ``pid``: ``/proc/PID`` while its leader lives, else
+    ``/proc/PID/task/TID`` of its first live thread (see the module doc). ``/proc/PID`` when
+    no thread lives (the process has exited) or the process is gone."""
+    d = proc / str(pid)
+    if _alive(d):
+        return d
+    try:
+        tids = sorted(int(t) for t in os.listdir(d / "task") if t.isdigit())
+    except (FileNotFoundError, ProcessLookupError, NotADirectoryError):
+        return d
+    for tid in tids:
+        t = d / "task" / str(tid)
+        if tid != pid and _alive(t):
+            return t
+    return d
+
+
+class ClearRefs:
+    """``clear_refs`` of a process, written through a live thread.
+
+    Opened on ``task_dir(pid)``. Before each write it checks that the thread it goes through
+    still lives, and reopens on another one if not: a write through a zombie leader succeeds
+    and ages nothing, a write through a thread that has gone fails with ESRCH. Raises
+    ProcessLookupError / FileNotFoundError when the process has exited, PermissionError when
+    its clear_refs may not be written.
+    """
+
+    def __init__(self, pid: int, proc: Path = PROC) -> None:
+        self.pid = pid
+        self._proc = proc
+        self.fd = -1
+        self._open()
+
+    def _open(self) -> None:
+        self.dir = task_dir(self.pid, self._proc)
+        if not _alive(self.dir):
+            raise ProcessLookupError(errno.ESRCH, f"process {self.pid} has exited")
+        fd = os.open(self.dir / "clear_refs", os.O_WRONLY | os.O_CLOEXEC)
+        if self.fd >= 0:
+            os.close(self.fd)
+        self.fd = fd
+
+    def write(self, data: bytes) -> None:
+        if not _alive(self.dir):
+            self._open()
+        try:
+            os.write(self.fd, data)
+        except ProcessLookupError:  # the thread exited after the check: once more
+            self._open()
+            os.write(self.fd, data)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def pid_namespace_problem(proc: Path = PROC) -> str | None:
+    """None when pageheat sees the host's pids; else one line saying why it cannot work.
+
+    pageheat's BPF programs compare the kernel's pids (``task->tgid``, the host PID namespace's)
+    with the pids it reads from /proc and is given: in a PID namespace of its own (a container
+    without ``hostPID``, ``unshare --pid``) those are the namespace's, a live target looks
+    exited and the host's processes are invisible."""
+    try:
+        ino = os.stat(proc / "self/ns/pid").st_ino
+    except OSError:
+        return None  # no /proc/self/ns (a kernel without namespaces): nothing to compare
+    why = ("but needs the host's: its BPF programs see host pids, while /proc and the pids "
+           "given to it would be the namespace's (run it with hostPID: true, docker --pid=host, "
+           "or outside unshare --pid)")
+    if ino != INIT_PID_NS_INO:
+        return f"pageheat runs in a PID namespace of its own {why}"
+    try:
+        me = os.readlink(proc / "self")
+    except OSError:
+        return None
+    if me != str(os.getpid()):
+        return f"pageheat reads a {proc} of another PID namespace (/proc/self is {me}, " \
+               f"pageheat is {os.getpid()}) {why}"
+    return None

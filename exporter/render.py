@@ -14,6 +14,7 @@ image is written.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import os
@@ -29,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import parse_duration
+from .procfs import shown
 
 # Figure layout, fixed (no tight_layout) so that the image's geometry is known: axes rectangles
 # in figure fractions (left, bottom, width, height).
@@ -37,6 +39,11 @@ DPI = 100
 HEAT_AXES = (0.28, 0.40, 0.60, 0.52)
 IDLE_AXES = (0.28, 0.07, 0.60, 0.24)
 CMAP = "inferno"  # luminance rises monotonically with the value
+
+
+# matplotlib is the `render` extra; only images need it (the terminal view does not).
+MISSING_EXTRA = ("pageheat render --png/--svg needs the 'render' extra: "
+                 "pip install 'pageheat[render]'")
 
 
 class RenderError(Exception):
@@ -123,8 +130,9 @@ def fetch(url: str, pid: int, range_seconds: float, step: float | None = None,
                           f"{range_seconds:g} s")
 
     les, heat = _buckets(heat_res, times)
-    mappings = {int(r["metric"]["bin"]): r["metric"].get("mappings", "") for r in info}
-    comm = next((r["metric"].get("comm", "") for r in info), "")
+    # Label values come from /proc names, any characters: escaped for a terminal or an image.
+    mappings = {int(r["metric"]["bin"]): shown(r["metric"].get("mappings", "")) for r in info}
+    comm = shown(next((r["metric"].get("comm", "") for r in info), ""))
     heat_rows = [_bin_label(int(le), mappings.get(int(le), "")) for le in les if le != math.inf]
     heat = heat[: len(heat_rows)]  # the +Inf bucket holds nothing beyond the last bin
 
@@ -168,18 +176,24 @@ def draw(data: Data, out: Path) -> None:
                        norm=PowerNorm(gamma=0.5, vmin=0.0, vmax=vmax),
                        extent=(*extent, -0.5, values.shape[0] - 0.5))
         ax.set_yticks(range(len(m.rows)))
-        ax.set_yticklabels(m.rows, fontsize=7 if len(m.rows) > 16 else 8)
+        ax.set_yticklabels([_literal(r) for r in m.rows], fontsize=7 if len(m.rows) > 16 else 8)
         ax.set_title(title, fontsize=10, loc="left")
         ax.set_xlabel("seconds before now", fontsize=8)
         ax.tick_params(axis="x", labelsize=8)
         cax = fig.add_axes((rect[0] + rect[2] + 0.015, rect[1], 0.015, rect[3]))
         fig.colorbar(im, cax=cax).set_label(unit, fontsize=8)
-    fig.suptitle(f"pageheat: pid {data.pid} {data.comm}", x=0.02, ha="left", fontsize=12)
+    fig.suptitle(_literal(f"pageheat: pid {data.pid} {data.comm}"), x=0.02, ha="left", fontsize=12)
     fig.savefig(out, dpi=DPI, format=out.suffix.lstrip(".").lower() or "png")
     plt.close(fig)
 
 
 # --- terminal ---------------------------------------------------------------------------------
+
+
+def _literal(text: str) -> str:
+    """Text that matplotlib draws as it is: a pair of ``$`` would start mathtext, and a name
+    from /proc (comm, a mapped file's name) may hold any characters, control ones too."""
+    return shown(text).replace("$", r"\$")
 
 
 def _inferno(x: np.ndarray) -> np.ndarray:
@@ -280,6 +294,9 @@ def run(args: argparse.Namespace) -> int:
         rate = parse_duration(args.rate_interval)
     except ValueError as e:
         print(f"pageheat: {e}", file=sys.stderr)
+        return 2
+    if (args.png or args.svg) and importlib.util.find_spec("matplotlib") is None:
+        print(MISSING_EXTRA, file=sys.stderr)
         return 2
     try:
         data = fetch(args.prometheus, args.pid, range_s, step, rate)

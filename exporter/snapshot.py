@@ -7,12 +7,16 @@ attaches, so accesses made before the command started are not counted.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import sanity
 from .sources.base import PAGE_TYPE_NAMES, VMA_KIND_NAMES, Harvest, Source, TargetGone
+
+log = logging.getLogger("pageheat")
 
 
 @dataclass
@@ -67,6 +71,14 @@ def take(source: Source, pid: int, aging: float, scans: int,
                   "resident": r.resident, "accessed": r.accessed}
                  for (s, e), r in sorted(vmas.items())],
     }
+    # Truncated harvests summed over the scans, and what the latest one could not monitor:
+    # nothing resident or cut short vanishes silently (see exporter/sanity.py).
+    out["truncations"] = {r: sum(sanity.truncations(h.counters)[r] for h in harvests)
+                          for r in sanity.TRUNCATIONS.values()}
+    out["unmonitored_pages"] = sanity.unmonitored(harvests[-1].counters) if harvests else {}
+    for reason, n in out["truncations"].items():
+        if n:
+            log.warning("pid %d: %d harvest truncations (%s)", pid, n, reason)
     if pages and addr_range is not None:
         out["pages"] = _pages_in_range(harvests, addr_range)
     return out

@@ -7,6 +7,10 @@ import bisect
 from collections import Counter
 from dataclasses import dataclass, field
 
+# Every kind of pageheat_errors_total, exported at 0 from the start so that rate() and
+# increase() see the first error (a series that appears at 1 has no increase). A new kind of
+# error is added here; tests/test_unit_stats.py checks that the code uses no other.
+ERROR_KINDS = ("attach", "discovery", "harvest")
 DURATION_BOUNDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
@@ -33,8 +37,13 @@ class Stats:
     aging: DurationHistogram = field(default_factory=DurationHistogram)
     pages_scanned: int = 0
     overruns: int = 0  # cycles whose CPU cost exceeded their interval
-    errors: Counter[str] = field(default_factory=Counter)
+    errors: Counter[str] = field(default_factory=lambda: Counter(dict.fromkeys(ERROR_KINDS, 0)))
     cpu_usage: float = 0.0  # fraction of one CPU spent on harvest + aging, smoothed
     series_exported: int = 0
     series_dropped: int = 0
     targets_dropped: int = 0
+    # exporter/sanity.py: truncated harvests and aging that did nothing, by reason; pages each
+    # target has that cannot be monitored, by reason (pid -> (comm, {reason: pages})).
+    truncations: Counter[str] = field(default_factory=Counter)
+    aging_ineffective: Counter[str] = field(default_factory=Counter)
+    unmonitored: dict[int, tuple[str, dict[str, int]]] = field(default_factory=dict)

@@ -1,4 +1,5 @@
-"""Which processes to follow: explicit pids, a comm regex, and the top N by RSS."""
+"""Which processes to follow: explicit pids, a comm regex, and the top N by RSS; and whether a
+pid given explicitly names a process pageheat can follow."""
 
 from __future__ import annotations
 
@@ -19,23 +20,45 @@ class Process:
     rss_pages: int
 
 
+class PidError(Exception):
+    """A pid given explicitly that pageheat cannot follow; the message says why, in one line."""
+
+
+_GONE = (FileNotFoundError, ProcessLookupError, IndexError, ValueError)
+
+
 def _read(pid: int, proc: Path) -> Process | None:
     try:
         return Process(pid, procfs.read_start_time(pid, proc), procfs.read_comm(pid, proc),
                        procfs.rss_pages(pid, proc))
-    except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
+    except _GONE:
         return None  # exited while we looked
 
 
-def select(spec: Targets, proc: Path = procfs.PROC, self_pid: int | None = None) -> list[Process]:
+def _tgid(pid: int, proc: Path) -> int | None:
+    try:
+        return procfs.read_tgid(pid, proc)
+    except _GONE:
+        return None
+
+
+def select(spec: Targets, proc: Path = procfs.PROC, self_pid: int | None = None,
+           pinned: dict[int, int] | None = None) -> list[Process]:
     """The processes ``spec`` names, largest RSS first. Kernel threads and pageheat itself are
-    never selected by comm or RSS."""
+    never selected by comm or RSS. A thread id in ``spec.pids`` stands for its process.
+    ``pinned`` (pid -> start_time) names the processes the explicit pids stood for when they
+    were given: once such a process has exited, a new process that reuses its pid is not
+    selected by that pid."""
     me = os.getpid() if self_pid is None else self_pid
     chosen: dict[int, Process] = {}
-    for pid in spec.pids:
-        p = _read(pid, proc)
-        if p and p.rss_pages:  # no memory: a kernel thread, or a zombie
-            chosen[pid] = p
+    for given in spec.pids:
+        pid = _tgid(given, proc)
+        p = _read(pid, proc) if pid is not None else None
+        if p is None or not p.rss_pages:  # no memory: a kernel thread, or a zombie
+            continue
+        if pinned is not None and pinned.get(given, p.start_time) != p.start_time:
+            continue  # the pid was reused
+        chosen[pid] = p
     if spec.comm_regex is None and spec.top_rss == 0:
         return sorted(chosen.values(), key=lambda p: -p.rss_pages)
     regex = re.compile(spec.comm_regex) if spec.comm_regex is not None else None
@@ -54,3 +77,44 @@ def select(spec: Targets, proc: Path = procfs.PROC, self_pid: int | None = None)
     for p in candidates[: spec.top_rss]:
         chosen[p.pid] = p
     return sorted(chosen.values(), key=lambda p: -p.rss_pages)
+
+
+def resolve(pid: int, proc: Path = procfs.PROC) -> tuple[int, str | None]:
+    """The process a pid given explicitly stands for, and a note when that is not the pid
+    itself (a thread id: its process is followed). Raises PidError when there is no process
+    to follow: no such pid, a kernel thread, a process that has exited."""
+    if not procfs.pid_exists(pid, proc):
+        raise PidError(f"no such process: {pid}")
+    try:
+        tgid = procfs.read_tgid(pid, proc)
+        st = procfs.read_stat(tgid, proc)
+        comm = procfs.shown(procfs.read_comm(tgid, proc))
+    except _GONE as e:
+        raise PidError(f"no such process: {pid} (it exited)") from e
+    note = None
+    if tgid != pid:
+        note = f"pid {pid} is a thread of process {tgid} ({comm}): following process {tgid}"
+    if st.flags & procfs.PF_KTHREAD:
+        raise PidError(f"pid {pid} is a kernel thread ({comm}): it has no user memory to follow")
+    if procfs.task_dir(tgid, proc) == proc / str(tgid) and st.state in procfs.DEAD_STATES:
+        raise PidError(f"process {tgid} ({comm}) has exited: a zombie its parent has not reaped")
+    return tgid, note
+
+
+def check_access(pid: int, proc: Path = procfs.PROC) -> None:
+    """Can this process be read and aged: its page-table layout (maps, which needs the right
+    to ptrace-read it) and its clear_refs (writable by its owner only). Raises PidError."""
+    d = procfs.task_dir(pid, proc)
+    try:
+        comm = procfs.shown(procfs.read_comm(pid, proc))
+    except OSError:
+        comm = "?"
+    for name, flags in (("maps", os.O_RDONLY), ("clear_refs", os.O_WRONLY)):
+        try:
+            os.close(os.open(d / name, flags | os.O_CLOEXEC))
+        except PermissionError as e:
+            need = "CAP_SYS_PTRACE" if name == "maps" else "CAP_DAC_OVERRIDE"
+            raise PidError(f"cannot follow process {pid} ({comm}): {d / name}: permission denied "
+                           f"(needs {need}, or to run as its user)") from e
+        except (FileNotFoundError, ProcessLookupError) as e:
+            raise PidError(f"no such process: {pid} (it exited)") from e

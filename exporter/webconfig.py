@@ -11,7 +11,6 @@ import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
 from pydantic import BaseModel, ConfigDict
 
 
@@ -42,8 +41,9 @@ class WebConfig:
     def load(cls, path: Path | None) -> WebConfig:
         if path is None:
             return cls()
-        raw = yaml.safe_load(path.read_text()) or {}
-        spec = WebConfigFile(**raw)
+        from .config import read_yaml  # ConfigError naming file, line and column, one line
+
+        spec = WebConfigFile(**read_yaml(path, "web config"))
         ctx = None
         if spec.tls_server_config:
             t = spec.tls_server_config

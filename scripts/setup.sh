@@ -12,6 +12,8 @@ APT_PACKAGES=(
   qemu-system-x86 udev kmod busybox-static bpftrace numactl xz-utils cpio  # the kernel lab
   dwarves flex bison bc libssl-dev rsync linux-source-6.12  # kernel-patch/ (check.sh, build.sh)
   e2fsprogs                                             # mkfs.ext4 for the lab guests
+  gcc libc6-dev                                         # tests/c helper programs
+  mmdebstrap buildah podman runc                        # deploy/image/build.sh, tests/test_image.py
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
@@ -28,7 +30,7 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 log=$(mktemp)
-if ! .venv/bin/pip install -q -e '.[test]' >"$log" 2>&1; then
+if ! .venv/bin/pip install -q -e '.[test,all]' >"$log" 2>&1; then
   cat "$log" >&2
   exit 1
 fi

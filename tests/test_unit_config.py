@@ -3,10 +3,27 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
-from pageheat.config import DEFAULT_PORT, Config, Targets, load, parse_duration, parse_size
+import yaml
+from pageheat.config import (
+    DEFAULT_PORT,
+    MAX_DURATION,
+    NOT_SETTINGS,
+    Config,
+    ConfigError,
+    Targets,
+    check_environment,
+    describe,
+    from_env,
+    load,
+    parse_duration,
+    parse_size,
+    read_yaml,
+    setting_names,
+)
 from pydantic import ValidationError
 
 
@@ -171,12 +188,248 @@ def test_load_missing_file_is_oserror(tmp_path: Path) -> None:
         load(tmp_path / "nope.yml", {})
 
 
-def test_environment_is_below_file_and_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.kind5
+def test_precedence_flags_over_environment_over_file_over_defaults(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    f = tmp_path / "c.yml"
+    f.write_text("bins: 16\naging: 2s\ncold_after: 5m\ntargets: {comm_regex: '^db', min_rss: 1MiB}\n")
     monkeypatch.setenv("PAGEHEAT_BINS", "64")
     monkeypatch.setenv("PAGEHEAT_AGING", "5s")
-    assert load(None, {}).bins == 64
-    f = tmp_path / "c.yml"
-    f.write_text("bins: 16\n")
+    monkeypatch.setenv("PAGEHEAT_TARGETS__TOP_RSS", "3")
     c = load(f, {"aging": "200ms"})
-    assert c.bins == 16
-    assert c.aging == pytest.approx(0.2)
+    assert c.aging == pytest.approx(0.2)  # flag over environment and file
+    assert c.bins == 64  # environment over file
+    assert c.cold_after == 300.0  # file over default
+    assert c.discovery_interval == Config.model_fields["discovery_interval"].default  # default
+    # Nested: the environment's top_rss is merged into the file's targets, not replacing them.
+    assert (c.targets.top_rss, c.targets.comm_regex, c.targets.min_rss) == (3, "^db", 1 << 20)
+
+
+@pytest.mark.kind5
+def test_nested_environment_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PAGEHEAT_TARGETS__TOP_RSS", "3")
+    monkeypatch.setenv("PAGEHEAT_TARGETS__MIN_RSS", "1GiB")
+    monkeypatch.setenv("PAGEHEAT_TARGETS__PIDS", "[7, 8]")
+    t = from_env().targets
+    assert (t.top_rss, t.min_rss, t.pids) == (3, 1 << 30, [7, 8])
+    assert from_env().targets_configured
+    monkeypatch.setenv("PAGEHEAT_TARGETS__TOP_RSS", "-1")
+    with pytest.raises(ValidationError, match="targets.top_rss"):
+        from_env()
+
+
+def test_targets_configured_only_when_given(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert not load(None, {}).targets_configured
+    assert not load(None, {"aging": "1s"}).targets_configured
+    assert load(None, {"pids": [1]}).targets_configured
+    f = tmp_path / "c.yml"
+    f.write_text("targets: {top_rss: 5}\n")  # the default value, but written down: explicit
+    assert load(f, {}).targets_configured
+
+
+@pytest.mark.kind5
+@pytest.mark.parametrize("name", ["PAGEHEAT_AGEING", "PAGEHEAT_TARGET__TOP_RSS", "PAGEHEAT_TARGETS__TOPRSS",
+                                  "pageheat_binz", "PAGEHEAT_AGING__X", "PAGEHEAT_"])
+def test_misspelt_environment_variable_is_an_error(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    monkeypatch.setenv(name, "1")
+    with pytest.raises(ConfigError, match=f"unknown environment variable {re.escape(name)}") as e:
+        from_env()
+    assert "\n" not in str(e.value)
+
+
+def test_misspelt_environment_variable_gets_a_hint(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PAGEHEAT_AGEING", "1s")
+    with pytest.raises(ConfigError, match="did you mean PAGEHEAT_AGING"):
+        from_env()
+
+
+def test_every_setting_has_an_environment_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    check_environment(dict.fromkeys(setting_names(), ""))  # all accepted
+    assert "PAGEHEAT_TARGETS__TOP_RSS" in setting_names() and "PAGEHEAT_TLB_FLUSH" in setting_names()
+
+
+ROOT = Path(__file__).resolve().parent.parent
+DELIBERATELY_MISSPELT = {"test_unit_config.py", "test_cli.py", "test_cli_config.py"}  # they test the error
+
+
+def test_pageheat_variables_used_by_tests_lab_and_scripts_are_not_errors() -> None:
+    """Every PAGEHEAT_* name the repository's tests, lab, benchmarks and scripts use must be
+    accepted: either a setting or a known non-setting (config.NOT_SETTINGS and its prefixes)."""
+    used: set[str] = set()
+    for folder in ("tests", "lab", "bench", "scripts", "kernel-patch", "deploy", ".ci", "exporter"):
+        for path in (ROOT / folder).rglob("*"):
+            if path.name in DELIBERATELY_MISSPELT:
+                continue
+            if path.is_file() and path.suffix in {".py", ".sh", ".yml", ".yaml", ".service", ""}:
+                try:
+                    text = path.read_text()
+                except (UnicodeDecodeError, OSError):
+                    continue
+                used |= set(re.findall(r"\bPAGEHEAT_[A-Z0-9_]*[A-Z0-9]\b", text))
+    assert "PAGEHEAT_REQUIRE_KERNEL" in used and "PAGEHEAT_LAB_OUT" in used  # the scan works
+    used -= {"PAGEHEAT_LAB_KERNEL"}  # written PAGEHEAT_LAB_KERNEL_<NAME> in docs
+    for name in sorted(used):
+        check_environment({name: "x"})  # raises for an unknown one
+    # No stale entries (PAGEHEAT_CONNECT_PASSWORD: top --connect's, from the http branch).
+    assert NOT_SETTINGS <= used | {"PAGEHEAT_CONNECT_PASSWORD"}
+
+
+def test_unknown_variables_outside_the_prefix_are_ignored() -> None:
+    check_environment({"PATH": "/bin", "PAGEHEATX": "1", "XPAGEHEAT_AGING": "1"})
+
+
+@pytest.mark.kind5
+@pytest.mark.parametrize("field", ["aging", "cold_after", "discovery_interval"])
+@pytest.mark.parametrize("value", [".inf", "-.inf", ".nan", "1.0e+400", "1e400", "inf", "nan",
+                                   f"{MAX_DURATION * 2:.0f}", "9999999999999999999999h", "true"])
+def test_non_finite_or_absurd_durations_are_rejected(tmp_path: Path, field: str, value: str) -> None:
+    f = tmp_path / "c.yml"
+    f.write_text(f"{field}: {value}\n")
+    with pytest.raises(ValidationError) as e:
+        load(f, {})
+    line = describe(e.value)
+    assert line.startswith(f"bad configuration: {field}: ") and "\n" not in line
+
+
+@pytest.mark.kind5
+@pytest.mark.parametrize("value", [".inf", ".nan", "1.5", "-1", "true", str(1 << 70), "1e400", "-64MiB"])
+def test_non_finite_or_absurd_sizes_are_rejected(tmp_path: Path, value: str) -> None:
+    f = tmp_path / "c.yml"
+    f.write_text(f"targets: {{min_rss: {value}}}\n")
+    with pytest.raises(ValidationError, match="targets.min_rss"):
+        load(f, {})
+
+
+@pytest.mark.kind5
+@pytest.mark.parametrize("value", [".inf", "-.inf", ".nan", "1.0e+400"])
+def test_non_finite_floats_are_rejected(tmp_path: Path, value: str) -> None:
+    f = tmp_path / "c.yml"
+    f.write_text(f"cpu_budget: {value}\n")
+    with pytest.raises(ValidationError, match="cpu_budget"):
+        load(f, {})
+    for field in ("bins", "max_series", "never_accessed_mappings"):  # ints: no inf either
+        f.write_text(f"{field}: {value}\n")
+        with pytest.raises(ValidationError, match=field):
+            load(f, {})
+
+
+@pytest.mark.kind5
+def test_environment_values_are_validated_like_the_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PAGEHEAT_AGING", "inf")
+    with pytest.raises(ValidationError, match="aging"):
+        from_env()
+    monkeypatch.setenv("PAGEHEAT_AGING", "1s")
+    monkeypatch.setenv("PAGEHEAT_CPU_BUDGET", "nan")
+    with pytest.raises(ValidationError, match="cpu_budget"):
+        from_env()
+
+
+def test_pids_above_the_kernel_limit_are_rejected() -> None:
+    with pytest.raises(ValidationError):
+        Targets(pids=[(1 << 22) + 1])
+    assert Targets(pids=[1 << 22]).pids == [1 << 22]
+
+
+@pytest.mark.kind5
+@pytest.mark.parametrize(("env", "field", "values"), [
+    ("PAGEHEAT_TLB_FLUSH", "tlb_flush", ("auto", "always", "never")),
+    ("PAGEHEAT_MGLRU_AGING", "mglru_aging", ("active", "passive")),
+])
+def test_source_switches_are_settings(monkeypatch: pytest.MonkeyPatch, env: str, field: str,
+                                      values: tuple[str, ...]) -> None:
+    assert getattr(Config(), field) == values[0]
+    for v in values:
+        monkeypatch.setenv(env, v.upper())  # read case-insensitively, as before
+        assert getattr(from_env(), field) == v
+    monkeypatch.setenv(env, "bogus")
+    with pytest.raises(ValidationError) as e:
+        from_env()
+    assert describe(e.value).startswith(f"bad configuration: {field}: ")
+    assert getattr(load(None, {field: values[-1]}), field) == values[-1]
+
+
+def test_listen_one_or_many() -> None:
+    assert Config(listen="127.0.0.1:1").listen_addresses == [("127.0.0.1", 1)]
+    c = Config(listen=["127.0.0.1:1", "[::1]:2", ":3"])
+    assert c.listen_addresses == [("127.0.0.1", 1), ("::1", 2), ("0.0.0.0", 3)]
+    assert c.host_port == ("127.0.0.1", 1)
+    with pytest.raises(ValidationError, match="HOST:PORT"):
+        Config(listen=["127.0.0.1:1", "nope"])
+    with pytest.raises(ValidationError, match="at least one"):
+        Config(listen=[])
+
+
+def test_listen_list_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PAGEHEAT_LISTEN", '["127.0.0.1:1", "127.0.0.1:2"]')
+    assert from_env().listen_addresses == [("127.0.0.1", 1), ("127.0.0.1", 2)]
+    monkeypatch.setenv("PAGEHEAT_LISTEN", "127.0.0.1:3")
+    assert from_env().listen_addresses == [("127.0.0.1", 3)]
+
+
+@pytest.mark.parametrize(("path", "ok"), [
+    ("/metrics", True), ("/prom/metrics", True), ("/x", True), ("metrics", False), ("", False),
+    ("/", False), ("/healthz", False), ("/api/v1/targets", False), ("/a b", False), ("/m?x", False),
+])
+def test_telemetry_path(path: str, ok: bool) -> None:
+    if ok:
+        assert Config(telemetry_path=path).telemetry_path == path
+    else:
+        with pytest.raises(ValidationError, match="telemetry_path"):
+            Config(telemetry_path=path)
+
+
+@pytest.mark.kind5
+@pytest.mark.parametrize("text", ["aging: 1s\ntargets: {top_rss: 3\n", "bins: [1, 2\n",
+                                  "a: b: c\n", "aging: 1s\n\t- x\n", "x: 'unclosed\n"])
+def test_yaml_syntax_error_names_file_line_and_column(tmp_path: Path, text: str) -> None:
+    f = tmp_path / "c.yml"
+    f.write_text(text)
+    try:
+        yaml.safe_load(text)
+    except yaml.MarkedYAMLError as truth:
+        mark = truth.problem_mark
+    with pytest.raises(ConfigError) as e:
+        load(f, {})
+    msg = str(e.value)
+    assert msg.startswith(f"config {f}:{mark.line + 1}:{mark.column + 1}: YAML syntax error: ")
+    assert "\n" not in msg
+
+
+@pytest.mark.parametrize("text", ["- a\n- b\n", "just a string\n", "1: 2\n", "42\n"])
+def test_yaml_that_is_not_a_mapping_of_names(tmp_path: Path, text: str) -> None:
+    f = tmp_path / "c.yml"
+    f.write_text(text)
+    with pytest.raises(ConfigError, match="expected a YAML mapping"):
+        read_yaml(f)
+
+
+def test_yaml_nested_too_deeply_is_one_line(tmp_path: Path) -> None:
+    f = tmp_path / "c.yml"
+    f.write_text("[" * 100000)
+    with pytest.raises(ConfigError, match="nested too deeply|YAML syntax error"):
+        read_yaml(f)
+
+
+def test_yaml_python_tags_are_refused(tmp_path: Path) -> None:
+    f = tmp_path / "c.yml"
+    f.write_text("aging: !!python/object/apply:os.system ['true']\n")
+    with pytest.raises(ConfigError, match="YAML syntax error"):
+        read_yaml(f)
+
+
+@pytest.mark.kind5
+def test_bad_json_in_a_nested_environment_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PAGEHEAT_TARGETS", "{top_rss: 3")
+    with pytest.raises(ConfigError, match="PAGEHEAT_TARGETS is not valid JSON"):
+        from_env()
+
+
+def test_effective_settings_round_trip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    f = tmp_path / "c.yml"
+    f.write_text("aging: 250ms\nlisten: [127.0.0.1:1, 127.0.0.1:2]\ntargets: {min_rss: 1MiB}\n")
+    monkeypatch.setenv("PAGEHEAT_TLB_FLUSH", "never")
+    c = load(f, {"bins": 8})
+    again = tmp_path / "effective.yml"
+    again.write_text(c.effective())
+    monkeypatch.delenv("PAGEHEAT_TLB_FLUSH")
+    assert load(again, {}) == c

@@ -32,7 +32,8 @@ def add_process(proc: Path, pid: int, comm: str, rss_pages: int, start_time: int
     (d / "statm").write_text(f"{rss_pages * 3} {rss_pages} 10 5 0 20 0\n")
     (d / "maps").write_text(maps)
     (d / "status").write_text(status if status is not None else
-                              f"Name:\t{comm}\nVmRSS:\t{rss_pages * 4} kB\nRssAnon:\t{rss_pages * 2} kB\n")
+                              f"Name:\t{comm}\nTgid:\t{pid}\nVmRSS:\t{rss_pages * 4} kB\n"
+                              f"RssAnon:\t{rss_pages * 2} kB\n")
 
 
 MAPS = """\
@@ -275,3 +276,131 @@ def test_choose_sets_is_deterministic_per_seed() -> None:
     c = choose_sets(Spec(size=2 << 20, seed=6))
     assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
     assert not np.array_equal(a[0], c[0])
+
+
+# --- untrusted bytes (issue 11, kind 1) -----------------------------------------------------------
+
+# Bytes str.splitlines() ends a line at, and bytes that are not UTF-8, inside names.
+LINE_BREAKERS = [b"\x0b", b"\x0c", b"\x1c", b"\x1d", b"\x1e", b"\r", b"\xc2\x85", b"\xe2\x80\xa8",
+                 b"\xe2\x80\xa9"]
+
+
+def maps_line(start: int, end: int, name: bytes) -> bytes:
+    head = f"{start:x}-{end:x} rw-s 00000000 fd:01 42 ".encode()
+    return head + (b" " * max(73 - len(head), 1) + name if name else b"") + b"\n"
+
+
+@pytest.mark.kind1
+@pytest.mark.parametrize("breaker", LINE_BREAKERS)
+def test_only_newline_ends_a_maps_line(tmp_path: Path, breaker: bytes) -> None:
+    names = [b"/tmp/a" + breaker + b"b", b"", b"/tmp/x" + breaker + b"0-1 r--p" + breaker,
+             b"/srv/bad\xe5\x90utf8 (deleted)", b"/tmp/sp ace) (x", b"/tmp/new\\012line"]
+    data = b"".join(maps_line(0x1000 * (2 * i + 1), 0x1000 * (2 * i + 2), n) for i, n in enumerate(names))
+    assert len(data.decode("utf-8", "replace").splitlines()) > len(names)  # the old way broke
+    add_process(tmp_path, 10, "x", 1)
+    (tmp_path / "10" / "maps").write_bytes(data)
+    got = procfs.read_maps(10, tmp_path)
+    assert [m.name for m in got] == [n.decode("utf-8", "replace") for n in names]
+    assert [m.start for m in got] == [0x1000 * (2 * i + 1) for i in range(len(names))]
+    assert all(m.perms == "rw-s" for m in got)
+
+
+@pytest.mark.kind1
+@pytest.mark.parametrize("raw", [b"job-\xe5\x90", b"a\nb", b"trail\n", b"\xff\xfe", b"x) S 1 (y",
+                                 b"sp ace", b"\x1b[2J\x0c"])
+def test_comm_and_stat_with_any_bytes(tmp_path: Path, raw: bytes) -> None:
+    d = tmp_path / "42"
+    d.mkdir()
+    (d / "comm").write_bytes(raw + b"\n")  # fs/proc/base.c comm_show: raw, one newline added
+    stat_tail = " ".join(["S", "1", "42", "42"] + [str(100 + i) for i in range(4, 19)]
+                         + ["777"] + ["0"] * 30)
+    (d / "stat").write_bytes(b"42 (" + raw + b") " + stat_tail.encode() + b"\n")
+    (d / "status").write_bytes(b"Name:\t" + raw.replace(b"\n", b"\\n") + b"\nTgid:\t42\nVmPTE:\t8 kB\n")
+    comm = procfs.read_comm(42, tmp_path)
+    assert comm == raw.decode("utf-8", "replace")
+    st = procfs.read_stat(42, tmp_path)
+    assert (st.state, st.ppid, st.start_time) == ("S", 1, 777)
+    assert procfs.read_tgid(42, tmp_path) == 42
+    assert procfs.read_status_kib(42, ("VmPTE",), tmp_path) == {"VmPTE": 8}
+    shown = procfs.shown(comm)
+    assert shown.isprintable() and "\n" not in shown and "\x1b" not in shown
+
+
+@pytest.mark.kind1
+def test_comm_regex_matches_a_name_that_is_not_utf8(proc: Path) -> None:
+    add_process(proc, 11, "x", 5 * MIB_PAGES)
+    (proc / "11" / "comm").write_bytes(b"job-\xe5\x90\n")
+    got = targets.select(Targets(comm_regex="^job-", top_rss=0), proc, self_pid=7)
+    assert pids(got) == [11] and got[0].comm == "job-\ufffd"
+
+
+@pytest.mark.kind1
+def test_shown_escapes_what_breaks_a_line_or_drives_a_terminal() -> None:
+    assert procfs.shown("plain name (deleted)") == "plain name (deleted)"
+    assert procfs.shown("a\nb\x0c\x1c\x85\u2028\x1b[2Jz\ufffd") == \
+        "a\\x0ab\\x0c\\x1c\\x85\\u2028\\x1b[2Jz\ufffd"
+
+
+# --- which process (issue 11, kind 4) -------------------------------------------------------------
+
+
+@pytest.mark.kind4
+def test_explicit_thread_id_stands_for_its_process_and_reused_pids_are_not_taken(proc: Path) -> None:
+    (proc / "3" / "task").mkdir()
+    add_process(proc / "3" / "task", 33, "java-worker", 100 * MIB_PAGES)
+    (proc / "33").symlink_to(proc / "3" / "task" / "33")  # /proc/TID works, unlisted or not
+    ((proc / "33") / "status").write_text("Name:\tjava-worker\nTgid:\t3\n")
+    got = targets.select(Targets(pids=[33], top_rss=0), proc, self_pid=7)
+    assert pids(got) == [3]
+    assert targets.resolve(33, proc) == (3, "pid 33 is a thread of process 3 (java): following "
+                                            "process 3")
+    # pid 4 was given when it named a process that started at tick 999: not the one there now.
+    assert pids(targets.select(Targets(pids=[4], top_rss=0), proc, pinned={4: 999})) == []
+    assert pids(targets.select(Targets(pids=[4], top_rss=0), proc, pinned={4: 1000})) == [4]
+
+
+@pytest.mark.kind4
+def test_resolve_refuses_kernel_threads_zombies_and_missing_pids(proc: Path) -> None:
+    kd = proc / "2" / "stat"
+    kd.write_text(kd.read_text().replace(" 106 ", f" {procfs.PF_KTHREAD | 0x40} ", 1))  # flags
+    with pytest.raises(targets.PidError, match="pid 2 is a kernel thread"):
+        targets.resolve(2, proc)
+    z = proc / "5" / "stat"
+    z.write_text(z.read_text().replace(") S ", ") Z ", 1))
+    with pytest.raises(targets.PidError, match=r"process 5 \(postgres\) has exited"):
+        targets.resolve(5, proc)
+    with pytest.raises(targets.PidError, match="no such process: 4242"):
+        targets.resolve(4242, proc)
+    assert targets.resolve(4, proc) == (4, None)
+
+
+@pytest.mark.kind3
+def test_task_dir_of_a_zombie_leader_is_a_live_thread(proc: Path) -> None:
+    z = proc / "6" / "stat"
+    z.write_text(z.read_text().replace(") S ", ") Z ", 1))
+    (proc / "6" / "statm").write_text("0 0 0 0 0 0 0\n")
+    (proc / "6" / "maps").write_text("")
+    add_process(proc / "6" / "task", 6, "redis-server", 0)
+    add_process(proc / "6" / "task", 60, "redis-server", 80 * MIB_PAGES, maps=MAPS)
+    assert procfs.task_dir(6, proc) == proc / "6" / "task" / "60"
+    assert procfs.rss_pages(6, proc) == 80 * MIB_PAGES
+    assert len(procfs.read_maps(6, proc)) == 7
+    assert procfs.task_dir(4, proc) == proc / "4"  # a live leader is read directly
+
+
+@pytest.mark.kind1
+def test_render_draws_names_as_they_are(tmp_path: Path) -> None:
+    """A comm or file name with ``$...$`` is mathtext to matplotlib (and ``$\\x$`` made it raise);
+    control characters would reach the terminal."""
+    from pageheat import render
+    from PIL import Image
+
+    rows = ["#0 $\\x$ (deleted)", "#1 a\x1b[2Jb"]
+    heat = render.Matrix(np.arange(4.0), rows, np.arange(8.0).reshape(2, 4))
+    idle = render.Matrix(np.arange(4.0), ["0-1 s"], np.ones((1, 4)))
+    data = render.Data(1, "job-$\\x$\x0c", heat, idle, 4.0)
+    out = tmp_path / "x.png"
+    render.draw(data, out)
+    assert Image.open(out).size == (render.FIGSIZE[0] * render.DPI, render.FIGSIZE[1] * render.DPI)
+    text = render.terminal(render.Data(1, procfs.shown(data.comm), heat, idle, 4.0), color=False)
+    assert "\x0c" not in text and "job-$\\x$\\x0c" in text

@@ -89,8 +89,11 @@ def test_basic_auth_over_tls(secured):
     assert get(s, "/metrics", "nobody", PASSWORD)[0] == 401
     assert get(s, "/metrics", USER, "")[0] == 401
     assert get(s, "/api/v1/targets")[0] == 401
-    # Liveness probes need no credentials.
+    assert get(s, "/")[0] == 401
+    assert get(s, "/no/such/path")[0] == 401  # not 404: unknown paths say nothing without credentials
+    # Liveness probes need no credentials (the documented choice: README, Security).
     assert get(s, "/healthz")[0] == 200
+    assert get(s, "/", USER, PASSWORD)[0] == 200
 
     def metrics() -> str:
         status, _, body = get(s, "/metrics", USER, PASSWORD)
@@ -195,3 +198,115 @@ def test_shutdown_during_auth_is_clean(ptwalk_ok, workload, tmp_path) -> None:
         stop_process(proc)
     text = log.read_text()
     assert "Traceback" not in text and "ERROR" not in text, text
+
+
+@pytest.mark.kind5
+def test_malformed_request_over_tls_gets_400(secured):
+    """Below TLS, the same HTTP parser: garbage after the handshake is a 400, not a silent close."""
+    import socket
+
+    host, port = secured.url.removeprefix("https://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as raw, \
+            secured.context.wrap_socket(raw, server_hostname=host) as tls:
+        tls.sendall(b"\x00\x01garbage\xff\r\n\r\n")
+        answer = b""
+        while chunk := tls.recv(4096):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 400 ")
+    assert answer.rstrip().endswith(b"bad request: illegal request line")
+
+
+def _feed_sees_workload(url: str, **kw):
+    from pageheat.top.feed import RemoteFeed
+
+    def attached():
+        feed = RemoteFeed(url, **kw)
+        try:
+            feed.attach()
+        except LookupError:  # no harvest yet
+            return None
+        return feed
+    return wait_for(attached, 30, "the workload in /api/v1/heat over TLS")
+
+
+@pytest.mark.kind5
+def test_top_connect_feed_with_basic_auth_and_ca(secured, tmp_path, monkeypatch):
+    """`top --connect` to a TLS + basic auth serve: credentials in the URL, or a user flag with
+    the password from a file or the environment; the private CA from --ca-file."""
+    from urllib.parse import quote
+
+    from pageheat.top.feed import PASSWORD_ENV, ConnectError, RemoteFeed
+
+    s = secured
+    hostport = s.url.removeprefix("https://")
+    in_url = f"https://{quote(USER, safe='')}:{quote(PASSWORD, safe='')}@{hostport}"
+    feed = _feed_sees_workload(in_url, ca_file=str(s.ca))
+    assert feed.source_name == "ptwalk" and feed.base == s.url and feed.comm
+    pw = tmp_path / "pw"
+    pw.write_text(PASSWORD + "\n")
+    assert _feed_sees_workload(s.url, user=USER, password_file=str(pw), ca_file=str(s.ca)).pid == feed.pid
+    monkeypatch.setenv(PASSWORD_ENV, PASSWORD)
+    assert _feed_sees_workload(s.url, user=USER, ca_file=str(s.ca)).pid == feed.pid
+
+    monkeypatch.setenv(PASSWORD_ENV, "Xq7-not-it")
+    with pytest.raises(ConnectError, match="401 Unauthorized.*--connect-user") as e:
+        RemoteFeed(s.url, user=USER, ca_file=str(s.ca)).attach()
+    assert "Xq7-not-it" not in str(e.value)
+    with pytest.raises(ConnectError, match="CERTIFICATE_VERIFY_FAILED.*--ca-file"):
+        RemoteFeed(in_url).attach()
+    with pytest.raises(ConnectError, match="401"):
+        RemoteFeed(s.url, ca_file=str(s.ca)).attach()
+
+
+@pytest.mark.kind5
+def test_top_connect_cli_in_a_terminal(secured, tmp_path):
+    """The real `pageheat top --connect` in tmux: the flags reach the feed and the screen shows the
+    server's target; a wrong password is one line and exit 1, without the password."""
+    import os
+    import shutil
+    import time
+
+    from test_top_tmux import Tmux
+
+    assert shutil.which("tmux"), "tmux is not installed (apt-get install tmux)"
+    s = secured
+    pw = tmp_path / "pw"
+    pw.write_text(PASSWORD + "\n")
+    rc = tmp_path / "rc"
+    tmux = Tmux(tmp_path)
+    top = " ".join([*PAGEHEAT, "top", "--connect", s.url, "--connect-user", USER,
+                    "--connect-password-file", str(pw), "--ca-file", str(s.ca)])
+    env = "env -u COLUMNS -u LINES TERM=xterm-256color"
+    try:
+        tmux("-f", "/dev/null", "new-session", "-d", "-x", "160", "-y", "40",
+             f"{env} {top}; echo $? > {rc}; sleep 60")
+        deadline = time.monotonic() + 40
+        while "source ptwalk" not in (screen := tmux("capture-pane", "-p")):
+            assert time.monotonic() < deadline and not rc.exists(), screen
+            time.sleep(0.2)
+        assert "(server)" in screen
+        tmux("send-keys", "q")
+        while not rc.exists():
+            assert time.monotonic() < deadline + 10
+            time.sleep(0.05)
+        assert rc.read_text().strip() == "0"
+    finally:
+        tmux.kill()
+    # top refuses a non-terminal before it connects: the wrong password is checked in one too.
+    rc.unlink()
+    tmux = Tmux(tmp_path)
+    env_pw = f"PAGEHEAT_CONNECT_PASSWORD=not-{os.getpid()}"
+    top = " ".join([*PAGEHEAT, "top", "--connect", s.url, "--connect-user", USER, "--ca-file", str(s.ca)])
+    try:
+        tmux("-f", "/dev/null", "new-session", "-d", "-x", "200", "-y", "20",
+             f"env {env_pw} TERM=xterm {top}; echo $? > {rc}; sleep 60")
+        deadline = time.monotonic() + 30
+        while not rc.exists():
+            assert time.monotonic() < deadline, tmux("capture-pane", "-p")
+            time.sleep(0.1)
+        assert rc.read_text().strip() == "1"
+        lines = [x for x in tmux("capture-pane", "-p").splitlines() if x.strip()]
+        assert len(lines) == 1 and "401 Unauthorized" in lines[0] and s.url in lines[0], lines
+        assert f"not-{os.getpid()}" not in lines[0]
+    finally:
+        tmux.kill()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 
 from .base import Source, SourceError
@@ -14,8 +13,9 @@ IMPLEMENTED = ("ptwalk", "mglru-fexit", "mglru-hook")
 log = logging.getLogger(__name__)
 
 
-def open_source(name: str) -> Source:
-    """Load the named source (``auto``: the best one this kernel supports). Raises SourceError."""
+def open_source(name: str, tlb_flush: str = "auto", mglru_aging: str = "active") -> Source:
+    """Load the named source (``auto``: the best one this kernel supports), with the TLB flush
+    policy and the mglru sources' aging mode from the Config. Raises SourceError."""
     from .. import capabilities
 
     if name == "auto":
@@ -26,44 +26,44 @@ def open_source(name: str) -> Source:
         why = []
         for opener in (_open_mglru_hook, _open_mglru_fexit):
             try:
-                return opener()
+                return opener(tlb_flush, mglru_aging)
             except SourceError as e:
                 why.append(str(e))
         # Said only once ptwalk has opened: if it fails too, its error stays the one line.
-        source = open_source("ptwalk")
+        source = open_source("ptwalk", tlb_flush, mglru_aging)
         log.info("source auto: ptwalk, because %s", "; ".join(why))
         return source
     if name not in IMPLEMENTED:
         raise SourceError(f"source {name} is not implemented yet; use --source ptwalk")
     if name == "mglru-fexit":
-        return _open_mglru_fexit()
+        return _open_mglru_fexit(tlb_flush, mglru_aging)
     if name == "mglru-hook":
-        return _open_mglru_hook()
-    lacking = capabilities.missing(capabilities.PTWALK)
+        return _open_mglru_hook(tlb_flush, mglru_aging)
+    lacking = capabilities.missing(capabilities.LOAD)
     if lacking:
         raise SourceError(f"ptwalk needs {', '.join(lacking)} (run as root or grant them)")
     from .ptwalk import PtwalkSource
 
-    # Read here, once: the TLB flush policy shared by the sources (see docs/ACCURACY.md).
-    return PtwalkSource(tlb_flush=os.environ.get("PAGEHEAT_TLB_FLUSH", "auto").lower())
+    # The TLB flush policy shared by the sources (see docs/ACCURACY.md), from the Config.
+    return PtwalkSource(tlb_flush=tlb_flush)
 
 
-def _open_mglru_fexit() -> Source:
+def _open_mglru_fexit(tlb_flush: str, mglru_aging: str) -> Source:
     from .mglru_fexit import MglruFexitSource
 
-    return _open_mglru("mglru-fexit", MglruFexitSource)
+    return _open_mglru("mglru-fexit", lambda: MglruFexitSource(aging=mglru_aging, tlb_flush=tlb_flush))
 
 
-def _open_mglru_hook() -> Source:
+def _open_mglru_hook(tlb_flush: str, mglru_aging: str) -> Source:
     from .mglru_hook import MglruHookSource
 
-    return _open_mglru("mglru-hook", MglruHookSource)
+    return _open_mglru("mglru-hook", lambda: MglruHookSource(aging=mglru_aging, tlb_flush=tlb_flush))
 
 
 def _open_mglru(name: str, cls: Callable[[], Source]) -> Source:
     from .. import capabilities
 
-    lacking = capabilities.missing(capabilities.PTWALK)  # the same: BPF, pagemap PFNs, /proc
+    lacking = capabilities.missing(capabilities.MGLRU_LOAD)  # BPF and pagemap PFNs
     if lacking:
         raise SourceError(f"{name} needs {', '.join(lacking)} (run as root or grant them)")
     return cls()

@@ -30,23 +30,30 @@ _STATE = np.dtype([
     ("probe_max_gib", "<u8"), ("probe_tries", "<u8"),
     ("vmemmap_base", "<u8"), ("vmemmap_lo", "<u8"), ("vmemmap_steps", "<u8"),
     ("check_young", "<u4"), ("pad0", "<u4"),
+    ("huge_zero_pfn", "<u8"), ("huge_probe_vaddr", "<u8"),
     ("n_vmas", "<u8"), ("n_tables", "<u8"), ("dropped_vmas", "<u8"), ("dropped_tables", "<u8"),
     ("read_errors", "<u8"), ("skipped_huge_pud", "<u8"), ("dup_vmas", "<u8"),
-    ("young_flag_hits", "<u8"),
+    ("young_flag_hits", "<u8"), ("special_ptes", "<u8"), ("special_pmds", "<u8"),
+    ("step_limit_vmas", "<u8"),
     ("last_mm", "<u8"), ("last_vm_end", "<u8"),
 ])
-_VMA = np.dtype([("start", "<u8"), ("end", "<u8"), ("kind", "<u4"), ("flags", "<u4")])
+_VMA = np.dtype([("start", "<u8"), ("end", "<u8"), ("kind", "<u4"), ("flags", "<u4"),
+                 ("unmonitored", "<u8")])
 _TABLE = np.dtype([
     ("addr", "<u8"), ("pmd", "<u8"), ("vma", "<u4"), ("flags", "<u4"),
     ("present", "<u8", 8), ("accessed", "<u8", 8), ("written", "<u8", 8),
 ])
 _PER_SCAN = ("n_vmas", "n_tables", "dropped_vmas", "dropped_tables", "read_errors",
-             "skipped_huge_pud", "dup_vmas", "young_flag_hits", "last_mm", "last_vm_end")
-_REPORTED = _PER_SCAN[:8]
+             "skipped_huge_pud", "dup_vmas", "young_flag_hits", "special_ptes", "special_pmds",
+             "step_limit_vmas", "last_mm", "last_vm_end")
+_REPORTED = _PER_SCAN[:11]
 TLB_FLUSH_MODES = ("auto", "always", "never")
 # x86-64 4-level layout: KASLR places the struct page array in 1 GiB steps below this.
 _VMEMMAP_LIMIT_4LEVEL = 0xFFFFFE0000000000
+_HUGE = 2 << 20
 _VMA_F_SHARED = 1
+# vma_rec.flags: why a VMA is only counted (see bpf/ptwalk.h), as unmonitored-page reasons.
+UNMONITORED_REASONS = {4: "hugetlb", 8: "pfnmap", 16: "vdso"}
 _TABLE_F_HUGE = 1
 _PHYS_MASK = np.uint64(0x000FFFFFFFFFF000)
 _PAGE_SHIFT = np.uint64(12)
@@ -68,7 +75,7 @@ class _Capacity:
 @dataclass
 class _Target:
     link: Link
-    clear_refs: int  # an open fd on /proc/PID/clear_refs
+    clear_refs: procfs.ClearRefs  # through a live thread: a zombie leader's ages nothing
 
 
 def _cpu() -> float:
@@ -121,31 +128,47 @@ class PtwalkSource:
         st = self._state
         st["max_vmas"], st["max_tables"] = self._cap.vmas, self._cap.tables
         st["max_raw"], st["copy_raw"] = obj.max_entries("raw"), int(self._copy_raw)
+        st["check_young"] = int(self._check_young)
+        del st  # the maps cannot be unmapped while a view of them lives
         try:
             self._find_direct_map()
+        except SourceError as e:
+            failed = str(e)  # not the exception: its traceback's frames hold views of the maps
+        except LibbpfError as e:
+            failed = f"ptwalk: cannot run find_base: {e.strerror}{_hint(e.errno)}"
         except BaseException:
             self._unload()
             raise
-        st["check_young"] = int(self._check_young)
+        else:
+            return
+        self._unload()
+        raise SourceError(failed)
 
     def _find_direct_map(self) -> None:
-        """Run find_base (see ptwalk.bpf.c) with a pattern planted in a page of our own."""
+        """Run find_base (see ptwalk.bpf.c) with a pattern planted in a page of our own, and a
+        THP-eligible page that is only read (the huge zero page, where THP maps it)."""
         page = mmap.mmap(-1, mmap.PAGESIZE)
-        anchor = None
+        # Private: shared anonymous memory is shmem, which never maps the huge zero page.
+        huge = mmap.mmap(-1, 2 * _HUGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        anchors: list[ctypes.c_char] = []
         try:
             pattern = int.from_bytes(secrets.token_bytes(8), "little") | 1
             page[0:8] = pattern.to_bytes(8, "little")
-            anchor = ctypes.c_char.from_buffer(page)
-            vaddr = ctypes.addressof(anchor)
-            ctypes.CDLL(None).mlock(ctypes.c_void_p(vaddr), ctypes.c_size_t(mmap.PAGESIZE))
-            with open("/proc/self/pagemap", "rb") as f:
-                f.seek((vaddr >> 12) * 8)
-                entry = int.from_bytes(f.read(8), "little")
-            pfn = entry & ((1 << 55) - 1)
-            if not entry >> 63 or pfn == 0:
-                raise SourceError("ptwalk: /proc/self/pagemap hides PFNs: needs CAP_SYS_ADMIN")
+            anchors.append(ctypes.c_char.from_buffer(page))
+            vaddr = ctypes.addressof(anchors[0])
+            anchors.append(ctypes.c_char.from_buffer(huge))
+            off = -ctypes.addressof(anchors[1]) % _HUGE
+            huge_vaddr = 0
+            if hasattr(mmap, "MADV_HUGEPAGE"):
+                try:
+                    huge.madvise(mmap.MADV_HUGEPAGE, off, _HUGE)
+                    huge_vaddr = ctypes.addressof(anchors[1]) + off
+                    _ = huge[off]  # a read fault: the huge zero page, if THP uses it
+                except OSError:
+                    huge_vaddr = 0  # THP not built in: no huge zero page either
             st = self._state
-            st["probe_vaddr"], st["probe_pfn"], st["probe_pattern"] = vaddr, pfn, pattern
+            st["probe_vaddr"], st["probe_pattern"] = vaddr, pattern
+            st["huge_probe_vaddr"] = huge_vaddr
             st["probe_max_gib"] = (self._nodes.max_pfn << 12 >> 30) + 2
             # The struct page array lies above the direct map (4-level only; 5-level layouts
             # are not searched, and PG_young is then not consulted).
@@ -158,13 +181,16 @@ class PtwalkSource:
                 st["vmemmap_steps"] = (_VMEMMAP_LIMIT_4LEVEL - int(st["vmemmap_lo"][0])) >> 30
                 rc = self._obj.test_run("find_base")  # type: ignore[union-attr]
             st["probe_pattern"] = 0
+            del st
         finally:
-            anchor = None  # the mmap cannot close while a ctypes view exports it
+            anchors.clear()  # an mmap cannot close while a ctypes view exports it
             page.close()
+            huge.close()
         if rc == 2:
-            raise SourceError("ptwalk: kernel direct map not found (is this x86-64?)")
+            raise SourceError("ptwalk: kernel direct map not found through our own page tables "
+                              "(is this x86-64 with 4- or 5-level paging?)")
         if rc != 0:
-            raise SourceError("ptwalk: page-table depth is neither 4 nor 5 levels")
+            raise SourceError(f"ptwalk: find_base failed ({rc})")
 
     @property
     def young_flag_usable(self) -> bool:
@@ -184,7 +210,11 @@ class PtwalkSource:
     def _unload(self) -> None:
         self._state = self._vmas = self._tables = self._raw = None  # type: ignore[assignment]
         for m in self._maps:
-            m.close()
+            try:
+                m.close()
+            except BufferError:
+                pass  # a view still lives (a caller's traceback): unmapped when it dies
+
         self._maps = []
         if self._obj:
             self._obj.close()
@@ -197,7 +227,7 @@ class PtwalkSource:
         try:
             status = procfs.read_status_kib(pid, ("VmPTE", "AnonHugePages", "FilePmdMapped"))
             n_maps = len(procfs.read_maps(pid))
-            fd = os.open(f"/proc/{pid}/clear_refs", os.O_WRONLY)
+            refs = procfs.ClearRefs(pid)
         except (FileNotFoundError, ProcessLookupError) as e:
             raise TargetGone(pid) from e
         # Size the buffers from what the kernel says the page tables take, before the first scan.
@@ -208,11 +238,11 @@ class PtwalkSource:
         try:
             link = self._obj.attach_task_iter("scan", pid)  # type: ignore[union-attr]
         except LibbpfError as e:
-            os.close(fd)
+            refs.close()
             if e.errno in (3, 2):  # ESRCH, ENOENT
                 raise TargetGone(pid) from e
             raise
-        self._targets[pid] = _Target(link, fd)
+        self._targets[pid] = _Target(link, refs)
         try:
             self._age(pid)
         except TargetGone:
@@ -230,6 +260,7 @@ class PtwalkSource:
         if len(vmas) == 0:
             raise TargetGone(pid)  # exited (a zombie has no mm left to walk)
         harvest = _decode(vmas, tables, raw, maps, self._nodes)
+        counters.update(unmonitored_pages(vmas))
         t1 = _cpu()
         self._age(pid)
         t2 = _cpu()
@@ -239,7 +270,7 @@ class PtwalkSource:
         t = self._targets.pop(pid, None)
         if t:
             t.link.destroy()
-            os.close(t.clear_refs)
+            t.clear_refs.close()
 
     def close(self) -> None:
         for pid in list(self._targets):
@@ -253,11 +284,11 @@ class PtwalkSource:
         goes unseen however often it is used (measured: tens of hot pages per scan for a
         tight loop). Writing 4 (clear soft-dirty) ends with a full TLB flush of the mm; on a
         kernel without CONFIG_MEM_SOFT_DIRTY it changes nothing else."""
-        fd = self._targets[pid].clear_refs
+        refs = self._targets[pid].clear_refs
         try:
-            os.write(fd, b"1")
+            refs.write(b"1")
             if self.tlb_flush:
-                os.write(fd, b"4")
+                refs.write(b"4")
         except (ProcessLookupError, FileNotFoundError) as e:
             raise TargetGone(pid) from e
 
@@ -302,8 +333,16 @@ def damon_running(proc: Path = Path("/proc")) -> bool:
 
 def soft_dirty_tracking(smaps: Path = Path("/proc/self/smaps")) -> bool:
     """True if the kernel tracks soft-dirty bits: it marks new mappings "sd" in VmFlags."""
-    return any(line.startswith("VmFlags:") and " sd" in line
-               for line in smaps.read_text().splitlines())
+    # Bytes, split at \n only: the file names in smaps are any bytes.
+    return any(line.startswith(b"VmFlags:") and b" sd" in line
+               for line in smaps.read_bytes().split(b"\n"))
+
+
+def unmonitored_pages(vmas: np.ndarray) -> dict[str, int]:
+    """Harvest counters ``unmonitored_<reason>``: mapped 4 KiB pages in VMAs that are counted
+    but not walked for Accessed bits (hugetlb, PFN maps, the vDSO), by reason; 0 when none."""
+    return {f"unmonitored_{reason}": int(vmas["unmonitored"][(vmas["flags"] & bit) != 0].sum())
+            for bit, reason in UNMONITORED_REASONS.items()}
 
 
 def _grow(cap: _Capacity, need: _Capacity) -> _Capacity:

@@ -105,9 +105,10 @@ class Target:
     nodes: list[int]  # nodes where an aging is requested
     max_seq: dict[int, int]  # per node, at the last cycle: how often the kernel aged since
     shmem_mounts: list[str] = field(default_factory=list)
-    clear_refs: int | None = None  # an fd on /proc/PID/clear_refs, for the TLB flush
+    clear_refs: procfs.ClearRefs | None = None  # for the TLB flush, through a live thread
     cgroup: str = "/"  # cgroup v2 path
     cgroup_id: int = 0  # its cgroup v2 id, once looked up (mglru-hook)
+    hugetlb_mounts: tuple[str, ...] = ()
 
 
 class YoungPagesSource:
@@ -123,14 +124,14 @@ class YoungPagesSource:
                  nodes: NodeMap | None = None, young_capacity: int = _DEFAULT_YOUNG_CAPACITY,
                  swappiness: int = 1, tlb_flush: str | None = None) -> None:
         name = self.name
-        self.aging = (aging or os.environ.get(AGING_ENV) or "active").lower()
+        self.aging = (aging or "active").lower()  # the Config passes mglru_aging
         if self.aging not in ("active", "passive"):
             raise SourceError(f"{name}: aging must be active or passive, not {self.aging!r} "
                               f"(${AGING_ENV})")
         if not 1 <= swappiness <= 200:
             raise SourceError(f"{name}: swappiness must be 1..200 (0 would skip anonymous memory)")
         self.swappiness = swappiness
-        flush = (tlb_flush or os.environ.get(TLB_ENV) or "auto").lower()
+        flush = (tlb_flush or "auto").lower()  # the Config passes tlb_flush
         if flush not in ("auto", "always", "never"):
             raise SourceError(f"{name}: TLB flush must be auto, always or never, not {flush!r} "
                               f"(${TLB_ENV})")
@@ -159,6 +160,11 @@ class YoungPagesSource:
                                [C.c_int, C.c_void_p, C.c_void_p, C.c_void_p, C.c_void_p,
                                 C.POINTER(C.c_uint32), C.c_void_p])
         self._load(young_capacity)
+        self._dropped_seen = self.stats().get("dropped", 0)
+        self._zero = ZeroPages.find()
+        if self._zero is None:
+            log.warning("%s: /proc/self/pagemap hides PFNs (no CAP_SYS_ADMIN): pages mapping the "
+                        "shared zero page cannot be told apart and count as resident", name)
 
     # -- what subclasses provide ---------------------------------------------------------------
     def programs(self) -> dict[str, bool]:
@@ -214,7 +220,8 @@ class YoungPagesSource:
         try:
             cg = lrugen.cgroup_path(pid)
             mounts = _shmem_mounts(pid)
-            refs = os.open(f"/proc/{pid}/clear_refs", os.O_WRONLY) if self.tlb_flush else None
+            huge_mounts = tuple(_shmem_mounts(pid, {"hugetlbfs"}))
+            refs = procfs.ClearRefs(pid) if self.tlb_flush else None
         except (FileNotFoundError, ProcessLookupError) as e:
             raise TargetGone(pid) from e
         except lrugen.LruGenError as e:
@@ -226,17 +233,18 @@ class YoungPagesSource:
                 memcg = self._memcg_or_none(cg)
         except SourceError:
             if refs is not None:
-                os.close(refs)
+                refs.close()
             raise
         key = C.c_uint32(pid)
         one = C.c_uint32(1)
         if self._update(self._targets_fd, C.byref(key), C.byref(one), 0):
             if refs is not None:
-                os.close(refs)
+                refs.close()
             raise SourceError(f"{self.name}: cannot add target {pid}: "
                               f"{os.strerror(C.get_errno() or 1)} (at most 1024 targets)")
         nodes = sorted(memcg.nodes) if memcg.id >= 0 else self.memory_nodes
-        t = Target(memcg.id, nodes, {n: memcg.max_seq(n) for n in memcg.nodes}, mounts, refs, cg)
+        t = Target(memcg.id, nodes, {n: memcg.max_seq(n) for n in memcg.nodes}, mounts, refs, cg,
+                   hugetlb_mounts=huge_mounts)
         self._targets[pid] = t
         try:
             if self.aging == "active":
@@ -261,12 +269,15 @@ class YoungPagesSource:
             maps = procfs.read_maps(pid)
             if not maps:
                 raise TargetGone(pid)  # a zombie: no mm left
-            pages, vmas, extra = _resident(pid, maps, young, self._nodes, t.shmem_mounts)
+            pages, vmas, extra = _resident(pid, maps, young, self._nodes, t.shmem_mounts,
+                                           self._zero, t.hugetlb_mounts)
         except (FileNotFoundError, ProcessLookupError) as e:
             raise TargetGone(pid) from e
         t2 = _cpu()
+        dropped = self.stats().get("dropped", 0)  # young pages the BPF hash had no room for
         counters = {"aging_writes": writes, "tlb_flush": int(t.clear_refs is not None), **extra,
-                    **self._kernel_agings(t)}
+                    "young_dropped": dropped - self._dropped_seen, **self._kernel_agings(t)}
+        self._dropped_seen = dropped
         return Harvest(pid, now, pages, vmas, t2 - t1, t1 - t0, counters)
 
     def detach(self, pid: int) -> None:
@@ -274,7 +285,7 @@ class YoungPagesSource:
         if t is None:
             return
         if t.clear_refs is not None:
-            os.close(t.clear_refs)
+            t.clear_refs.close()
         self._pending.pop(pid, None)
         key = C.c_uint32(pid)
         if self._obj is not None:
@@ -314,7 +325,7 @@ class YoungPagesSource:
         writes = self.age_memcg(pid, t)
         if t.clear_refs is not None:
             try:
-                os.write(t.clear_refs, b"4")  # ends with flush_tlb_mm(); see the module doc
+                t.clear_refs.write(b"4")  # ends with flush_tlb_mm(); see the module doc
             except (ProcessLookupError, FileNotFoundError) as e:
                 raise TargetGone(pid) from e
         return writes
@@ -380,13 +391,19 @@ def kernel_functions(names: list[str], btf: Path = BTF) -> set[str]:
     return {n for n in names if b"\0" + n.encode() + b"\0" in data}
 
 
-def _shmem_mounts(pid: int) -> list[str]:
-    """Mount points (in the target's namespace) whose files are shmem, longest first."""
+def _shmem_mounts(pid: int, fstypes: set[str] = _SHMEM_FS) -> list[str]:
+    """Mount points (in the target's namespace) of these file systems (shmem), longest first."""
+    from ..cgroups import _unescape
+
     out = []
-    for line in (procfs.PROC / str(pid) / "mountinfo").read_text().splitlines():
+    # Bytes, split at \n only: mount points are any bytes (mountinfo escapes only space, tab,
+    # newline and backslash); a zombie leader has no mount namespace left: a live thread's.
+    with open(procfs.task_dir(pid) / "mountinfo", "rb") as f:
+        text = procfs.decode(f.read())
+    for line in text.split("\n"):
         parts = line.split(" - ", 1)
-        if len(parts) == 2 and parts[1].split()[0] in _SHMEM_FS:
-            out.append(parts[0].split()[4])
+        if len(parts) == 2 and parts[1].split(" ")[0] in fstypes:
+            out.append(_unescape(parts[0].split(" ")[4]))
     return sorted(out, key=len, reverse=True)
 
 
@@ -414,26 +431,35 @@ _KIND_TYPE = np.array([PageType.ANON, PageType.FILE, PageType.SHMEM, PageType.AN
 
 
 def _resident(pid: int, maps: list[procfs.Mapping], young: list[np.ndarray], nodes: NodeMap,
-              shmem_mounts: list[str]) -> tuple[Pages, Vmas, dict[str, int]]:
+              shmem_mounts: list[str], zero: ZeroPages | None = None,
+              hugetlb_mounts: tuple[str, ...] = ()) -> tuple[Pages, Vmas, dict[str, int]]:
     """The resident pages from /proc/PID/pagemap, marked accessed where the kernel found them
-    young. One pread per VMA (per 16 MiB of pagemap for huge VMAs); everything else is numpy."""
+    young. One pread per VMA (per 16 MiB of pagemap for huge VMAs); everything else is numpy.
+    The shared zero pages are left out (pagemap reports them present; they are nobody's
+    memory and MGLRU never ages them); hugetlb pages are only counted (``unmonitored_hugetlb``):
+    MGLRU does not age hugetlb either."""
     kinds = np.array([vma_kind(m, shmem_mounts) for m in maps], dtype=np.uint8)
+    hugetlb = np.array([is_hugetlb(m, hugetlb_mounts) for m in maps], dtype=bool)
+    kinds[hugetlb] = VmaKind.OTHER
+    n_hugetlb = 0
     accessible = np.array([m.perms[:3] != "---" for m in maps], dtype=bool)
     vmas = Vmas(np.array([m.start for m in maps], dtype=np.uint64),
                 np.array([m.end for m in maps], dtype=np.uint64), kinds, accessible,
                 [m.name for m in maps])
     vpn_parts, ent_parts, vma_parts = [], [], []
-    fd = os.open(procfs.PROC / str(pid) / "pagemap", os.O_RDONLY)
+    fd = os.open(procfs.task_dir(pid) / "pagemap", os.O_RDONLY)  # a zombie leader's is empty
     try:
         for i, m in enumerate(maps):
-            if not accessible[i] or kinds[i] == VmaKind.OTHER:
+            if not hugetlb[i] and (not accessible[i] or kinds[i] == VmaKind.OTHER):
                 continue
             first, last = m.start >> 12, m.end >> 12
             for lo in range(first, last, _PAGEMAP_CHUNK):
                 n = min(_PAGEMAP_CHUNK, last - lo)
                 ent = np.frombuffer(os.pread(fd, n * 8, lo * 8), dtype="<u8")
                 idx = np.flatnonzero(ent & _PM_PRESENT)
-                if len(idx):
+                if hugetlb[i]:
+                    n_hugetlb += len(idx)
+                elif len(idx):
                     vpn_parts.append(idx.astype(np.uint64) + np.uint64(lo))
                     ent_parts.append(ent[idx])
                     vma_parts.append(np.full(len(idx), i, dtype=np.int32))
@@ -441,6 +467,9 @@ def _resident(pid: int, maps: list[procfs.Mapping], young: list[np.ndarray], nod
         os.close(fd)
     cat = lambda parts, dt: np.concatenate(parts) if parts else np.zeros(0, dt)  # noqa: E731
     vpn, ent, vma = cat(vpn_parts, np.uint64), cat(ent_parts, np.uint64), cat(vma_parts, np.int32)
+    keep = ~zero.mask(ent) if zero is not None else np.ones(len(ent), dtype=bool)
+    n_zero = int(len(keep) - np.count_nonzero(keep))
+    vpn, ent, vma = vpn[keep], ent[keep], vma[keep]
     pfn = ent & _PM_PFN
 
     ptype = _KIND_TYPE[kinds[vma]]
@@ -464,8 +493,88 @@ def _resident(pid: int, maps: list[procfs.Mapping], young: list[np.ndarray], nod
     accessed = np.zeros(len(vpn), dtype=bool)
     accessed[pos[hit]] = True
     extra = {"young_pages": int(len(young_vpn)), "young_not_resident": int((~hit).sum()),
-             "young_huge": int(len(huge))}
+             "young_huge": int(len(huge)), "zero_pages": n_zero, "unmonitored_hugetlb": n_hugetlb}
     return Pages(vpn, accessed, node, ptype, thp, vma), vmas, extra
+
+
+@dataclass(frozen=True)
+class ZeroPages:
+    """The frames of the kernel's shared zero pages: the 4 KiB one and the 2 MiB huge one
+    (0: none seen). A private anonymous page that was only read maps one of them; pagemap
+    reports it present, but it is not the process's memory (smaps leaves it out of Rss)."""
+
+    pfn: int
+    huge_pfn: int = 0
+
+    def mask(self, ent: np.ndarray) -> np.ndarray:
+        """Which pagemap entries (uint64) map a zero page: bool, same shape."""
+        pfn = ent & _PM_PFN
+        present = (ent & _PM_PRESENT) != 0
+        hit = pfn == np.uint64(self.pfn) if self.pfn else np.zeros(len(ent), dtype=bool)
+        if self.huge_pfn:
+            hit |= (pfn >= np.uint64(self.huge_pfn)) & (pfn < np.uint64(self.huge_pfn + 512))
+        return hit & present
+
+    @classmethod
+    def find(cls) -> ZeroPages | None:
+        """Read a fresh page of our own (and a THP-eligible 2 MiB) and look up their frames in
+        /proc/self/pagemap. None when pagemap hides PFNs (no CAP_SYS_ADMIN)."""
+        huge = 2 << 20
+        private = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS  # shared anonymous memory is shmem
+        small = mmap.mmap(-1, mmap.PAGESIZE, flags=private)
+        big = mmap.mmap(-1, 2 * huge, flags=private)
+        anchors = [C.c_char.from_buffer(small), C.c_char.from_buffer(big)]
+        try:
+            _ = small[0]  # a read fault maps the zero page
+            off = -C.addressof(anchors[1]) % huge
+            try:
+                big.madvise(mmap.MADV_HUGEPAGE, off, huge)
+                _ = big[off]  # the huge zero page, where THP uses it
+            except (AttributeError, OSError):
+                pass
+            with open("/proc/self/pagemap", "rb") as f:
+                pfn = _pagemap_pfn(f, C.addressof(anchors[0]))
+                huge_pfn = _pagemap_pfn(f, C.addressof(anchors[1]) + off)
+        finally:
+            anchors.clear()
+            small.close()
+            big.close()
+        if not pfn:
+            return None
+        # Where THP does not use the huge zero page, that read allocated a THP of our own:
+        # keep only a frame that /proc/kpageflags calls a zero page.
+        return cls(pfn, huge_pfn if huge_pfn % 512 == 0 and _kpf_zero(huge_pfn) else 0)
+
+
+_KPF_ZERO_PAGE = 24
+
+
+def _kpf_zero(pfn: int) -> bool:
+    """/proc/kpageflags marks the frame KPF_ZERO_PAGE (the zero page or the huge zero page)."""
+    if not pfn:
+        return False
+    try:
+        with open("/proc/kpageflags", "rb") as f:
+            f.seek(pfn * 8)
+            return bool(int.from_bytes(f.read(8), "little") >> _KPF_ZERO_PAGE & 1)
+    except OSError:
+        return False
+
+
+def _pagemap_pfn(f: Any, vaddr: int) -> int:
+    f.seek((vaddr >> 12) * 8)
+    ent = int.from_bytes(f.read(8), "little")
+    return ent & int(_PM_PFN) if ent >> 63 else 0
+
+
+_HUGETLB_NAMES = ("/anon_hugepage",)
+
+
+def is_hugetlb(m: procfs.Mapping, hugetlb_mounts: tuple[str, ...] = ()) -> bool:
+    """A MAP_HUGETLB mapping (/anon_hugepage) or a file on a hugetlbfs mount."""
+    name = m.name.removesuffix(" (deleted)")
+    return name.startswith(_HUGETLB_NAMES) or any(
+        name.startswith(p.rstrip("/") + "/") for p in hugetlb_mounts)
 
 
 def _pmd_mapped(vpn: np.ndarray, pfn: np.ndarray) -> np.ndarray:

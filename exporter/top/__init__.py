@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import subprocess
 import sys
 import time
 
+# textual (and rich, which it brings) are the `top` extra: the daemon on every node does not
+# need them. Checked before anything else so that a missing extra is one line, not a traceback.
+MISSING_EXTRA = "pageheat top needs the 'top' extra: pip install 'pageheat[top]'"
 HEADLESS = ("pageheat top: stdout is not a terminal; for a non-interactive view use "
             "`pageheat snapshot --pid PID --json`")
 
 
 def run(pid: int | None, command: list[str], connect: str | None, source: str, aging: float,
-        aggregate: int) -> int:
-    """Entry point of the subcommand; returns the exit code. Raises SourceError, OSError."""
+        aggregate: int, *, connect_user: str | None = None, password_file: str | None = None,
+        ca_file: str | None = None, tlb_flush: str = "auto", mglru_aging: str = "active") -> int:
+    """Entry point of the subcommand; returns the exit code. Raises SourceError, OSError.
+    connect_user, password_file, ca_file: basic auth and a private CA for ``connect``;
+    ``tlb_flush`` and ``mglru_aging``: the Config's settings for the source."""
+    if not has_extra():
+        print(MISSING_EXTRA, file=sys.stderr)
+        return 2
     if not sys.stdout.isatty():
         print(HEADLESS, file=sys.stderr)
         return 2
@@ -23,17 +33,22 @@ def run(pid: int | None, command: list[str], connect: str | None, source: str, a
 
     child: subprocess.Popen | None = None
     if connect:
-        feed = RemoteFeed(connect, pid)
+        try:
+            feed = RemoteFeed(connect, pid, user=connect_user, password_file=password_file,
+                              ca_file=ca_file)
+        except ValueError as e:  # the URL or the credentials' flags: usage
+            print(f"pageheat: --connect: {e}", file=sys.stderr)
+            return 2
         try:
             feed.attach()  # fails early, before the terminal is taken over
         except (LookupError, ValueError) as e:
-            print(f"pageheat: {connect}: {e}", file=sys.stderr)
+            print(f"pageheat: {feed.base}: {e}", file=sys.stderr)  # no password in feed.base
             return 1
         app = TopApp(feed, aging=aging, aggregate=aggregate)
     else:
         from ..sources import open_source
 
-        src = open_source(source)
+        src = open_source(source, tlb_flush, mglru_aging)
         if command:
             try:
                 child = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
@@ -70,6 +85,11 @@ def run(pid: int | None, command: list[str], connect: str | None, source: str, a
     if code and app.message:  # the harvest failed: say why once the screen is gone
         print(f"pageheat: {app.message}", file=sys.stderr)
     return int(code or 0)
+
+
+def has_extra() -> bool:
+    """Whether textual and rich are installed (without importing them: that takes ~0.3 s)."""
+    return all(importlib.util.find_spec(m) is not None for m in ("textual", "rich"))
 
 
 class _Held(logging.Handler):

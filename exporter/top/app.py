@@ -24,6 +24,7 @@ from textual.strip import Strip
 from textual.widget import Widget
 from textual.widgets import DataTable, Static
 
+from ..procfs import shown
 from ..sources.base import TargetGone
 from .feed import PAGE, Sample
 from .render import OVERLAY_TITLES, OVERLAYS, PLAIN, FrameRenderer, History, legend
@@ -303,7 +304,9 @@ class TopApp(App[int]):
         for r in rows:
             idle = "-" if r.idle_median != r.idle_median else (
                 "never" if r.idle_median == float("inf") else f"{r.idle_median:.1f}s")
-            name = r.name if r.start is None or not self.show_addresses else f"{r.name} {r.start:x}"
+            name = shown(r.name)  # untrusted bytes from /proc: no control characters on screen
+            if r.start is not None and self.show_addresses:
+                name = f"{name} {r.start:x}"
             self.table.add_row(Text(name[:30]), f"{r.resident}", f"{r.accessed}", f"{r.never}", idle)
         if rows:
             self.table.move_cursor(row=min(keep, len(rows) - 1))
@@ -312,7 +315,7 @@ class TopApp(App[int]):
     def status_text(self) -> str:
         f, s = self.feed, self.history.latest
         parts = ["PAUSED"] if self.paused else []
-        parts += [f"pid {f.pid}" + (f" ({f.comm})" if f.comm else ""), f"source {f.source_name}"]
+        parts += [f"pid {f.pid}" + (f" ({shown(f.comm)})" if f.comm else ""), f"source {f.source_name}"]
         eff = s.interval if s is not None and s.interval > 0 else self.aging
         agg = self.history.aggregate
         if f.remote:

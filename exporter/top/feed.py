@@ -3,17 +3,24 @@
 ``LocalFeed`` drives a source (``pageheat.sources``) and the aggregator
 (``TargetState.update``) unchanged, and bins every harvest into display bins made with
 ``make_bins`` over the whole process or over the zoomed range only. ``RemoteFeed`` follows a
-running ``pageheat serve`` through ``/api/v1/heat``; it sees the daemon's bins only.
+running ``pageheat serve`` through ``/api/v1/heat`` (https and basic auth: ``Endpoint``); it
+sees the daemon's bins only.
 
 Both ``step`` methods block (system calls, HTTP) and run on a worker thread.
 """
 
 from __future__ import annotations
 
+import base64
 import json
+import os
+import ssl
 import time
+import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import numpy as np
 
@@ -238,14 +245,107 @@ class LocalFeed:
                      for i in order)
 
 
+PASSWORD_ENV = "PAGEHEAT_CONNECT_PASSWORD"
+CREDENTIALS_HINT = (f"user in the URL or --connect-user; password in the URL, "
+                    f"--connect-password-file or {PASSWORD_ENV}")
+
+
+class ConnectError(ValueError):
+    """The server cannot be reached or refuses us: one line, without the password."""
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A running ``pageheat serve``: where, and how to authenticate to it.
+
+    base: the URL without credentials (safe to print); authorization: the Authorization header
+    (basic auth) or None; context: the TLS context for https (the system CAs, or ``ca_file``).
+    """
+
+    base: str
+    authorization: str | None = None
+    context: ssl.SSLContext | None = None
+
+    @classmethod
+    def parse(cls, url: str, user: str | None = None, password_file: str | None = None,
+              ca_file: str | None = None, env: Mapping[str, str] = os.environ) -> Endpoint:
+        """Credentials come from the URL (``https://USER:PASSWORD@HOST:PORT``, percent-encoded)
+        or from ``user`` with the password read from ``password_file`` (its first line) or from
+        the environment variable PAGEHEAT_CONNECT_PASSWORD: never only from the command line.
+        Raises ConnectError (a bad URL, a user without a password, an unreadable file)."""
+        try:
+            parts = urlsplit(url)
+            port = parts.port
+        except ValueError as e:
+            raise ConnectError(f"not a URL ({e}): expected http[s]://HOST:PORT") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConnectError("expected http://HOST:PORT or https://HOST:PORT")
+        if ca_file and parts.scheme != "https":
+            raise ConnectError("--ca-file needs an https:// URL")
+        host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
+        netloc = host + (f":{port}" if port else "")
+        base = urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
+        name = unquote(parts.username) if parts.username is not None else user
+        password = unquote(parts.password) if parts.password is not None else None
+        if password is None and name is not None:
+            if password_file:
+                try:
+                    with open(password_file, encoding="utf-8") as f:
+                        password = f.readline().rstrip("\r\n")
+                except (OSError, UnicodeDecodeError) as e:
+                    raise ConnectError(f"--connect-password-file: {e}") from None
+            elif PASSWORD_ENV in env:
+                password = env[PASSWORD_ENV]
+            else:
+                raise ConnectError(f"user {name!r} without a password: give it in the URL, "
+                                   f"with --connect-password-file or in {PASSWORD_ENV}")
+        elif password_file and name is None:
+            raise ConnectError("--connect-password-file without a user: add --connect-user")
+        auth = None
+        if name is not None:
+            token = base64.b64encode(f"{name}:{password}".encode()).decode()
+            auth = f"Basic {token}"
+        context = None
+        if parts.scheme == "https":
+            try:
+                context = ssl.create_default_context(cafile=ca_file)
+            except (OSError, ssl.SSLError) as e:
+                raise ConnectError(f"--ca-file {ca_file}: {e}") from None
+        return cls(base, auth, context)
+
+    def get_json(self, path: str, timeout: float) -> object:
+        """GET base + path and decode the JSON. Raises ConnectError."""
+        req = urllib.request.Request(self.base + path)
+        if self.authorization:
+            req.add_header("Authorization", self.authorization)
+        try:
+            with urllib.request.urlopen(req, timeout=timeout, context=self.context) as r:
+                return json.load(r)
+        except urllib.error.HTTPError as e:
+            if e.code == 401:
+                raise ConnectError(f"401 Unauthorized: wrong or missing credentials ({CREDENTIALS_HINT})"
+                                   ) from None
+            raise ConnectError(f"HTTP {e.code} {e.reason}") from None
+        except urllib.error.URLError as e:
+            why = str(e.reason)
+            if isinstance(e.reason, ssl.SSLCertVerificationError):
+                why += " (a private CA: --ca-file)"
+            raise ConnectError(why) from None
+        except (OSError, ValueError) as e:  # timeouts, resets, a body that is not JSON
+            raise ConnectError(str(e) or type(e).__name__) from None
+
+
 class RemoteFeed:
     """Follows one target of a running ``pageheat serve`` through ``/api/v1/heat``."""
 
     remote = True
     source_name = "remote"
 
-    def __init__(self, url: str, pid: int | None = None, timeout: float = 5.0) -> None:
-        self.base = url.rstrip("/")
+    def __init__(self, url: str, pid: int | None = None, timeout: float = 5.0, *,
+                 user: str | None = None, password_file: str | None = None,
+                 ca_file: str | None = None) -> None:
+        self.endpoint = Endpoint.parse(url, user, password_file, ca_file)
+        self.base = self.endpoint.base
         self.pid = pid
         self.comm = ""
         self.timeout = timeout
@@ -270,9 +370,10 @@ class RemoteFeed:
         return None
 
     def _fetch(self) -> dict:
-        url = f"{self.base}/api/v1/heat" + (f"?pid={self.pid}" if self.pid else "")
-        with urllib.request.urlopen(url, timeout=self.timeout) as r:
-            body = json.load(r)
+        body = self.endpoint.get_json("/api/v1/heat" + (f"?pid={self.pid}" if self.pid else ""),
+                                      self.timeout)
+        if not isinstance(body, dict):
+            raise ConnectError("/api/v1/heat: not a pageheat answer")
         targets = body.get("targets", [])
         if self.pid is None and targets:
             self.pid = targets[0]["pid"]

@@ -17,6 +17,7 @@ from rich.segment import Segment
 from rich.style import Style
 from textual.strip import Strip
 
+from ..procfs import shown
 from .feed import Layout, Sample
 
 OVERLAYS = ("heat", "numa", "type", "idle", "never")
@@ -224,7 +225,7 @@ class FrameRenderer:
     def _label(layout: Layout, b: int, show_addresses: bool) -> str:
         if b >= layout.n:
             return ""
-        name = layout.labels[b] or "-"
+        name = shown(layout.labels[b]) or "-"  # names are untrusted bytes from /proc
         if layout.addrs is not None and show_addresses:
             return f"{layout.addrs[b]:012x} {name}"
         return f"#{b:<3d} {name}"

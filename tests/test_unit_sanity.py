@@ -1,0 +1,94 @@
+"""exporter/sanity.py on synthetic harvests: truncations, unmonitored pages and aging that
+does nothing are counted, logged once, and exported (issue 11, kind 3)."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+from pageheat.collector import PageheatCollector
+from pageheat.config import Config
+from pageheat.sanity import MIN_PAGES, SUSPECT_HARVESTS, Sanity
+from pageheat.sources.base import Harvest, Pages, Vmas
+from pageheat.stats import Stats
+from prometheus_client import CollectorRegistry, generate_latest
+
+pytestmark = pytest.mark.kind3
+
+
+def harvest(n: int, accessed: int, **counters: int) -> Harvest:
+    acc = np.zeros(n, dtype=bool)
+    acc[:accessed] = True
+    pages = Pages(np.arange(n, dtype=np.uint64), acc, np.zeros(n, np.int16), np.zeros(n, np.uint8),
+                  np.zeros(n, bool), np.zeros(n, np.int32))
+    vmas = Vmas(np.zeros(1, np.uint64), np.full(1, n << 12, np.uint64), np.zeros(1, np.uint8),
+                np.ones(1, bool), [""])
+    return Harvest(42, 0.0, pages, vmas, 0.0, 0.0, dict(counters))
+
+
+def test_every_page_accessed_in_a_row_is_flagged_once(caplog) -> None:
+    stats = Stats()
+    s = Sanity(stats)
+    n = MIN_PAGES * 4
+    with caplog.at_level(logging.WARNING, "pageheat"):
+        for _ in range(SUSPECT_HARVESTS - 1):
+            s.check(harvest(n, n), "job")
+        assert stats.aging_ineffective["all_accessed"] == 0
+        s.check(harvest(n, n), "job")
+        assert stats.aging_ineffective["all_accessed"] == 1
+        for _ in range(3 * SUSPECT_HARVESTS):
+            s.check(harvest(n, n), "job")
+    assert stats.aging_ineffective["all_accessed"] == 1  # one streak, one count
+    assert sum("clears nothing" in r.message for r in caplog.records) == 1
+
+
+def test_one_idle_page_breaks_the_streak_and_small_targets_are_not_suspects() -> None:
+    stats = Stats()
+    s = Sanity(stats)
+    n = MIN_PAGES * 4
+    for i in range(4 * SUSPECT_HARVESTS):
+        s.check(harvest(n, n - (i % SUSPECT_HARVESTS == 0)), "job")
+        s.check(harvest(MIN_PAGES, MIN_PAGES), "tiny")
+    assert stats.aging_ineffective["all_accessed"] == 0
+
+
+def test_truncations_counted_and_logged_once(caplog) -> None:
+    stats = Stats()
+    s = Sanity(stats)
+    with caplog.at_level(logging.WARNING, "pageheat"):
+        for _ in range(3):
+            s.check(harvest(10, 1, step_limit_vmas=1, read_errors=2), "job")
+    assert stats.truncations["step_limit"] == 3 and stats.truncations["read_error"] == 6
+    assert sum("harvest incomplete" in r.message for r in caplog.records) == 2
+
+
+def test_mglru_aging_without_a_new_generation() -> None:
+    stats = Stats()
+    s = Sanity(stats)
+    s.check(harvest(10, 1, aging_writes=1, generations_added=1), "job")
+    assert stats.aging_ineffective["no_new_generation"] == 0
+    s.check(harvest(10, 1, aging_writes=1, generations_added=0), "job")
+    assert stats.aging_ineffective["no_new_generation"] == 1
+
+
+def test_exported_with_every_reason_at_zero_and_unmonitored_per_target() -> None:
+    from pageheat.aggregate import TargetState
+
+    stats = Stats()
+    s = Sanity(stats)
+    h = harvest(100, 10, unmonitored_hugetlb=4096, unmonitored_vdso=0)
+    s.check(h, "job")
+    state = TargetState(42, "job", 32, 60.0)
+    view = state.update(h, 1.0)
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(PageheatCollector(Config(), lambda: {42: view}, stats, "ptwalk"))
+    text = generate_latest(reg).decode()
+    assert 'pageheat_unmonitored_pages{comm="job",pid="42",reason="hugetlb"} 4096.0' in text
+    assert 'reason="vdso"' not in text  # zero reasons are left out of the per-target gauge
+    for reason in ("step_limit", "read_error", "young_map_full"):
+        assert f'pageheat_walk_truncations_total{{reason="{reason}"}} 0.0' in text
+    for reason in ("all_accessed", "no_new_generation"):
+        assert f'pageheat_aging_ineffective_total{{reason="{reason}"}} 0.0' in text
+    s.forget(42)
+    assert 42 not in stats.unmonitored
