@@ -288,8 +288,10 @@ class Daemon:
         proc = self._procs.pop(pid, None)
         for d in (self._states, self._cost, self._interval, self._due, self._errors):
             d.pop(pid, None)  # type: ignore[attr-defined]
+        view = self.views.get(pid)
         self.views = {p: v for p, v in self.views.items() if p != pid}
-        memory.trim()  # its history and the source's arrays were freed: give the pages back
+        if view is not None and memory.worth_trimming(view.resident_pages):
+            memory.trim()  # its history and the source's arrays were freed: give the pages back
         if proc:
             log.info("stopped following pid %d (%s): %s", pid, shown(proc.comm), why)
 

@@ -17,6 +17,14 @@ import logging
 
 log = logging.getLogger("pageheat")
 _libc: ctypes.CDLL | None = None
+# A full gc.collect() costs tens of ms: only after targets big enough to have left that much
+# behind (128 MiB resident), not after each of many short-lived small ones.
+TRIM_MIN_PAGES = 1 << 15
+
+
+def worth_trimming(resident_pages: int) -> bool:
+    """Whether dropping a target of this many resident pages calls for ``trim()``."""
+    return resident_pages >= TRIM_MIN_PAGES
 
 
 def trim() -> bool:
