@@ -83,6 +83,9 @@ class Config(BaseSettings):
     # The command after `serve --`: inherit pageheat's memory cgroup, or get one of its own
     # (an MGLRU aging walks every process in the target's memcg). No command: no effect.
     cgroup: Literal["inherit", "own"] = "inherit"
+    # The harvest/aging worker thread's CPU priority: "idle" (SCHED_IDLE) runs it only when a
+    # CPU would otherwise idle, so it never preempts the workload; "normal" as the rest.
+    worker_priority: Literal["idle", "normal"] = "idle"
     targets: Targets = Targets()
 
     @field_validator("listen")
