@@ -13,6 +13,7 @@ APT_PACKAGES=(
   dwarves flex bison bc libssl-dev rsync linux-source-6.12  # kernel-patch/ (check.sh, build.sh)
   e2fsprogs                                             # mkfs.ext4 for the lab guests
   gcc libc6-dev                                         # tests/c helper programs
+  memcached                                             # bench/overhead.py memcached
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
