@@ -3,6 +3,10 @@
 Works on any x86-64 kernel with BTF and BPF iterators (5.12+ for task_vma with a pid filter:
 5.19). Aging by clear_refs also clears the referenced state that reclaim uses, which is why
 the MGLRU sources exist.
+
+``PageTableScan`` is the read-only half (the BPF scan and its decode, no aging, no
+CAP_SYS_ADMIN): the mglru sources take their resident set from it. ``PtwalkSource`` adds
+the aging by clear_refs.
 """
 
 from __future__ import annotations
@@ -78,7 +82,7 @@ class _Capacity:
 @dataclass
 class _Target:
     link: Link
-    clear_refs: procfs.ClearRefs  # through a live thread: a zombie leader's ages nothing
+    clear_refs: procfs.ClearRefs | None = None  # through a live thread (PtwalkSource only)
     layout: np.ndarray | None = None  # the scanned VMAs (_LAYOUT fields) that names belong to
     names: list[str] | None = None
 
@@ -87,17 +91,17 @@ def _cpu() -> float:
     return time.thread_time()
 
 
-class PtwalkSource:
-    name = "ptwalk"
+class PageTableScan:
+    """The target's resident pages from a read-only BPF walk of its page tables: present,
+    Accessed bit (or PG_young, see check_young), THP, type, NUMA node (from the PFN). No
+    aging and no clear_refs: whoever clears the Accessed bits decides what they mean.
+    Zero pages and other special PTEs are left out by the walk; hugetlb, PFN maps and the
+    vDSO are only counted (``unmonitored_<reason>``). Raises SourceError when the program
+    cannot load (capabilities, kernel), TargetGone when a process exits."""
 
     def __init__(self, obj: Path | None = None, nodes: NodeMap | None = None,
-                 tlb_flush: str = "auto", check_young: bool | None = None) -> None:
+                 check_young: bool | None = None) -> None:
         self._path = obj or object_path("ptwalk")
-        # See _age. "auto": only where the kernel has no soft-dirty tracking to disturb;
-        # "always" also resets soft-dirty bits (fine in a test VM, not next to CRIU).
-        if tlb_flush not in TLB_FLUSH_MODES:
-            raise SourceError(f"tlb_flush must be one of {', '.join(TLB_FLUSH_MODES)}, not {tlb_flush!r}")
-        self.tlb_flush = tlb_flush == "always" or (tlb_flush == "auto" and not soft_dirty_tracking())
         self._nodes = nodes or NodeMap.from_sysfs()
         # PG_young costs a struct page read per idle page (~45 ns here), so by default only
         # when DAMON, the usual other Accessed-bit consumer, is running.
@@ -226,14 +230,14 @@ class PtwalkSource:
             self._obj.close()
             self._obj = None
 
-    # -- Source interface ----------------------------------------------------------------------
+    # -- scanning ------------------------------------------------------------------------------
     def attach(self, pid: int) -> None:
+        """Size the buffers for ``pid`` and create its iterator link. Raises TargetGone."""
         if pid in self._targets:
             return
         try:
             status = procfs.read_status_kib(pid, ("VmPTE", "AnonHugePages", "FilePmdMapped"))
             n_maps = len(procfs.read_maps(pid))
-            refs = procfs.ClearRefs(pid)
         except (FileNotFoundError, ProcessLookupError) as e:
             raise TargetGone(pid) from e
         # Size the buffers from what the kernel says the page tables take, before the first scan.
@@ -244,36 +248,29 @@ class PtwalkSource:
         try:
             link = self._obj.attach_task_iter("scan", pid)  # type: ignore[union-attr]
         except LibbpfError as e:
-            refs.close()
             if e.errno in (3, 2):  # ESRCH, ENOENT
                 raise TargetGone(pid) from e
             raise
-        self._targets[pid] = _Target(link, refs)
-        try:
-            self._age(pid)
-        except TargetGone:
-            self.detach(pid)
-            raise
+        self._targets[pid] = _Target(link)
 
-    def cycle(self, pid: int) -> Harvest:
-        t0 = _cpu()
+    def harvest(self, pid: int) -> tuple[Pages, Vmas, dict[str, int]]:
+        """One scan of an attached ``pid``, decoded: its pages, its mappings, the scan's
+        counters (truncations, unmonitored pages). The Pages arrays may reuse the memory of
+        an earlier harvest's that nobody holds any more (see _Buffers)."""
         vmas, tables, raw, counters = self._scan(pid)
-        now = time.monotonic()
         if len(vmas) == 0:
             raise TargetGone(pid)  # exited (a zombie has no mm left to walk)
         names = self._names(pid, vmas)
         pages = _pages(vmas, tables, raw, self._nodes, self._buffers)
         counters.update(unmonitored_pages(vmas))
-        t1 = _cpu()
-        self._age(pid)
-        t2 = _cpu()
-        return Harvest(pid, now, pages, _vma_table(vmas, names), t1 - t0, t2 - t1, counters)
+        return pages, _vma_table(vmas, names), counters
 
     def detach(self, pid: int) -> None:
         t = self._targets.pop(pid, None)
         if t:
             t.link.destroy()
-            t.clear_refs.close()
+            if t.clear_refs is not None:
+                t.clear_refs.close()
 
     def close(self) -> None:
         for pid in list(self._targets):
@@ -297,20 +294,6 @@ class PtwalkSource:
         names, exact = _names(vmas, maps)
         t.layout, t.names = (layout.copy(), names) if exact else (None, None)
         return names
-
-    def _age(self, pid: int) -> None:
-        """Clear the Accessed bits. x86 does not flush the TLB when clearing them, and a CPU
-        sets the bit only when it walks the page table: a page whose translation stays cached
-        goes unseen however often it is used (measured: tens of hot pages per scan for a
-        tight loop). Writing 4 (clear soft-dirty) ends with a full TLB flush of the mm; on a
-        kernel without CONFIG_MEM_SOFT_DIRTY it changes nothing else."""
-        refs = self._targets[pid].clear_refs
-        try:
-            refs.write(b"1")
-            if self.tlb_flush:
-                refs.write(b"4")
-        except (ProcessLookupError, FileNotFoundError) as e:
-            raise TargetGone(pid) from e
 
     def _scan(self, pid: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, int]]:
         """Run the iterator; grow the buffers and scan again if anything did not fit."""
@@ -338,6 +321,56 @@ class PtwalkSource:
             del st  # no view of the old maps may survive their unmapping
             self._reload(_grow(self._cap, need))
         raise SourceError(f"ptwalk: layout of {pid} kept outgrowing the buffers")
+
+
+class PtwalkSource(PageTableScan):
+    """The scan, aged by clear_refs: each cycle reports the pages accessed since the last."""
+
+    name = "ptwalk"
+
+    def __init__(self, obj: Path | None = None, nodes: NodeMap | None = None,
+                 tlb_flush: str = "auto", check_young: bool | None = None) -> None:
+        # See _age. "auto": only where the kernel has no soft-dirty tracking to disturb;
+        # "always" also resets soft-dirty bits (fine in a test VM, not next to CRIU).
+        if tlb_flush not in TLB_FLUSH_MODES:
+            raise SourceError(f"tlb_flush must be one of {', '.join(TLB_FLUSH_MODES)}, not {tlb_flush!r}")
+        self.tlb_flush = tlb_flush == "always" or (tlb_flush == "auto" and not soft_dirty_tracking())
+        super().__init__(obj, nodes, check_young)
+
+    def attach(self, pid: int) -> None:
+        if pid in self._targets:
+            return
+        super().attach(pid)
+        try:
+            self._targets[pid].clear_refs = procfs.ClearRefs(pid)
+            self._age(pid)
+        except (FileNotFoundError, ProcessLookupError, TargetGone) as e:
+            self.detach(pid)
+            raise TargetGone(pid) from e
+
+    def cycle(self, pid: int) -> Harvest:
+        t0 = _cpu()
+        pages, vmas, counters = self.harvest(pid)
+        now = time.monotonic()
+        t1 = _cpu()
+        self._age(pid)
+        t2 = _cpu()
+        return Harvest(pid, now, pages, vmas, t1 - t0, t2 - t1, counters)
+
+    def _age(self, pid: int) -> None:
+        """Clear the Accessed bits. x86 does not flush the TLB when clearing them, and a CPU
+        sets the bit only when it walks the page table: a page whose translation stays cached
+        goes unseen however often it is used (measured: tens of hot pages per scan for a
+        tight loop). Writing 4 (clear soft-dirty) ends with a full TLB flush of the mm; on a
+        kernel without CONFIG_MEM_SOFT_DIRTY it changes nothing else."""
+        refs = self._targets[pid].clear_refs
+        assert refs is not None  # opened in attach
+        try:
+            refs.write(b"1")
+            if self.tlb_flush:
+                refs.write(b"4")
+        except (ProcessLookupError, FileNotFoundError) as e:
+            raise TargetGone(pid) from e
 
 
 def damon_running(proc: Path = Path("/proc")) -> bool:
