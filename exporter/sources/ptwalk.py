@@ -340,13 +340,22 @@ class PtwalkSource(PageTableScan):
     def attach(self, pid: int) -> None:
         if pid in self._targets:
             return
-        super().attach(pid)
+        # clear_refs first: a process we may not age (PermissionError) is never half attached.
         try:
-            self._targets[pid].clear_refs = procfs.ClearRefs(pid)
-            self._age(pid)
-        except (FileNotFoundError, ProcessLookupError, TargetGone) as e:
-            self.detach(pid)
+            refs = procfs.ClearRefs(pid)
+        except (FileNotFoundError, ProcessLookupError) as e:
             raise TargetGone(pid) from e
+        try:
+            super().attach(pid)
+        except BaseException:
+            refs.close()
+            raise
+        self._targets[pid].clear_refs = refs
+        try:
+            self._age(pid)
+        except TargetGone:
+            self.detach(pid)
+            raise
 
     def cycle(self, pid: int) -> Harvest:
         t0 = _cpu()

@@ -222,9 +222,10 @@ class YoungPagesSource:
             self._scan.detach(pid)
             raise TargetGone(pid) from e
         except lrugen.LruGenError as e:
-            raise SourceError(f"{self.name}: {e.strerror}") from e
-        except TargetGone:
             self._scan.detach(pid)
+            raise SourceError(f"{self.name}: {e.strerror}") from e
+        except BaseException:
+            self._scan.detach(pid)  # never half attached (TargetGone, PermissionError)
             raise
         try:
             if self.aging == "active" and self.needs_lru_gen_write:
