@@ -18,8 +18,9 @@ during the window, per monitored GiB per aging.
 memcached: one memcached (THP disabled, -m sized to the keys), populated once (P:P, 1:0),
 then per round A (unmonitored), B (`pageheat serve --pid <memcached>`, defaults) and, with
 ``--variants ABC``, C (defaults but PAGEHEAT_TLB_FLUSH=never: separates the cost of the TLB
-flush from the cost of serve's CPU bursts) of the Gaussian phase (G:G, 0:1, pipeline 8,
-bench/loadgen.py): ops/s and p99.
+flush from the cost of serve's CPU bursts), with ``--variants ABD``, D (defaults but
+PAGEHEAT_WORKER_PRIORITY=normal: the harvest worker not at SCHED_IDLE) of the Gaussian
+phase (G:G, 0:1, pipeline 8, bench/loadgen.py): ops/s and p99.
 
 Before each measured window, serve (if any) runs for --warmup seconds so that it has
 attached and harvested; the unmonitored run waits as long. No Prometheus scrapes during the
@@ -215,7 +216,9 @@ def micro_table(rounds: list[dict], size: int) -> str:
 # ---- memcached -------------------------------------------------------------------------------
 
 MC_VARIANTS = {"A": "A unmonitored", "B": "B default (1s)",
-               "C": "C default, no TLB flush"}  # C: PAGEHEAT_TLB_FLUSH=never
+               "C": "C default, no TLB flush",  # C: PAGEHEAT_TLB_FLUSH=never
+               "D": "D default, worker at normal priority"}  # D: PAGEHEAT_WORKER_PRIORITY=normal
+MC_ENV = {"C": {"PAGEHEAT_TLB_FLUSH": "never"}, "D": {"PAGEHEAT_WORKER_PRIORITY": "normal"}}
 
 
 def memcached(a: argparse.Namespace) -> dict:
@@ -238,7 +241,7 @@ def memcached(a: argparse.Namespace) -> dict:
                 for name in [MC_VARIANTS[v] for v in a.variants if v in MC_VARIANTS]:
                     serve = None
                     if not name.startswith("A"):
-                        env = {"PAGEHEAT_TLB_FLUSH": "never"} if name.startswith("C") else None
+                        env = MC_ENV.get(name[0])
                         serve = Serve(mc.pid, Path(tmpd), "1s", None, env)
                         serve.wait_harvest()
                     time.sleep(a.warmup)
@@ -298,7 +301,8 @@ def main() -> int:
     p.add_argument("--pairs", type=int, default=5)
     p.add_argument("--variants", default=None,
                    help="which variants to run, in this order (micro: ABCD, the default; "
-                        "memcached: AB by default, C = defaults without the TLB flush)")
+                        "memcached: AB by default, C = defaults without the TLB flush, "
+                        "D = defaults with the worker at normal priority)")
     a = p.parse_args()
     a.variants = a.variants or ("ABCD" if a.mode == "micro" else "AB")
     if a.mode == "table":

@@ -33,6 +33,9 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 /* Bits 12..51: the next table's or the page's physical frame. */
 #define PHYS_MASK	0x000ffffffffff000ULL
 
+#define VM_READ		0x00000001UL
+#define VM_WRITE	0x00000002UL
+#define VM_EXEC		0x00000004UL
 #define VM_SHARED	0x00000008UL
 #define VM_PFNMAP	0x00000400UL
 #define VM_IO		0x00004000UL
@@ -578,6 +581,8 @@ static __always_inline __u32 classify(struct vm_area_struct *vma, __u64 vm_flags
 
 	if (vm_flags & VM_SHARED)
 		*flags |= VMA_F_SHARED;
+	if (!(vm_flags & (VM_READ | VM_WRITE | VM_EXEC)))
+		*flags |= VMA_F_NOACCESS;
 	if (vm_flags & VM_HUGETLB)
 		*flags |= VMA_F_SKIPPED | VMA_F_HUGETLB;
 	else if (vm_flags & (VM_PFNMAP | VM_IO))
@@ -599,6 +604,11 @@ static __always_inline __u32 classify(struct vm_area_struct *vma, __u64 vm_flags
 		return VMA_STACK;
 	return VMA_ANON;
 }
+
+/* vma->anon_name exists with CONFIG_ANON_VMA_NAME only (not in every vmlinux.h). */
+struct vm_area_struct___named {
+	struct anon_vma_name *anon_name;
+} __attribute__((preserve_access_index));
 
 SEC("iter/task_vma")
 int scan(struct bpf_iter__task_vma *ctx)
@@ -637,6 +647,9 @@ int scan(struct bpf_iter__task_vma *ctx)
 	rec->kind = classify(vma, BPF_CORE_READ(vma, vm_flags), &flags);
 	rec->flags = flags;
 	rec->unmonitored = 0;
+	rec->ident = (__u64)BPF_CORE_READ(vma, vm_file);
+	if (!rec->ident && bpf_core_field_exists(((struct vm_area_struct___named *)vma)->anon_name))
+		rec->ident = (__u64)BPF_CORE_READ((struct vm_area_struct___named *)vma, anon_name);
 	st->n_vmas = slot + 1;
 
 	w.pgd = (__u64)BPF_CORE_READ(mm, pgd);

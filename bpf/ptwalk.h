@@ -27,6 +27,7 @@ enum vma_kind {
 #define VMA_F_HUGETLB	(1U << 2)
 #define VMA_F_PFNMAP	(1U << 3)	/* VM_PFNMAP or VM_IO: device memory, no struct page */
 #define VMA_F_VDSO	(1U << 4)
+#define VMA_F_NOACCESS	(1U << 5)	/* no VM_READ, VM_WRITE or VM_EXEC: "---" in maps */
 
 /* table_rec.flags */
 #define TABLE_F_HUGE	(1U << 0)	/* a PMD-mapped THP: 512 pages, one Accessed bit */
@@ -37,6 +38,12 @@ struct vma_rec {
 	__u32 kind;
 	__u32 flags;
 	__u64 unmonitored;	/* skipped VMAs: mapped 4 KiB pages, counted but not reported */
+	/*
+	 * What /proc/PID/maps names the VMA by, besides its bounds: its struct file, else its
+	 * anon_vma_name (PR_SET_VMA_ANON_NAME), else 0. Userspace only compares it, to re-read
+	 * maps when a VMA was replaced in place (MAP_FIXED, a rename); it never leaves ptwalk.py.
+	 */
+	__u64 ident;
 };
 
 /*

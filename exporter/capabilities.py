@@ -24,8 +24,9 @@ PTWALK = (CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE, CAP_DAC_OVERRIDE)
 # follows the processes of its own user only, and says so for each other one
 # (targets.check_access for a pid given explicitly, a once-logged warning for a selected one).
 LOAD = (CAP_BPF, CAP_PERFMON)
-# The mglru sources also read PFNs from /proc/PID/pagemap (NUMA nodes, THP, the zero page),
-# which the kernel shows only to CAP_SYS_ADMIN, and write /sys/kernel/debug/lru_gen.
+# The mglru sources take their resident set from ptwalk's scan (no pagemap PFNs any more), but
+# attach fexit/fmod_ret programs and write /sys/kernel/debug/lru_gen; CAP_SYS_ADMIN stays
+# required until the lab shows which of those still need it.
 MGLRU = (CAP_SYS_ADMIN, *PTWALK)
 MGLRU_LOAD = (CAP_SYS_ADMIN, *LOAD)
 

@@ -173,6 +173,9 @@ class Config(BaseSettings):
     tlb_flush: TlbFlush = "auto"
     # mglru sources: request agings (active) or only watch the kernel's own (passive).
     mglru_aging: MglruAging = "active"
+    # The harvest/aging worker thread's CPU priority: "idle" (SCHED_IDLE) runs it only when a
+    # CPU would otherwise idle, so it never preempts the workload; "normal" as the rest.
+    worker_priority: Literal["idle", "normal"] = "idle"
     targets: Targets = Targets()
 
     @field_validator("listen")

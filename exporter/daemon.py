@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
 import shlex
 import signal
 import subprocess
@@ -100,6 +101,24 @@ class Launched:
         self._reaper.join()
 
 
+def worker_priority(priority: str) -> None:
+    """Lower the calling thread's CPU priority (Linux: policies and nice values are per
+    thread, and pid 0 means the calling thread). "idle": SCHED_IDLE, which the scheduler
+    runs only beside nothing else runnable (kernel/sched/fair.c, SCHED_IDLE entities get
+    the minimum weight); the harvest then never preempts the workload it watches. Where the
+    policy cannot be set (seccomp, a restricted container), nice 19 instead. The cost: on a
+    saturated host the harvest waits, and the cpu budget stretches the interval."""
+    if priority != "idle":
+        return
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except (OSError, AttributeError) as e:
+        try:
+            os.setpriority(os.PRIO_PROCESS, 0, 19)
+        except OSError:
+            log.warning("harvest worker stays at normal priority: %s", e)
+
+
 class Daemon:
     def __init__(self, cfg: Config, source: Source, web: WebConfig | None = None) -> None:
         self.cfg = cfg
@@ -115,7 +134,8 @@ class Daemon:
         self._errors: dict[int, int] = {}
         self._refused: dict[int, _Refused] = {}  # selected but could not be followed
         self._pinned: dict[int, int] = {}  # explicit pid -> start_time of the process it named
-        self._worker = ThreadPoolExecutor(1, thread_name_prefix="harvest")
+        self._worker = ThreadPoolExecutor(1, thread_name_prefix="harvest",
+                                          initializer=worker_priority, initargs=(cfg.worker_priority,))
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(PageheatCollector(cfg, lambda: self.views, self.stats, source.name))
         # Bumped after every piece of worker-thread work (harvest, drop, discovery), which is

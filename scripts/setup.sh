@@ -14,6 +14,7 @@ APT_PACKAGES=(
   e2fsprogs                                             # mkfs.ext4 for the lab guests
   gcc libc6-dev                                         # tests/c helper programs
   mmdebstrap buildah podman runc                        # deploy/image/build.sh, tests/test_image.py
+  memcached                                             # bench/overhead.py memcached
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

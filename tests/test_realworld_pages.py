@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import PAGEHEAT, ROOT, need_kernel, run_pageheat, stop_process
 
@@ -246,37 +247,24 @@ def test_missing_capability_is_one_line(ptwalk_ok, layout) -> None:
 
 @pytest.mark.kind2
 def test_mglru_resident_set_leaves_out_zero_pages(ptwalk_ok, layout) -> None:
-    """The mglru sources read the resident set from /proc/PID/pagemap, which reports zero-page
-    PTEs present. MGLRU cannot run here; its resident-set reader can, on a real process."""
-    from pageheat import procfs
-    from pageheat.numa import NodeMap
-    from pageheat.sources.young import ZeroPages, _resident
+    """The mglru sources' resident set comes from ptwalk's read-only scan, which leaves out
+    zero-page PTEs (pagemap reports them present). MGLRU cannot run here; its resident-set
+    path can, on a real process."""
+    from pageheat.sources.ptwalk import PageTableScan
+    from pageheat.sources.young import resident
 
     n, written = 4096, 64
     proc, addr = layout("zero", str(n), "16", str(written))
-    zero = ZeroPages.find()
-    assert zero is not None
-    maps = procfs.read_maps(proc.pid)
-    i = next(i for i, m in enumerate(maps) if m.start == addr)
-    pages, _, extra = _resident(proc.pid, maps, [], NodeMap.from_sysfs(), [], zero)
+    scan = PageTableScan(check_young=False)
+    try:
+        scan.attach(proc.pid)
+        pages, vmas, extra = resident(scan, proc.pid, [])
+    finally:
+        scan.close()
+    i = int(np.flatnonzero(vmas.start == addr)[0])
     assert int((pages.vma == i).sum()) == written == region_rss_pages(proc.pid, addr)
     assert extra["zero_pages"] >= n - written
     assert abs(len(pages) - smaps_kib(proc.pid, "Rss") // 4) <= RSS_SLACK_PAGES
-
-
-@pytest.mark.kind2
-def test_zero_page_mask_on_synthetic_pagemap() -> None:
-    import numpy as np
-    from pageheat.sources.young import ZeroPages
-
-    present = 1 << 63
-    zero, huge = 0x3B34, 0x345000  # the huge zero page is 2 MiB aligned: 512 frames
-    ent = np.array([present | zero, present | (zero + 1), zero, present | huge,
-                    present | (huge + 511), present | (huge + 512), present | (huge - 1)],
-                   dtype=np.uint64)
-    want = [True, False, False, True, True, False, False]  # not present: not a mapped zero page
-    assert ZeroPages(zero, huge).mask(ent).tolist() == want
-    assert ZeroPages(zero).mask(ent).tolist() == [True] + [False] * 6
 
 
 def scrape(port: int) -> dict[tuple[str, str], float]:

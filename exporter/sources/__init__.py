@@ -63,7 +63,7 @@ def _open_mglru_hook(tlb_flush: str, mglru_aging: str) -> Source:
 def _open_mglru(name: str, cls: Callable[[], Source]) -> Source:
     from .. import capabilities
 
-    lacking = capabilities.missing(capabilities.MGLRU_LOAD)  # BPF and pagemap PFNs
+    lacking = capabilities.missing(capabilities.MGLRU_LOAD)  # see capabilities.MGLRU
     if lacking:
         raise SourceError(f"{name} needs {', '.join(lacking)} (run as root or grant them)")
     return cls()

@@ -3,6 +3,10 @@
 Works on any x86-64 kernel with BTF and BPF iterators (5.12+ for task_vma with a pid filter:
 5.19). Aging by clear_refs also clears the referenced state that reclaim uses, which is why
 the MGLRU sources exist.
+
+``PageTableScan`` is the read-only half (the BPF scan and its decode, no aging, no
+CAP_SYS_ADMIN): the mglru sources take their resident set from it. ``PtwalkSource`` adds
+the aging by clear_refs.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import ctypes
 import mmap
 import os
 import secrets
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +43,7 @@ _STATE = np.dtype([
     ("last_mm", "<u8"), ("last_vm_end", "<u8"),
 ])
 _VMA = np.dtype([("start", "<u8"), ("end", "<u8"), ("kind", "<u4"), ("flags", "<u4"),
-                 ("unmonitored", "<u8")])
+                 ("unmonitored", "<u8"), ("ident", "<u8")])
 _TABLE = np.dtype([
     ("addr", "<u8"), ("pmd", "<u8"), ("vma", "<u4"), ("flags", "<u4"),
     ("present", "<u8", 8), ("accessed", "<u8", 8), ("written", "<u8", 8),
@@ -52,12 +57,14 @@ TLB_FLUSH_MODES = ("auto", "always", "never")
 _VMEMMAP_LIMIT_4LEVEL = 0xFFFFFE0000000000
 _HUGE = 2 << 20
 _VMA_F_SHARED = 1
+_VMA_F_NOACCESS = 32
 # vma_rec.flags: why a VMA is only counted (see bpf/ptwalk.h), as unmonitored-page reasons.
 UNMONITORED_REASONS = {4: "hugetlb", 8: "pfnmap", 16: "vdso"}
 _TABLE_F_HUGE = 1
 _PHYS_MASK = np.uint64(0x000FFFFFFFFFF000)
 _PAGE_SHIFT = np.uint64(12)
 _COLUMNS = np.arange(512, dtype=np.uint64)
+_LAYOUT = ["start", "end", "ident"]  # a VMA with these unchanged keeps its name in maps
 # The page type each VMA kind implies; private file/shmem pages that were written are anon COW copies.
 _KIND_TYPE = np.array([PageType.ANON, PageType.FILE, PageType.SHMEM, PageType.ANON,
                        PageType.ANON, PageType.ANON], dtype=np.uint8)
@@ -75,30 +82,33 @@ class _Capacity:
 @dataclass
 class _Target:
     link: Link
-    clear_refs: procfs.ClearRefs  # through a live thread: a zombie leader's ages nothing
+    clear_refs: procfs.ClearRefs | None = None  # through a live thread (PtwalkSource only)
+    layout: np.ndarray | None = None  # the scanned VMAs (_LAYOUT fields) that names belong to
+    names: list[str] | None = None
 
 
 def _cpu() -> float:
     return time.thread_time()
 
 
-class PtwalkSource:
-    name = "ptwalk"
+class PageTableScan:
+    """The target's resident pages from a read-only BPF walk of its page tables: present,
+    Accessed bit (or PG_young, see check_young), THP, type, NUMA node (from the PFN). No
+    aging and no clear_refs: whoever clears the Accessed bits decides what they mean.
+    Zero pages and other special PTEs are left out by the walk; hugetlb, PFN maps and the
+    vDSO are only counted (``unmonitored_<reason>``). Raises SourceError when the program
+    cannot load (capabilities, kernel), TargetGone when a process exits."""
 
     def __init__(self, obj: Path | None = None, nodes: NodeMap | None = None,
-                 tlb_flush: str = "auto", check_young: bool | None = None) -> None:
+                 check_young: bool | None = None) -> None:
         self._path = obj or object_path("ptwalk")
-        # See _age. "auto": only where the kernel has no soft-dirty tracking to disturb;
-        # "always" also resets soft-dirty bits (fine in a test VM, not next to CRIU).
-        if tlb_flush not in TLB_FLUSH_MODES:
-            raise SourceError(f"tlb_flush must be one of {', '.join(TLB_FLUSH_MODES)}, not {tlb_flush!r}")
-        self.tlb_flush = tlb_flush == "always" or (tlb_flush == "auto" and not soft_dirty_tracking())
         self._nodes = nodes or NodeMap.from_sysfs()
         # PG_young costs a struct page read per idle page (~45 ns here), so by default only
         # when DAMON, the usual other Accessed-bit consumer, is running.
         self._check_young = damon_running() if check_young is None else check_young
         self._copy_raw = self._nodes.single is None  # PFNs are only needed to tell nodes apart
         self._cap = _Capacity()
+        self._buffers = _Buffers()
         self._targets: dict[int, _Target] = {}
         self._obj: BpfObject | None = None
         self._maps: list[mmap.mmap] = []
@@ -220,14 +230,14 @@ class PtwalkSource:
             self._obj.close()
             self._obj = None
 
-    # -- Source interface ----------------------------------------------------------------------
+    # -- scanning ------------------------------------------------------------------------------
     def attach(self, pid: int) -> None:
+        """Size the buffers for ``pid`` and create its iterator link. Raises TargetGone."""
         if pid in self._targets:
             return
         try:
             status = procfs.read_status_kib(pid, ("VmPTE", "AnonHugePages", "FilePmdMapped"))
             n_maps = len(procfs.read_maps(pid))
-            refs = procfs.ClearRefs(pid)
         except (FileNotFoundError, ProcessLookupError) as e:
             raise TargetGone(pid) from e
         # Size the buffers from what the kernel says the page tables take, before the first scan.
@@ -238,39 +248,29 @@ class PtwalkSource:
         try:
             link = self._obj.attach_task_iter("scan", pid)  # type: ignore[union-attr]
         except LibbpfError as e:
-            refs.close()
             if e.errno in (3, 2):  # ESRCH, ENOENT
                 raise TargetGone(pid) from e
             raise
-        self._targets[pid] = _Target(link, refs)
-        try:
-            self._age(pid)
-        except TargetGone:
-            self.detach(pid)
-            raise
+        self._targets[pid] = _Target(link)
 
-    def cycle(self, pid: int) -> Harvest:
-        t0 = _cpu()
+    def harvest(self, pid: int) -> tuple[Pages, Vmas, dict[str, int]]:
+        """One scan of an attached ``pid``, decoded: its pages, its mappings, the scan's
+        counters (truncations, unmonitored pages). The Pages arrays may reuse the memory of
+        an earlier harvest's that nobody holds any more (see _Buffers)."""
         vmas, tables, raw, counters = self._scan(pid)
-        now = time.monotonic()
-        try:
-            maps = procfs.read_maps(pid)
-        except (FileNotFoundError, ProcessLookupError) as e:
-            raise TargetGone(pid) from e
         if len(vmas) == 0:
             raise TargetGone(pid)  # exited (a zombie has no mm left to walk)
-        harvest = _decode(vmas, tables, raw, maps, self._nodes)
+        names = self._names(pid, vmas)
+        pages = _pages(vmas, tables, raw, self._nodes, self._buffers)
         counters.update(unmonitored_pages(vmas))
-        t1 = _cpu()
-        self._age(pid)
-        t2 = _cpu()
-        return Harvest(pid, now, harvest[0], harvest[1], t1 - t0, t2 - t1, counters)
+        return pages, _vma_table(vmas, names), counters
 
     def detach(self, pid: int) -> None:
         t = self._targets.pop(pid, None)
         if t:
             t.link.destroy()
-            t.clear_refs.close()
+            if t.clear_refs is not None:
+                t.clear_refs.close()
 
     def close(self) -> None:
         for pid in list(self._targets):
@@ -278,19 +278,22 @@ class PtwalkSource:
         self._unload()
 
     # -- internals -----------------------------------------------------------------------------
-    def _age(self, pid: int) -> None:
-        """Clear the Accessed bits. x86 does not flush the TLB when clearing them, and a CPU
-        sets the bit only when it walks the page table: a page whose translation stays cached
-        goes unseen however often it is used (measured: tens of hot pages per scan for a
-        tight loop). Writing 4 (clear soft-dirty) ends with a full TLB flush of the mm; on a
-        kernel without CONFIG_MEM_SOFT_DIRTY it changes nothing else."""
-        refs = self._targets[pid].clear_refs
+    def _names(self, pid: int, vmas: np.ndarray) -> list[str]:
+        """The VMAs' names from /proc/PID/maps, read again only when the layout changed: a
+        VMA added, removed, resized, or replaced in place (its file or anon name pointer).
+        Parsing maps costs about 3 us per mapping, as much as decoding 500 pages. A file
+        renamed or deleted while mapped keeps its old name until the layout changes."""
+        t = self._targets[pid]
+        layout = vmas[_LAYOUT]
+        if t.names is not None and t.layout is not None and np.array_equal(t.layout, layout):
+            return t.names
         try:
-            refs.write(b"1")
-            if self.tlb_flush:
-                refs.write(b"4")
-        except (ProcessLookupError, FileNotFoundError) as e:
+            maps = procfs.read_maps(pid)
+        except (FileNotFoundError, ProcessLookupError) as e:
             raise TargetGone(pid) from e
+        names, exact = _names(vmas, maps)
+        t.layout, t.names = (layout.copy(), names) if exact else (None, None)
+        return names
 
     def _scan(self, pid: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, int]]:
         """Run the iterator; grow the buffers and scan again if anything did not fit."""
@@ -318,6 +321,65 @@ class PtwalkSource:
             del st  # no view of the old maps may survive their unmapping
             self._reload(_grow(self._cap, need))
         raise SourceError(f"ptwalk: layout of {pid} kept outgrowing the buffers")
+
+
+class PtwalkSource(PageTableScan):
+    """The scan, aged by clear_refs: each cycle reports the pages accessed since the last."""
+
+    name = "ptwalk"
+
+    def __init__(self, obj: Path | None = None, nodes: NodeMap | None = None,
+                 tlb_flush: str = "auto", check_young: bool | None = None) -> None:
+        # See _age. "auto": only where the kernel has no soft-dirty tracking to disturb;
+        # "always" also resets soft-dirty bits (fine in a test VM, not next to CRIU).
+        if tlb_flush not in TLB_FLUSH_MODES:
+            raise SourceError(f"tlb_flush must be one of {', '.join(TLB_FLUSH_MODES)}, not {tlb_flush!r}")
+        self.tlb_flush = tlb_flush == "always" or (tlb_flush == "auto" and not soft_dirty_tracking())
+        super().__init__(obj, nodes, check_young)
+
+    def attach(self, pid: int) -> None:
+        if pid in self._targets:
+            return
+        # clear_refs first: a process we may not age (PermissionError) is never half attached.
+        try:
+            refs = procfs.ClearRefs(pid)
+        except (FileNotFoundError, ProcessLookupError) as e:
+            raise TargetGone(pid) from e
+        try:
+            super().attach(pid)
+        except BaseException:
+            refs.close()
+            raise
+        self._targets[pid].clear_refs = refs
+        try:
+            self._age(pid)
+        except TargetGone:
+            self.detach(pid)
+            raise
+
+    def cycle(self, pid: int) -> Harvest:
+        t0 = _cpu()
+        pages, vmas, counters = self.harvest(pid)
+        now = time.monotonic()
+        t1 = _cpu()
+        self._age(pid)
+        t2 = _cpu()
+        return Harvest(pid, now, pages, vmas, t1 - t0, t2 - t1, counters)
+
+    def _age(self, pid: int) -> None:
+        """Clear the Accessed bits. x86 does not flush the TLB when clearing them, and a CPU
+        sets the bit only when it walks the page table: a page whose translation stays cached
+        goes unseen however often it is used (measured: tens of hot pages per scan for a
+        tight loop). Writing 4 (clear soft-dirty) ends with a full TLB flush of the mm; on a
+        kernel without CONFIG_MEM_SOFT_DIRTY it changes nothing else."""
+        refs = self._targets[pid].clear_refs
+        assert refs is not None  # opened in attach
+        try:
+            refs.write(b"1")
+            if self.tlb_flush:
+                refs.write(b"4")
+        except (ProcessLookupError, FileNotFoundError) as e:
+            raise TargetGone(pid) from e
 
 
 def damon_running(proc: Path = Path("/proc")) -> bool:
@@ -359,45 +421,105 @@ def _hint(errno: int | None) -> str:
 
 def _decode(vmas: np.ndarray, tables: np.ndarray, raw: np.ndarray,
             maps: list[procfs.Mapping], nodes: NodeMap) -> tuple[Pages, Vmas]:
-    """Per-table bitmaps -> per-page arrays, all in numpy."""
-    kinds = vmas["kind"].astype(np.uint8)
+    """Per-table bitmaps -> per-page arrays, and the mappings named from ``maps``."""
+    return _pages(vmas, tables, raw, nodes), _vma_table(vmas, _names(vmas, maps)[0])
+
+
+def _names(vmas: np.ndarray, maps: list[procfs.Mapping]) -> tuple[list[str], bool]:
+    """Each scanned VMA's name in /proc/PID/maps ("" where maps has no such VMA), and whether
+    every VMA was found with the same bounds: maps is read after the scan, and a layout that
+    changed in between must not be remembered."""
     by_start = {m.start: m for m in maps}
-    found = [by_start.get(int(s)) for s in vmas["start"]]
-    names = [m.name if m else "" for m in found]
-    accessible = np.array([m is None or m.perms[:3] != "---" for m in found], dtype=bool)
-    vma_table = Vmas(vmas["start"], vmas["end"], kinds, accessible, names)
+    found = [by_start.get(s) for s in vmas["start"].tolist()]
+    exact = all(m is not None and m.end == e for m, e in zip(found, vmas["end"].tolist(), strict=True))
+    return [m.name if m else "" for m in found], exact
 
-    # Per-page arrays from per-table bitmaps, without per-page index arithmetic: per-page bits
-    # are compressed with the present mask, per-table attributes repeated once per page.
+
+def _vma_table(vmas: np.ndarray, names: list[str]) -> Vmas:
+    accessible = (vmas["flags"] & _VMA_F_NOACCESS) == 0
+    return Vmas(vmas["start"], vmas["end"], vmas["kind"].astype(np.uint8), accessible, names)
+
+
+def _unpack(words: np.ndarray) -> np.ndarray:
+    """(n, 8) uint64 bitmaps -> (n * 512,) bool, bit i of table t at t * 512 + i."""
+    b = np.ascontiguousarray(words).view(np.uint8).reshape(len(words), 64)
+    return np.unpackbits(b, axis=1, bitorder="little").reshape(-1).view(bool)
+
+
+class _Buffers:
+    """Output arrays reused from one harvest to the next. A fresh multi-MiB array costs a page
+    fault per 4 KiB on first touch, as much as the decode itself; so an array is reused, but
+    only when nothing outside this cache holds it or a view of it (its reference count: a
+    view keeps its base alive), i.e. when the previous harvest's Pages were dropped. Callers
+    that keep their Pages (snapshot keeps every scan) get fresh arrays: never a shared one."""
+
+    def __init__(self) -> None:
+        self._arrays: dict[str, np.ndarray] = {}
+
+    def get(self, name: str, n: int, dtype: type) -> np.ndarray:
+        a = self._arrays.get(name)
+        # References: the dict, the local name, getrefcount's argument; more means a view lives.
+        if a is None or len(a) < n or a.dtype != dtype or sys.getrefcount(a) > 3:
+            a = self._arrays[name] = np.empty(n + n // 8, dtype=dtype)
+        return a[:n]
+
+
+def _pages(vmas: np.ndarray, tables: np.ndarray, raw: np.ndarray, nodes: NodeMap,
+           buffers: _Buffers | None = None) -> Pages:
+    """Per-table bitmaps -> per-page arrays, all in numpy, no per-table Python.
+
+    Where every table is full (the usual case for a dense heap) the padded (table, column)
+    layout is the result and nothing is compressed; otherwise per-page values are computed
+    padded and compressed with the present mask. Per-table attributes are repeated once per
+    present page (1-byte repeats are memset-fast). VMAs arrive in address order and each
+    table once per VMA, so vpn comes out sorted.
+    """
+    buf = buffers or _Buffers()
     n = len(tables)
+    present_w = np.ascontiguousarray(tables["present"])
+    per_table = np.bitwise_count(present_w).sum(axis=1, dtype=np.int64)
+    total = int(per_table.sum())
+    present = None if total == n * 512 else _unpack(present_w)
 
-    def bits(field: str) -> np.ndarray:
-        words = np.ascontiguousarray(tables[field]).view(np.uint8).reshape(n, 64)
-        return np.unpackbits(words, axis=1, bitorder="little").reshape(-1).view(bool)
+    def per_page(bits: np.ndarray) -> np.ndarray:
+        b = _unpack(bits)
+        return b if present is None else b[present]
 
-    present = bits("present")
-    per_table = np.bitwise_count(np.ascontiguousarray(tables["present"])).sum(axis=1, dtype=np.int64)
-    col = np.tile(_COLUMNS, n)[present]
-    vpn = np.repeat(tables["addr"] >> _PAGE_SHIFT, per_table) + col
-    accessed = bits("accessed")[present]
+    base = (tables["addr"] >> _PAGE_SHIFT)[:, None]
+    if present is None:
+        vpn = buf.get("vpn", total, np.uint64)
+        np.add(base, _COLUMNS, out=vpn.reshape(n, 512))
+    else:
+        padded = buf.get("padded", n * 512, np.uint64)  # scratch: never handed out
+        np.add(base, _COLUMNS, out=padded.reshape(n, 512))
+        vpn = padded[present]
+    accessed = per_page(tables["accessed"])
     huge_t = (tables["flags"] & _TABLE_F_HUGE) != 0
     vma_t = tables["vma"].astype(np.int32)
-    kind_t = kinds[vma_t]
-    huge, vma = np.repeat(huge_t, per_table), np.repeat(vma_t, per_table)
+    kind_t = vmas["kind"].astype(np.uint8)[vma_t]
+    huge = np.repeat(huge_t, per_table)
+    vma = np.repeat(vma_t, per_table)
     ptype = np.repeat(_KIND_TYPE[kind_t], per_table)
-    # In private file/shmem mappings, written pages are anonymous copy-on-write copies.
+    # In private file/shmem mappings, written pages are anonymous copy-on-write copies: only
+    # those tables' written bits are looked at.
     cow_t = ((vmas["flags"][vma_t] & _VMA_F_SHARED) == 0) & (
         (kind_t == VmaKind.FILE) | (kind_t == VmaKind.SHMEM))
     if cow_t.any():
-        ptype[np.repeat(cow_t, per_table) & bits("written")[present]] = PageType.ANON
+        written = np.where(cow_t[:, None], tables["written"], np.uint64(0))
+        if written.any():
+            ptype[per_page(written)] = PageType.ANON
 
     if nodes.single is not None:
-        node = np.full(len(vpn), nodes.single, dtype=np.int16)
+        node = buf.get("node", total, np.int16)
+        node.fill(nodes.single)
     else:
+        # The node comes from the PFN: the PMD's for a THP, else the PTE's.
+        col = vpn & np.uint64(511)  # tables are 2 MiB aligned
         huge_pfn = np.repeat((tables["pmd"] & _PHYS_MASK) >> _PAGE_SHIFT, per_table) + col
-        pte_pfn = (raw.reshape(-1)[present] & _PHYS_MASK) >> _PAGE_SHIFT if len(raw) else huge_pfn
+        if len(raw):
+            entries = raw.reshape(-1)
+            pte_pfn = ((entries if present is None else entries[present]) & _PHYS_MASK) >> _PAGE_SHIFT
+        else:
+            pte_pfn = huge_pfn
         node = nodes.node_of(np.where(huge, huge_pfn, pte_pfn))
-
-    # VMAs arrive in address order and each table once per VMA, so vpn is already sorted.
-    pages = Pages(vpn, accessed, node, ptype, huge, vma)
-    return pages, vma_table
+    return Pages(vpn, accessed, node, ptype, huge, vma)

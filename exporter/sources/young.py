@@ -29,12 +29,14 @@ TLB flush of the target (``clear_refs`` 4), ``PAGEHEAT_TLB_FLUSH``:
 CONFIG_MEM_SOFT_DIRTY kernel that write also clears the soft-dirty bits (CRIU) and costs a
 minor fault on the next write to each page, the same rule as ptwalk; ``always``; ``never``.
 
-Resident set: /proc/PID/pagemap, read per VMA into numpy (PFN -> NUMA node through
-NodeMap; bit 61 tells a private file mapping's COW copies, which are anonymous). Chosen over
-reusing the ptwalk iterator because it needs no direct-map probing and no second BPF object,
-and it cannot disturb the Accessed bits. A page is reported as mapped by a PMD (``thp``) when
-its whole aligned 2 MiB is present, physically contiguous and 2 MiB aligned, and
-/proc/kpageflags marks the head as a THP.
+Resident set: ptwalk's read-only BPF page-table scan (``ptwalk.PageTableScan``), the same
+task_vma iterator program ptwalk uses, without its aging: these sources never write
+clear_refs 1, since the kernel's MGLRU aging owns the Accessed bits. The scan reads them but
+its Accessed bits are not used; a page is accessed when the young hash names it. It gives,
+per present page, the type (a private file mapping's written pages are anonymous COW copies),
+THP (mapped by a PMD), and the NUMA node from the PFN, without CAP_SYS_ADMIN; zero pages and
+other special PTEs are left out by the walk, hugetlb pages only counted. Before, pagemap was
+read here: about 10x the scan's cost per page.
 
 Kernel-side limits, reported as "not accessed" because the kernel never looks:
 * VMAs with MADV_RANDOM or MADV_SEQUENTIAL (VM_RAND_READ / VM_SEQ_READ) and mlocked VMAs
@@ -51,7 +53,7 @@ import logging
 import mmap
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -61,8 +63,8 @@ from .. import lrugen, procfs
 from ..bpfobjects import object_path
 from ..libbpf import BpfObject, LibbpfError, Link, lib
 from ..numa import NodeMap
-from .base import Harvest, Pages, PageType, SourceError, TargetGone, VmaKind, Vmas
-from .ptwalk import soft_dirty_tracking
+from .base import Harvest, Pages, SourceError, TargetGone, Vmas
+from .ptwalk import PageTableScan, soft_dirty_tracking
 
 log = logging.getLogger(__name__)
 
@@ -79,13 +81,7 @@ _YOUNG_PTE, _YOUNG_PMD = 1, 2
 _BATCH = 1 << 16
 _DEFAULT_YOUNG_CAPACITY = 1 << 22  # 16 GiB of young 4 KiB pages per interval, all targets
 
-_PM_PRESENT = np.uint64(1 << 63)
-_PM_FILE_OR_SHARED = np.uint64(1 << 61)
-_PM_PFN = np.uint64((1 << 55) - 1)
-_KPF_THP = 22
-_PAGEMAP_CHUNK = 1 << 21  # pages per pread: 16 MiB of pagemap at most in memory per VMA chunk
-_SHMEM_NAMES = ("/memfd:", "/dev/zero", "/SYSV", "/dev/shm/", "[anon_shmem:")
-_SHMEM_FS = {"tmpfs", "ramfs", "shm", "devtmpfs"}
+_YOUNG_REC = np.dtype([("tgid", "<u4"), ("vpn", "<u8"), ("flags", "<u4")])
 
 
 def _declare(name: str, restype: object, argtypes: list[object]) -> Any:
@@ -104,11 +100,9 @@ class Target:
     memcg_id: int  # lru_gen's memcg id, -1 when debugfs is not used
     nodes: list[int]  # nodes where an aging is requested
     max_seq: dict[int, int]  # per node, at the last cycle: how often the kernel aged since
-    shmem_mounts: list[str] = field(default_factory=list)
     clear_refs: procfs.ClearRefs | None = None  # for the TLB flush, through a live thread
     cgroup: str = "/"  # cgroup v2 path
     cgroup_id: int = 0  # its cgroup v2 id, once looked up (mglru-hook)
-    hugetlb_mounts: tuple[str, ...] = ()
 
 
 class YoungPagesSource:
@@ -161,10 +155,13 @@ class YoungPagesSource:
                                 C.POINTER(C.c_uint32), C.c_void_p])
         self._load(young_capacity)
         self._dropped_seen = self.stats().get("dropped", 0)
-        self._zero = ZeroPages.find()
-        if self._zero is None:
-            log.warning("%s: /proc/self/pagemap hides PFNs (no CAP_SYS_ADMIN): pages mapping the "
-                        "shared zero page cannot be told apart and count as resident", name)
+        try:
+            # Read-only: PG_young is ptwalk's answer to DAMON clearing Accessed bits; here the
+            # Accessed bits are MGLRU's and are not read.
+            self._scan = PageTableScan(nodes=self._nodes, check_young=False)
+        except SourceError as e:
+            self.close()
+            raise SourceError(f"{name}: resident set: {e}") from e
 
     # -- what subclasses provide ---------------------------------------------------------------
     def programs(self) -> dict[str, bool]:
@@ -219,13 +216,17 @@ class YoungPagesSource:
             return
         try:
             cg = lrugen.cgroup_path(pid)
-            mounts = _shmem_mounts(pid)
-            huge_mounts = tuple(_shmem_mounts(pid, {"hugetlbfs"}))
+            self._scan.attach(pid)
             refs = procfs.ClearRefs(pid) if self.tlb_flush else None
         except (FileNotFoundError, ProcessLookupError) as e:
+            self._scan.detach(pid)
             raise TargetGone(pid) from e
         except lrugen.LruGenError as e:
+            self._scan.detach(pid)
             raise SourceError(f"{self.name}: {e.strerror}") from e
+        except BaseException:
+            self._scan.detach(pid)  # never half attached (TargetGone, PermissionError)
+            raise
         try:
             if self.aging == "active" and self.needs_lru_gen_write:
                 memcg = self._memcg(cg)
@@ -234,17 +235,18 @@ class YoungPagesSource:
         except SourceError:
             if refs is not None:
                 refs.close()
+            self._scan.detach(pid)
             raise
         key = C.c_uint32(pid)
         one = C.c_uint32(1)
         if self._update(self._targets_fd, C.byref(key), C.byref(one), 0):
             if refs is not None:
                 refs.close()
+            self._scan.detach(pid)
             raise SourceError(f"{self.name}: cannot add target {pid}: "
                               f"{os.strerror(C.get_errno() or 1)} (at most 1024 targets)")
         nodes = sorted(memcg.nodes) if memcg.id >= 0 else self.memory_nodes
-        t = Target(memcg.id, nodes, {n: memcg.max_seq(n) for n in memcg.nodes}, mounts, refs, cg,
-                   hugetlb_mounts=huge_mounts)
+        t = Target(memcg.id, nodes, {n: memcg.max_seq(n) for n in memcg.nodes}, refs, cg)
         self._targets[pid] = t
         try:
             if self.aging == "active":
@@ -265,14 +267,7 @@ class YoungPagesSource:
         now = time.monotonic()
         self._drain()
         young = self._pending.pop(pid, [])
-        try:
-            maps = procfs.read_maps(pid)
-            if not maps:
-                raise TargetGone(pid)  # a zombie: no mm left
-            pages, vmas, extra = _resident(pid, maps, young, self._nodes, t.shmem_mounts,
-                                           self._zero, t.hugetlb_mounts)
-        except (FileNotFoundError, ProcessLookupError) as e:
-            raise TargetGone(pid) from e
+        pages, vmas, extra = resident(self._scan, pid, young)
         t2 = _cpu()
         dropped = self.stats().get("dropped", 0)  # young pages the BPF hash had no room for
         counters = {"aging_writes": writes, "tlb_flush": int(t.clear_refs is not None), **extra,
@@ -281,6 +276,8 @@ class YoungPagesSource:
         return Harvest(pid, now, pages, vmas, t2 - t1, t1 - t0, counters)
 
     def detach(self, pid: int) -> None:
+        if getattr(self, "_scan", None) is not None:
+            self._scan.detach(pid)
         t = self._targets.pop(pid, None)
         if t is None:
             return
@@ -297,6 +294,9 @@ class YoungPagesSource:
         for link in self._links:
             link.destroy()
         self._links = []
+        if getattr(self, "_scan", None) is not None:
+            self._scan.close()
+            self._scan = None
         if self._stats_map is not None:
             self._stats_map.close()
             self._stats_map = None
@@ -391,217 +391,25 @@ def kernel_functions(names: list[str], btf: Path = BTF) -> set[str]:
     return {n for n in names if b"\0" + n.encode() + b"\0" in data}
 
 
-def _shmem_mounts(pid: int, fstypes: set[str] = _SHMEM_FS) -> list[str]:
-    """Mount points (in the target's namespace) of these file systems (shmem), longest first."""
-    from ..cgroups import _unescape
-
-    out = []
-    # Bytes, split at \n only: mount points are any bytes (mountinfo escapes only space, tab,
-    # newline and backslash); a zombie leader has no mount namespace left: a live thread's.
-    with open(procfs.task_dir(pid) / "mountinfo", "rb") as f:
-        text = procfs.decode(f.read())
-    for line in text.split("\n"):
-        parts = line.split(" - ", 1)
-        if len(parts) == 2 and parts[1].split(" ")[0] in fstypes:
-            out.append(_unescape(parts[0].split(" ")[4]))
-    return sorted(out, key=len, reverse=True)
-
-
-def vma_kind(m: procfs.Mapping, shmem_mounts: list[str]) -> VmaKind:
-    """What a /proc/PID/maps line maps, in ptwalk's terms."""
-    name = m.name
-    if name == "" or name.startswith("[anon:"):
-        return VmaKind.ANON
-    if name == "[heap]":
-        return VmaKind.HEAP
-    if name.startswith("[stack"):
-        return VmaKind.STACK
-    if name.startswith(_SHMEM_NAMES):
-        return VmaKind.SHMEM
-    if name.startswith("["):
-        return VmaKind.OTHER  # [vdso], [vvar], [vsyscall]: special mappings, not on any LRU
-    path = name.removesuffix(" (deleted)")
-    if any(path == p or path.startswith(p.rstrip("/") + "/") for p in shmem_mounts if p != "/"):
-        return VmaKind.SHMEM
-    return VmaKind.FILE
-
-
-_KIND_TYPE = np.array([PageType.ANON, PageType.FILE, PageType.SHMEM, PageType.ANON,
-                       PageType.ANON, PageType.ANON], dtype=np.uint8)
-
-
-def _resident(pid: int, maps: list[procfs.Mapping], young: list[np.ndarray], nodes: NodeMap,
-              shmem_mounts: list[str], zero: ZeroPages | None = None,
-              hugetlb_mounts: tuple[str, ...] = ()) -> tuple[Pages, Vmas, dict[str, int]]:
-    """The resident pages from /proc/PID/pagemap, marked accessed where the kernel found them
-    young. One pread per VMA (per 16 MiB of pagemap for huge VMAs); everything else is numpy.
-    The shared zero pages are left out (pagemap reports them present; they are nobody's
-    memory and MGLRU never ages them); hugetlb pages are only counted (``unmonitored_hugetlb``):
-    MGLRU does not age hugetlb either."""
-    kinds = np.array([vma_kind(m, shmem_mounts) for m in maps], dtype=np.uint8)
-    hugetlb = np.array([is_hugetlb(m, hugetlb_mounts) for m in maps], dtype=bool)
-    kinds[hugetlb] = VmaKind.OTHER
-    n_hugetlb = 0
-    accessible = np.array([m.perms[:3] != "---" for m in maps], dtype=bool)
-    vmas = Vmas(np.array([m.start for m in maps], dtype=np.uint64),
-                np.array([m.end for m in maps], dtype=np.uint64), kinds, accessible,
-                [m.name for m in maps])
-    vpn_parts, ent_parts, vma_parts = [], [], []
-    fd = os.open(procfs.task_dir(pid) / "pagemap", os.O_RDONLY)  # a zombie leader's is empty
-    try:
-        for i, m in enumerate(maps):
-            if not hugetlb[i] and (not accessible[i] or kinds[i] == VmaKind.OTHER):
-                continue
-            first, last = m.start >> 12, m.end >> 12
-            for lo in range(first, last, _PAGEMAP_CHUNK):
-                n = min(_PAGEMAP_CHUNK, last - lo)
-                ent = np.frombuffer(os.pread(fd, n * 8, lo * 8), dtype="<u8")
-                idx = np.flatnonzero(ent & _PM_PRESENT)
-                if hugetlb[i]:
-                    n_hugetlb += len(idx)
-                elif len(idx):
-                    vpn_parts.append(idx.astype(np.uint64) + np.uint64(lo))
-                    ent_parts.append(ent[idx])
-                    vma_parts.append(np.full(len(idx), i, dtype=np.int32))
-    finally:
-        os.close(fd)
-    cat = lambda parts, dt: np.concatenate(parts) if parts else np.zeros(0, dt)  # noqa: E731
-    vpn, ent, vma = cat(vpn_parts, np.uint64), cat(ent_parts, np.uint64), cat(vma_parts, np.int32)
-    keep = ~zero.mask(ent) if zero is not None else np.ones(len(ent), dtype=bool)
-    n_zero = int(len(keep) - np.count_nonzero(keep))
-    vpn, ent, vma = vpn[keep], ent[keep], vma[keep]
-    pfn = ent & _PM_PFN
-
-    ptype = _KIND_TYPE[kinds[vma]]
-    shared = np.array([m.perms[3:4] == "s" for m in maps], dtype=bool)
-    filelike = (kinds[vma] == VmaKind.FILE) | (kinds[vma] == VmaKind.SHMEM)
-    cow = filelike & ~shared[vma] & ((ent & _PM_FILE_OR_SHARED) == 0)
-    ptype[cow] = PageType.ANON  # a private file mapping's written page is an anonymous copy
-
-    thp = _pmd_mapped(vpn, pfn)
-    node = nodes.node_of(pfn)
-
-    rec = np.concatenate(young) if young else np.zeros(0, dtype=[("tgid", "<u4"), ("vpn", "<u8"),
-                                                                  ("flags", "<u4")])
+def resident(scan: PageTableScan, pid: int, young: list[np.ndarray]) -> tuple[Pages, Vmas, dict[str, int]]:
+    """The resident pages of an attached ``pid`` from the read-only page-table scan, marked
+    accessed where the kernel found them young (``young``: _YOUNG_REC arrays; a PMD record
+    names the first vpn of its 2 MiB). Counters: the scan's (truncations, unmonitored pages)
+    plus young_pages, young_not_resident, young_huge, zero_pages (special PTEs left out, a
+    special PMD counting 512). Raises TargetGone."""
+    pages, vmas, counters = scan.harvest(pid)
+    rec = np.concatenate(young) if young else np.zeros(0, dtype=_YOUNG_REC)
     pte = rec["vpn"][(rec["flags"] & _YOUNG_PTE) != 0]
     huge = rec["vpn"][(rec["flags"] & _YOUNG_PMD) != 0]
     young_vpn = np.unique(np.concatenate([pte, (huge[:, None] + np.arange(512, dtype=np.uint64)
                                                 ).reshape(-1)]))
+    vpn = pages.vpn
     pos = np.searchsorted(vpn, young_vpn)
     hit = pos < len(vpn)
     hit[hit] = vpn[pos[hit]] == young_vpn[hit]
     accessed = np.zeros(len(vpn), dtype=bool)
     accessed[pos[hit]] = True
-    extra = {"young_pages": int(len(young_vpn)), "young_not_resident": int((~hit).sum()),
-             "young_huge": int(len(huge)), "zero_pages": n_zero, "unmonitored_hugetlb": n_hugetlb}
-    return Pages(vpn, accessed, node, ptype, thp, vma), vmas, extra
-
-
-@dataclass(frozen=True)
-class ZeroPages:
-    """The frames of the kernel's shared zero pages: the 4 KiB one and the 2 MiB huge one
-    (0: none seen). A private anonymous page that was only read maps one of them; pagemap
-    reports it present, but it is not the process's memory (smaps leaves it out of Rss)."""
-
-    pfn: int
-    huge_pfn: int = 0
-
-    def mask(self, ent: np.ndarray) -> np.ndarray:
-        """Which pagemap entries (uint64) map a zero page: bool, same shape."""
-        pfn = ent & _PM_PFN
-        present = (ent & _PM_PRESENT) != 0
-        hit = pfn == np.uint64(self.pfn) if self.pfn else np.zeros(len(ent), dtype=bool)
-        if self.huge_pfn:
-            hit |= (pfn >= np.uint64(self.huge_pfn)) & (pfn < np.uint64(self.huge_pfn + 512))
-        return hit & present
-
-    @classmethod
-    def find(cls) -> ZeroPages | None:
-        """Read a fresh page of our own (and a THP-eligible 2 MiB) and look up their frames in
-        /proc/self/pagemap. None when pagemap hides PFNs (no CAP_SYS_ADMIN)."""
-        huge = 2 << 20
-        private = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS  # shared anonymous memory is shmem
-        small = mmap.mmap(-1, mmap.PAGESIZE, flags=private)
-        big = mmap.mmap(-1, 2 * huge, flags=private)
-        anchors = [C.c_char.from_buffer(small), C.c_char.from_buffer(big)]
-        try:
-            _ = small[0]  # a read fault maps the zero page
-            off = -C.addressof(anchors[1]) % huge
-            try:
-                big.madvise(mmap.MADV_HUGEPAGE, off, huge)
-                _ = big[off]  # the huge zero page, where THP uses it
-            except (AttributeError, OSError):
-                pass
-            with open("/proc/self/pagemap", "rb") as f:
-                pfn = _pagemap_pfn(f, C.addressof(anchors[0]))
-                huge_pfn = _pagemap_pfn(f, C.addressof(anchors[1]) + off)
-        finally:
-            anchors.clear()
-            small.close()
-            big.close()
-        if not pfn:
-            return None
-        # Where THP does not use the huge zero page, that read allocated a THP of our own:
-        # keep only a frame that /proc/kpageflags calls a zero page.
-        return cls(pfn, huge_pfn if huge_pfn % 512 == 0 and _kpf_zero(huge_pfn) else 0)
-
-
-_KPF_ZERO_PAGE = 24
-
-
-def _kpf_zero(pfn: int) -> bool:
-    """/proc/kpageflags marks the frame KPF_ZERO_PAGE (the zero page or the huge zero page)."""
-    if not pfn:
-        return False
-    try:
-        with open("/proc/kpageflags", "rb") as f:
-            f.seek(pfn * 8)
-            return bool(int.from_bytes(f.read(8), "little") >> _KPF_ZERO_PAGE & 1)
-    except OSError:
-        return False
-
-
-def _pagemap_pfn(f: Any, vaddr: int) -> int:
-    f.seek((vaddr >> 12) * 8)
-    ent = int.from_bytes(f.read(8), "little")
-    return ent & int(_PM_PFN) if ent >> 63 else 0
-
-
-_HUGETLB_NAMES = ("/anon_hugepage",)
-
-
-def is_hugetlb(m: procfs.Mapping, hugetlb_mounts: tuple[str, ...] = ()) -> bool:
-    """A MAP_HUGETLB mapping (/anon_hugepage) or a file on a hugetlbfs mount."""
-    name = m.name.removesuffix(" (deleted)")
-    return name.startswith(_HUGETLB_NAMES) or any(
-        name.startswith(p.rstrip("/") + "/") for p in hugetlb_mounts)
-
-
-def _pmd_mapped(vpn: np.ndarray, pfn: np.ndarray) -> np.ndarray:
-    """Pages that look PMD-mapped: a whole aligned 2 MiB virtual range present, mapping 512
-    physically contiguous frames starting 2 MiB aligned, whose head is a THP (kpageflags)."""
-    thp = np.zeros(len(vpn), dtype=bool)
-    if len(vpn) < 512:
-        return thp
-    starts = np.flatnonzero((vpn[:-511] & np.uint64(511)) == 0)
-    starts = starts[(vpn[starts + 511] - vpn[starts] == 511) & (pfn[starts] & np.uint64(511) == 0)
-                    & (pfn[starts + 511] - pfn[starts] == 511) & (pfn[starts] != 0)]
-    if not len(starts):
-        return thp
-    # vpn is unique and sorted, so vpn[s+511]-vpn[s] == 511 means all 512 are present; the
-    # frames must step by exactly one page too.
-    step = np.concatenate([[0], (np.diff(pfn.astype(np.int64)) == 1).astype(np.int64)])
-    run = np.cumsum(step)
-    starts = starts[run[starts + 511] - run[starts] == 511]
-    try:
-        fd = os.open("/proc/kpageflags", os.O_RDONLY)
-    except OSError:
-        return thp  # no kpageflags: leave thp unknown (False)
-    try:
-        for s in starts.tolist():  # one read per 2 MiB candidate, not per page
-            flags = int.from_bytes(os.pread(fd, 8, int(pfn[s]) * 8), "little")
-            if flags >> _KPF_THP & 1:
-                thp[s:s + 512] = True
-    finally:
-        os.close(fd)
-    return thp
+    counters.update({"young_pages": int(len(young_vpn)), "young_not_resident": int((~hit).sum()),
+                     "young_huge": int(len(huge)),
+                     "zero_pages": counters.get("special_ptes", 0) + 512 * counters.get("special_pmds", 0)})
+    return Pages(vpn, accessed, pages.node, pages.type, pages.thp, pages.vma), vmas, counters

@@ -74,36 +74,35 @@ def test_mglru_state_messages(tmp_path: Path) -> None:
 
 @pytest.mark.kernel
 @pytest.mark.parametrize("backing", ["anon", "shmem"])
-def test_pagemap_resident_set_matches_ptwalk(ptwalk_ok, workload, backing: str) -> None:
-    """The resident set (vpn, type, node, vma) from pagemap equals ptwalk's page-table view."""
-    from pageheat import procfs
-    from pageheat.numa import NodeMap
+def test_scan_resident_set_matches_ptwalk(ptwalk_ok, workload, backing: str) -> None:
+    """The mglru sources' resident set (ptwalk's read-only scan joined with young pages)
+    equals ptwalk's own view (vpn, type, node); young pages mark exactly those pages."""
     from pageheat.sources import young as mf
-    from pageheat.sources.ptwalk import PtwalkSource
+    from pageheat.sources.base import PageType, VmaKind
+    from pageheat.sources.ptwalk import PageTableScan, PtwalkSource
 
     if os.geteuid() != 0:
         need_kernel("not root")
     t = workload("--size", "16MiB", "--backing", backing)
-    src = PtwalkSource()
+    src, scan = PtwalkSource(), PageTableScan(check_young=False)
     try:
         src.attach(t.pid)
+        scan.attach(t.pid)
         h = src.cycle(t.pid)
-        maps = procfs.read_maps(t.pid)
-        young = [np.array([(t.pid, (t.start >> 12) + i, 1) for i in t.hot[:10]],
-                          dtype=[("tgid", "<u4"), ("vpn", "<u8"), ("flags", "<u4")])]
-        pages, vmas, extra = mf._resident(t.pid, maps, young, NodeMap.from_sysfs(),
-                                          mf._shmem_mounts(t.pid))
+        young = [np.array([(t.pid, (t.start >> 12) + i, 1) for i in t.hot[:10]], dtype=mf._YOUNG_REC)]
+        pages, vmas, extra = mf.resident(scan, t.pid, young)
     finally:
         src.close()
+        scan.close()
     lo, hi = np.uint64(t.start >> 12), np.uint64((t.start + t.size) >> 12)
     a = (h.pages.vpn >= lo) & (h.pages.vpn < hi)
     b = (pages.vpn >= lo) & (pages.vpn < hi)
     assert np.array_equal(h.pages.vpn[a], pages.vpn[b])
     assert np.array_equal(h.pages.type[a], pages.type[b])
     assert np.array_equal(h.pages.node[a], pages.node[b])
-    assert set(pages.type[b].tolist()) == {mf.PageType[backing.upper()]}
+    assert set(pages.type[b].tolist()) == {PageType[backing.upper()]}
     assert int(pages.accessed.sum()) == 10 and extra["young_not_resident"] == 0
-    assert vmas.kind[pages.vma[b][0]] == mf.VmaKind[backing.upper()]
+    assert vmas.kind[pages.vma[b][0]] == VmaKind[backing.upper()]
 
 
 def test_cgroup2_mount_and_id(tmp_path: Path) -> None:

@@ -1,0 +1,131 @@
+"""snapshot's harvest split: BPF scan, decode into per-page arrays, against the pagemap read.
+
+For each target size one workload process is populated (1% hot, 1% warm, the rest idle),
+then REPS rounds each time, interleaved so that they share the machine's noise:
+  scan          ptwalk's BPF iterator run (PtwalkSource._scan), PG_young off;
+  scan+young    the same with the PG_young check (what a host running a DAMON kdamond pays);
+  decode        bitmaps -> Pages/Vmas (ptwalk._decode, including reading /proc/PID/maps);
+  harvest       what `snapshot` reports as harvest_ms: a whole cycle minus its aging, PG_young
+                off and on;
+  pagemap       the kernel's /proc/PID/pagemap read of every mapping.
+Times are CPU time of this thread (user + kernel). Prints a Markdown table; ratios are per
+round, then the median (min-max) of the rounds.
+
+    sudo .venv/bin/python bench/decode.py [--sizes 256MiB,1GiB,2GiB,4GiB] [--reps 7]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from pageheat import procfs
+from pageheat.config import parse_size
+from pageheat.sources import ptwalk
+from pageheat.sources.ptwalk import PtwalkSource
+
+
+def pagemap_read(pid: int) -> int:
+    """Read every mapping's pagemap entries; return the present pages (bit 63)."""
+    present = 0
+    fd = os.open(f"/proc/{pid}/pagemap", os.O_RDONLY)
+    try:
+        for m in procfs.read_maps(pid):
+            if m.name == "[vsyscall]":
+                continue
+            buf = os.pread(fd, ((m.end - m.start) >> 12) * 8, (m.start >> 12) * 8)
+            present += int(np.count_nonzero(np.frombuffer(buf, dtype=np.uint64) >> np.uint64(63)))
+    finally:
+        os.close(fd)
+    return present
+
+
+def timed(fn) -> tuple[float, object]:
+    t0 = time.thread_time()
+    out = fn()
+    return time.thread_time() - t0, out
+
+
+def measure(size: int, reps: int) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        truth = Path(tmp) / "t.json"
+        wl = subprocess.Popen([sys.executable, "-m", "pageheat", "workload", "--truth", str(truth),
+                               "--size", str(size), "--hot", "0.01", "--warm", "0.01"])
+        try:
+            while not truth.exists():
+                if wl.poll() is not None:
+                    raise RuntimeError("workload failed")
+                time.sleep(0.1)
+            json.loads(truth.read_text())
+            src = PtwalkSource(check_young=False)
+            src_young = PtwalkSource(check_young=True)
+            src.attach(wl.pid)
+            src_young.attach(wl.pid)
+            pid = wl.pid
+            rows = []
+            for _ in range(reps):
+                time.sleep(0.3)
+                scan_s, scanned = timed(lambda: src._scan(pid))
+                scan_young_s, _ = timed(lambda: src_young._scan(pid))
+                decode_s, (pages, _) = timed(lambda s=scanned: ptwalk._decode(
+                    s[0], s[1], s[2], procfs.read_maps(pid), src._nodes))
+                harvest = src.cycle(pid).harvest_seconds
+                harvest_young = src_young.cycle(pid).harvest_seconds
+                pagemap_s, present = timed(lambda: pagemap_read(pid))
+                rows.append({"pages": len(pages), "pagemap_present": present, "scan": scan_s,
+                             "scan_young": scan_young_s, "decode": decode_s, "harvest": harvest,
+                             "harvest_young": harvest_young, "pagemap": pagemap_s,
+                             "young_usable": src_young.young_flag_usable})
+            src.close()
+            src_young.close()
+        finally:
+            wl.terminate()
+            wl.wait()
+    return {"size": size, "rows": rows}
+
+
+def med(v: list[float], fmt: str) -> str:
+    return f"{fmt.format(statistics.median(v))} ({fmt.format(min(v))}-{fmt.format(max(v))})"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sizes", default="256MiB,1GiB,2GiB,4GiB")
+    ap.add_argument("--reps", type=int, default=7)
+    a = ap.parse_args()
+    results = [measure(parse_size(s), a.reps) for s in a.sizes.split(",")]
+    model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                  if line.startswith("model name")), "?")
+    kdamonds = sorted(Path("/sys/kernel/mm/damon/admin/kdamonds").glob("*/state"))
+    damon = ",".join(p.read_text().strip() for p in kdamonds) or "none"
+    print(f"Machine: {os.cpu_count()} CPUs, {model}, kernel {platform.release()}, kdamond state: "
+          f"{damon}; date {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
+          f"{a.reps} rounds per size, median (min-max); command: {' '.join(sys.argv)}\n")
+    keys = ("scan", "scan_young", "decode", "harvest", "harvest_young", "pagemap")
+    print("| target | pages | " + " | ".join(f"{k} (ms)" for k in keys)
+          + " | harvest / pagemap | harvest+young / pagemap | decode ns/page |")
+    print("|---|---|" + "---|" * (len(keys) + 3))
+    for r in results:
+        rows = r["rows"]
+        cells = [med([row[k] * 1e3 for row in rows], "{:.2f}") for k in keys]
+        ratios = [med([row[k] / row["pagemap"] for row in rows], "{:.2f}")
+                  for k in ("harvest", "harvest_young")]
+        per = med([row["decode"] / row["pages"] * 1e9 for row in rows], "{:.1f}")
+        label = f"{r['size'] / (1 << 30):g} GiB"
+        print(f"| {label} | {rows[0]['pages']} | {' | '.join(cells)} | {' | '.join(ratios)} | {per} |")
+    if not all(row["young_usable"] for r in results for row in r["rows"]):
+        print("\nPG_young could not be consulted (struct page array not found): scan_young = scan.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
