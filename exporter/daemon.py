@@ -27,6 +27,7 @@ from .aggregate import TargetState, TargetView
 from .collector import PageheatCollector
 from .config import Config
 from .http import BadRequest, HttpServer
+from .identity import Identity, identity
 from .procfs import shown
 from .sanity import Sanity
 from .sources.base import Source, TargetGone
@@ -117,7 +118,10 @@ class Daemon:
         self._pinned: dict[int, int] = {}  # explicit pid -> start_time of the process it named
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="harvest")
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(PageheatCollector(cfg, lambda: self.views, self.stats, source.name))
+        # pid -> fleet identity of every followed process; replaced, never mutated (see views).
+        self.identities: dict[int, Identity] = {}
+        self.registry.register(PageheatCollector(cfg, lambda: self.views, self.stats, source.name,
+                                                 identities=lambda: self.identities))
         # Bumped after every piece of worker-thread work (harvest, drop, discovery), which is
         # what changes the views and the stats: /metrics is encoded at most once per value.
         self.generation = 0
@@ -178,6 +182,8 @@ class Daemon:
                 self._drop(pid, "no longer selected" if alive else "exited")
             elif wanted[pid].comm != known.comm:
                 self._rename(pid, wanted[pid])
+            elif wanted[pid].cgroup != known.cgroup:  # moved to another cgroup: same history
+                self._procs[pid] = wanted[pid]
         now = time.monotonic()
         for pid in [p for p, r in self._refused.items() if not _same_process(p, r.start_time)]:
             del self._refused[pid]  # that process is gone: one that reuses the pid starts afresh
@@ -199,6 +205,10 @@ class Daemon:
             log.info("following pid %d (%s), %d MiB resident%s", pid, shown(proc.comm),
                      proc.rss_pages * 4096 >> 20,
                      f", after {refused.attempts} failed attempts" if refused else "")
+        self._publish_identities()
+
+    def _publish_identities(self) -> None:
+        self.identities = {pid: identity(p.cgroup) for pid, p in self._procs.items()}
 
     def _pin(self, wanted: dict[int, targets.Process]) -> None:
         """Remember which process each explicit pid named when first seen, so that a process
@@ -289,6 +299,7 @@ class Daemon:
         for d in (self._states, self._cost, self._interval, self._due, self._errors):
             d.pop(pid, None)  # type: ignore[attr-defined]
         self.views = {p: v for p, v in self.views.items() if p != pid}
+        self.identities = {p: i for p, i in self.identities.items() if p != pid}
         if proc:
             log.info("stopped following pid %d (%s): %s", pid, shown(proc.comm), why)
 
