@@ -1,0 +1,96 @@
+"""Helpers for the fleet tests: kubelet-named cgroups in the real memory hierarchy."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from conftest import need_kernel
+from pageheat import cgroups
+
+
+@dataclass(frozen=True)
+class KubeCgroup:
+    path: str  # as /proc/PID/cgroup shows it
+    dir: Path
+    pod_uid: str
+    container_id: str
+
+    @property
+    def prefix(self) -> tuple[str, ...]:
+        """A command prefix that runs the command inside this cgroup (it moves itself)."""
+        procs = shlex.quote(str(self.dir / "cgroup.procs"))
+        return ("sh", "-c", f'echo $$ > {procs} && exec "$@"', "sh")
+
+
+def memory_root() -> Path:
+    """The directory of the memory hierarchy's root (cgroup v1 memory mount, or cgroup2)."""
+    if os.geteuid() != 0:
+        need_kernel("not root: cannot create memory cgroups")
+    try:
+        h = cgroups.detect()
+    except cgroups.CgroupError as e:
+        need_kernel(str(e))
+    if h.mount.root != "/":
+        need_kernel(f"the memory hierarchy is mounted from {h.mount.root}, not its root")
+    ctl = h.mount.point / "cgroup.subtree_control"  # cgroup v2: memory for the children
+    if h.version == 2 and "memory" not in ctl.read_text().split():
+        ctl.write_text("+memory")
+    return h.mount.point
+
+
+def kube_paths(driver: str, qos: str = "burstable", runtime: str = "cri-containerd") -> tuple[str, str, str]:
+    """(cgroup path, pod uid, container id) named like kubelet's, with a fresh uid and id."""
+    uid = str(uuid.uuid4())
+    cid = (uuid.uuid4().hex + uuid.uuid4().hex)
+    if driver == "systemd":
+        pod = uid.replace("-", "_")
+        path = (f"/kubepods.slice/kubepods-{qos}.slice/kubepods-{qos}-pod{pod}.slice/"
+                f"{runtime}-{cid}.scope")
+    else:
+        path = f"/kubepods/{qos}/pod{uid}/{cid}"
+    return path, uid, cid
+
+
+def _rmdir(d: Path, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while d.exists():
+        try:
+            d.rmdir()
+        except OSError as e:  # EBUSY for a moment after the last task exited; ENOTEMPTY: a child
+            if time.monotonic() > deadline:
+                raise AssertionError(f"cannot remove test cgroup {d}: {e}") from e
+            time.sleep(0.05)
+
+
+@contextmanager
+def kube_cgroups(*specs: tuple[str, str, str]) -> Iterator[list[KubeCgroup]]:
+    """Create one cgroup per (driver, qos, runtime) and remove them (and the parents made
+    here) afterwards; the caller stops the processes inside first."""
+    root = memory_root()
+    made: list[Path] = []
+    out = []
+    try:
+        for driver, qos, runtime in specs:
+            path, uid, cid = kube_paths(driver, qos, runtime)
+            d = root
+            parts = path.strip("/").split("/")
+            for i, part in enumerate(parts):
+                d = d / part
+                if not d.exists():
+                    d.mkdir()
+                    made.append(d)
+                ctl = d / "cgroup.subtree_control"  # cgroup v2: memory for the children
+                if i < len(parts) - 1 and ctl.exists() and "memory" not in ctl.read_text().split():
+                    ctl.write_text("+memory")
+            out.append(KubeCgroup(path, d, uid, cid))
+        yield out
+    finally:
+        for d in sorted(made, key=lambda p: -len(p.parts)):
+            _rmdir(d)
