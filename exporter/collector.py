@@ -22,7 +22,7 @@ from prometheus_client.utils import floatToGoString
 from . import buildinfo
 from .aggregate import IDLE_BOUNDS, TargetView
 from .config import Config
-from .fleet import PAGE_BYTES, CgroupTotals, by_cgroup
+from .fleet import PAGE_BYTES, CgroupTotals, PromotedLedger, by_cgroup
 from .identity import Identity
 from .sanity import AGING_REASONS, TRUNCATIONS
 from .sources.base import PAGE_TYPE_NAMES
@@ -45,6 +45,7 @@ class PageheatCollector(Collector):
         self.source_name = source_name
         # pid -> identity of every followed process; without it, no info or cgroup metrics.
         self.identities = identities or (lambda: {})
+        self.promoted = PromotedLedger()
 
     def collect(self) -> Iterator[Metric]:
         """Series budget (README, Cardinality): max_series - SELF_SERIES, spent in this order:
@@ -58,8 +59,10 @@ class PageheatCollector(Collector):
         budget -= len(info)
         windows = self.cfg.working_set_windows
         groups, dropped_cgroups, dropped_series = [], 0, 0
-        for g in by_cgroup(views, ids):
-            n = g.series_count(len(windows))
+        every_group = by_cgroup(views, ids)
+        promoted = self.promoted.totals(views, ids, [g.cgroup for g in every_group])
+        for g in every_group:
+            n = g.series_count(len(windows), g.cgroup in promoted)
             if n <= budget and not dropped_cgroups:
                 groups.append(g)
                 budget -= n
@@ -82,7 +85,7 @@ class PageheatCollector(Collector):
         self.stats.series_exported = self.cfg.max_series - SELF_SERIES - budget
         yield from self._pages(kept)
         yield from self._sanity(kept)
-        yield from self._fleet(info, groups)
+        yield from self._fleet(info, groups, promoted)
         yield from self._self_metrics(len(views))
         yield GaugeMetricFamily(
             "pageheat_targets_aggregated_only",
@@ -94,7 +97,8 @@ class PageheatCollector(Collector):
             "Cgroups whose pageheat_cgroup_* series were left out at the latest scrape to stay "
             "under max_series (the smallest by resident size).", value=dropped_cgroups)
 
-    def _fleet(self, info: list[tuple[int, Identity]], groups: list[CgroupTotals]) -> Iterator[Metric]:
+    def _fleet(self, info: list[tuple[int, Identity]], groups: list[CgroupTotals],
+               promoted: dict[str, np.ndarray]) -> Iterator[Metric]:
         """The identity info metric and the per-cgroup aggregates (exporter/fleet.py), in bytes."""
         comms = {v.pid: v.comm for v in self.views().values()}
         pinfo = GaugeMetricFamily(
@@ -122,6 +126,12 @@ class PageheatCollector(Collector):
             "Bytes of the cgroup's followed processes seen accessed within the last window "
             "(idle age <= window), as of each process's latest harvest.",
             labels=["cgroup", "window"])
+        prom = CounterMetricFamily(
+            "pageheat_cgroup_promoted_bytes",
+            "Bytes of the cgroup's followed processes found accessed after being idle, by how long "
+            "they had been idle (le, seconds, cumulative; never-accessed only in +Inf), summed over "
+            "harvests; kept monotonic while the cgroup's processes come and go.",
+            labels=["cgroup", "le"])
         for g in groups:
             for (node, ptype), pages in sorted(g.resident().items()):
                 lab = [g.cgroup, str(node), PAGE_TYPE_NAMES[ptype]]
@@ -132,7 +142,13 @@ class PageheatCollector(Collector):
                                 gsum_value=g.idle_seconds[(node, ptype)] * PAGE_BYTES)
             for w in self.cfg.working_set_windows:
                 wss.add_metric([g.cgroup, _window(w)], g.working_set_pages(w) * PAGE_BYTES)
+            if g.cgroup in promoted:
+                pcum = np.cumsum(promoted[g.cgroup]) * PAGE_BYTES
+                for i, c in enumerate(pcum):
+                    prom.add_metric([g.cgroup, IDLE_LE[i] if i < len(IDLE_LE) - 1 else "+Inf"], int(c))
         yield from (resident, idle, wss)
+        if prom.samples:  # only with the per-page promotion counts (aggregate.py)
+            yield prom
 
     def _pages(self, views: list[TargetView]) -> Iterator[Metric]:
         accessed = HistogramMetricFamily(

@@ -14,6 +14,7 @@ sources/ptwalk.py ``copy_raw``); that is not done yet (README, "Per-cgroup aggre
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -61,7 +62,7 @@ class CgroupTotals:
     def series_count(self, n_windows: int, promoted: bool = False) -> int:
         """Series the collector exports for this cgroup (keep in step with collector.py)."""
         n = len(self.idle)
-        return n + n * (N_IDLE + 2) + n_windows + (N_IDLE + 1 if promoted else 0)
+        return n + n * (N_IDLE + 2) + n_windows + (N_IDLE if promoted else 0)
 
 
 def by_cgroup(views: Iterable[TargetView], identities: Mapping[int, Identity]) -> list[CgroupTotals]:
@@ -80,3 +81,42 @@ def by_cgroup(views: Iterable[TargetView], identities: Mapping[int, Identity]) -
             t.idle[combo] = row_idle if prev is None else prev + row_idle
             t.idle_seconds[combo] = t.idle_seconds.get(combo, 0.0) + float(v.idle_seconds[row])
     return sorted(out.values(), key=lambda t: (-t.resident_pages, t.cgroup))
+
+
+class PromotedLedger:
+    """Keeps each cgroup's promotion counter monotonic while its processes come and go.
+
+    A process's promotion count is a counter that lives and dies with the process; summed
+    over a cgroup's current processes it would drop when one exits, which rate() takes for a
+    counter reset (a spike). So the counts of processes that are gone are kept in the cgroup's
+    ``retired`` total for as long as the cgroup has series; when the cgroup goes, so does its
+    total. A pid whose count went down is a new process that reuses the pid.
+    Thread-safe: scrapes may run concurrently."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._last: dict[int, tuple[str, np.ndarray]] = {}  # pid -> (cgroup, its latest counts)
+        self._retired: dict[str, np.ndarray] = {}  # cgroup -> counts of its exited processes
+
+    def totals(self, views: Iterable[TargetView], identities: Mapping[int, Identity],
+               cgroups: Iterable[str]) -> dict[str, np.ndarray]:
+        """cgroup -> uint64[len(IDLE_BOUNDS)] pages promoted, by bucket (not cumulative over
+        le), for every cgroup in ``cgroups`` whose views carry promotion counts."""
+        now: dict[int, tuple[str, np.ndarray]] = {}
+        for v in views:
+            ident, promoted = identities.get(v.pid), getattr(v, "promoted", None)
+            if ident is not None and ident.cgroup and promoted is not None:
+                now[v.pid] = (ident.cgroup, np.asarray(promoted, dtype=np.uint64).sum(axis=0))
+        live = set(cgroups)
+        with self._lock:
+            for pid, (cg, counts) in self._last.items():
+                cur = now.get(pid)
+                gone = cur is None or cur[0] != cg or bool((cur[1] < counts).any())
+                if gone and cg in live:
+                    self._retired[cg] = self._retired.get(cg, np.zeros(N_IDLE, np.uint64)) + counts
+            self._retired = {cg: c for cg, c in self._retired.items() if cg in live}
+            self._last = now
+            out = {cg: c.copy() for cg, c in self._retired.items()}
+            for cg, counts in now.values():
+                out[cg] = out.get(cg, np.zeros(N_IDLE, np.uint64)) + counts
+        return out

@@ -224,3 +224,47 @@ def test_collector_fleet_max_series_counts_what_it_drops() -> None:
                    or s.labels.get("pid")]
     assert len(page_series) <= 400 - SELF_SERIES
     assert stats.series_exported <= 400 - SELF_SERIES and stats.series_dropped > 0
+
+
+def with_promoted(v, counts: np.ndarray):
+    """A view carrying the per-page cost issue's promotion counts ([combo, bucket])."""
+    object.__setattr__(v, "promoted", counts.astype(np.uint64))
+    return v
+
+
+def test_promoted_ledger_stays_monotonic_under_churn() -> None:
+    from pageheat.fleet import PromotedLedger
+
+    ledger = PromotedLedger()
+    ones = np.ones((2, len(IDLE_BOUNDS)), dtype=np.uint64)
+    ids = {1: identity.identity("/a"), 2: identity.identity("/a"), 3: identity.identity("/b")}
+    v1, v2, v3 = (with_promoted(make_view(p, 10, seed=p), ones * p) for p in (1, 2, 3))
+    t = ledger.totals([v1, v2, v3], ids, ["/a", "/b"])
+    np.testing.assert_array_equal(t["/a"], (1 + 2) * 2 * np.ones(len(IDLE_BOUNDS)))
+    # pid 1 exits: /a keeps its counts; pid 2 counts on
+    v2b = with_promoted(make_view(2, 10, seed=2), ones * 5)
+    t2 = ledger.totals([v2b, v3], ids, ["/a", "/b"])
+    np.testing.assert_array_equal(t2["/a"], (1 + 5) * 2 * np.ones(len(IDLE_BOUNDS)))
+    assert (t2["/a"] >= t["/a"]).all()
+    # pid 2 reused by a new process (its count starts again): still monotonic
+    v2c = with_promoted(make_view(2, 10, seed=2), ones * 0)
+    t3 = ledger.totals([v2c, v3], ids, ["/a", "/b"])
+    assert (t3["/a"] >= t2["/a"]).all()
+    # /b's last process gone, /b gone: its total is forgotten, a new /b starts from its own
+    t4 = ledger.totals([v2c], ids, ["/a"])
+    assert "/b" not in t4
+    v4 = with_promoted(make_view(4, 10, seed=4), ones)
+    t5 = ledger.totals([v2c, v4], {**ids, 4: identity.identity("/b")}, ["/a", "/b"])
+    np.testing.assert_array_equal(t5["/b"], 2 * np.ones(len(IDLE_BOUNDS)))
+
+
+def test_collector_cgroup_promoted_bytes() -> None:
+    from pageheat.config import Config
+
+    ones = np.ones((2, len(IDLE_BOUNDS)), dtype=np.uint64)
+    views = {p: with_promoted(make_view(p, 10, seed=p), ones * p) for p in (1, 2)}
+    ids = {1: identity.identity("/a"), 2: identity.identity("/a")}
+    got, _ = scrape_fleet(Config(), views, ids)
+    prom = {s.labels["le"]: s.value for s in got if s.name == "pageheat_cgroup_promoted_bytes_total"}
+    assert prom["+Inf"] == 4096 * 2 * (1 + 2) * len(IDLE_BOUNDS)
+    assert prom["1.0"] == 4096 * 2 * (1 + 2)
