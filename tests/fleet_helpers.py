@@ -94,3 +94,16 @@ def kube_cgroups(*specs: tuple[str, str, str]) -> Iterator[list[KubeCgroup]]:
     finally:
         for d in sorted(made, key=lambda p: -len(p.parts)):
             _rmdir(d)
+
+
+@contextmanager
+def plain_cgroup(name: str) -> Iterator[KubeCgroup]:
+    """One fresh memory cgroup ``/<name>-<uuid>`` (not a container: no ids)."""
+    root = memory_root()
+    path = f"/{name}-{uuid.uuid4().hex[:12]}"
+    d = root / path.lstrip("/")
+    d.mkdir()
+    try:
+        yield KubeCgroup(path, d, "", "")
+    finally:
+        _rmdir(d)
