@@ -107,3 +107,28 @@ def plain_cgroup(name: str) -> Iterator[KubeCgroup]:
         yield KubeCgroup(path, d, "", "")
     finally:
         _rmdir(d)
+
+
+def static_exporter(text: str) -> int:
+    """Serve ``text`` as /metrics on a loopback port (a stand-in for kube-state-metrics and
+    cAdvisor, which are not on this machine); a daemon thread, gone with the test process.
+    Returns the port."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    body = text.encode()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the http.server API
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server.server_address[1]
