@@ -38,11 +38,13 @@ def _read(pid: int, proc: Path) -> Process | None:
         return None  # exited while we looked
 
 
-def _with_cgroup(p: Process, proc: Path) -> Process | None:
+def _with_cgroup(p: Process, proc: Path) -> Process:
+    """``p`` with its cgroup; "" when it cannot be read (the process exited meanwhile: its
+    harvest will say so; or a /proc without cgroup files): no cgroup is not a reason to skip."""
     try:
         return dataclasses.replace(p, cgroup=identity.read_cgroup(p.pid, proc))
-    except _GONE:
-        return None
+    except (*_GONE, PermissionError):
+        return p
 
 
 def _tgid(pid: int, proc: Path) -> int | None:
@@ -80,9 +82,7 @@ def select(spec: Targets, proc: Path = procfs.PROC, self_pid: int | None = None,
                 continue
             if spec.cgroups:
                 p = _with_cgroup(p, proc)
-                if p is None:
-                    continue
-                if identity.matches(p.cgroup, spec.cgroups):
+                if p.cgroup and identity.matches(p.cgroup, spec.cgroups):
                     chosen[pid] = p
                     continue
             if regex is not None and regex.search(p.comm):
@@ -95,11 +95,7 @@ def select(spec: Targets, proc: Path = procfs.PROC, self_pid: int | None = None,
         candidates.sort(key=lambda p: -p.rss_pages)
         for p in candidates[: spec.top_rss]:
             chosen[p.pid] = p
-    out = []
-    for p in chosen.values():
-        q = p if p.cgroup else _with_cgroup(p, proc)  # matched by cgroup: read above already
-        if q is not None:
-            out.append(q)
+    out = [p if p.cgroup else _with_cgroup(p, proc) for p in chosen.values()]
     return sorted(out, key=lambda p: -p.rss_pages)
 
 
