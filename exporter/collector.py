@@ -22,7 +22,7 @@ from prometheus_client.utils import floatToGoString
 from . import buildinfo
 from .aggregate import IDLE_BOUNDS, TargetView
 from .config import Config
-from .fleet import PAGE_BYTES, CgroupTotals, PromotedLedger, by_cgroup
+from .fleet import PAGE_BYTES, CgroupTotals, PageFrames, PromotedLedger, by_cgroup
 from .identity import Identity
 from .sanity import AGING_REASONS, TRUNCATIONS
 from .sources.base import PAGE_TYPE_NAMES
@@ -38,13 +38,15 @@ SELF_SERIES = 64  # reserved for pageheat's own metrics when applying max_series
 class PageheatCollector(Collector):
     def __init__(self, cfg: Config, views: Callable[[], dict[int, TargetView]], stats: Stats,
                  source_name: str,
-                 identities: Callable[[], Mapping[int, Identity]] | None = None) -> None:
+                 identities: Callable[[], Mapping[int, Identity]] | None = None,
+                 frames: Callable[[], Mapping[int, PageFrames]] | None = None) -> None:
         self.cfg = cfg
         self.views = views
         self.stats = stats
         self.source_name = source_name
         # pid -> identity of every followed process; without it, no info or cgroup metrics.
         self.identities = identities or (lambda: {})
+        self.frames = frames or (lambda: {})
         self.promoted = PromotedLedger()
 
     def collect(self) -> Iterator[Metric]:
@@ -59,7 +61,7 @@ class PageheatCollector(Collector):
         budget -= len(info)
         windows = self.cfg.working_set_windows
         groups, dropped_cgroups, dropped_series = [], 0, 0
-        every_group = by_cgroup(views, ids)
+        every_group = by_cgroup(views, ids, self.frames())
         promoted = self.promoted.totals(views, ids, [g.cgroup for g in every_group])
         for g in every_group:
             n = g.series_count(len(windows), g.cgroup in promoted)
@@ -114,8 +116,9 @@ class PageheatCollector(Collector):
         labels = ["cgroup", "node", "type"]
         resident = GaugeMetricFamily(
             "pageheat_cgroup_resident_bytes",
-            "Resident bytes of the cgroup's followed processes, summed over them (a page mapped by "
-            "several of them counts once per process).", labels=labels)
+            "Resident bytes of the cgroup's followed processes; a physical page several of them map "
+            "counts once when the source reads frame numbers (ptwalk), else once per process.",
+            labels=labels)
         idle = GaugeHistogramMetricFamily(
             "pageheat_cgroup_idle_bytes",
             "Resident bytes of the cgroup's followed processes by seconds since last seen "

@@ -22,7 +22,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, ProcessCollector
 
-from . import budget, cgroups, procfs, targets
+from . import budget, cgroups, fleet, procfs, targets
 from .aggregate import TargetState, TargetView
 from .collector import PageheatCollector
 from .config import Config
@@ -120,8 +120,12 @@ class Daemon:
         self.registry = CollectorRegistry(auto_describe=False)
         # pid -> fleet identity of every followed process; replaced, never mutated (see views).
         self.identities: dict[int, Identity] = {}
+        # pid -> its pages by physical frame, when the source reads frame numbers (fleet.py);
+        # replaced, never mutated.
+        self.frames: dict[int, fleet.PageFrames] = {}
         self.registry.register(PageheatCollector(cfg, lambda: self.views, self.stats, source.name,
-                                                 identities=lambda: self.identities))
+                                                 identities=lambda: self.identities,
+                                                 frames=lambda: self.frames))
         # Bumped after every piece of worker-thread work (harvest, drop, discovery), which is
         # what changes the views and the stats: /metrics is encoded at most once per value.
         self.generation = 0
@@ -275,6 +279,9 @@ class Daemon:
         self._cost[pid] = budget.smooth(self._cost.get(pid), cost)
         self._replan()
         view = self._states[pid].update(h, self._interval[pid])
+        f = fleet.frames(self._states[pid], h)
+        if f is not None:
+            self.frames = {**self.frames, pid: f}
         self.views = {**self.views, pid: view}
         # Keep to the schedule without drifting, but never queue up missed cycles.
         self._due[pid] = max(planned + self._interval[pid], time.monotonic())
@@ -300,6 +307,7 @@ class Daemon:
             d.pop(pid, None)  # type: ignore[attr-defined]
         self.views = {p: v for p, v in self.views.items() if p != pid}
         self.identities = {p: i for p, i in self.identities.items() if p != pid}
+        self.frames = {p: f for p, f in self.frames.items() if p != pid}
         if proc:
             log.info("stopped following pid %d (%s): %s", pid, shown(proc.comm), why)
 

@@ -5,10 +5,13 @@ processes' identities; nothing here is kept between scrapes, so a cgroup's numbe
 exactly while at least one of its processes has a view (pid churn inside a cgroup keeps its
 series, and they vanish at the first scrape after its last process is gone).
 
-Shared pages: a page mapped by several followed processes is counted once per process that
-maps it (the sum of the processes' views). Counting it once per cgroup needs each page's
-frame number, which only the ptwalk source reads, and only when NUMA needs it (see
-sources/ptwalk.py ``copy_raw``); that is not done yet (README, "Per-cgroup aggregates").
+Shared pages: with frame numbers (ptwalk reads them when cgroups are targeted, Pages.pfn),
+the daemon keeps each process's ``PageFrames`` beside its view, and a cgroup whose processes
+all have them counts each physical page once, with its most recent access among the
+processes that map it (the smallest idle age). Without them (mglru sources), or while one of
+the cgroup's processes has none, the cgroup's numbers are the sum of its processes' views: a
+shared page counts once per process that maps it. Across cgroups a page counts in each cgroup
+that maps it (README, "Shared pages").
 """
 
 from __future__ import annotations
@@ -20,8 +23,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .aggregate import IDLE_BOUNDS, TargetView
+from .aggregate import IDLE_BOUNDS, N_TYPES, TargetView
 from .identity import Identity
+from .sources.base import Harvest
 
 PAGE_BYTES = 4096  # every per-process count is in base pages (a THP counts as its 512 pages)
 N_IDLE = len(IDLE_BOUNDS)
@@ -40,6 +44,7 @@ class CgroupTotals:
     idle: dict[tuple[int, int], np.ndarray] = field(default_factory=dict)
     idle_seconds: dict[tuple[int, int], float] = field(default_factory=dict)
     pids: list[int] = field(default_factory=list)
+    deduplicated: bool = False  # each physical page counted once (every process had frames)
 
     @property
     def resident_pages(self) -> int:
@@ -65,21 +70,92 @@ class CgroupTotals:
         return n + n * (N_IDLE + 2) + n_windows + (N_IDLE if promoted else 0)
 
 
-def by_cgroup(views: Iterable[TargetView], identities: Mapping[int, Identity]) -> list[CgroupTotals]:
-    """Sum the views by cgroup, largest resident first. Views of processes without an
-    identity, or whose cgroup is unknown (""), are in no cgroup's numbers."""
+_BOUNDS = np.array(IDLE_BOUNDS)
+
+
+@dataclass(frozen=True)
+class PageFrames:
+    """One process's resident pages as of its latest harvest, by physical frame.
+
+    pfn: uint64 frame numbers; combo: int32 node * N_TYPES + type; age: float64 seconds since
+    last seen accessed at that harvest, NaN for never. Same length, page order of the harvest.
+    """
+
+    pfn: np.ndarray
+    combo: np.ndarray
+    age: np.ndarray
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.pfn.nbytes + self.combo.nbytes + self.age.nbytes)
+
+
+def page_ages(state: object, h: Harvest) -> np.ndarray:
+    """float64 seconds since each page of ``h`` was last seen accessed, NaN for never, from
+    the aggregator's state right after it took ``h``."""
+    idle_ages = getattr(state, "idle_ages", None)
+    if idle_ages is not None:
+        return np.asarray(idle_ages(h.pages.vpn, h.time), dtype=np.float64)
+    return h.time - state.last_access  # type: ignore[attr-defined]
+
+
+def frames(state: object, h: Harvest) -> PageFrames | None:
+    """The harvest's pages by frame, or None when the source read no frame numbers."""
+    p = h.pages
+    if p.pfn is None:
+        return None
+    combo = p.node.astype(np.int32) * N_TYPES + p.type.astype(np.int32)
+    return PageFrames(p.pfn, combo, page_ages(state, h))
+
+
+def _once_per_frame(t: CgroupTotals, fs: list[PageFrames]) -> None:
+    """Fill ``t``'s idle histogram counting each frame once: with the smallest idle age any
+    of the processes saw for it (the most recent access), in the combo of that mapping."""
+    pfn = np.concatenate([f.pfn for f in fs])
+    age = np.concatenate([f.age for f in fs])
+    combo = np.concatenate([f.combo for f in fs])
+    order = np.lexsort((np.nan_to_num(age, nan=np.inf), pfn))  # by pfn, then youngest first
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = pfn[order][1:] != pfn[order][:-1]
+    keep = order[first]
+    age, combo = age[keep], combo[keep]
+    never = np.isnan(age)
+    bucket = np.where(never, N_IDLE - 1, np.searchsorted(_BOUNDS, np.nan_to_num(age), side="left"))
+    keys, cidx = np.unique(combo, return_inverse=True)
+    hist = np.bincount(cidx * N_IDLE + bucket, minlength=len(keys) * N_IDLE).reshape(len(keys), N_IDLE)
+    secs = np.bincount(cidx[~never], weights=age[~never], minlength=len(keys))
+    t.idle, t.idle_seconds = {}, {}
+    for i, k in enumerate(keys):
+        c = (int(k) // N_TYPES, int(k) % N_TYPES)
+        t.idle[c] = hist[i].astype(np.int64)
+        t.idle_seconds[c] = float(secs[i])
+    t.deduplicated = True
+
+
+def by_cgroup(views: Iterable[TargetView], identities: Mapping[int, Identity],
+              page_frames: Mapping[int, PageFrames] | None = None) -> list[CgroupTotals]:
+    """Sum the views by cgroup, largest resident first; a cgroup whose every process has
+    ``page_frames`` counts each physical page once (see the module docstring). Views of
+    processes without an identity, or whose cgroup is unknown (""), are in no cgroup."""
     out: dict[str, CgroupTotals] = {}
+    page_frames = page_frames or {}
+    members: dict[str, list[int]] = {}
     for v in views:
         ident = identities.get(v.pid)
         if ident is None or not ident.cgroup:
             continue
         t = out.setdefault(ident.cgroup, CgroupTotals(ident.cgroup))
+        members.setdefault(ident.cgroup, []).append(v.pid)
         t.pids.append(v.pid)
         for row, combo in enumerate(v.combos):
             prev = t.idle.get(combo)
             row_idle = v.idle[row].astype(np.int64)
             t.idle[combo] = row_idle if prev is None else prev + row_idle
             t.idle_seconds[combo] = t.idle_seconds.get(combo, 0.0) + float(v.idle_seconds[row])
+    for cg, pids in members.items():
+        fs = [page_frames.get(pid) for pid in pids]
+        if all(f is not None for f in fs):
+            _once_per_frame(out[cg], fs)  # type: ignore[arg-type]
     return sorted(out.values(), key=lambda t: (-t.resident_pages, t.cgroup))
 
 

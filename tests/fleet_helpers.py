@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import shlex
+import signal
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -11,6 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from conftest import need_kernel
 from pageheat import cgroups
 
@@ -132,3 +136,73 @@ def static_exporter(text: str) -> int:
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server.server_address[1]
+
+
+# A parent and a child sharing a populated anonymous region copy-on-write (both only read
+# it), so its pages are mapped by both processes with the same frame numbers.
+_FORKED = r"""
+import mmap, os, sys, time
+size = int(sys.argv[1])
+m = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+m.madvise(mmap.MADV_NOHUGEPAGE)
+for off in range(0, size, 4096):
+    m[off] = 1
+child = os.fork()
+if child:
+    with open(sys.argv[2] + ".tmp", "w") as f:
+        f.write(f"{os.getpid()} {child}")
+    os.rename(sys.argv[2] + ".tmp", sys.argv[2])
+hot = range(0, size // 8, 4096)
+while True:
+    s = 0
+    for off in hot:
+        s += m[off]
+    time.sleep(0.05)
+"""
+
+
+def start_forked_pair(tmp: Path, size: int, prefix: tuple[str, ...]) -> tuple[subprocess.Popen, int, int]:
+    """(the parent's Popen, parent pid, child pid); the child dies with the parent's group."""
+    out = tmp / f"forked-{uuid.uuid4().hex[:8]}"
+    proc = subprocess.Popen([*prefix, sys.executable, "-c", _FORKED, str(size), str(out)],
+                            start_new_session=True)
+    deadline = time.monotonic() + 30
+    while not out.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, "forked pair did not start"
+        time.sleep(0.05)
+    parent, child = (int(x) for x in out.read_text().split())
+    return proc, parent, child
+
+
+def stop_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(10)
+
+
+_SKIP = ("[vdso]", "[vvar]", "[vvar_vclock]", "[vsyscall]")  # not walked by pageheat
+
+
+def resident_frames(pid: int) -> np.ndarray:
+    """uint64 frame numbers of every present page of the process, from /proc/PID/pagemap
+    (needs CAP_SYS_ADMIN for the frame numbers): the truth a frame-counting cgroup total
+    must equal. Bit 63: present; bits 0-54: the frame number (Documentation/admin-guide/mm/
+    pagemap.rst)."""
+    out = []
+    maps = Path(f"/proc/{pid}/maps").read_text().splitlines()
+    fd = os.open(f"/proc/{pid}/pagemap", os.O_RDONLY)
+    try:
+        for line in maps:
+            fields = line.split()
+            if len(fields) > 5 and fields[5] in _SKIP:
+                continue
+            lo, hi = (int(x, 16) for x in fields[0].split("-"))
+            data = os.pread(fd, (hi - lo) // 4096 * 8, lo // 4096 * 8)
+            e = np.frombuffer(data, dtype=np.uint64)
+            present = (e >> np.uint64(63)) & np.uint64(1) == 1
+            out.append(e[present] & np.uint64((1 << 55) - 1))
+    finally:
+        os.close(fd)
+    return np.concatenate(out) if out else np.zeros(0, np.uint64)

@@ -268,3 +268,27 @@ def test_collector_cgroup_promoted_bytes() -> None:
     prom = {s.labels["le"]: s.value for s in got if s.name == "pageheat_cgroup_promoted_bytes_total"}
     assert prom["+Inf"] == 4096 * 2 * (1 + 2) * len(IDLE_BOUNDS)
     assert prom["1.0"] == 4096 * 2 * (1 + 2)
+
+
+def test_once_per_frame_takes_the_youngest_mapping() -> None:
+    from pageheat.fleet import PageFrames
+
+    v1, v2 = make_view(1, 10, seed=1), make_view(2, 10, seed=2)
+    ids = {1: identity.identity("/a"), 2: identity.identity("/a")}
+    nan = np.nan
+    # frame 10 shared: idle 500 s in pid 1, 3 s in pid 2 -> once, 3 s; frame 11 shared, never
+    # accessed by either -> once, +Inf; 12 and 13 private.
+    f1 = PageFrames(np.array([10, 11, 12], np.uint64), np.zeros(3, np.int32), np.array([500.0, nan, 0.5]))
+    f2 = PageFrames(np.array([13, 11, 10], np.uint64), np.zeros(3, np.int32), np.array([40.0, nan, 3.0]))
+    [g] = by_cgroup([v1, v2], ids, {1: f1, 2: f2})
+    assert g.deduplicated and g.resident_pages == 4
+    want = np.zeros(len(IDLE_BOUNDS), np.int64)
+    for age in (3.0, 0.5, 40.0):
+        want[np.searchsorted(IDLE_BOUNDS, age)] += 1
+    want[-1] += 1  # frame 11, never accessed
+    np.testing.assert_array_equal(g.idle[(0, 0)], want)
+    assert g.idle_seconds[(0, 0)] == 43.5
+    assert g.working_set_pages(5.0) == 2
+    # one process without frames: the plain sum of the views
+    [g] = by_cgroup([v1, v2], ids, {1: f1})
+    assert not g.deduplicated and g.resident_pages == int(v1.idle.sum() + v2.idle.sum())

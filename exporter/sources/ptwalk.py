@@ -86,7 +86,8 @@ class PtwalkSource:
     name = "ptwalk"
 
     def __init__(self, obj: Path | None = None, nodes: NodeMap | None = None,
-                 tlb_flush: str = "auto", check_young: bool | None = None) -> None:
+                 tlb_flush: str = "auto", check_young: bool | None = None,
+                 pfns: bool = False) -> None:
         self._path = obj or object_path("ptwalk")
         # See _age. "auto": only where the kernel has no soft-dirty tracking to disturb;
         # "always" also resets soft-dirty bits (fine in a test VM, not next to CRIU).
@@ -97,7 +98,9 @@ class PtwalkSource:
         # PG_young costs a struct page read per idle page (~45 ns here), so by default only
         # when DAMON, the usual other Accessed-bit consumer, is running.
         self._check_young = damon_running() if check_young is None else check_young
-        self._copy_raw = self._nodes.single is None  # PFNs are only needed to tell nodes apart
+        # PFNs are needed to tell nodes apart, and (``pfns``) to count a page shared by several
+        # processes of a cgroup once (exporter/fleet.py); otherwise the raw PTE copy is skipped.
+        self._copy_raw = pfns or self._nodes.single is None
         self._cap = _Capacity()
         self._targets: dict[int, _Target] = {}
         self._obj: BpfObject | None = None
@@ -391,13 +394,16 @@ def _decode(vmas: np.ndarray, tables: np.ndarray, raw: np.ndarray,
     if cow_t.any():
         ptype[np.repeat(cow_t, per_table) & bits("written")[present]] = PageType.ANON
 
+    pfn = None
+    if len(raw) or nodes.single is None:
+        huge_pfn = np.repeat((tables["pmd"] & _PHYS_MASK) >> _PAGE_SHIFT, per_table) + col
+        pte_pfn = (raw.reshape(-1)[present] & _PHYS_MASK) >> _PAGE_SHIFT if len(raw) else huge_pfn
+        pfn = np.where(huge, huge_pfn, pte_pfn).astype(np.uint64)
     if nodes.single is not None:
         node = np.full(len(vpn), nodes.single, dtype=np.int16)
     else:
-        huge_pfn = np.repeat((tables["pmd"] & _PHYS_MASK) >> _PAGE_SHIFT, per_table) + col
-        pte_pfn = (raw.reshape(-1)[present] & _PHYS_MASK) >> _PAGE_SHIFT if len(raw) else huge_pfn
-        node = nodes.node_of(np.where(huge, huge_pfn, pte_pfn))
+        node = nodes.node_of(pfn)
 
     # VMAs arrive in address order and each table once per VMA, so vpn is already sorted.
-    pages = Pages(vpn, accessed, node, ptype, huge, vma)
+    pages = Pages(vpn, accessed, node, ptype, huge, vma, pfn if len(raw) else None)
     return pages, vma_table
