@@ -102,7 +102,7 @@ class PageheatCollector(Collector):
     def _fleet(self, info: list[tuple[int, Identity]], groups: list[CgroupTotals],
                promoted: dict[str, np.ndarray]) -> Iterator[Metric]:
         """The identity info metric and the per-cgroup aggregates (exporter/fleet.py), in bytes."""
-        comms = {v.pid: v.comm for v in self.views().values()}
+        comms = {v.pid: v.comm for v in self.views().values()}  # the same as the page series'
         pinfo = GaugeMetricFamily(
             "pageheat_process_info",
             "1 for each followed process: its cgroup (memory controller's path on cgroup v1, "
@@ -110,7 +110,7 @@ class PageheatCollector(Collector):
             "Join with * on(pid) group_left(cgroup, pod_uid).",
             labels=["pid", "comm", "cgroup", "container_id", "pod_uid"])
         for pid, ident in info:
-            pinfo.add_metric([str(pid), comms.get(pid, ""), ident.cgroup, ident.container_id,
+            pinfo.add_metric([str(pid), comms.get(pid, ident.comm), ident.cgroup, ident.container_id,
                               ident.pod_uid], 1)
         yield pinfo
         labels = ["cgroup", "node", "type"]

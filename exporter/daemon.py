@@ -212,7 +212,7 @@ class Daemon:
         self._publish_identities()
 
     def _publish_identities(self) -> None:
-        self.identities = {pid: identity(p.cgroup) for pid, p in self._procs.items()}
+        self.identities = {pid: identity(p.cgroup, p.comm) for pid, p in self._procs.items()}
 
     def _pin(self, wanted: dict[int, targets.Process]) -> None:
         """Remember which process each explicit pid named when first seen, so that a process
@@ -243,6 +243,7 @@ class Daemon:
         log.info("pid %d is now %s (was %s)", pid, shown(proc.comm), shown(old.comm))
         self._procs[pid] = proc
         self._states[pid].comm = proc.comm
+        self._publish_identities()
         view = self.views.get(pid)
         if view is not None:
             self.views = {**self.views, pid: dataclasses.replace(view, comm=proc.comm)}

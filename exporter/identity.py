@@ -47,6 +47,7 @@ class Identity:
     cgroup: str = ""  # as /proc/PID/cgroup shows it: "/" is the hierarchy's root
     container_id: str = ""  # 64 lower-case hex digits
     pod_uid: str = ""  # the pod's metadata.uid, with dashes (kube_pod_info's uid label)
+    comm: str = ""  # the process's name, as in the per-process series' comm label
 
 
 def kubelet_ids(cgroup: str) -> tuple[str, str]:
@@ -66,9 +67,9 @@ def kubelet_ids(cgroup: str) -> tuple[str, str]:
     return container, pod
 
 
-def identity(cgroup: str) -> Identity:
+def identity(cgroup: str, comm: str = "") -> Identity:
     container, pod = kubelet_ids(cgroup)
-    return Identity(cgroup, container, pod)
+    return Identity(cgroup, container, pod, comm)
 
 
 def cgroup_of(text: str) -> str:
