@@ -1,11 +1,25 @@
-"""Harvest cost scaling: ptwalk harvest vs aging vs the kernel's /proc/PID/pagemap, per page.
+"""Harvest cost scaling: ptwalk harvest vs aging vs the kernel's /proc/PID/pagemap, per page,
+and the whole daemon's cost beside them.
 
 For each target size, one workload process is populated, then the same process is measured
-REPS times, the three operations interleaved in each round so that they share the machine's
+REPS times, the operations interleaved in each round so that they share the machine's
 noise. Times are CPU time of this thread (user + kernel), which includes the kernel's work
-for the iterator read and the clear_refs writes. Prints a Markdown table.
+for the iterator read and the clear_refs writes.
 
-    sudo .venv/bin/python bench/harvest.py [--sizes 1GiB,4GiB,16GiB] [--reps 7]
+Then, on the same process, ``pageheat serve --pid P --aging 1s --cpu-budget 1.0`` runs for
+--cycles aging cycles: its CPU per cycle is user + sys of the whole serve process from
+/proc/PID/stat (every thread, including the kernel time of its clear_refs writes and BPF
+runs), divided by the harvests it reports on /api/v1/targets (no /metrics scrape inside the
+window: a scrape costs CPU too). VmHWM is serve's peak RSS; "RSS before" is serve's lowest
+RSS from when its HTTP endpoint answers to its first harvest, "RSS after exit" once the
+target was killed and dropped (goal 6 of issue 13). --maps N adds a row for a process with
+N mappings of 2 resident pages each.
+--root DIR runs serve from another checkout (DIR/.venv/bin/python -m pageheat, cwd DIR),
+repeatable: before and after a change side by side, each serve on a fresh target of the same
+kind (measuring RSS after exit ends the target). Prints Markdown tables.
+
+    sudo .venv/bin/python bench/harvest.py [--sizes 1GiB,4GiB,16GiB] [--reps 7] [--cycles 20]
+        [--maps 60000] [--root CHECKOUT_BEFORE --root CHECKOUT_AFTER]
 """
 
 from __future__ import annotations
@@ -14,6 +28,7 @@ import argparse
 import json
 import os
 import platform
+import socket
 import statistics
 import subprocess
 import sys
@@ -22,9 +37,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+import requests
 from pageheat import procfs
 from pageheat.config import parse_size
-from pageheat.sources.ptwalk import PtwalkSource
+from pageheat.sources.ptwalk import PtwalkSource, damon_running
 
 
 def pagemap_read(pid: int) -> int:
@@ -44,27 +60,134 @@ def pagemap_read(pid: int) -> int:
     return present
 
 
+CLK = os.sysconf("SC_CLK_TCK")
+MANY_MAPS = r"""
+import ctypes, mmap, signal, sys, time
+n = int(sys.argv[1]); ready = sys.argv[2]
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mprotect.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+size = n * 2 * 4096
+m = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+m.write(b"x" * size)  # every page resident
+base = ctypes.addressof(ctypes.c_char.from_buffer(m))
+for i in range(0, n, 2):  # alternate protections so that no two neighbours merge
+    if libc.mprotect(base + i * 8192, 8192, 1) != 0:
+        sys.exit(f"mprotect: errno {ctypes.get_errno()}")
+open(ready, "w").write("ok")
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+while True:
+    time.sleep(1)
+"""
+
+
+def proc_cpu(pid: int) -> float:
+    """user + system seconds of a process (all its threads)."""
+    f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(f[11]) + int(f[12])) / CLK
+
+
+def proc_status_kib(pid: int, key: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise KeyError(key)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def api_targets(port: int) -> list[dict]:
+    return requests.get(f"http://127.0.0.1:{port}/api/v1/targets", timeout=10).json()
+
+
+def serve_cost(pid: int, stop_target, root: Path, cycles: int, tmp: Path) -> dict:
+    """Run serve on ``pid`` for ``cycles`` harvests; CPU per harvest, VmHWM, RSS before the
+    first harvest and after ``stop_target()`` ended the target and serve dropped it."""
+    log = open(tmp / "serve.log", "a")
+    py = root / ".venv/bin/python"
+    port = free_port()
+    p = subprocess.Popen([str(py), "-m", "pageheat", "serve", "--pid", str(pid), "--aging", "1s",
+                          "--cpu-budget", "1.0", "--listen", f"127.0.0.1:{port}"], cwd=root,
+                         stdout=log, stderr=log)
+    try:
+        rss_before = harvests = 0
+        deadline = time.monotonic() + 120
+        while not harvests:  # RSS sampled until the first harvest is reported
+            if p.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"serve failed, see {tmp / 'serve.log'}")
+            try:
+                rows = api_targets(port)
+                harvests = rows[0]["harvests"] if rows else 0
+                if not harvests:  # the lowest: before the first harvest's arrays exist
+                    rss = proc_status_kib(p.pid, "VmRSS")
+                    rss_before = min(rss_before, rss) if rss_before else rss
+            except requests.RequestException:
+                pass
+            time.sleep(0.05)
+        while api_targets(port)[0]["harvests"] < 3:  # warm up: past the first rebinning
+            time.sleep(0.2)
+        h0, c0 = api_targets(port)[0]["harvests"], proc_cpu(p.pid)
+        while True:
+            time.sleep(0.5)
+            c1 = proc_cpu(p.pid)
+            h1 = api_targets(port)[0]["harvests"]
+            if h1 - h0 >= cycles:
+                break
+        hwm = proc_status_kib(p.pid, "VmHWM")
+        stop_target()
+        deadline = time.monotonic() + 60
+        while api_targets(port) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        time.sleep(1.0)
+        rss_after = proc_status_kib(p.pid, "VmRSS")
+        return {"cpu_per_cycle": (c1 - c0) / (h1 - h0), "cycles": h1 - h0, "vmhwm_kib": hwm,
+                "rss_before_kib": rss_before, "rss_after_kib": rss_after}
+    finally:
+        p.terminate()
+        try:
+            p.wait(20)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
 def timed(fn) -> tuple[float, object]:
     t0 = time.thread_time()
     out = fn()
     return time.thread_time() - t0, out
 
 
-def measure(size: int, reps: int) -> dict:
-    with tempfile.TemporaryDirectory() as tmp:
-        truth = Path(tmp) / "t.json"
+def start_target(size: int, maps: int, tmp: Path) -> subprocess.Popen:
+    """maps == 0: a ``pageheat workload`` of ``size`` bytes; else a process with ``maps``
+    mappings of 2 resident pages each. Returns once it is populated."""
+    truth = tmp / f"t-{time.monotonic_ns()}.json"
+    if maps:
+        wl = subprocess.Popen([sys.executable, "-c", MANY_MAPS, str(maps), str(truth)])
+    else:
         wl = subprocess.Popen([sys.executable, "-m", "pageheat", "workload", "--truth", str(truth),
                                "--size", str(size), "--hot", "0.01", "--warm", "0.01"])
+    while not truth.exists():
+        if wl.poll() is not None:
+            raise RuntimeError("workload failed")
+        time.sleep(0.1)
+    return wl
+
+
+def measure(size: int, reps: int, cycles: int, roots: list[Path], maps: int = 0) -> dict:
+    """The in-process rounds on one target, then serve from each root in turn (each on a fresh
+    target of the same kind after the first: measuring RSS after exit ends the target)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        wl = start_target(size, maps, Path(tmp))
         try:
-            while not truth.exists():
-                if wl.poll() is not None:
-                    raise RuntimeError("workload failed")
-                time.sleep(0.1)
-            json.loads(truth.read_text())
             src = PtwalkSource(check_young=False)
             src_young = PtwalkSource(check_young=True)  # what DAMON hosts pay (see ptwalk.py)
+            src_serve = PtwalkSource()  # as serve makes it: PG_young only where DAMON runs
             src.attach(wl.pid)
             src_young.attach(wl.pid)
+            src_serve.attach(wl.pid)
             fd = src._targets[wl.pid].clear_refs
             rows = []
             for _ in range(reps):
@@ -72,19 +195,33 @@ def measure(size: int, reps: int) -> dict:
                 scan_s, _ = timed(lambda: src._scan(wl.pid))
                 scan_young_s, _ = timed(lambda: src_young._scan(wl.pid))
                 cycle = src.cycle(wl.pid)  # scan + decode + aging, as the daemon does it
+                serve_harvest = src_serve.cycle(wl.pid).harvest_seconds
                 clear_s, _ = timed(lambda: os.write(fd, b"1"))
                 flush_s, _ = timed(lambda: os.write(fd, b"4")) if src.tlb_flush else (0.0, None)
                 pagemap_s, present = timed(lambda: pagemap_read(wl.pid))
                 rows.append({"pages": len(cycle.pages), "pagemap_present": present,
                              "scan": scan_s, "scan_young": scan_young_s, "harvest": cycle.harvest_seconds,
+                             "harvest_serve": serve_harvest,
                              "clear_refs": clear_s, "tlb_flush": flush_s,
                              "pagemap": pagemap_s})
             src.close()
             src_young.close()
+            src_serve.close()
+            daemons = {}
+            for k, root in enumerate(roots):
+                if k:
+                    wl = start_target(size, maps, Path(tmp))
+                target = wl
+
+                def stop_target(target: subprocess.Popen = target) -> None:
+                    target.terminate()
+                    target.wait()
+
+                daemons[str(root)] = serve_cost(wl.pid, stop_target, root, cycles, Path(tmp))
         finally:
             wl.terminate()
             wl.wait()
-    return {"size": size, "rows": rows}
+    return {"size": size, "maps": maps, "rows": rows, "serve": daemons}
 
 
 def ns_per_page(rows: list[dict], key: str) -> tuple[float, float, float]:
@@ -92,16 +229,33 @@ def ns_per_page(rows: list[dict], key: str) -> tuple[float, float, float]:
     return statistics.median(v), min(v), max(v)
 
 
+def target_name(r: dict) -> str:
+    if r["maps"]:
+        return f"{r['maps']} mappings"
+    return f"{r['size'] >> 30} GiB" if r["size"] >= 1 << 30 else f"{r['size'] >> 20} MiB"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="1GiB,4GiB,16GiB")
     ap.add_argument("--reps", type=int, default=7)
+    ap.add_argument("--cycles", type=int, default=20, help="serve harvests per measurement")
+    ap.add_argument("--maps", type=int, default=0, help="add a row: a process with N mappings")
+    ap.add_argument("--root", type=Path, action="append",
+                    help="checkout whose serve is measured (repeatable; default: this one)")
+    ap.add_argument("--json", type=Path, help="also write the raw measurements here")
     a = ap.parse_args()
-    results = [measure(parse_size(s), a.reps) for s in a.sizes.split(",")]
+    roots = a.root or [Path(__file__).resolve().parent.parent]
+    results = [measure(parse_size(s), a.reps, a.cycles, roots) for s in a.sizes.split(",") if s]
+    if a.maps:
+        results.append(measure(0, a.reps, a.cycles, roots, maps=a.maps))
+    if a.json:
+        a.json.write_text(json.dumps(results, indent=1))
     model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
                   if line.startswith("model name")), "?")
     print(f"Machine: {os.cpu_count()} CPUs, {model}, kernel {platform.release()}; "
-          f"date {time.strftime('%Y-%m-%d')}; {a.reps} rounds per size, median (min-max).\n")
+          f"date {time.strftime('%Y-%m-%d %H:%M')}; {a.reps} rounds per size, median (min-max); "
+          f"serve from {', '.join(map(str, roots))}, {a.cycles} cycles.\n")
     print("| target | present pages | BPF scan | BPF scan + PG_young | harvest (scan + decode) "
           "| clear_refs | TLB flush | pagemap read | scan / pagemap | harvest / pagemap |")
     print("|---|---|---|---|---|---|---|---|---|---|")
@@ -114,8 +268,29 @@ def main() -> int:
         for k in ("scan", "harvest"):
             v = [row[k] / row["pagemap"] for row in rows]
             ratios.append(f"{statistics.median(v):.2f} ({min(v):.2f}-{max(v):.2f})")
-        print(f"| {r['size'] >> 30} GiB | {rows[0]['pages']} | {fmt} | {' | '.join(ratios)} |")
-    print("\nAll columns but the ratios are ns per present page (CPU time of the harvesting thread).")
+        print(f"| {target_name(r)} | {rows[0]['pages']} | {fmt} | {' | '.join(ratios)} |")
+    print("\nAll columns but the ratios are ns per present page (CPU time of the harvesting thread).\n")
+    print("| target | serve from | present pages | serve CPU per cycle | clear_refs + harvest (floor) "
+          "| serve / floor | serve / clear_refs | serve VmHWM | VmHWM bytes per page | goal 2 budget "
+          "| RSS before | RSS after exit |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for res, root, d in ((r, root, d) for r in results for root, d in r["serve"].items()):
+        rows = res["rows"]
+        pages = rows[0]["pages"]
+        clear = statistics.median(row["clear_refs"] for row in rows)
+        floor = statistics.median(row["clear_refs"] + row["harvest_serve"] for row in rows)
+        cpu = d["cpu_per_cycle"]
+        hwm = d["vmhwm_kib"] * 1024
+        budget = (60 << 20) + 3 * pages
+        print(f"| {target_name(res)} | {Path(root).name} | {pages} "
+              f"| {cpu * 1e3:.1f} ms = {cpu / pages * 1e9:.0f} ns/page "
+              f"| {floor * 1e3:.1f} ms | {cpu / floor:.2f}x | {cpu / clear:.1f}x | {hwm / 2**20:.0f} MiB "
+              f"| {hwm / pages:.0f} | {budget / 2**20:.0f} MiB ({'met' if hwm <= budget else 'not met'}) "
+              f"| {d['rss_before_kib'] / 1024:.0f} MiB | {d['rss_after_kib'] / 1024:.0f} MiB |")
+    print("\nserve CPU: user + sys of the whole serve process per harvest (--aging 1s --cpu-budget 1.0); "
+          "floor: clear_refs write + harvest_seconds of a source made as serve makes it (with the "
+          f"PG_young check: {'yes, a kdamond runs' if damon_running() else 'no'}), medians of the "
+          "rounds above.")
     return 0
 
 

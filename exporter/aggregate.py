@@ -1,10 +1,11 @@
 """Per-target page state, address bins and the summaries the collector exports.
 
-The aggregator owns everything derived from harvests: per-page history (when each page was
-last seen accessed, how often, since when it is known), the target's address bins, and
-cumulative per-bin access counts. After each harvest it publishes an immutable
-``TargetView``; the collector only formats views, so a scrape never waits for a harvest.
-All per-page work is numpy.
+The aggregator owns everything derived from harvests: per-page history (the aging epoch at
+which each resident page was last seen accessed: 2 bytes per page, see ``PageHistory``), the
+target's address bins, and cumulative per-bin access and promotion counts. After each harvest
+it publishes an immutable ``TargetView``; the collector only formats views, so a scrape never
+waits for a harvest. All per-page work is numpy, in chunks of ``CHUNK`` pages so that the
+transient arrays stay small beside the state whatever the target's size.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -31,6 +31,18 @@ REBIN_OUTSIDE_FRACTION = 0.10
 # Harvest.counters keys of the MGLRU generation histogram (mglru-fexit, mglru-hook; see
 # lrugen.histogram): pages of the target's memcg per node, age rank (0 youngest) and type.
 _LRU_GEN_KEY = re.compile(r"lru_gen_node(\d+)_gen(\d+)_(anon|file)")
+
+# Per-page history: one uint16 per page, in blocks of 2**BLOCK_SHIFT pages (64 pages, 256 KiB)
+# keyed by vpn >> BLOCK_SHIFT, so no vpn is stored per page. Small blocks bound the waste of
+# sparse layouts (a lone resident page costs one 128-byte block, 1/32 of the page table the
+# kernel itself keeps for it) while dense memory costs 2 + 8/64 bytes per page.
+BLOCK_SHIFT = 6
+BLOCK = 1 << BLOCK_SHIFT
+ABSENT = 0  # epoch value: not resident at the latest harvest
+NEVER = 1  # resident, never seen accessed since it became resident
+FIRST_EPOCH = 2
+MAX_EPOCH = np.iinfo(np.uint16).max
+CHUNK = 1 << 16  # pages per numpy pass: bounds the per-page transients (~3 MiB)
 
 
 def mapping_label(name: str) -> str:
@@ -99,19 +111,44 @@ def make_bins(vmas: Vmas, n: int) -> Bins:
 
 
 def _bin_labels(vmas: Vmas, sel: np.ndarray, edges: np.ndarray) -> tuple[str, ...]:
-    """The one or two mappings covering most of each bin (per-VMA work, not per page)."""
+    """The one or two mappings covering most of each bin: labels by pages covered, ties in
+    address order of their first mapping in the bin. numpy over (mapping, bin) pairs, about
+    one per mapping plus one per bin; Python only per label and per bin."""
     n = len(edges) - 1
-    weights: list[Counter[str]] = [Counter() for _ in range(n)]
-    for i in sel:
-        lo, hi = int(vmas.start[i]) >> 12, int(vmas.end[i]) >> 12
-        first = max(int(np.searchsorted(edges, lo, side="right")) - 1, 0)
-        last = min(int(np.searchsorted(edges, hi, side="left")), n)
-        name = mapping_label(vmas.names[i])
-        for b in range(first, last):
-            overlap = min(hi, int(edges[b + 1])) - max(lo, int(edges[b]))
-            if overlap > 0:
-                weights[b][name] += overlap
-    return tuple(",".join(k for k, _ in w.most_common(2)) for w in weights)
+    index: dict[str, int] = {}
+    label = np.fromiter((index.setdefault(mapping_label(vmas.names[i]), len(index)) for i in sel),
+                        dtype=np.int64, count=len(sel))
+    names = list(index)
+    e = edges.astype(np.int64)
+    lo = (vmas.start[sel] >> np.uint64(12)).astype(np.int64)
+    hi = (vmas.end[sel] >> np.uint64(12)).astype(np.int64)
+    first = np.maximum(np.searchsorted(e, lo, side="right") - 1, 0)
+    last = np.minimum(np.searchsorted(e, hi, side="left"), n)
+    count = np.maximum(last - first, 0)
+    # One row per (mapping, bin) it may overlap, in mapping (address) order then bin order.
+    m = np.repeat(np.arange(len(sel)), count)
+    b = first[m] + np.arange(len(m)) - np.repeat(np.cumsum(count) - count, count)
+    overlap = np.minimum(hi[m], e[b + 1]) - np.maximum(lo[m], e[b])
+    keep = overlap > 0
+    b, lab, overlap = b[keep], label[m[keep]], overlap[keep]
+    pair = np.arange(len(b))
+    # Sum per (bin, label); a stable sort keeps each group's earliest pair first.
+    key = b * max(len(names), 1) + lab
+    order = np.argsort(key, kind="stable")
+    key, pair, overlap = key[order], pair[order], overlap[order]
+    starts = np.flatnonzero(np.concatenate(([True], key[1:] != key[:-1]))) if len(key) else key
+    weight = np.add.reduceat(overlap, starts) if len(key) else overlap
+    gbin, glab, gfirst = b[order][starts], lab[order][starts], pair[starts]
+    # Per bin: heaviest first, ties by the earliest pair (Counter.most_common's order).
+    rank = np.lexsort((gfirst, -weight, gbin))
+    rb = gbin[rank]
+    run_start = np.flatnonzero(np.concatenate(([True], rb[1:] != rb[:-1]))) if len(rb) else rb
+    place = np.arange(len(rb)) - np.repeat(run_start, np.diff(run_start, append=len(rb)))
+    top = rank[place < 2]  # the two heaviest of each bin, in order
+    out: list[list[str]] = [[] for _ in range(n)]
+    for bb, g in zip(gbin[top].tolist(), glab[top].tolist(), strict=True):
+        out[bb].append(names[g])
+    return tuple(",".join(x) for x in out)
 
 
 @dataclass(frozen=True)
@@ -161,6 +198,12 @@ class TargetView:
     extra: dict[str, float] = field(default_factory=dict)
     lru_gen: tuple[GenerationPages, ...] = ()  # the latest harvest's; () when it carried none
     period: float = 0.0  # achieved seconds between the last two harvests; 0 after the first
+    # uint64 [combo, len(IDLE_BOUNDS)], summed over harvests, not cumulative over le: pages found
+    # accessed that were resident at the previous harvest, by the idle age they had there (the
+    # pageheat_idle_pages bucket they left; never-accessed pages in the last, +Inf). None: not
+    # exported (views built by hand in tests).
+    promoted: np.ndarray | None = None
+    promoted_seconds: np.ndarray | None = None  # float64 [combo]: their summed idle ages, seconds
 
     def series_count(self, max_never_mappings: int) -> int:
         """Series this view produces (keep in step with collector.py)."""
@@ -169,6 +212,7 @@ class TargetView:
             n_combo * (n_bins + 3)  # accessed histogram: buckets incl. +Inf, _sum, _count
             + int(np.count_nonzero(self.resident))  # resident per bin (zeros omitted)
             + n_combo * (len(IDLE_BOUNDS) + 2)  # idle gauge histogram
+            + (n_combo * (len(IDLE_BOUNDS) + 2) if self.promoted is not None else 0)  # promoted
             + min(len(self.never_accessed), max_never_mappings + 1)
             + n_bins  # address_bin_info
             + 6  # per-target gauges
@@ -177,92 +221,314 @@ class TargetView:
         )
 
 
+
+
+class PageHistory:
+    """When each resident page of one target was last seen accessed, as a uint16 aging epoch.
+
+    ``epochs`` is uint16 [len(keys), BLOCK]: row r holds the pages vpn in
+    [keys[r] << BLOCK_SHIFT, (keys[r] + 1) << BLOCK_SHIFT); keys is sorted uint64, one per block
+    with a page resident at the latest harvest. Values: ABSENT (not resident), NEVER (resident,
+    not seen accessed since it became resident) or an epoch >= FIRST_EPOCH; ``times[e]`` is the
+    monotonic time of the harvest that epoch e stands for (NaN for ABSENT and NEVER). Idle
+    ages always come from ``times``: with stretched intervals epochs are not evenly spaced.
+
+    Epochs are handed out in time order. When they run out (MAX_EPOCH harvests: 18 hours at
+    1 s), ``_compact`` renumbers the epochs still in use and merges those older than
+    ``horizon`` (past the largest finite idle bound and cold_after, so their bucket and their
+    coldness cannot change) into one, at their page-weighted mean time: that keeps the sum of
+    their idle ages while they stay together; once some of them are accessed again or leave,
+    the idle and promotion second sums (histogram _sum) of pages idle past the horizon are
+    approximate. Bucket counts stay exact.
+    """
+
+    def __init__(self, horizon: float, max_epoch: int = MAX_EPOCH) -> None:
+        if not FIRST_EPOCH < max_epoch <= MAX_EPOCH:
+            raise ValueError(f"max_epoch must be in ({FIRST_EPOCH}, {MAX_EPOCH}]")
+        self.horizon = horizon
+        self.max_epoch = max_epoch
+        self.keys = np.zeros(0, dtype=np.uint64)
+        self.epochs = np.zeros((0, BLOCK), dtype=np.uint16)
+        self.times = np.full(max_epoch + 1, np.nan)
+        self.next = FIRST_EPOCH
+        self.compactions = 0
+        self.overflows = 0  # compactions that had to merge epochs inside the horizon
+
+    @property
+    def nbytes(self) -> int:
+        return self.keys.nbytes + self.epochs.nbytes + self.times.nbytes
+
+    def begin(self, now: float, prev: float | None) -> int:
+        """The epoch for a harvest at ``now`` (renumbering the old ones if they ran out);
+        ``prev``: the time of the previous harvest, None for the first."""
+        if self.next > self.max_epoch:
+            self._compact(prev if prev is not None else now)
+        e = self.next
+        self.next += 1
+        self.times[e] = now
+        return e
+
+    def _compact(self, prev: float) -> None:
+        """Merge the epochs already past the horizon at the previous harvest, so that the idle
+        ages promotions are binned by (at the previous harvest) keep their bucket too."""
+        counts = np.bincount(self.epochs.ravel(), minlength=self.max_epoch + 1)
+        live = np.flatnonzero(counts[FIRST_EPOCH:]) + FIRST_EPOCH  # in time order
+        old = live[prev - self.times[live] > self.horizon]
+        young = live[len(old):]
+        room = self.max_epoch - FIRST_EPOCH  # leave one epoch free for the caller
+        if len(young) + (len(old) > 0) > room:
+            # Only with more than max_epoch harvests inside the horizon (aging below the
+            # 100 ms minimum): merge the oldest young ones too; their buckets may be off.
+            cut = len(young) + 1 - room
+            self.overflows += 1
+            old, young = live[:len(old) + cut], young[cut:]
+        groups = ([old] if len(old) else []) + [young[i:i + 1] for i in range(len(young))]
+        lut = np.zeros(self.max_epoch + 1, dtype=np.uint16)
+        lut[NEVER] = NEVER
+        times = np.full(self.max_epoch + 1, np.nan)
+        for new, g in enumerate(groups, start=FIRST_EPOCH):  # per epoch, not per page
+            lut[g] = new
+            times[new] = float(np.average(self.times[g], weights=counts[g]))
+        np.take(lut, self.epochs, out=self.epochs)
+        self.times = times
+        self.next = FIRST_EPOCH + len(groups)
+        self.compactions += 1
+
+    def rows(self, vpn: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Row and offset of each page in ``epochs``; found: bool, its block is known."""
+        blk = vpn >> np.uint64(BLOCK_SHIFT)
+        row = np.minimum(np.searchsorted(self.keys, blk), max(len(self.keys) - 1, 0))
+        found = self.keys[row] == blk if len(self.keys) else np.zeros(len(vpn), dtype=bool)
+        off = (vpn & np.uint64(BLOCK - 1)).astype(np.intp)
+        return row, off, found
+
+    def lookup(self, vpn: np.ndarray) -> np.ndarray:
+        """uint16 epoch value of each page (ABSENT for pages in unknown blocks)."""
+        row, off, found = self.rows(vpn)
+        if not len(self.keys):
+            return np.zeros(len(vpn), dtype=np.uint16)
+        return np.where(found, self.epochs[row, off], ABSENT).astype(np.uint16)
+
+    def relayout(self, vpn: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The blocks of a new resident set (sorted unique ``vpn``); the previous epochs array
+        and, per new block, its row there (-1: new block). ``epochs`` becomes all ABSENT over
+        the new blocks, so pages that left the resident set lose their history."""
+        parts = []
+        for lo in range(0, len(vpn), CHUNK):
+            blk = vpn[lo:lo + CHUNK] >> np.uint64(BLOCK_SHIFT)
+            parts.append(blk[np.concatenate(([True], blk[1:] != blk[:-1]))])
+        # vpn is sorted, so the blocks are too: drop repeats where chunks meet. (Not np.unique:
+        # numpy 2.3+ hashes, 7 ms for 16 k sorted keys here, 1.7 s for 1 M.)
+        keys = np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint64)
+        keys = keys[np.concatenate(([True], keys[1:] != keys[:-1]))] if len(keys) else keys
+        old_keys, old = self.keys, self.epochs
+        if len(old_keys):
+            idx = np.minimum(np.searchsorted(old_keys, keys), len(old_keys) - 1)
+            old_row = np.where(old_keys[idx] == keys, idx, -1)
+        else:
+            old_row = np.full(len(keys), -1, dtype=np.intp)
+        self.keys = keys
+        self.epochs = np.zeros((len(keys), BLOCK), dtype=np.uint16)
+        return old, old_row
+
+
+def _sorted_bins(bins: Bins, vpn: np.ndarray) -> np.ndarray:
+    """``bins.of(vpn)`` for sorted ``vpn``: a search per bin edge instead of one per page."""
+    cuts = np.searchsorted(vpn, bins.edges, side="left")  # pages below each edge
+    b = np.repeat(np.arange(-1, bins.n + 1), np.diff(cuts, prepend=0, append=len(vpn)))
+    return np.clip(b, 0, bins.n - 1, out=b)
+
+
 class TargetState:
     """Everything pageheat remembers about one process between harvests."""
 
-    def __init__(self, pid: int, comm: str, n_bins: int, cold_after: float) -> None:
+    def __init__(self, pid: int, comm: str, n_bins: int, cold_after: float,
+                 max_epoch: int = MAX_EPOCH) -> None:
         self.pid = pid
         self.comm = comm
         self.n_bins = n_bins
         self.cold_after = cold_after
-        self.vpn = np.zeros(0, dtype=np.uint64)
-        self.last_access = np.zeros(0, dtype=np.float64)  # monotonic time; NaN = never
-        self.times_accessed = np.zeros(0, dtype=np.uint32)
-        self.first_seen = np.zeros(0, dtype=np.float64)
+        # Epochs older than both the largest finite idle bound and cold_after may be merged.
+        self.history = PageHistory(max(IDLE_BOUNDS[-2], cold_after), max_epoch)
         self.bins: Bins | None = None
         self.rebins = 0
         self.harvests = 0
         self.last_time: float | None = None  # of the previous harvest
         self.accessed_cum: dict[tuple[int, int], np.ndarray] = {}
+        self.promoted_cum: dict[tuple[int, int], np.ndarray] = {}
+        self.promoted_seconds_cum: dict[tuple[int, int], float] = {}
+        self._names: list[str] | None = None  # the mapping names _label_of was made for
+        self._label_of = np.zeros(0, dtype=np.intp)
+        self._label_names: list[str] = []
+
+    def _labels(self, names: list[str]) -> tuple[np.ndarray, list[str]]:
+        """intp label index of each mapping, and the labels (``mapping_label``). Per mapping
+        Python work only when the names changed (the list compares in C otherwise)."""
+        if names is not self._names and names != self._names:
+            index: dict[str, int] = {}
+            self._label_of = np.fromiter((index.setdefault(mapping_label(n), len(index)) for n in names),
+                                         dtype=np.intp, count=len(names))
+            self._label_names = list(index)
+            self._names = list(names)
+        return self._label_of, self._label_names
+
+    def idle_ages(self, vpn: np.ndarray, now: float) -> np.ndarray:
+        """float64 seconds from each page's last seen access to ``now``; NaN for pages never
+        seen accessed or not resident at the latest harvest. vpn: uint64."""
+        return now - self.history.times[self.history.lookup(vpn)]
 
     def update(self, h: Harvest, interval: float) -> TargetView:
         p = h.pages
-        self._merge_history(p, h.time)
+        now = h.time
         if self.bins is None or self._layout_changed(h.vmas, p):
             if self.bins is not None:
                 self.rebins += 1
             self.bins = make_bins(h.vmas, self.n_bins)
         self.harvests += 1
         bins = self.bins
-        b = bins.of(p.vpn)
+        hist = self.history
+        epoch = hist.begin(now, self.last_time)
+        old, old_row = hist.relayout(p.vpn)
 
-        combo_key = p.node.astype(np.int64) * N_TYPES + p.type
-        keys, combo_idx = np.unique(combo_key, return_inverse=True)
-        for k in self.accessed_cum:  # keep combos seen before, so counters never vanish
-            if k[0] * N_TYPES + k[1] not in keys:
-                keys = np.append(keys, k[0] * N_TYPES + k[1])
-        combos = tuple((int(k // N_TYPES), int(k % N_TYPES)) for k in keys)
-        nc, nb = len(combos), bins.n
-
-        flat = combo_idx * nb + b
-        accessed_now = np.bincount(flat[p.accessed], minlength=nc * nb).reshape(nc, nb)
-        resident = np.bincount(flat, minlength=nc * nb).reshape(nc, nb)
-        cum = np.zeros((nc, nb), dtype=np.uint64)
-        for i, c in enumerate(combos):
-            prev = self.accessed_cum.get(c)
-            self.accessed_cum[c] = (prev if prev is not None else 0) + accessed_now[i].astype(np.uint64)
-            cum[i] = self.accessed_cum[c]
-
-        age = h.time - self.last_access
-        never = np.isnan(age)
-        bucket = np.where(never, len(IDLE_BOUNDS) - 1,
-                          np.searchsorted(np.array(IDLE_BOUNDS), np.nan_to_num(age), side="left"))
+        # Per-epoch tables (not per page): idle age now and at the previous harvest, their
+        # buckets, and whether the age makes a page cold; each page looks its epoch up there.
+        m = hist.next  # epochs in use are below it
         nbk = len(IDLE_BOUNDS)
-        idle = np.bincount(combo_idx * nbk + bucket, minlength=nc * nbk).reshape(nc, nbk)
-        idle_seconds = np.bincount(combo_idx[~never], weights=age[~never], minlength=nc)
+        bounds = np.array(IDLE_BOUNDS)
+        times = hist.times[:m]
+        known = ~np.isnan(times)
+        age_now = np.where(known, now - times, 0.0)
+        bucket_now = np.where(known, np.searchsorted(bounds, age_now, side="left"), nbk - 1).astype(np.intp)
+        cold_epoch = ~known | (age_now > self.cold_after)
+        cold_epoch[ABSENT] = False
+        code_now = bucket_now * 2 + cold_epoch  # bucket and coldness in one lookup
+        prev_time = self.last_time if self.last_time is not None else now
+        age_prev = np.where(known, prev_time - times, 0.0)
+        bucket_prev = np.where(known, np.searchsorted(bounds, age_prev, side="left"), nbk - 1).astype(np.intp)
 
-        never_by_vma = np.bincount(p.vma[never], minlength=len(h.vmas))
-        never_accessed: Counter[str] = Counter()
-        for i in np.flatnonzero(never_by_vma):
-            never_accessed[mapping_label(h.vmas.names[i])] += int(never_by_vma[i])
+        # The (node, type) combos present, as keys (node + 1) * N_TYPES + type, in key order;
+        # pages are counted by their index there (node ids can be large and sparse).
+        kmax = (int(p.node.max()) + 2) * N_TYPES if len(p) else N_TYPES
+        uniform = len(p) and p.node.min() == p.node.max() and p.type.min() == p.type.max()
+        lut = None
+        if uniform:  # one (node, type) for the whole harvest (the usual case): no per-page keys
+            slot_key = np.array([(int(p.node[0]) + 1) * N_TYPES + int(p.type[0])])
+        elif kmax <= 8 * N_TYPES:  # a few nodes: one slot per possible key
+            slot_key = np.arange(kmax)
+        else:  # large node ids: one slot per key present (an extra pass to find them)
+            seen = np.zeros(kmax, dtype=np.int64)
+            for lo in range(0, len(p), CHUNK):
+                sl = slice(lo, lo + CHUNK)
+                seen += np.bincount((p.node[sl].astype(np.intp) + 1) * N_TYPES + p.type[sl], minlength=kmax)
+            slot_key = np.flatnonzero(seen)
+            lut = np.full(kmax, -1, dtype=np.intp)
+            lut[slot_key] = np.arange(len(slot_key))
+        nk, nb = max(len(slot_key), 1), bins.n
+        acc_now = np.zeros(nk * nb, dtype=np.int64)
+        resident = np.zeros(nk * nb, dtype=np.int64)
+        idle_cold = np.zeros(nk * nbk * 2, dtype=np.int64)  # [combo, bucket, cold]
+        idle_seconds = np.zeros(nk)
+        promoted = np.zeros(nk * nbk, dtype=np.int64)
+        promoted_seconds = np.zeros(nk)
+        never_by_vma = np.zeros(len(h.vmas), dtype=np.int64)
+        same_blocks = len(old) == len(hist.keys) and np.array_equal(old_row, np.arange(len(old_row)))
+        old_flat, new_flat = old.reshape(-1), hist.epochs.reshape(-1)
+        for lo in range(0, len(p), CHUNK):
+            sl = slice(lo, lo + CHUNK)
+            vpn, accessed = p.vpn[sl], p.accessed[sl]
+            # Row of each page: pages are sorted, so rows only step up where the block changes.
+            blk = vpn >> np.uint64(BLOCK_SHIFT)
+            starts = np.flatnonzero(blk[1:] != blk[:-1]) + 1
+            row0 = int(np.searchsorted(hist.keys, blk[0]))
+            row = np.repeat(np.arange(row0, row0 + len(starts) + 1),
+                            np.diff(starts, prepend=0, append=len(vpn)))
+            idx = row * BLOCK + (vpn & np.uint64(BLOCK - 1)).astype(np.intp)
+            if same_blocks:
+                prev = old_flat[idx]
+            elif len(old):
+                orow = old_row[row]
+                prev = old_flat[np.maximum(orow, 0) * BLOCK + (idx & (BLOCK - 1))]
+                prev[orow < 0] = ABSENT
+            else:
+                prev = np.zeros(len(vpn), dtype=np.uint16)
+            val = np.where(prev == ABSENT, np.uint16(NEVER), prev)
+            val[accessed] = epoch
+            new_flat[idx] = val
 
-        cold = int(np.count_nonzero(never | (age > self.cold_after)))
-        period = h.time - self.last_time if self.last_time is not None else 0.0
-        self.last_time = h.time
+            key: np.ndarray | int = 0
+            if not uniform:
+                key = (p.node[sl].astype(np.intp) + 1) * N_TYPES + p.type[sl]
+                if lut is not None:
+                    key = lut[key]
+            flat = _sorted_bins(bins, vpn)
+            flat += key * nb
+            acc_now += np.bincount(flat[accessed], minlength=nk * nb)
+            resident += np.bincount(flat, minlength=nk * nb)
+            idle_cold += np.bincount(code_now[val] + key * (2 * nbk), minlength=nk * nbk * 2)
+            never_by_vma += np.bincount(p.vma[sl][val == NEVER], minlength=len(h.vmas))
+            # Promotions: accessed now, resident at the previous harvest (prev != ABSENT).
+            was = prev[accessed]
+            back = was != ABSENT
+            was = was[back]
+            if isinstance(key, np.ndarray):
+                pkey = key[accessed][back]
+                promoted += np.bincount(bucket_prev[was] + pkey * nbk, minlength=nk * nbk)
+                promoted_seconds += np.bincount(pkey, weights=age_prev[was], minlength=nk)
+                idle_seconds += np.bincount(key, weights=age_now[val], minlength=nk)
+            else:
+                promoted += np.bincount(bucket_prev[was] + key * nbk, minlength=nk * nbk)
+                promoted_seconds[key] += float(age_prev[was].sum())
+                idle_seconds[key] += float(age_now[val].sum())
+
+        idle_cold = idle_cold.reshape(nk, nbk, 2)
+        idle = idle_cold.sum(axis=2).reshape(-1)
+        cold = int(idle_cold[:, :, 1].sum())
+        present = np.flatnonzero(resident.reshape(nk, nb).sum(axis=1))  # slots, in key order
+        keys = [int(slot_key[k]) - N_TYPES for k in present]  # back to node * N_TYPES + type
+        for c in self.accessed_cum:  # keep combos seen before, so counters never vanish
+            if c[0] * N_TYPES + c[1] not in keys:
+                keys.append(c[0] * N_TYPES + c[1])
+        combos = tuple((k // N_TYPES, k % N_TYPES) for k in keys)
+        nc = len(combos)
+        cum = np.zeros((nc, nb), dtype=np.uint64)
+        res = np.zeros((nc, nb), dtype=np.int64)
+        idl = np.zeros((nc, nbk), dtype=np.int64)
+        idl_s = np.zeros(nc)
+        prom = np.zeros((nc, nbk), dtype=np.uint64)
+        prom_s = np.zeros(nc)
+        for i, c in enumerate(combos):
+            if i < len(present):  # present combos first, then those only in the counters
+                k = int(present[i])
+                a = acc_now[k * nb:(k + 1) * nb].astype(np.uint64)
+                res[i] = resident[k * nb:(k + 1) * nb]
+                idl[i] = idle[k * nbk:(k + 1) * nbk]
+                idl_s[i] = idle_seconds[k]
+                pr, pr_s = promoted[k * nbk:(k + 1) * nbk].astype(np.uint64), float(promoted_seconds[k])
+            else:
+                a, pr, pr_s = np.zeros(nb, np.uint64), np.zeros(nbk, np.uint64), 0.0
+            prev_cum = self.accessed_cum.get(c)
+            self.accessed_cum[c] = (prev_cum if prev_cum is not None else 0) + a
+            cum[i] = self.accessed_cum[c]
+            prev_prom = self.promoted_cum.get(c)
+            self.promoted_cum[c] = (prev_prom if prev_prom is not None else 0) + pr
+            prom[i] = self.promoted_cum[c]
+            self.promoted_seconds_cum[c] = self.promoted_seconds_cum.get(c, 0.0) + pr_s
+            prom_s[i] = self.promoted_seconds_cum[c]
+
+        label_of, labels = self._labels(h.vmas.names)
+        never_by_label = np.bincount(label_of, weights=never_by_vma, minlength=len(labels))
+        never_accessed = {labels[i]: int(never_by_label[i]) for i in np.flatnonzero(never_by_label)}
+
+        period = now - self.last_time if self.last_time is not None else 0.0
+        self.last_time = now
         return TargetView(
-            pid=self.pid, comm=self.comm, time=h.time, combos=combos, bins=bins,
-            rebins=self.rebins, accessed_cum=cum, resident=resident, idle=idle, idle_seconds=idle_seconds,
+            pid=self.pid, comm=self.comm, time=now, combos=combos, bins=bins,
+            rebins=self.rebins, accessed_cum=cum, resident=res, idle=idl, idle_seconds=idl_s,
             never_accessed=dict(never_accessed), harvests=self.harvests, interval=interval,
             wss_pages=int(np.count_nonzero(p.accessed)), resident_pages=len(p),
             cold_pages=cold, lru_gen=lru_generations(h.counters), period=period,
+            promoted=prom, promoted_seconds=prom_s,
         )
-
-    def _merge_history(self, p: Pages, now: float) -> None:
-        """Carry each page's history over to the new resident set; new pages start fresh."""
-        n = len(p.vpn)
-        if n == len(self.vpn) and np.array_equal(p.vpn, self.vpn):
-            last, count, first = self.last_access, self.times_accessed, self.first_seen
-        elif len(self.vpn) == 0:
-            last, count, first = np.full(n, np.nan), np.zeros(n, np.uint32), np.full(n, now)
-        else:
-            idx = np.minimum(np.searchsorted(self.vpn, p.vpn), len(self.vpn) - 1)
-            known = self.vpn[idx] == p.vpn
-            last = np.where(known, self.last_access[idx], np.nan)
-            count = np.where(known, self.times_accessed[idx], 0).astype(np.uint32)
-            first = np.where(known, self.first_seen[idx], now)
-        last[p.accessed] = now
-        count[p.accessed] += 1
-        self.vpn, self.last_access, self.times_accessed, self.first_seen = p.vpn, last, count, first
 
     def _layout_changed(self, vmas: Vmas, p: Pages) -> bool:
         assert self.bins is not None

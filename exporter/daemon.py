@@ -22,7 +22,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, ProcessCollector
 
-from . import budget, cgroups, fleet, procfs, targets
+from . import budget, cgroups, fleet, memory, procfs, targets
 from .aggregate import TargetState, TargetView
 from .collector import PageheatCollector
 from .config import Config
@@ -306,9 +306,12 @@ class Daemon:
         proc = self._procs.pop(pid, None)
         for d in (self._states, self._cost, self._interval, self._due, self._errors):
             d.pop(pid, None)  # type: ignore[attr-defined]
+        view = self.views.get(pid)
         self.views = {p: v for p, v in self.views.items() if p != pid}
         self.identities = {p: i for p, i in self.identities.items() if p != pid}
         self.frames = {p: f for p, f in self.frames.items() if p != pid}
+        if view is not None and memory.worth_trimming(view.resident_pages):
+            memory.trim()  # its history and the source's arrays were freed: give the pages back
         if proc:
             log.info("stopped following pid %d (%s): %s", pid, shown(proc.comm), why)
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .aggregate import IDLE_BOUNDS, N_TYPES, TargetView
+from .aggregate import IDLE_BOUNDS, N_TYPES, TargetState, TargetView
 from .identity import Identity
 from .sources.base import Harvest
 
@@ -90,22 +90,14 @@ class PageFrames:
         return int(self.pfn.nbytes + self.combo.nbytes + self.age.nbytes)
 
 
-def page_ages(state: object, h: Harvest) -> np.ndarray:
-    """float64 seconds since each page of ``h`` was last seen accessed, NaN for never, from
-    the aggregator's state right after it took ``h``."""
-    idle_ages = getattr(state, "idle_ages", None)
-    if idle_ages is not None:
-        return np.asarray(idle_ages(h.pages.vpn, h.time), dtype=np.float64)
-    return h.time - state.last_access  # type: ignore[attr-defined]
-
-
-def frames(state: object, h: Harvest) -> PageFrames | None:
-    """The harvest's pages by frame, or None when the source read no frame numbers."""
+def frames(state: TargetState, h: Harvest) -> PageFrames | None:
+    """The harvest's pages by frame, with their idle ages from the aggregator's state right
+    after it took ``h``; None when the source read no frame numbers."""
     p = h.pages
     if p.pfn is None:
         return None
     combo = p.node.astype(np.int32) * N_TYPES + p.type.astype(np.int32)
-    return PageFrames(p.pfn, combo, page_ages(state, h))
+    return PageFrames(p.pfn, combo, state.idle_ages(p.vpn, h.time))
 
 
 def _once_per_frame(t: CgroupTotals, fs: list[PageFrames]) -> None:

@@ -160,7 +160,22 @@ def process_dashboard() -> dashboard.Dashboard:
                                     f"(pageheat_never_accessed_pages{{{PROC}}}) * 4096)",
                                     "{{mapping}}", instant=True))
                      .unit("bytes").orientation(cm.VizOrientation.HORIZONTAL)
-                     .display_mode(cm.BarGaugeDisplayMode.GRADIENT).height(10).span(12)))
+                     .display_mode(cm.BarGaugeDisplayMode.GRADIENT).height(10).span(12))
+         .with_row(dashboard.Row("Promotions: cold pages accessed again"))
+         .with_panel(heat(
+             "Pages accessed again per second, by how long they had been idle",
+             f"sum by (le) (rate(pageheat_promoted_pages_bucket{{{PAGES}}}[$__rate_interval]))", "short",
+             "pageheat_promoted_pages: pages found accessed that were resident at the previous "
+             "harvest, by the idle age they had there (y; +Inf also holds pages never seen "
+             "accessed before). High rows are cold pages coming back: what reclaiming them "
+             "would have cost in faults.", scheme="Reds", ylabel="idle seconds").height(10).span(12))
+         .with_panel(timeseries(
+             "Promotion rate of pages idle > 120 s", [
+                 q(f"pageheat:promotion_rate_120s:ratio{{{PROC}}}", "{{comm}} {{pid}}")],
+             "percentunit", "Pages accessed again after more than 120 s idle, per minute, as a "
+             "share of the working set at 120 s (recording rule pageheat:promotion_rate_120s:ratio). "
+             "Google's far-memory SLO (ASPLOS'19) is 0.2% per minute: below it, pages idle for "
+             "120 s are safe to move to far memory (zswap).").min(0).height(10).span(12)))
     return d
 
 

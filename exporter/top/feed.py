@@ -208,8 +208,7 @@ class LocalFeed:
         vpn = p.vpn[keep]
         b = bins.of(vpn)
         acc = p.accessed[keep]
-        age = h.time - self.state.last_access[keep] if len(self.state.vpn) == len(p.vpn) \
-            else np.full(len(vpn), np.inf)
+        age = self.state.idle_ages(vpn, h.time)
         age = np.where(np.isnan(age), np.inf, age)
         never_page = np.isinf(age)
         node = p.node[keep].astype(np.int64)
