@@ -149,3 +149,34 @@ def test_pages_shared_by_a_cgroups_processes_count_once(ptwalk_ok, tmp_path: Pat
             assert "Traceback" not in serve.log()
         finally:
             stop_group(proc)
+
+
+def test_ptwalk_frame_numbers_equal_pagemap(ptwalk_ok, workload) -> None:
+    """PtwalkSource(pfns=True): each page's frame number, from the raw PTEs the BPF walk
+    copies, is the one /proc/PID/pagemap gives for that address (4 KiB and THP pages)."""
+    import os
+
+    from pageheat.sources.ptwalk import PtwalkSource
+
+    for args in (("--size", "8MiB"), ("--size", "8MiB", "--thp")):
+        t = workload(*args)
+        src = PtwalkSource(pfns=True)
+        try:
+            src.attach(t.pid)
+            h = src.cycle(t.pid)
+        finally:
+            src.close()
+        p = h.pages
+        assert p.pfn is not None and p.pfn.dtype == np.uint64 and len(p.pfn) == len(p)
+        fd = os.open(f"/proc/{t.pid}/pagemap", os.O_RDONLY)
+        try:
+            # the region is one mapping: one read of its pagemap entries
+            raw = os.pread(fd, t.pages * 8, (t.start >> 12) * 8)
+            entries = np.frombuffer(raw, dtype=np.uint64)
+        finally:
+            os.close(fd)
+        region = (p.vpn >= t.start >> 12) & (p.vpn < (t.start + t.size) >> 12)
+        assert region.sum() == t.pages
+        present = (entries >> np.uint64(63)) & np.uint64(1) == 1
+        assert present.all()
+        np.testing.assert_array_equal(p.pfn[region], entries & np.uint64((1 << 55) - 1))
