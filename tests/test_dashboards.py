@@ -301,15 +301,24 @@ def every_panel_query_returns_data(cg: KubeCgroup, prometheus_server, tmp_path: 
     assert "Traceback" not in log.read_text()
 
 
+def query_at(url: str, expr: str, at: float) -> list[dict]:
+    q = urllib.parse.urlencode({"query": expr, "time": f"{at:.3f}"})
+    with urllib.request.urlopen(f"{url}/api/v1/query?{q}", timeout=30) as r:
+        body = json.load(r)
+    assert body["status"] == "success", body
+    return body["data"]["result"]
+
+
 def fleet_checks(prom, t: Truth, cg: KubeCgroup) -> None:
     """The fleet dashboard's pod table joins the cgroup's numbers to kube_pod_info by pod uid."""
     fleet = dashboards()["pageheat-fleet.json"]
     values = resolve_variables(prom, fleet)
     assert re.escape(cg.path).replace("\\", "\\\\") in values["cgroup"], values["cgroup"]
     [pods] = [tgt for p, tgt in targets(fleet) if p["title"].startswith("Pods by cold bytes")]
-    [row] = prom.query(substitute(pods["expr"], values))
+    at = time.time() - 2  # both queries at one instant: the cold bytes change as pages age
+    [row] = query_at(prom.url, substitute(pods["expr"], values), at)
     assert row["metric"] == {"namespace": "shop", "pod": "web-0", "pod_uid": cg.pod_uid}, row
-    [cold] = prom.query(f'pageheat:cgroup_cold_bytes_600s:sum{{cgroup="{cg.path}"}}')
+    [cold] = query_at(prom.url, f'pageheat:cgroup_cold_bytes_600s:sum{{cgroup="{cg.path}"}}', at)
     assert float(row["value"][1]) == float(cold["value"][1]) > 0
     # The process's cold bytes with its cgroup and pod: the join on pid.
     [proc] = [tgt for p, tgt in targets(fleet) if p["title"].startswith("Top processes by cold")]
