@@ -16,7 +16,8 @@ cgroup drivers):
   pods sit directly under ``kubepods.slice`` (``kubepods-pod<UID>.slice``). systemd does not
   allow ``-`` inside a slice name's components (``-`` is its hierarchy separator), so kubelet
   writes the pod UID's dashes as underscores; they are turned back here.
-* cgroupfs driver: ``/kubepods/burstable/pod<UID>/<ID>`` (guaranteed: ``/kubepods/pod<UID>/<ID>``).
+* cgroupfs driver: ``/kubepods/burstable/pod<UID>/<ID>`` (guaranteed: ``/kubepods/pod<UID>/<ID>``;
+  CRI-O: ``crio-<ID>``).
 
 The container id is 64 hex digits in both drivers.
 """
@@ -37,7 +38,9 @@ _UID = r"[0-9a-fA-F_-]{32,36}"
 _SYSTEMD_POD = re.compile(rf"^kubepods(?:-(?:burstable|besteffort|guaranteed))?-pod({_UID})\.slice$")
 _SYSTEMD_CONTAINER = re.compile(r"^(?:cri-containerd|crio|docker)-([0-9a-f]{64})\.scope$")
 _CGROUPFS_POD = re.compile(rf"^pod({_UID})$")
-_CGROUPFS_CONTAINER = re.compile(r"^([0-9a-f]{64})$")
+# containerd and dockershim name the container's cgroup by its id; CRI-O with the cgroupfs
+# driver prefixes crio- (its conmon's cgroup, crio-conmon-<id>, is not the container).
+_CGROUPFS_CONTAINER = re.compile(r"^(?:crio-)?([0-9a-f]{64})$")
 
 
 @dataclass(frozen=True)

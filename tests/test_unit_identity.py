@@ -45,6 +45,8 @@ def test_kubelet_container_paths(path: str) -> None:
     (f"/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{UID.replace('-', '_')}.slice",
      ("", UID)),
     (f"/kubepods/besteffort/pod{UID}", ("", UID)),
+    (f"/kubepods/besteffort/pod{UID}/crio-{CID}", (CID, UID)),  # CRI-O, cgroupfs driver
+    (f"/kubepods/besteffort/pod{UID}/crio-conmon-{CID}", ("", UID)),  # its monitor, not it
     # a container path under a v1 hierarchy mounted below a container's root (docker in docker)
     (f"/docker/{CID}/kubepods/burstable/pod{UID}/{CID}", (CID, UID)),
     # not containers
