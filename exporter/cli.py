@@ -244,7 +244,9 @@ def _serve(args: argparse.Namespace) -> int:
     cgroup = cgroups.create(cgroups.detect(), cmd[0]) if cmd and cfg.cgroup == "own" else None
     launched: Launched | None = None
     try:
-        source = open_source(cfg.source, cfg.tlb_flush, cfg.mglru_aging)
+        # Frame numbers let a cgroup count a page its processes share once (exporter/fleet.py).
+        source = open_source(cfg.source, cfg.tlb_flush, cfg.mglru_aging,
+                             pfns=cfg.targets.all or bool(cfg.targets.cgroups))
         from .daemon import Daemon
 
         if cmd:

@@ -5,7 +5,7 @@ Metric names and labels are pageheat's public API: add, never rename.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 import numpy as np
 from prometheus_client.core import (
@@ -22,6 +22,8 @@ from prometheus_client.utils import floatToGoString
 from . import buildinfo
 from .aggregate import IDLE_BOUNDS, TargetView
 from .config import Config
+from .fleet import PAGE_BYTES, CgroupTotals, PageFrames, PromotedLedger, by_cgroup
+from .identity import Identity
 from .sanity import AGING_REASONS, TRUNCATIONS
 from .sources.base import PAGE_TYPE_NAMES
 from .stats import Stats
@@ -35,28 +37,121 @@ SELF_SERIES = 64  # reserved for pageheat's own metrics when applying max_series
 
 class PageheatCollector(Collector):
     def __init__(self, cfg: Config, views: Callable[[], dict[int, TargetView]], stats: Stats,
-                 source_name: str) -> None:
+                 source_name: str,
+                 identities: Callable[[], Mapping[int, Identity]] | None = None,
+                 frames: Callable[[], Mapping[int, PageFrames]] | None = None) -> None:
         self.cfg = cfg
         self.views = views
         self.stats = stats
         self.source_name = source_name
+        # pid -> identity of every followed process; without it, no info or cgroup metrics.
+        self.identities = identities or (lambda: {})
+        self.frames = frames or (lambda: {})
+        self.promoted = PromotedLedger()
 
     def collect(self) -> Iterator[Metric]:
+        """Series budget (README, Cardinality): max_series - SELF_SERIES, spent in this order:
+        one pageheat_process_info per followed process; each cgroup's aggregates, largest
+        cgroup first; per-process page series for the per_process_series_top largest
+        processes, largest first. What does not fit is left out and counted."""
         views = sorted(self.views().values(), key=lambda v: -v.resident_pages)
-        kept, budget, dropped_series = [], self.cfg.max_series - SELF_SERIES, 0
-        for v in views:  # largest first; once one does not fit, it and all smaller ones go
+        ids = dict(self.identities())
+        budget = self.cfg.max_series - SELF_SERIES
+        info = sorted(ids.items())
+        budget -= len(info)
+        windows = self.cfg.working_set_windows
+        groups, dropped_cgroups, dropped_series = [], 0, 0
+        every_group = by_cgroup(views, ids, self.frames())
+        promoted = self.promoted.totals(views, ids, [g.cgroup for g in every_group])
+        for g in every_group:
+            n = g.series_count(len(windows), g.cgroup in promoted)
+            if n <= budget and not dropped_cgroups:
+                groups.append(g)
+                budget -= n
+            else:
+                dropped_cgroups += 1
+                dropped_series += n
+        top = self.cfg.per_process_series_top
+        heat, aggregated_only = views[:top], views[top:]
+        kept, dropped_targets = [], 0
+        for v in heat:  # largest first; once one does not fit, it and all smaller ones go
             n = v.series_count(self.cfg.never_accessed_mappings)
-            if n <= budget and not dropped_series:
+            if n <= budget and not dropped_targets:
                 kept.append(v)
                 budget -= n
             else:
+                dropped_targets += 1
                 dropped_series += n
         self.stats.series_dropped = dropped_series
-        self.stats.targets_dropped = len(views) - len(kept)
+        self.stats.targets_dropped = dropped_targets
         self.stats.series_exported = self.cfg.max_series - SELF_SERIES - budget
         yield from self._pages(kept)
         yield from self._sanity(kept)
+        yield from self._fleet(info, groups, promoted)
         yield from self._self_metrics(len(views))
+        yield GaugeMetricFamily(
+            "pageheat_targets_aggregated_only",
+            "Followed processes beyond per_process_series_top (by resident size): counted only in "
+            "their cgroup's pageheat_cgroup_* series, without per-process page series.",
+            value=len(aggregated_only))
+        yield GaugeMetricFamily(
+            "pageheat_cgroups_dropped",
+            "Cgroups whose pageheat_cgroup_* series were left out at the latest scrape to stay "
+            "under max_series (the smallest by resident size).", value=dropped_cgroups)
+
+    def _fleet(self, info: list[tuple[int, Identity]], groups: list[CgroupTotals],
+               promoted: dict[str, np.ndarray]) -> Iterator[Metric]:
+        """The identity info metric and the per-cgroup aggregates (exporter/fleet.py), in bytes."""
+        comms = {v.pid: v.comm for v in self.views().values()}  # the same as the page series'
+        pinfo = GaugeMetricFamily(
+            "pageheat_process_info",
+            "1 for each followed process: its cgroup (memory controller's path on cgroup v1, "
+            "unified on v2) and, for kubelet-made cgroups, container_id and pod_uid (else empty). "
+            "Join with * on(pid) group_left(cgroup, pod_uid).",
+            labels=["pid", "comm", "cgroup", "container_id", "pod_uid"])
+        for pid, ident in info:
+            pinfo.add_metric([str(pid), comms.get(pid, ident.comm), ident.cgroup, ident.container_id,
+                              ident.pod_uid], 1)
+        yield pinfo
+        labels = ["cgroup", "node", "type"]
+        resident = GaugeMetricFamily(
+            "pageheat_cgroup_resident_bytes",
+            "Resident bytes of the cgroup's followed processes; a physical page several of them map "
+            "counts once when the source reads frame numbers (ptwalk), else once per process.",
+            labels=labels)
+        idle = GaugeHistogramMetricFamily(
+            "pageheat_cgroup_idle_bytes",
+            "Resident bytes of the cgroup's followed processes by seconds since last seen "
+            "accessed (same bounds as pageheat_idle_pages); never-accessed only in +Inf. "
+            "gsum: byte-seconds.", labels=labels)
+        wss = GaugeMetricFamily(
+            "pageheat_cgroup_working_set_bytes",
+            "Bytes of the cgroup's followed processes seen accessed within the last window "
+            "(idle age <= window), as of each process's latest harvest.",
+            labels=["cgroup", "window"])
+        prom = CounterMetricFamily(
+            "pageheat_cgroup_promoted_bytes",
+            "Bytes of the cgroup's followed processes found accessed after being idle, by how long "
+            "they had been idle (le, seconds, cumulative; never-accessed only in +Inf), summed over "
+            "harvests; kept monotonic while the cgroup's processes come and go.",
+            labels=["cgroup", "le"])
+        for g in groups:
+            for (node, ptype), pages in sorted(g.resident().items()):
+                lab = [g.cgroup, str(node), PAGE_TYPE_NAMES[ptype]]
+                resident.add_metric(lab, pages * PAGE_BYTES)
+                icum = np.cumsum(g.idle[(node, ptype)]) * PAGE_BYTES
+                idle.add_metric(lab, [(IDLE_LE[i] if i < len(IDLE_LE) - 1 else "+Inf", int(c))
+                                      for i, c in enumerate(icum)],
+                                gsum_value=g.idle_seconds[(node, ptype)] * PAGE_BYTES)
+            for w in self.cfg.working_set_windows:
+                wss.add_metric([g.cgroup, _window(w)], g.working_set_pages(w) * PAGE_BYTES)
+            if g.cgroup in promoted:
+                pcum = np.cumsum(promoted[g.cgroup]) * PAGE_BYTES
+                for i, c in enumerate(pcum):
+                    prom.add_metric([g.cgroup, IDLE_LE[i] if i < len(IDLE_LE) - 1 else "+Inf"], int(c))
+        yield from (resident, idle, wss)
+        if prom.samples:  # only with the per-page promotion counts (aggregate.py)
+            yield prom
 
     def _pages(self, views: list[TargetView]) -> Iterator[Metric]:
         accessed = HistogramMetricFamily(
@@ -219,3 +314,11 @@ class PageheatCollector(Collector):
                                 "source, kernel release and Python version.")
         info.add_metric([], buildinfo.labels(self.source_name))
         yield info
+
+
+def _window(seconds: float) -> str:
+    """A window as a Prometheus-style duration label: 30s, 1m, 5m, 1h."""
+    for unit, size in (("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"

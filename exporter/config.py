@@ -125,7 +125,12 @@ RESERVED_PATHS = ("/", "/healthz")
 
 
 class Targets(BaseModel):
-    """Which processes to follow: the union of the three selectors."""
+    """Which processes to follow: the union of the selectors.
+
+    ``cgroups``: globs over the cgroup path (the memory controller's on cgroup v1, the unified
+    one on v2; ``*`` within one component, ``**`` across ``/``, see identity.glob_regex): every
+    process with memory in a matching cgroup. ``all``: every user process with at least
+    ``min_rss`` resident (kernel threads and pageheat itself never)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -133,6 +138,20 @@ class Targets(BaseModel):
     comm_regex: str | None = None
     top_rss: Annotated[int, Field(ge=0)] = 5
     min_rss: Size = 64 << 20
+    cgroups: list[str] = []
+    all: bool = False
+
+    @field_validator("cgroups")
+    @classmethod
+    def _globs(cls, v: list[str]) -> list[str]:
+        from .identity import glob_regex  # here: identity imports cgroups, not config
+
+        for pattern in v:
+            if not pattern.startswith("/"):
+                raise ValueError(f"cgroup pattern {pattern!r} must start with / (a cgroup path "
+                                 "as /proc/PID/cgroup shows it)")
+            glob_regex(pattern)
+        return v
 
     @field_validator("comm_regex")
     @classmethod
@@ -177,6 +196,24 @@ class Config(BaseSettings):
     # CPU would otherwise idle, so it never preempts the workload; "normal" as the rest.
     worker_priority: Literal["idle", "normal"] = "idle"
     targets: Targets = Targets()
+    # Per-process series (heatmaps) only for this many followed processes, the largest by
+    # resident size; the others count only in their cgroup's pageheat_cgroup_* aggregates.
+    per_process_series_top: Annotated[int, Field(ge=0)] = 10
+    # pageheat_cgroup_working_set_bytes windows: each must be a finite bound of
+    # pageheat_idle_pages (1s 2s 5s 10s 30s 1m 2m 5m 10m 30m 1h), read from the idle histogram.
+    working_set_windows: list[Duration] = [60.0, 300.0]
+
+    @field_validator("working_set_windows")
+    @classmethod
+    def _windows(cls, v: list[float]) -> list[float]:
+        from .aggregate import IDLE_BOUNDS
+
+        bounds = [b for b in IDLE_BOUNDS if math.isfinite(b)]
+        for w in v:
+            if w not in bounds:
+                raise ValueError(f"working-set window {w:g}s is not one of the idle-age bounds "
+                                 f"({', '.join(f'{b:g}s' for b in bounds)})")
+        return sorted(set(v))
 
     @field_validator("listen")
     @classmethod
@@ -313,7 +350,8 @@ def load(path: Path | None, overrides: dict[str, Any]) -> Config:
     init: dict[str, Any] = {}
     for key, value in overrides.items():
         if key == "pids":
-            init["targets"] = {"pids": value, "top_rss": 0, "comm_regex": None}
+            init["targets"] = {"pids": value, "top_rss": 0, "comm_regex": None, "cgroups": [],
+                              "all": False}
         else:
             init[key] = value
     token = _FILE.set(data)

@@ -23,11 +23,12 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, ProcessCollector
 
-from . import budget, cgroups, memory, procfs, targets
+from . import budget, cgroups, fleet, memory, procfs, targets
 from .aggregate import TargetState, TargetView
 from .collector import PageheatCollector
 from .config import Config
 from .http import BadRequest, HttpServer
+from .identity import Identity, identity
 from .procfs import shown
 from .sanity import Sanity
 from .sources.base import Source, TargetGone
@@ -137,7 +138,14 @@ class Daemon:
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="harvest",
                                           initializer=worker_priority, initargs=(cfg.worker_priority,))
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(PageheatCollector(cfg, lambda: self.views, self.stats, source.name))
+        # pid -> fleet identity of every followed process; replaced, never mutated (see views).
+        self.identities: dict[int, Identity] = {}
+        # pid -> its pages by physical frame, when the source reads frame numbers (fleet.py);
+        # replaced, never mutated.
+        self.frames: dict[int, fleet.PageFrames] = {}
+        self.registry.register(PageheatCollector(cfg, lambda: self.views, self.stats, source.name,
+                                                 identities=lambda: self.identities,
+                                                 frames=lambda: self.frames))
         # Bumped after every piece of worker-thread work (harvest, drop, discovery), which is
         # what changes the views and the stats: /metrics is encoded at most once per value.
         self.generation = 0
@@ -198,6 +206,8 @@ class Daemon:
                 self._drop(pid, "no longer selected" if alive else "exited")
             elif wanted[pid].comm != known.comm:
                 self._rename(pid, wanted[pid])
+            elif wanted[pid].cgroup != known.cgroup:  # moved to another cgroup: same history
+                self._procs[pid] = wanted[pid]
         now = time.monotonic()
         for pid in [p for p, r in self._refused.items() if not _same_process(p, r.start_time)]:
             del self._refused[pid]  # that process is gone: one that reuses the pid starts afresh
@@ -219,6 +229,10 @@ class Daemon:
             log.info("following pid %d (%s), %d MiB resident%s", pid, shown(proc.comm),
                      proc.rss_pages * 4096 >> 20,
                      f", after {refused.attempts} failed attempts" if refused else "")
+        self._publish_identities()
+
+    def _publish_identities(self) -> None:
+        self.identities = {pid: identity(p.cgroup, p.comm) for pid, p in self._procs.items()}
 
     def _pin(self, wanted: dict[int, targets.Process]) -> None:
         """Remember which process each explicit pid named when first seen, so that a process
@@ -249,6 +263,7 @@ class Daemon:
         log.info("pid %d is now %s (was %s)", pid, shown(proc.comm), shown(old.comm))
         self._procs[pid] = proc
         self._states[pid].comm = proc.comm
+        self._publish_identities()
         view = self.views.get(pid)
         if view is not None:
             self.views = {**self.views, pid: dataclasses.replace(view, comm=proc.comm)}
@@ -285,6 +300,9 @@ class Daemon:
         self._cost[pid] = budget.smooth(self._cost.get(pid), cost)
         self._replan()
         view = self._states[pid].update(h, self._interval[pid])
+        f = fleet.frames(self._states[pid], h)
+        if f is not None:
+            self.frames = {**self.frames, pid: f}
         self.views = {**self.views, pid: view}
         # Keep to the schedule without drifting, but never queue up missed cycles.
         self._due[pid] = max(planned + self._interval[pid], time.monotonic())
@@ -310,6 +328,8 @@ class Daemon:
             d.pop(pid, None)  # type: ignore[attr-defined]
         view = self.views.get(pid)
         self.views = {p: v for p, v in self.views.items() if p != pid}
+        self.identities = {p: i for p, i in self.identities.items() if p != pid}
+        self.frames = {p: f for p, f in self.frames.items() if p != pid}
         if view is not None and memory.worth_trimming(view.resident_pages):
             memory.trim()  # its history and the source's arrays were freed: give the pages back
         if proc:

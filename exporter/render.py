@@ -108,15 +108,47 @@ def _buckets(result: list[dict], times: np.ndarray) -> tuple[list[float], np.nda
     return les, per
 
 
+def _quote(value: str) -> str:
+    """A PromQL double-quoted string literal."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+def selector(pid: int, instance: str | None = None, job: str | None = None) -> str:
+    """The label matchers of one process on one exporter: a pid is only unique per host."""
+    sel = [f'pid="{pid}"']
+    if instance is not None:
+        sel.append(f"instance={_quote(instance)}")
+    if job is not None:
+        sel.append(f"job={_quote(job)}")
+    return ", ".join(sel)
+
+
+def _one_exporter(url: str, sel: str, pid: int, range_seconds: float, end: float) -> None:
+    """Raise RenderError when the selector matches the pid on more than one exporter: their
+    bins are unrelated, a sum over them would be meaningless."""
+    found = _get(url, "/api/v1/query", {
+        "query": f"group by (instance, job) (last_over_time(pageheat_idle_pages_bucket{{{sel}}}"
+                 f"[{max(1, round(range_seconds))}s]))", "time": f"{end:.3f}"})
+    if len(found) > 1:
+        where = ", ".join(sorted(f"{r['metric'].get('instance', '')} (job {r['metric'].get('job', '')})"
+                                 for r in found)[:5])
+        raise RenderError(f"pid {pid} is on {len(found)} exporters in Prometheus {url}: {where}; "
+                          "choose one with --instance (and --job)")
+
+
 def fetch(url: str, pid: int, range_seconds: float, step: float | None = None,
-          rate_interval: float = 60.0, now: float | None = None) -> Data:
+          rate_interval: float = 60.0, now: float | None = None, instance: str | None = None,
+          job: str | None = None) -> Data:
+    """The process's heat and idle matrices over the range. Raises RenderError (no data, the
+    pid on several exporters without --instance/--job to choose, Prometheus unreachable)."""
     end = time.time() if now is None else now
     step = step or max(1.0, round(range_seconds / 240.0))
     start = end - range_seconds
     times = np.arange(start, end + step / 2, step)
     times = np.round(times, 3)
-    sel = f'pid="{pid}"'
+    sel = selector(pid, instance, job)
     params = {"start": f"{times[0]:.3f}", "end": f"{times[-1]:.3f}", "step": f"{step:g}"}
+    _one_exporter(url, sel, pid, range_seconds, end)
 
     info = _get(url, "/api/v1/query", {"query": f"pageheat_address_bin_info{{{sel}}}",
                                        "time": f"{end:.3f}"})
@@ -126,7 +158,8 @@ def fetch(url: str, pid: int, range_seconds: float, step: float | None = None,
     idle_res = _get(url, "/api/v1/query_range", {
         **params, "query": f"sum by (le) (pageheat_idle_pages_bucket{{{sel}}})"})
     if not heat_res and not idle_res:
-        raise RenderError(f"Prometheus {url} has no pageheat data for pid {pid} in the last "
+        where = "".join(f" {k} {v!r}" for k, v in (("instance", instance), ("job", job)) if v)
+        raise RenderError(f"Prometheus {url} has no pageheat data for pid {pid}{where} in the last "
                           f"{range_seconds:g} s")
 
     les, heat = _buckets(heat_res, times)
@@ -277,6 +310,9 @@ def terminal(data: Data, width: int = 80, height: int = 24, color: bool = True) 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prometheus", required=True, metavar="URL", help="Prometheus base URL")
     p.add_argument("--pid", type=int, required=True)
+    p.add_argument("--instance", help="the exporter's instance label (a pid is unique per host only; "
+                   "needed when Prometheus has the pid from several exporters)")
+    p.add_argument("--job", help="the exporter's job label")
     p.add_argument("--range", default="10m", help="how far back (default 10m)")
     p.add_argument("--step", help="query resolution (default: range / 240, at least 1s)")
     p.add_argument("--rate-interval", default="1m",
@@ -299,7 +335,8 @@ def run(args: argparse.Namespace) -> int:
         print(MISSING_EXTRA, file=sys.stderr)
         return 2
     try:
-        data = fetch(args.prometheus, args.pid, range_s, step, rate)
+        data = fetch(args.prometheus, args.pid, range_s, step, rate,
+                     instance=getattr(args, "instance", None), job=getattr(args, "job", None))
     except RenderError as e:
         print(f"pageheat: {e}", file=sys.stderr)
         return 1

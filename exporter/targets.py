@@ -1,14 +1,16 @@
-"""Which processes to follow: explicit pids, a comm regex, and the top N by RSS; and whether a
-pid given explicitly names a process pageheat can follow."""
+"""Which processes to follow: explicit pids, a comm regex, the top N by RSS, cgroup globs and
+every user process (``all``); and whether a pid given explicitly names a process pageheat can
+follow. Each selected process carries its cgroup path (identity.py), read once per discovery."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import procfs
+from . import identity, procfs
 from .config import Targets
 
 
@@ -18,6 +20,7 @@ class Process:
     start_time: int  # with the pid, the process's identity: pids are reused
     comm: str
     rss_pages: int
+    cgroup: str = ""  # identity.read_cgroup: memory controller's path (v1) or unified (v2)
 
 
 class PidError(Exception):
@@ -35,6 +38,15 @@ def _read(pid: int, proc: Path) -> Process | None:
         return None  # exited while we looked
 
 
+def _with_cgroup(p: Process, proc: Path) -> Process:
+    """``p`` with its cgroup; "" when it cannot be read (the process exited meanwhile: its
+    harvest will say so; or a /proc without cgroup files): no cgroup is not a reason to skip."""
+    try:
+        return dataclasses.replace(p, cgroup=identity.read_cgroup(p.pid, proc))
+    except (*_GONE, PermissionError):
+        return p
+
+
 def _tgid(pid: int, proc: Path) -> int | None:
     try:
         return procfs.read_tgid(pid, proc)
@@ -44,11 +56,11 @@ def _tgid(pid: int, proc: Path) -> int | None:
 
 def select(spec: Targets, proc: Path = procfs.PROC, self_pid: int | None = None,
            pinned: dict[int, int] | None = None) -> list[Process]:
-    """The processes ``spec`` names, largest RSS first. Kernel threads and pageheat itself are
-    never selected by comm or RSS. A thread id in ``spec.pids`` stands for its process.
-    ``pinned`` (pid -> start_time) names the processes the explicit pids stood for when they
-    were given: once such a process has exited, a new process that reuses its pid is not
-    selected by that pid."""
+    """The processes ``spec`` names, largest RSS first, each with its cgroup. Kernel threads
+    (no resident memory) and pageheat itself are never selected by comm, RSS, cgroup or
+    ``all``. A thread id in ``spec.pids`` stands for its process. ``pinned`` (pid ->
+    start_time) names the processes the explicit pids stood for when they were given: once
+    such a process has exited, a new process that reuses its pid is not selected by that pid."""
     me = os.getpid() if self_pid is None else self_pid
     chosen: dict[int, Process] = {}
     for given in spec.pids:
@@ -59,24 +71,32 @@ def select(spec: Targets, proc: Path = procfs.PROC, self_pid: int | None = None,
         if pinned is not None and pinned.get(given, p.start_time) != p.start_time:
             continue  # the pid was reused
         chosen[pid] = p
-    if spec.comm_regex is None and spec.top_rss == 0:
-        return sorted(chosen.values(), key=lambda p: -p.rss_pages)
-    regex = re.compile(spec.comm_regex) if spec.comm_regex is not None else None
-    candidates = []
-    for pid in procfs.list_pids(proc):
-        if pid == me or pid in chosen:
-            continue
-        p = _read(pid, proc)
-        if p is None or p.rss_pages == 0:
-            continue
-        if regex is not None and regex.search(p.comm):
-            chosen[pid] = p
-        elif p.rss_pages * 4096 >= spec.min_rss:
-            candidates.append(p)
-    candidates.sort(key=lambda p: -p.rss_pages)
-    for p in candidates[: spec.top_rss]:
-        chosen[p.pid] = p
-    return sorted(chosen.values(), key=lambda p: -p.rss_pages)
+    if spec.comm_regex is not None or spec.top_rss or spec.cgroups or spec.all:
+        regex = re.compile(spec.comm_regex) if spec.comm_regex is not None else None
+        candidates = []
+        for pid in procfs.list_pids(proc):
+            if pid == me or pid in chosen:
+                continue
+            p = _read(pid, proc)
+            if p is None or p.rss_pages == 0:
+                continue
+            if spec.cgroups:
+                p = _with_cgroup(p, proc)
+                if p.cgroup and identity.matches(p.cgroup, spec.cgroups):
+                    chosen[pid] = p
+                    continue
+            if regex is not None and regex.search(p.comm):
+                chosen[pid] = p
+            elif p.rss_pages * 4096 >= spec.min_rss:
+                if spec.all:
+                    chosen[pid] = p
+                else:
+                    candidates.append(p)
+        candidates.sort(key=lambda p: -p.rss_pages)
+        for p in candidates[: spec.top_rss]:
+            chosen[p.pid] = p
+    out = [p if p.cgroup else _with_cgroup(p, proc) for p in chosen.values()]
+    return sorted(out, key=lambda p: -p.rss_pages)
 
 
 def resolve(pid: int, proc: Path = procfs.PROC) -> tuple[int, str | None]:

@@ -21,6 +21,7 @@ from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models import common as cm
 from grafana_foundation_sdk.models.dashboard import (
     DashboardCursorSync,
+    DashboardLinkType,
     DataSourceRef,
     VariableOption,
     VariableRefresh,
@@ -32,7 +33,9 @@ OUT = Path(__file__).resolve().parent / "dashboards"
 DS = DataSourceRef(type_val="prometheus", uid="${datasource}")
 
 # Selectors shared by the panels: every template variable narrows every per-process query.
-PROC = 'instance=~"$instance", comm=~"$comm", pid=~"$pid"'
+# `instance` names the host: the ServiceMonitor (deploy/kubernetes/) sets it to the node name.
+HOST = 'job=~"$job", instance=~"$instance"'
+PROC = f'{HOST}, comm=~"$comm", pid=~"$pid"'
 PAGES = f'{PROC}, node=~"$node", type=~"$type"'
 
 
@@ -48,24 +51,30 @@ def datasource_var() -> dashboard.DatasourceVariable:
     return dashboard.DatasourceVariable("datasource").label("Data source").type("prometheus")
 
 
-def query_var(name: str, label: str, query: str) -> dashboard.QueryVariable:
-    return (dashboard.QueryVariable(name).label(label).datasource(DS)
-            .query({"query": query, "refId": f"{name}-var"})
-            .refresh(VariableRefresh.ON_TIME_RANGE_CHANGED).sort(VariableSort.ALPHABETICAL_ASC)
-            .multi(True).include_all(True).all_value(".*")
+def query_var(name: str, label: str, query: str, single: bool = False) -> dashboard.QueryVariable:
+    """A variable from a label_values() query; "All" by default, or (``single``) one value,
+    the first, with no "All": a pid is meaningful on one host only, and one process's heatmap
+    is what the per-process dashboard is for."""
+    v = (dashboard.QueryVariable(name).label(label).datasource(DS)
+         .query({"query": query, "refId": f"{name}-var"})
+         .refresh(VariableRefresh.ON_TIME_RANGE_CHANGED).sort(VariableSort.ALPHABETICAL_ASC))
+    if single:
+        return v.multi(False).include_all(False)
+    return (v.multi(True).include_all(True).all_value(".*")
             .current(VariableOption(selected=True, text="All", value="$__all")))
 
 
-def variables(names: tuple[str, ...]) -> list:
-    sel_i = 'instance=~"$instance"'
+def variables(names: tuple[str, ...], single: tuple[str, ...] = ()) -> list:
     defs = {
-        "instance": ("Instance", "label_values(pageheat_build_info, instance)"),
-        "comm": ("Command", f"label_values(pageheat_process_resident_pages{{{sel_i}}}, comm)"),
-        "pid": ("PID", f'label_values(pageheat_process_resident_pages{{{sel_i}, comm=~"$comm"}}, pid)'),
+        "job": ("Job", "label_values(pageheat_build_info, job)"),
+        "instance": ("Host", 'label_values(pageheat_build_info{job=~"$job"}, instance)'),
+        "comm": ("Command", f"label_values(pageheat_process_resident_pages{{{HOST}}}, comm)"),
+        "pid": ("PID", f'label_values(pageheat_process_resident_pages{{{HOST}, comm=~"$comm"}}, pid)'),
         "node": ("NUMA node", f"label_values(pageheat_idle_pages_bucket{{{PROC}}}, node)"),
         "type": ("Page type", f"label_values(pageheat_idle_pages_bucket{{{PROC}}}, type)"),
+        "cgroup": ("Cgroup", f"label_values(pageheat_cgroup_resident_bytes{{{HOST}}}, cgroup)"),
     }
-    return [datasource_var(), *(query_var(n, *defs[n]) for n in names)]
+    return [datasource_var(), *(query_var(n, *defs[n], single=n in single) for n in names)]
 
 
 def heat(title: str, expr: str, unit: str, description: str, scheme: str = "Oranges",
@@ -99,7 +108,7 @@ def process_dashboard() -> dashboard.Dashboard:
                       "bin over time, idle ages, cold ratio, working set.")
          .tags(["pageheat"]).time("now-30m", "now").refresh("30s")
          .tooltip(DashboardCursorSync.CROSSHAIR).editable()
-         .variables(variables(("instance", "comm", "pid", "node", "type")))
+         .variables(variables(("job", "instance", "comm", "pid", "node", "type"), single=("pid",)))
          .with_row(dashboard.Row("Heat"))
          .with_panel(heat(
              "Accessed pages per second by address bin", accessed, "short",
@@ -171,38 +180,92 @@ def process_dashboard() -> dashboard.Dashboard:
 
 
 def fleet_dashboard() -> dashboard.Dashboard:
-    sel = 'instance=~"$instance", comm=~"$comm"'
+    sel = f'{HOST}, comm=~"$comm"'
+    cg = f'{HOST}, cgroup=~"$cgroup"'
+    # cgroup -> pod uid (pageheat_process_info), pod uid -> namespace and name (kube-state-metrics'
+    # kube_pod_info, whose uid label is the pod's uid). pageheat never calls the Kubernetes API.
+    # label_join(v, "dst", "", "src") copies a label: label_replace's "$1" would read as a
+    # Grafana variable.
+    pod_of = (f'* on (instance, cgroup) group_left (pod_uid) max by (instance, cgroup, pod_uid) '
+              f'(pageheat_process_info{{{HOST}, pod_uid!=""}}) '
+              f'* on (pod_uid) group_left (namespace, pod) max by (pod_uid, namespace, pod) '
+              f'(label_join(kube_pod_info, "pod_uid", "", "uid"))')
+    to_process = (dashboard.DashboardLink("Per-process heatmap").type(DashboardLinkType.LINK)
+                  .url("/d/pageheat-process/pageheat-process?var-job=${__data.fields.job}"
+                       "&var-instance=${__data.fields.instance}&var-pid=${__data.fields.pid}"
+                       "&${__url_time_range}"))
     return (dashboard.Dashboard("pageheat / fleet").uid("pageheat-fleet")
-            .description("Cold memory across hosts and processes.")
+            .description("Cold memory and working set across hosts, cgroups (containers, pods, "
+                         "services) and processes.")
             .tags(["pageheat"]).time("now-6h", "now").refresh("1m").editable()
-            .variables(variables(("instance", "comm")))
+            .variables(variables(("job", "instance", "cgroup", "comm")))
+            .links([dashboard.DashboardLink("Per-process heatmap").type(DashboardLinkType.DASHBOARDS)
+                    .tags(["pageheat"]).include_vars(True).keep_time(True)])
             .with_panel(stat.Panel().title("Cold memory (> 600 s)").datasource(DS)
-                        .with_target(q(f"sum(pageheat:cold_bytes_600s:sum{{{sel}}})", instant=True))
+                        .with_target(q(f"sum(pageheat:cgroup_cold_bytes_600s:sum{{{cg}}})", instant=True))
                         .unit("bytes").height(5).span(6))
             .with_panel(stat.Panel().title("Cold share of followed memory").datasource(DS)
-                        .with_target(q(f"sum(pageheat:idle_pages_over_600s:sum{{{sel}}}) / "
-                                       f"sum(pageheat:resident_pages:sum{{{sel}}})", instant=True))
+                        .with_target(q(f"sum(pageheat:cgroup_cold_bytes_600s:sum{{{cg}}}) / "
+                                       f"sum(pageheat:cgroup_resident_bytes:sum{{{cg}}})", instant=True))
                         .unit("percentunit").height(5).span(6))
-            .with_panel(stat.Panel().title("Working set").datasource(DS)
-                        .with_target(q(f"sum(pageheat:working_set_bytes:sum{{{sel}}})", instant=True))
+            .with_panel(stat.Panel().title("Working set (5 min)").datasource(DS)
+                        .with_target(q(f'sum(pageheat_cgroup_working_set_bytes{{{cg}, window="5m"}})',
+                                       instant=True))
                         .unit("bytes").height(5).span(6))
-            .with_panel(stat.Panel().title("Processes followed").datasource(DS)
-                        .with_target(q('sum(pageheat_targets{instance=~"$instance"})', instant=True))
+            .with_panel(stat.Panel().title("Cgroups / processes followed").datasource(DS)
+                        .with_target(q(f"count(count by (instance, cgroup) "
+                                       f"(pageheat_cgroup_resident_bytes{{{cg}}}))", instant=True))
+                        .with_target(q(f'sum(pageheat_targets{{{HOST}}})', instant=True, ref="B"))
                         .unit("short").height(5).span(6))
-            .with_panel(table.Panel().title("Top processes by cold bytes (> 600 s)").datasource(DS)
-                        .with_target(q(f"topk(20, pageheat:cold_bytes_600s:sum{{{sel}}})",
+            .with_row(dashboard.Row("Cgroups and pods"))
+            .with_panel(table.Panel().title("Top cgroups by cold bytes (> 600 s)").datasource(DS)
+                        .description("pageheat:cgroup_cold_bytes_600s:sum: bytes of the cgroup's "
+                                     "followed processes idle for more than 10 minutes or never "
+                                     "accessed.")
+                        .with_target(q(f"topk(20, pageheat:cgroup_cold_bytes_600s:sum{{{cg}}})",
                                        fmt=PromQueryFormat.TABLE, instant=True))
                         .unit("bytes").height(12).span(12))
-            .with_panel(table.Panel().title("Top hosts by cold bytes (> 600 s)").datasource(DS)
-                        .with_target(q(f"topk(20, sum by (instance) "
-                                       f"(pageheat:cold_bytes_600s:sum{{{sel}}}))",
+            .with_panel(table.Panel().title("Pods by cold bytes (> 600 s)").datasource(DS)
+                        .description("The cgroups' cold bytes by pod: pod_uid from "
+                                     "pageheat_process_info, namespace and pod name from "
+                                     "kube-state-metrics' kube_pod_info.")
+                        .with_target(q(f"topk(20, sum by (namespace, pod, pod_uid) "
+                                       f"(pageheat:cgroup_cold_bytes_600s:sum{{{cg}}} {pod_of}))",
                                        fmt=PromQueryFormat.TABLE, instant=True))
                         .unit("bytes").height(12).span(12))
             .with_panel(timeseries(
-                "Cold bytes by host", [q(f"sum by (instance) (pageheat:cold_bytes_600s:sum{{{sel}}})",
-                                         "{{instance}}")],
-                "bytes", "Resident memory idle for more than 600 s or never accessed, per host.")
+                "Cold ratio by cgroup, top 10", [
+                    q(f"topk(10, pageheat:cgroup_cold_ratio_600s:ratio{{{cg}}})", "{{instance}} {{cgroup}}")],
+                "percentunit", "Cgroups with the largest share of their followed memory idle "
+                "> 600 s (the PageheatCgroupColdMemoryHigh alert's ratio).")
+                        .min(0).max(1).height(10).span(12))
+            .with_panel(timeseries(
+                "Working set: pageheat vs cAdvisor", [
+                    q(f'sum by (instance, cgroup) (pageheat_cgroup_working_set_bytes{{{cg}, window="5m"}})',
+                      "{{instance}} {{cgroup}} pageheat, accessed in 5 min"),
+                    q(f'max by (cgroup) (label_join(container_memory_working_set_bytes{{id=~"$cgroup"}}, '
+                      f'"cgroup", "", "id")) and on (cgroup) '
+                      f'max by (cgroup) (pageheat_cgroup_resident_bytes{{{cg}}})',
+                      "{{cgroup}} cAdvisor working set", ref="B")],
+                "bytes", "pageheat_cgroup_working_set_bytes{window=\"5m\"}: bytes of the cgroup's "
+                "followed processes accessed in the last 5 minutes. cAdvisor's "
+                "container_memory_working_set_bytes (usage minus inactive file cache) counts page "
+                "cache and memory untouched for hours, so it is usually larger.")
                         .height(10).span(12))
+            .with_panel(timeseries(
+                "Cold bytes by host", [q(f"sum by (instance) (pageheat:cgroup_cold_bytes_600s:sum{{{cg}}})",
+                                         "{{instance}}")],
+                "bytes", "Followed memory idle for more than 600 s or never accessed, per host.")
+                        .height(10).span(12))
+            .with_row(dashboard.Row("Processes"))
+            .with_panel(table.Panel().title("Top processes by cold bytes (> 600 s)").datasource(DS)
+                        .description("Click a row for its per-process heatmap.")
+                        .with_target(q(f"topk(20, pageheat:cold_bytes_600s:sum{{{sel}}}) "
+                                       f"* on (instance, pid) group_left (cgroup, pod_uid) "
+                                       f"pageheat_process_info{{{HOST}}}",
+                                       fmt=PromQueryFormat.TABLE, instant=True))
+                        .data_links([to_process])
+                        .unit("bytes").height(12).span(12))
             .with_panel(timeseries(
                 "Cold ratio, top 10 processes", [
                     q(f"topk(10, pageheat:cold_ratio_600s:ratio{{{sel}}})", "{{instance}} {{comm}} {{pid}}")],
@@ -211,11 +274,11 @@ def fleet_dashboard() -> dashboard.Dashboard:
 
 
 def exporter_dashboard() -> dashboard.Dashboard:
-    i = 'instance=~"$instance"'
+    i = HOST
     return (dashboard.Dashboard("pageheat / exporter").uid("pageheat-exporter")
             .description("Health and cost of the pageheat exporters.")
             .tags(["pageheat"]).time("now-1h", "now").refresh("30s").editable()
-            .variables(variables(("instance",)))
+            .variables(variables(("job", "instance")))
             .with_panel(timeseries("Harvest and aging CPU time per cycle (p50, p99)", [
                 q(f"histogram_quantile(0.99, sum by (instance, le) "
                   f"(rate(pageheat_harvest_duration_seconds_bucket{{{i}}}[$__rate_interval])))",

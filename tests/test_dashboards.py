@@ -20,13 +20,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import ROOT, Truth, run_pageheat, stop_process
+from conftest import ROOT, Truth, run_pageheat, start_workload, stop_process
+from fleet_helpers import KubeCgroup, kube_cgroups, static_exporter
 from pageheat import render as render_mod
-from test_exporter_prometheus import scrape_job, serve_hot_band, wait_for
+from test_exporter_prometheus import scrape_job, start_serve, wait_for
 
 GRAFANA = ROOT / "grafana"
 RULES = sorted((ROOT / "deploy" / "prometheus" / "rules").glob("*.yml"))
-VARIABLES = {"instance", "comm", "pid", "node", "type"}
+VARIABLES = {"job", "instance", "comm", "pid", "node", "type"}
 # What Grafana would put in for its built-in variables, at a 1 s scrape interval.
 BUILTINS = {"$__rate_interval": "10s", "$__interval": "2s", "$__range": "60s"}
 RANGE_SECONDS, STEP = 60, 2
@@ -189,13 +190,45 @@ def resident_pages(pid: int, lo: int, hi: int) -> tuple[int, int]:
     return total, region
 
 
+def serve_hot_band_in_pod(cg: KubeCgroup, tmp: Path):
+    """The ground-truth workload with a contiguous hot band (whole address bins hot, others
+    cold), started in a kubelet-named container cgroup, followed by `pageheat serve` with fast
+    intervals and bin addresses."""
+    t = start_workload(tmp, "--size", "256MiB", "--layout", "contiguous", "--hot", "0.25",
+                       "--warm", "0.05", prefix=cg.prefix)
+    serve, port, log = start_serve(tmp, f"""
+targets: {{pids: [{t.pid}], top_rss: 0}}
+aging: 500ms
+cpu_budget: 0.5
+discovery_interval: 500ms
+expose_addresses: true
+""")
+    return t, serve, port, log
+
+
+def kube_series(cg: KubeCgroup, rss_bytes: int) -> str:
+    """What kube-state-metrics and cAdvisor would say about the pod and its container."""
+    return (f'kube_pod_info{{namespace="shop",pod="web-0",uid="{cg.pod_uid}",node="n1"}} 1\n'
+            f'container_memory_working_set_bytes{{id="{cg.path}",namespace="shop",pod="web-0",'
+            f'container="app"}} {rss_bytes}\n')
+
+
 @pytest.mark.kernel
 @pytest.mark.prometheus
-def test_every_panel_query_returns_data(ptwalk_ok, workload, prometheus_server, tmp_path):
-    t, serve, port, log = serve_hot_band(workload, tmp_path)
+def test_every_panel_query_returns_data(ptwalk_ok, prometheus_server, tmp_path):
+    with kube_cgroups(("systemd", "burstable", "cri-containerd")) as (cg,):
+        every_panel_query_returns_data(cg, prometheus_server, tmp_path)
+
+
+def every_panel_query_returns_data(cg: KubeCgroup, prometheus_server, tmp_path: Path) -> None:
+    t, serve, port, log = serve_hot_band_in_pod(cg, tmp_path)
     started = time.monotonic()
     try:
-        prom = prometheus_server(scrape_job(port), rule_files=RULES)
+        ksm = static_exporter(kube_series(cg, 3 * t.size))
+        prom = prometheus_server(scrape_job(port) + f"""
+  - job_name: kube-state-metrics
+    static_configs: [{{targets: ['127.0.0.1:{ksm}']}}]
+""", rule_files=RULES)
         pid = f'pid="{t.pid}"'
         wait_for(lambda: prom.query(f"pageheat_harvests_total{{{pid}}} > 20"), 60, "20 harvests")
         wait_for(lambda: prom.query(f"pageheat:cold_ratio_120s:ratio{{{pid}}}"), 30, "recording rules")
@@ -260,10 +293,38 @@ def test_every_panel_query_returns_data(ptwalk_ok, workload, prometheus_server, 
         ws = float(prom.query(f"pageheat:working_set_bytes:sum{{{pid}}}")[0]["value"][1])
         assert ws >= len(t.hot) * 4096 * 0.9  # the hot band is accessed in every interval
 
+        fleet_checks(prom, t, cg)
         render_checks(prom.url, t, hot_bins, cold_bins, len(per_bin), tmp_path)
     finally:
         stop_process(serve)
+        stop_process(t.proc)
     assert "Traceback" not in log.read_text()
+
+
+def query_at(url: str, expr: str, at: float) -> list[dict]:
+    q = urllib.parse.urlencode({"query": expr, "time": f"{at:.3f}"})
+    with urllib.request.urlopen(f"{url}/api/v1/query?{q}", timeout=30) as r:
+        body = json.load(r)
+    assert body["status"] == "success", body
+    return body["data"]["result"]
+
+
+def fleet_checks(prom, t: Truth, cg: KubeCgroup) -> None:
+    """The fleet dashboard's pod table joins the cgroup's numbers to kube_pod_info by pod uid."""
+    fleet = dashboards()["pageheat-fleet.json"]
+    values = resolve_variables(prom, fleet)
+    assert re.escape(cg.path).replace("\\", "\\\\") in values["cgroup"], values["cgroup"]
+    [pods] = [tgt for p, tgt in targets(fleet) if p["title"].startswith("Pods by cold bytes")]
+    at = time.time() - 2  # both queries at one instant: the cold bytes change as pages age
+    [row] = query_at(prom.url, substitute(pods["expr"], values), at)
+    assert row["metric"] == {"namespace": "shop", "pod": "web-0", "pod_uid": cg.pod_uid}, row
+    [cold] = query_at(prom.url, f'pageheat:cgroup_cold_bytes_600s:sum{{cgroup="{cg.path}"}}', at)
+    assert float(row["value"][1]) == float(cold["value"][1]) > 0
+    # The process's cold bytes with its cgroup and pod: the join on pid.
+    [proc] = [tgt for p, tgt in targets(fleet) if p["title"].startswith("Top processes by cold")]
+    [row] = prom.query(substitute(proc["expr"], values))
+    assert row["metric"]["pid"] == str(t.pid) and row["metric"]["cgroup"] == cg.path
+    assert row["metric"]["pod_uid"] == cg.pod_uid
 
 
 def render_checks(prom_url: str, t: Truth, hot_bins: list[int], cold_bins: list[int], n_bins: int,

@@ -28,8 +28,9 @@ NEEDED_MOUNTS = {
     "/sys/kernel/btf": False,
     "/sys/devices/system": False,
 }
-ALERTS = {"PageheatColdMemoryHigh", "PageheatExporterDown", "PageheatExporterAbsent",
-          "PageheatHarvestOverrun", "PageheatCpuBudgetExceeded", "PageheatSeriesDropped", "PageheatErrors"}
+ALERTS = {"PageheatColdMemoryHigh", "PageheatCgroupColdMemoryHigh", "PageheatExporterDown",
+          "PageheatExporterAbsent", "PageheatHarvestOverrun", "PageheatCpuBudgetExceeded",
+          "PageheatSeriesDropped", "PageheatErrors"}
 
 
 def promtool(*args: str) -> subprocess.CompletedProcess:

@@ -13,9 +13,12 @@ IMPLEMENTED = ("ptwalk", "mglru-fexit", "mglru-hook")
 log = logging.getLogger(__name__)
 
 
-def open_source(name: str, tlb_flush: str = "auto", mglru_aging: str = "active") -> Source:
+def open_source(name: str, tlb_flush: str = "auto", mglru_aging: str = "active",
+                pfns: bool = False) -> Source:
     """Load the named source (``auto``: the best one this kernel supports), with the TLB flush
-    policy and the mglru sources' aging mode from the Config. Raises SourceError."""
+    policy and the mglru sources' aging mode from the Config; ``pfns``: ptwalk also reads each
+    page's frame number (Pages.pfn), for per-cgroup numbers that count a shared page once.
+    Raises SourceError."""
     from .. import capabilities
 
     if name == "auto":
@@ -30,7 +33,7 @@ def open_source(name: str, tlb_flush: str = "auto", mglru_aging: str = "active")
             except SourceError as e:
                 why.append(str(e))
         # Said only once ptwalk has opened: if it fails too, its error stays the one line.
-        source = open_source("ptwalk", tlb_flush, mglru_aging)
+        source = open_source("ptwalk", tlb_flush, mglru_aging, pfns)
         log.info("source auto: ptwalk, because %s", "; ".join(why))
         return source
     if name not in IMPLEMENTED:
@@ -45,7 +48,7 @@ def open_source(name: str, tlb_flush: str = "auto", mglru_aging: str = "active")
     from .ptwalk import PtwalkSource
 
     # The TLB flush policy shared by the sources (see docs/ACCURACY.md), from the Config.
-    return PtwalkSource(tlb_flush=tlb_flush)
+    return PtwalkSource(tlb_flush=tlb_flush, pfns=pfns)
 
 
 def _open_mglru_fexit(tlb_flush: str, mglru_aging: str) -> Source:

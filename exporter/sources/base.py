@@ -76,6 +76,8 @@ class Pages:
     vpn: uint64 virtual page number (address >> 12); accessed: bool, accessed during the
     interval that this harvest closes; node: int16 NUMA node; type: uint8 PageType;
     thp: bool, mapped by a PMD (the Accessed bit is per 2 MiB); vma: int32 index into Vmas.
+    pfn: uint64 page frame number of each page, or None when the source did not read them
+    (ptwalk reads them only when asked: they cost a copy of every page table).
     """
 
     vpn: np.ndarray
@@ -84,6 +86,7 @@ class Pages:
     type: np.ndarray
     thp: np.ndarray
     vma: np.ndarray
+    pfn: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.vpn)

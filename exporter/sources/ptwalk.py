@@ -100,13 +100,15 @@ class PageTableScan:
     cannot load (capabilities, kernel), TargetGone when a process exits."""
 
     def __init__(self, obj: Path | None = None, nodes: NodeMap | None = None,
-                 check_young: bool | None = None) -> None:
+                 check_young: bool | None = None, pfns: bool = False) -> None:
         self._path = obj or object_path("ptwalk")
         self._nodes = nodes or NodeMap.from_sysfs()
         # PG_young costs a struct page read per idle page (~45 ns here), so by default only
         # when DAMON, the usual other Accessed-bit consumer, is running.
         self._check_young = damon_running() if check_young is None else check_young
-        self._copy_raw = self._nodes.single is None  # PFNs are only needed to tell nodes apart
+        # PFNs are needed to tell nodes apart, and (``pfns``) to count a page shared by several
+        # processes of a cgroup once (exporter/fleet.py); otherwise the raw PTE copy is skipped.
+        self._copy_raw = pfns or self._nodes.single is None
         self._cap = _Capacity()
         self._buffers = _Buffers()
         self._targets: dict[int, _Target] = {}
@@ -329,13 +331,13 @@ class PtwalkSource(PageTableScan):
     name = "ptwalk"
 
     def __init__(self, obj: Path | None = None, nodes: NodeMap | None = None,
-                 tlb_flush: str = "auto", check_young: bool | None = None) -> None:
+                 tlb_flush: str = "auto", check_young: bool | None = None, pfns: bool = False) -> None:
         # See _age. "auto": only where the kernel has no soft-dirty tracking to disturb;
         # "always" also resets soft-dirty bits (fine in a test VM, not next to CRIU).
         if tlb_flush not in TLB_FLUSH_MODES:
             raise SourceError(f"tlb_flush must be one of {', '.join(TLB_FLUSH_MODES)}, not {tlb_flush!r}")
         self.tlb_flush = tlb_flush == "always" or (tlb_flush == "auto" and not soft_dirty_tracking())
-        super().__init__(obj, nodes, check_young)
+        super().__init__(obj, nodes, check_young, pfns)
 
     def attach(self, pid: int) -> None:
         if pid in self._targets:
@@ -509,11 +511,10 @@ def _pages(vmas: np.ndarray, tables: np.ndarray, raw: np.ndarray, nodes: NodeMap
         if written.any():
             ptype[per_page(written)] = PageType.ANON
 
-    if nodes.single is not None:
-        node = buf.get("node", total, np.int16)
-        node.fill(nodes.single)
-    else:
-        # The node comes from the PFN: the PMD's for a THP, else the PTE's.
+    # Frame numbers: the PMD's for a THP, else the PTE's (raw tables are copied only when NUMA
+    # or the cgroup aggregates need them: ``copy_raw``).
+    pfn = None
+    if len(raw) or nodes.single is None:
         col = vpn & np.uint64(511)  # tables are 2 MiB aligned
         huge_pfn = np.repeat((tables["pmd"] & _PHYS_MASK) >> _PAGE_SHIFT, per_table) + col
         if len(raw):
@@ -521,5 +522,10 @@ def _pages(vmas: np.ndarray, tables: np.ndarray, raw: np.ndarray, nodes: NodeMap
             pte_pfn = ((entries if present is None else entries[present]) & _PHYS_MASK) >> _PAGE_SHIFT
         else:
             pte_pfn = huge_pfn
-        node = nodes.node_of(np.where(huge, huge_pfn, pte_pfn))
-    return Pages(vpn, accessed, node, ptype, huge, vma)
+        pfn = np.where(huge, huge_pfn, pte_pfn).astype(np.uint64)
+    if nodes.single is not None:
+        node = buf.get("node", total, np.int16)
+        node.fill(nodes.single)
+    else:
+        node = nodes.node_of(pfn)
+    return Pages(vpn, accessed, node, ptype, huge, vma, pfn if len(raw) else None)

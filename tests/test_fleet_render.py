@@ -1,0 +1,43 @@
+"""`pageheat render --instance/--job`: a pid is unique per host only. With the same pid on two
+exporters in one Prometheus, render without a selector refuses (one line, exit 1) instead of
+summing unrelated processes; with --job it draws the one asked for."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import run_pageheat, stop_process
+from test_exporter_prometheus import start_serve, wait_for
+
+pytestmark = [pytest.mark.kernel, pytest.mark.prometheus]
+
+
+def test_render_selects_one_exporter(ptwalk_ok, workload, prometheus_server, tmp_path: Path) -> None:
+    t = workload("--size", "16MiB", "--hot", "0.2", "--warm", "0")
+    serve, port, log = start_serve(tmp_path, f"targets: {{pids: [{t.pid}], top_rss: 0}}\n"
+                                             "aging: 500ms\ndiscovery_interval: 500ms\n")
+    try:
+        # The same exporter under two jobs: to Prometheus, two exporters with the same pid.
+        prom = prometheus_server("".join(f"""
+  - job_name: {job}
+    static_configs: [{{targets: ['127.0.0.1:{port}']}}]
+""" for job in ("pageheat", "pageheat-b")))
+        wait_for(lambda: len(prom.query(f'pageheat_harvests_total{{pid="{t.pid}"}} > 5')) == 2, 60,
+                 "both jobs scraped")
+        common = ("render", "--prometheus", prom.url, "--pid", str(t.pid), "--range", "30s",
+                  "--step", "1s", "--rate-interval", "5s")
+        r = run_pageheat(*common)
+        assert r.returncode == 1, r.stdout
+        [line] = r.stderr.splitlines()
+        assert f"pid {t.pid} is on 2 exporters" in line and "pageheat-b" in line and "--instance" in line
+        r = run_pageheat(*common, "--job", "pageheat", "--instance", f"127.0.0.1:{port}")
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.count("\n") >= 10
+        r = run_pageheat(*common, "--job", "nope")
+        assert r.returncode == 1
+        [line] = r.stderr.splitlines()
+        assert f"no pageheat data for pid {t.pid} job 'nope'" in line
+    finally:
+        stop_process(serve)
+    assert "Traceback" not in log.read_text()
