@@ -374,7 +374,7 @@ static long region_word(__u64 k, struct region_ctx *r)
 }
 
 /* Load the PMD table of addr's 1 GiB region. 0: loaded; 1: w->addr moved past an empty part. */
-static __always_inline int load_region(struct ptwalk_state *st, struct walk_ctx *w)
+static __noinline int load_region(struct ptwalk_state *st, struct walk_ctx *w)
 {
 	__u64 region = w->addr & ~((1ULL << PUD_SHIFT) - 1), pud = 0, next = 0, *t;
 	__u32 zero = 0;
@@ -423,7 +423,7 @@ static __always_inline __u64 nonzero(__u64 x)
 }
 
 /* The first populated slot of the cached region at or after w->addr, below the VMA's end. */
-static __always_inline int next_slot(struct walk_ctx *w, __u32 *slot)
+static __noinline int next_slot(struct walk_ctx *w, __u32 *slot)
 {
 	__u64 rest = w->vm_end - w->region, words = 0, m, *map;
 	__u32 lo = (w->addr - w->region) >> PMD_SHIFT;
@@ -447,10 +447,13 @@ static __always_inline int next_slot(struct walk_ctx *w, __u32 *slot)
 }
 
 /* A huge PMD (THP, huge zero page, or hugetlb/PFN maps when counting) into a record. */
-static __always_inline int huge_slot(struct ptwalk_state *st, struct walk_ctx *w,
-				     struct table_rec *rec, __u64 pmd, __u32 lo, __u32 hi)
+static __noinline int huge_slot(struct ptwalk_state *st, struct table_rec *rec, __u64 pmd,
+				__u32 lo, __u32 hi)
 {
 	int k;
+
+	if (!st || !rec)
+		return 1;
 
 	/*
 	 * The huge zero page: mapped on a read fault of a THP-eligible range never written. Like
@@ -524,7 +527,7 @@ static long walk_step(__u64 i, struct walk_ctx *w)
 		if (!rec)
 			return 1;
 		if (pmd & _PAGE_PSE) {
-			if (huge_slot(st, w, rec, pmd, lo, hi))
+			if (huge_slot(st, rec, pmd, lo, hi))
 				return 0;
 			goto record;
 		}
