@@ -24,13 +24,13 @@ The container id is 64 hex digits in both drivers.
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 from .cgroups import parse_proc_cgroup
+from .procfs import decode
 
 PROC = Path("/proc")
 
@@ -87,15 +87,18 @@ def read_cgroup(pid: int, proc: Path = PROC) -> str:
     """A process's cgroup path (see cgroup_of). Raises OSError (FileNotFoundError,
     ProcessLookupError) when the process is gone."""
     with open(proc / str(pid) / "cgroup", "rb") as f:
-        # Decoded like file names: a cgroup is a directory and may be any bytes.
-        return cgroup_of(os.fsdecode(f.read()))
+        # A cgroup is a directory and may be any bytes; the path becomes a label value, which
+        # must be UTF-8 (a surrogate-escaped name would make every scrape fail), so invalid
+        # bytes become U+FFFD, as for every name read from /proc (procfs.decode).
+        return cgroup_of(decode(f.read()))
 
 
 @lru_cache(maxsize=256)
 def glob_regex(pattern: str) -> re.Pattern[str]:
     """A cgroup glob as a regex over the whole path: ``*`` and ``?`` stay within one path
     component, ``**`` crosses ``/``, ``[...]`` is a character class; a trailing ``/**`` also
-    matches the directory itself (the whole subtree). Raises ValueError for an unclosed ``[``."""
+    matches the directory itself (the whole subtree). Raises ValueError for an unclosed ``[`` or
+    a bad character class."""
     out, i, n = [], 0, len(pattern)
     while i < n:
         c = pattern[i]
@@ -123,7 +126,10 @@ def glob_regex(pattern: str) -> re.Pattern[str]:
         else:
             out.append(re.escape(c))
             i += 1
-    return re.compile("".join(out))
+    try:
+        return re.compile("".join(out))
+    except re.error as e:  # e.g. a reversed range, [z-a]: a config error, one line
+        raise ValueError(f"bad cgroup pattern {pattern!r}: {e}") from None
 
 
 def matches(cgroup: str, patterns: list[str] | tuple[str, ...]) -> bool:

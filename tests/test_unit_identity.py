@@ -93,6 +93,39 @@ def test_glob_unclosed_bracket() -> None:
         identity.glob_regex("/a/[bc")
 
 
+@pytest.mark.parametrize("pattern", ["/kubepods/[z-a]", "/x[!]"])
+def test_glob_bad_character_class_is_a_value_error(pattern: str) -> None:
+    with pytest.raises(ValueError, match="bad cgroup pattern"):
+        identity.glob_regex(pattern)
+
+
+@pytest.mark.kind1
+def test_cgroup_name_not_utf8_stays_a_valid_label(tmp_path, caplog) -> None:
+    """A cgroup is a directory and may be named with any bytes: its path must still make a
+    valid exposition (UTF-8), and the scrape must not fail."""
+    from pageheat.config import Config
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    raw = b"/job-\xe5\x90"  # a name cut inside a multi-byte character
+    (tmp_path / "42").mkdir()
+    (tmp_path / "42" / "cgroup").write_bytes(b"4:memory:" + raw + b"\n0::/\n")
+    path = identity.read_cgroup(42, tmp_path)
+    assert path == raw.decode("utf-8", "replace")
+    views = {42: make_view(42, rss=100, seed=1)}
+    ids = {42: identity.identity(path)}
+    from pageheat.collector import PageheatCollector
+    from pageheat.stats import Stats
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(PageheatCollector(Config(), lambda: views, Stats(), "ptwalk",
+                                        identities=lambda: ids))
+    text = generate_latest(registry).decode("utf-8")
+    cgroups = {s.labels["cgroup"] for f in text_string_to_metric_families(text) for s in f.samples
+               if "cgroup" in s.labels}
+    assert cgroups == {path}
+
+
 def test_by_cgroup_sums_views_of_a_cgroup() -> None:
     views = [make_view(p, rss=100 * p, seed=p) for p in (1, 2, 3, 4)]
     ids = {1: identity.identity("/a"), 2: identity.identity("/a"), 3: identity.identity("/b"),
@@ -132,6 +165,7 @@ def test_targets_all_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.parametrize("data,msg", [
     ({"targets": {"cgroups": ["kubepods/*"]}}, "must start with /"),
     ({"targets": {"cgroups": ["/a/[b"]}}, "unclosed"),
+    ({"targets": {"cgroups": ["/a/[z-a]"]}}, "bad cgroup pattern"),
     ({"targets": {"all": "maybe"}}, "targets.all"),
     ({"working_set_windows": ["90s"]}, "not one of the idle-age bounds"),
     ({"per_process_series_top": -1}, "per_process_series_top"),
