@@ -347,7 +347,7 @@ class Daemon:
         if "pid" not in query:
             return views
         pid = query["pid"]
-        if not (pid.isascii() and pid.isdigit() and 0 < int(pid) < 2**31):
+        if not (pid.isascii() and pid.isdigit() and len(pid) <= 10 and 0 < int(pid) < 2**31):
             raise BadRequest(f"pid: expected a process id, got {pid[:40]!r}")
         return [v for v in views if v.pid == int(pid)]
 

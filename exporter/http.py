@@ -42,6 +42,8 @@ IDLE_SECONDS = 60.0  # keep-alive: a scraper's connection may wait this long for
 # On a 950 KiB exposition of 10,000 series (bench/scrape.py's): level 1 takes 2 ms for 71 KiB,
 # 6 (zlib's default) 39 ms for 58 KiB, 9 (gzip.compress's default) 203 ms for 49 KiB.
 GZIP_LEVEL = 1
+# Cached expositions, one per negotiated content type (text, OpenMetrics and its variants).
+MAX_CACHED_TYPES = 8
 HEALTHZ = "/healthz"
 DOCS_URL = "https://github.com/pageheat/pageheat#readme"
 _EOF = b"# EOF\n"
@@ -283,11 +285,14 @@ class HttpServer:
         """(content type, body) for a scrape with this Accept header; gzipped if gzip_ok.
         Encodes (off the loop) only when the generation changed since the cached encoding;
         concurrent scrapers wait for the one encoding under way, and gzip it once."""
-        encoder, ctype = choose_encoder(accept)
+        encoder, ctype = _negotiate(accept)
         # OpenMetrics ends with "# EOF", also in its variants ("; escaping=underscores", ...).
         eof = _EOF if ctype.startswith(OPENMETRICS_MEDIA) else b""
         loop = asyncio.get_running_loop()
-        if self.generation is None:  # no cache: encode (and compress) for this scrape alone
+        # The content type echoes the client's version= parameter: one cache entry per type
+        # would let any client grow memory without bound. Past MAX_CACHED_TYPES, encode per scrape.
+        uncached = ctype not in self._cache and len(self._cache) >= MAX_CACHED_TYPES
+        if self.generation is None or uncached:  # encode (and compress) for this scrape alone
             entry = await loop.run_in_executor(None, self._encode, encoder, eof, -1, gzip_ok)
         else:
             async with self._locks.setdefault(ctype, asyncio.Lock()):
@@ -317,6 +322,15 @@ class HttpServer:
         assert self.live is not None
         tail = encoder(self.live)  # ends with the EOF line itself (OpenMetrics)
         return entry.gzipped(tail) if gzip_ok else entry.text + tail
+
+
+def _negotiate(accept: str) -> tuple[Callable[[CollectorRegistry], bytes], str]:
+    """prometheus_client's content negotiation; an Accept header it cannot parse (it raises
+    TypeError for ``version=1.x``) gets the text format, as a missing one does."""
+    try:
+        return choose_encoder(accept)
+    except (TypeError, ValueError):
+        return choose_encoder("")
 
 
 def _accepts_gzip(accept_encoding: str) -> bool:

@@ -191,6 +191,24 @@ def test_concurrent_scrapers_share_one_encoding(views) -> None:
             assert s.server.encodings == gen + 1
 
 
+@pytest.mark.kind5
+def test_client_chosen_content_types_do_not_grow_the_cache(views) -> None:
+    """prometheus_client echoes the client's version= parameter in the content type: the
+    cache keeps at most MAX_CACHED_TYPES of them, and an unparsable version gets the text
+    format instead of a 500."""
+    from pageheat.http import MAX_CACHED_TYPES
+
+    with serve(dict(views)) as s:
+        for i in range(3 * MAX_CACHED_TYPES):
+            st, headers, body = get(s.url + "/metrics",
+                                    {"Accept": f"application/openmetrics-text; version=1.0.0.{i}"})
+            assert st == 200 and body.endswith(b"# EOF\n")
+        assert len(s.server._cache) <= MAX_CACHED_TYPES
+        st, headers, body = get(s.url + "/metrics", {"Accept": "application/openmetrics-text; version=1.x"})
+        assert st == 200 and headers["content-type"].startswith("text/plain")
+        assert pids_in(body.decode()) == {"100", "200"}
+
+
 def test_uncached_server_encodes_every_scrape(views) -> None:
     with serve(views, cached=False) as s:
         a = get(s.url + "/metrics")[2]
@@ -309,7 +327,8 @@ def test_api_filters_by_pid(daemon) -> None:
         assert [t["pid"] for t in heat["targets"]] == [200]
         assert json.loads(get(s.url + "/api/v1/heat?pid=999")[2])["targets"] == []
         assert [t["pid"] for t in json.loads(get(s.url + "/api/v1/targets?pid=100")[2])] == [100]
-        for bad in ("abc", "-1", "0", "1e3", "", "%C3%A9", "99999999999"):
+        # "9" * 5000: past Python's int max-digits limit, int() would raise ValueError (a 500).
+        for bad in ("abc", "-1", "0", "1e3", "", "%C3%A9", "99999999999", "9" * 5000):
             st, _, body = get(s.url + f"/api/v1/heat?pid={bad}")
             assert st == 400 and body.startswith(b"pid: expected a process id"), (bad, body)
 
