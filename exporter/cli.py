@@ -178,7 +178,9 @@ def _one_line(e: Exception) -> str:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    if args.command in ("serve", "snapshot", "demo") or (args.command == "top" and not args.connect):
+    follows = args.command in ("snapshot", "demo") or (args.command == "top" and not args.connect) \
+        or (args.command == "serve" and not args.config_check)  # checking a config follows nothing
+    if follows:
         why = procfs.pid_namespace_problem()
         if why:
             raise SourceError(why)
@@ -229,7 +231,8 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         web = WebConfig.load(cfg.web_config_file)
     except ValidationError as e:
-        raise UsageError(config.describe(e, f"bad web configuration {cfg.web_config_file}")) from None
+        raise UsageError(config.describe(e, f"bad web configuration {cfg.web_config_file}",
+                                         echo=False)) from None
     except ConfigError:
         raise
     except (OSError, ValueError) as e:

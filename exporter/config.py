@@ -371,14 +371,15 @@ def from_env() -> Config:
     return load(None, {})
 
 
-def describe(e: ValidationError, what: str = "bad configuration") -> str:
-    """One line: every failing field as ``dotted.loc: message (got VALUE)``."""
+def describe(e: ValidationError, what: str = "bad configuration", echo: bool = True) -> str:
+    """One line: every failing field as ``dotted.loc: message (got VALUE)``; without the
+    values when ``echo`` is false (a web config's values may be passwords)."""
     parts = []
     for err in e.errors():
         loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
         msg = err["msg"].removeprefix("Value error, ")
         value = err.get("input")
-        got = f" (got {value!r})" if isinstance(value, str | int | float) and len(repr(value)) <= 40 \
-            and err["type"] != "missing" and str(value) not in msg else ""
+        got = f" (got {value!r})" if echo and isinstance(value, str | int | float) \
+            and len(repr(value)) <= 40 and err["type"] != "missing" and str(value) not in msg else ""
         parts.append(f"{loc}: {msg}{got}")
     return f"{what}: " + "; ".join(" ".join(p.split()) for p in parts)

@@ -270,3 +270,28 @@ def test_serve_exports_errors_at_zero_self_metrics_and_build_info(ptwalk_ok, wor
         assert all({"ts", "level", "msg"} <= set(r) for r in records)
     finally:
         stop_process(serve)
+
+
+@pytest.mark.kind5
+def test_config_check_works_outside_the_host_pid_namespace(tmp_path: Path) -> None:
+    """Checking a configuration follows no process, so it also works where serve itself would
+    refuse to start (a container without hostPID)."""
+    f = tmp_path / "c.yml"
+    f.write_text("aging: 2s\n")
+    r = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", *PAGEHEAT, "serve",
+                        "--config.file", str(f), "--config.check"], capture_output=True, text=True,
+                       env=clean_env(), timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert yaml.safe_load(r.stdout)["aging"] == 2.0
+
+
+@pytest.mark.kind5
+def test_bad_web_config_does_not_echo_values(tmp_path: Path) -> None:
+    """A plaintext password where the bcrypt hash belongs must not be printed back."""
+    web = tmp_path / "web.yml"
+    web.write_text("basic_auth_users:\n  alice: 12345678\n")
+    r = run_pageheat("serve", "--web.config.file", str(web), "--config.check", env=clean_env(),
+                     timeout=60)
+    assert r.returncode == 2
+    line = one_line_error(r)
+    assert "basic_auth_users.alice" in line and "12345678" not in line
