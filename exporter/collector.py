@@ -5,6 +5,7 @@ Metric names and labels are pageheat's public API: add, never rename.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator, Mapping
 
 import numpy as np
@@ -34,6 +35,8 @@ BIN_LE = [floatToGoString(i) for i in range(1024)]
 IDLE_LE = [floatToGoString(b) for b in IDLE_BOUNDS]
 SELF_SERIES = 64  # reserved for pageheat's own metrics when applying max_series
 
+log = logging.getLogger("pageheat")
+
 
 class PageheatCollector(Collector):
     def __init__(self, cfg: Config, views: Callable[[], dict[int, TargetView]], stats: Stats,
@@ -48,6 +51,20 @@ class PageheatCollector(Collector):
         self.identities = identities or (lambda: {})
         self.frames = frames or (lambda: {})
         self.promoted = PromotedLedger()
+        self._dropped = (0, 0)  # (cgroups, targets) left out at the last scrape that logged it
+
+    def _log_dropped(self, cgroups: int, targets: int, series: int) -> None:
+        """No silent caps: say so when max_series starts (or stops) leaving things out; once
+        per change, not at every scrape."""
+        if (cgroups, targets) == self._dropped:
+            return
+        self._dropped = (cgroups, targets)
+        if cgroups or targets:
+            log.warning("max_series %d: left out %d cgroups and %d processes (%d series) at this "
+                        "scrape; see pageheat_series_dropped", self.cfg.max_series, cgroups,
+                        targets, series)
+        else:
+            log.info("max_series %d: every series fits again", self.cfg.max_series)
 
     def collect(self) -> Iterator[Metric]:
         """Series budget (README, Cardinality): max_series - SELF_SERIES, spent in this order:
@@ -84,6 +101,7 @@ class PageheatCollector(Collector):
                 dropped_series += n
         self.stats.series_dropped = dropped_series
         self.stats.targets_dropped = dropped_targets
+        self._log_dropped(dropped_cgroups, dropped_targets, dropped_series)
         self.stats.series_exported = self.cfg.max_series - SELF_SERIES - budget
         yield from self._pages(kept)
         yield from self._sanity(kept)
