@@ -545,11 +545,15 @@ static long walk_step(__u64 i, struct walk_ctx *w)
 		st->read_errors++;
 		return 0;
 	}
-	/* Raw entries hold the PFNs, which only multi-node machines need. */
+	/*
+	 * Raw entries hold the PFNs (NUMA nodes, the cgroup aggregates' shared frames): copied
+	 * from the same snapshot the bitmaps come from, not read from the live table again, so a
+	 * PTE zapped in between cannot give a present page a stale frame.
+	 */
 	if (rec && st->copy_raw && slot < st->max_raw) {
 		pt = bpf_map_lookup_elem(&raw, &slot);
 		if (pt)
-			bpf_probe_read_kernel(pt, PTRS * 8, (void *)table);
+			bpf_probe_read_kernel(pt, PTRS * 8, b.pt);
 	}
 	bpf_loop(8, table_word, &b, 0);
 	if (!rec) {
