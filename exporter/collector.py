@@ -147,12 +147,14 @@ class PageheatCollector(Collector):
             "Bytes of the cgroup's followed processes seen accessed within the last window "
             "(idle age <= window), as of each process's latest harvest.",
             labels=["cgroup", "window"])
-        prom = CounterMetricFamily(
+        # A counter histogram, like pageheat_promoted_pages (a counter may not carry "le": promtool
+        # check metrics refuses it). No _sum: the ledger keeps bucket counts only.
+        prom = HistogramMetricFamily(
             "pageheat_cgroup_promoted_bytes",
             "Bytes of the cgroup's followed processes found accessed after being idle, by how long "
             "they had been idle (le, seconds, cumulative; never-accessed only in +Inf), summed over "
             "harvests; kept monotonic while the cgroup's processes come and go.",
-            labels=["cgroup", "le"])
+            labels=["cgroup"])
         for g in groups:
             for (node, ptype), pages in sorted(g.resident().items()):
                 lab = [g.cgroup, str(node), PAGE_TYPE_NAMES[ptype]]
@@ -165,8 +167,8 @@ class PageheatCollector(Collector):
                 wss.add_metric([g.cgroup, _window(w)], g.working_set_pages(w) * PAGE_BYTES)
             if g.cgroup in promoted:
                 pcum = np.cumsum(promoted[g.cgroup]) * PAGE_BYTES
-                for i, c in enumerate(pcum):
-                    prom.add_metric([g.cgroup, IDLE_LE[i] if i < len(IDLE_LE) - 1 else "+Inf"], int(c))
+                prom.add_metric([g.cgroup], [(IDLE_LE[i] if i < len(IDLE_LE) - 1 else "+Inf", int(c))
+                                             for i, c in enumerate(pcum)], None)
         yield from (resident, idle, wss)
         if prom.samples:  # only with the per-page promotion counts (aggregate.py)
             yield prom

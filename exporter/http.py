@@ -198,6 +198,8 @@ class HttpServer:
             if not head_only:
                 data += conn.send(h11.Data(data=body))
             data += conn.send(h11.EndOfMessage())
+            if writer.is_closing():
+                return  # the peer went away while the answer was made (a scrape timeout, say)
             writer.write(data)
             await writer.drain()
             if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:

@@ -87,11 +87,11 @@ def test_kubelet_cgroups_identity_aggregates_and_churn(ptwalk_ok, tmp_path: Path
                         (wss.value / PAGE, hot, resident / PAGE, untouched)
                     # Promotions (pages accessed again after being idle): the cgroup's counter
                     # is its processes' pageheat_promoted_pages, in bytes.
-                    [prom] = series(text, "pageheat_cgroup_promoted_bytes_total", cgroup=cg.path, le="+Inf")
+                    [prom] = series(text, "pageheat_cgroup_promoted_bytes_bucket", cgroup=cg.path, le="+Inf")
                     own = sum(s.value for w in ws  # every (node, type) of every process
                               for s in series(text, "pageheat_promoted_pages_count", pid=str(w.pid)))
                     assert prom.value == own * PAGE > 0
-                [promoted_a] = [s.value for s in series(text, "pageheat_cgroup_promoted_bytes_total",
+                [promoted_a] = [s.value for s in series(text, "pageheat_cgroup_promoted_bytes_bucket",
                                                         cgroup=a.path, le="+Inf")]
                 # pid churn: one of a's processes exits, a's series stay; b's last exits, b's go
                 stop_process(wa1.proc)
@@ -107,7 +107,7 @@ def test_kubelet_cgroups_identity_aggregates_and_churn(ptwalk_ok, tmp_path: Path
                 assert abs(left - len(resident_frames(wa2.pid))) <= 16, left  # wa2's pages only
                 assert series(text, "pageheat_cgroup_working_set_bytes", cgroup=a.path)
                 # a's promotion counter keeps wa1's counts: it never goes down while a lives
-                [after] = series(text, "pageheat_cgroup_promoted_bytes_total", cgroup=a.path, le="+Inf")
+                [after] = series(text, "pageheat_cgroup_promoted_bytes_bucket", cgroup=a.path, le="+Inf")
                 assert after.value >= promoted_a
             finally:
                 assert serve.stop() == 0

@@ -135,7 +135,14 @@ def daemonset_run_args(tmp: Path, config: str) -> tuple[list[str], list[str]]:
             f"--user={sc['runAsUser']}", "--read-only", "--read-only-tmpfs=false"]
     if sc["allowPrivilegeEscalation"] is False:
         opts.append("--security-opt=no-new-privileges")
-    assert sc["seccompProfile"]["type"] == "RuntimeDefault"  # podman's default profile
+    # RuntimeDefault: podman's default profile, with bpf() and perf_event_open() allowed by
+    # CAP_BPF / CAP_PERFMON as newer runtimes' defaults do (Debian 12's allows them only with
+    # CAP_SYS_ADMIN, which pageheat does not need): deploy/image/seccomp.py.
+    assert sc["seccompProfile"]["type"] == "RuntimeDefault"
+    profile = tmp / "seccomp.json"
+    with open(profile, "w") as f:
+        subprocess.run([sys.executable, str(ROOT / "deploy/image/seccomp.py")], stdout=f, check=True)
+    opts.append(f"--security-opt=seccomp={profile}")
     if "memory" in c["resources"].get("limits", {}):
         opts.append(f"--memory={c['resources']['limits']['memory'].replace('Mi', 'm')}")
     volumes = {v["name"]: v for v in spec["volumes"]}

@@ -301,7 +301,7 @@ def test_collector_cgroup_promoted_bytes() -> None:
     views = {p: with_promoted(make_view(p, 10, seed=p), ones * p) for p in (1, 2)}
     ids = {1: identity.identity("/a"), 2: identity.identity("/a")}
     got, _ = scrape_fleet(Config(), views, ids)
-    prom = {s.labels["le"]: s.value for s in got if s.name == "pageheat_cgroup_promoted_bytes_total"}
+    prom = {s.labels["le"]: s.value for s in got if s.name == "pageheat_cgroup_promoted_bytes_bucket"}
     assert prom["+Inf"] == 4096 * 2 * (1 + 2) * len(IDLE_BOUNDS)
     assert prom["1.0"] == 4096 * 2 * (1 + 2)
 

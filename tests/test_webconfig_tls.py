@@ -273,6 +273,9 @@ def test_top_connect_cli_in_a_terminal(secured, tmp_path):
     pw = tmp_path / "pw"
     pw.write_text(PASSWORD + "\n")
     rc = tmp_path / "rc"
+    # Without --pid, top follows the server's first target: wait for its first harvest (a
+    # loaded machine may take longer than top's start-up).
+    _feed_sees_workload(s.url, user=USER, password_file=str(pw), ca_file=str(s.ca))
     tmux = Tmux(tmp_path)
     top = " ".join([*PAGEHEAT, "top", "--connect", s.url, "--connect-user", USER,
                     "--connect-password-file", str(pw), "--ca-file", str(s.ca)])
