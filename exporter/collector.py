@@ -77,28 +77,16 @@ class PageheatCollector(Collector):
         info = sorted(ids.items())
         budget -= len(info)
         windows = self.cfg.working_set_windows
-        groups, dropped_cgroups, dropped_series = [], 0, 0
         every_group = by_cgroup(views, ids, self.frames())
         promoted = self.promoted.totals(views, ids, [g.cgroup for g in every_group])
-        for g in every_group:
-            n = g.series_count(len(windows), g.cgroup in promoted)
-            if n <= budget and not dropped_cgroups:
-                groups.append(g)
-                budget -= n
-            else:
-                dropped_cgroups += 1
-                dropped_series += n
+        groups, budget, dropped_cgroups, cgroup_series = _fit(
+            every_group, [g.series_count(len(windows), g.cgroup in promoted) for g in every_group],
+            budget)
         top = self.cfg.per_process_series_top
         heat, aggregated_only = views[:top], views[top:]
-        kept, dropped_targets = [], 0
-        for v in heat:  # largest first; once one does not fit, it and all smaller ones go
-            n = v.series_count(self.cfg.never_accessed_mappings)
-            if n <= budget and not dropped_targets:
-                kept.append(v)
-                budget -= n
-            else:
-                dropped_targets += 1
-                dropped_series += n
+        kept, budget, dropped_targets, target_series = _fit(
+            heat, [v.series_count(self.cfg.never_accessed_mappings) for v in heat], budget)
+        dropped_series = cgroup_series + target_series
         self.stats.series_dropped = dropped_series
         self.stats.targets_dropped = dropped_targets
         self._log_dropped(dropped_cgroups, dropped_targets, dropped_series)
@@ -342,3 +330,15 @@ def _window(seconds: float) -> str:
         if seconds >= size and seconds % size == 0:
             return f"{int(seconds // size)}{unit}"
     return f"{seconds:g}s"
+
+
+def _fit(items: list, costs: list[int], budget: int) -> tuple[list, int, int, int]:
+    """Keep items (largest first) while their series fit the budget; once one does not fit,
+    it and all after it are left out. Returns (kept, budget left, items left out, their series)."""
+    kept = []
+    for i, (item, n) in enumerate(zip(items, costs, strict=True)):
+        if n > budget:
+            return kept, budget, len(items) - i, sum(costs[i:])
+        kept.append(item)
+        budget -= n
+    return kept, budget, 0, 0
