@@ -67,6 +67,18 @@ class Truth:
     def range_arg(self) -> str:
         return f"{self.start:x}-{self.start + self.size:x}"
 
+    def hot_and_cold_bins(self, bins: dict[int, tuple[int, int]]) -> tuple[list[int], list[int]]:
+        """Of address bins {bin: (start, end)} (pageheat_address_bin_info with
+        expose_addresses): those wholly inside the contiguous hot band, and those wholly inside
+        the region outside it."""
+        hot_lo = self.start + int(self.hot[0]) * 4096
+        hot_hi = self.start + (int(self.hot[-1]) + 1) * 4096
+        hot = [b for b, (s, e) in bins.items() if s >= hot_lo and e <= hot_hi]
+        cold = [b for b, (s, e) in bins.items()
+                if s >= self.start and e <= self.start + self.size and (e <= hot_lo or s >= hot_hi)]
+        assert len(hot) >= 1 and len(cold) >= 2, (bins, hot_lo, hot_hi)
+        return sorted(hot), sorted(cold)
+
 
 def start_workload(tmp: Path, *args: str, prefix: Sequence[str] = (), timeout: float = 60) -> Truth:
     """Start ``pageheat workload`` (behind ``prefix``: numactl, a cgroup shell) and read its truth."""

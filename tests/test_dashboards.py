@@ -23,7 +23,7 @@ import yaml
 from conftest import ROOT, Truth, run_pageheat, start_workload, stop_process
 from fleet_helpers import KubeCgroup, kube_cgroups, static_exporter
 from pageheat import render as render_mod
-from test_exporter_prometheus import scrape_job, start_serve, wait_for
+from test_exporter_prometheus import HOT_BAND, scrape_job, serve_following, wait_for
 
 GRAFANA = ROOT / "grafana"
 RULES = sorted((ROOT / "deploy" / "prometheus" / "rules").glob("*.yml"))
@@ -165,13 +165,7 @@ def hot_and_cold_bins(prom, t: Truth) -> tuple[list[int], list[int]]:
     for r in prom.query(f'pageheat_address_bin_info{{pid="{t.pid}"}}'):
         m = r["metric"]
         bins[int(m["bin"])] = (int(m["start"], 16), int(m["end"], 16))
-    hot_lo = t.start + int(t.hot[0]) * 4096
-    hot_hi = t.start + (int(t.hot[-1]) + 1) * 4096
-    hot = [b for b, (s, e) in bins.items() if s >= hot_lo and e <= hot_hi]
-    cold = [b for b, (s, e) in bins.items()
-            if s >= t.start and e <= t.start + t.size and (e <= hot_lo or s >= hot_hi)]
-    assert len(hot) >= 1 and len(cold) >= 2, (bins, hot_lo, hot_hi)
-    return sorted(hot), sorted(cold)
+    return t.hot_and_cold_bins(bins)
 
 
 def resident_pages(pid: int, lo: int, hi: int) -> tuple[int, int]:
@@ -194,16 +188,8 @@ def serve_hot_band_in_pod(cg: KubeCgroup, tmp: Path):
     """The ground-truth workload with a contiguous hot band (whole address bins hot, others
     cold), started in a kubelet-named container cgroup, followed by `pageheat serve` with fast
     intervals and bin addresses."""
-    t = start_workload(tmp, "--size", "256MiB", "--layout", "contiguous", "--hot", "0.25",
-                       "--warm", "0.05", prefix=cg.prefix)
-    serve, port, log = start_serve(tmp, f"""
-targets: {{pids: [{t.pid}], top_rss: 0}}
-aging: 500ms
-cpu_budget: 0.5
-discovery_interval: 500ms
-expose_addresses: true
-""")
-    return t, serve, port, log
+    t = start_workload(tmp, *HOT_BAND, prefix=cg.prefix)
+    return (t, *serve_following(tmp, t.pid))
 
 
 def kube_series(cg: KubeCgroup, rss_bytes: int) -> str:

@@ -35,18 +35,25 @@ def wait_for(predicate, timeout: float, what: str):
         time.sleep(0.5)
 
 
-def serve_hot_band(workload, tmp: Path):
-    """The ground-truth workload with a contiguous hot band (so whole address bins are hot
-    and others cold), followed by `pageheat serve` with fast intervals and bin addresses."""
-    t = workload("--size", "256MiB", "--layout", "contiguous", "--hot", "0.25", "--warm", "0.05")
-    serve, port, log = start_serve(tmp, f"""
-targets: {{pids: [{t.pid}], top_rss: 0}}
+# A contiguous hot band: whole address bins are hot and others cold.
+HOT_BAND = ("--size", "256MiB", "--layout", "contiguous", "--hot", "0.25", "--warm", "0.05")
+
+
+def serve_following(tmp: Path, pid: int):
+    """`pageheat serve` following pid, with fast intervals and bin addresses."""
+    return start_serve(tmp, f"""
+targets: {{pids: [{pid}], top_rss: 0}}
 aging: 500ms
 cpu_budget: 0.5
 discovery_interval: 500ms
 expose_addresses: true
 """)
-    return t, serve, port, log
+
+
+def serve_hot_band(workload, tmp: Path):
+    """The ground-truth hot-band workload, followed by `pageheat serve` (serve_following)."""
+    t = workload(*HOT_BAND)
+    return (t, *serve_following(tmp, t.pid))
 
 
 def scrape_job(port: int) -> str:
@@ -69,13 +76,7 @@ def test_heatmap_idle_and_vanishing_series(ptwalk_ok, workload, prometheus_serve
         for r in prom.query(f"pageheat_address_bin_info{{{pid}}}"):
             m = r["metric"]
             bins[int(m["bin"])] = (int(m["start"], 16), int(m["end"], 16))
-        hot_lo = t.start + int(t.hot[0]) * 4096
-        hot_hi = t.start + (int(t.hot[-1]) + 1) * 4096
-        region_hi = t.start + t.size
-        hot_bins = [b for b, (s, e) in bins.items() if s >= hot_lo and e <= hot_hi]
-        cold_bins = [b for b, (s, e) in bins.items()
-                     if s >= t.start and e <= region_hi and (e <= hot_lo or s >= hot_hi)]
-        assert len(hot_bins) >= 1 and len(cold_bins) >= 2, (bins, hot_lo, hot_hi)
+        hot_bins, cold_bins = t.hot_and_cold_bins(bins)
 
         # Per-bin rate: difference of consecutive cumulative buckets.
         cum = {float(r["metric"]["le"]): float(r["value"][1]) for r in prom.query(

@@ -246,13 +246,7 @@ def test_image_runs_like_the_daemonset(ptwalk_ok, image, workload, tmp_path):
         bins = {}
         for s in of(fam, "pageheat_address_bin_info", t.pid):
             bins[int(s.labels["bin"])] = (int(s.labels["start"], 16), int(s.labels["end"], 16))
-        hot_lo = t.start + int(t.hot[0]) * 4096
-        hot_hi = t.start + (int(t.hot[-1]) + 1) * 4096
-        region_hi = t.start + t.size
-        hot_bins = [b for b, (s, e) in bins.items() if s >= hot_lo and e <= hot_hi]
-        cold_bins = [b for b, (s, e) in bins.items()
-                     if s >= t.start and e <= region_hi and (e <= hot_lo or s >= hot_hi)]
-        assert len(hot_bins) >= 1 and len(cold_bins) >= 2, (bins, hot_lo, hot_hi)
+        hot_bins, cold_bins = t.hot_and_cold_bins(bins)
         hot_rate = min(rate[b] for b in hot_bins)
         cold_rate = max(rate[b] for b in cold_bins)
         assert hot_rate > 5 * cold_rate, (rate, hot_bins, cold_bins)
