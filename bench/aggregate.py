@@ -1,5 +1,5 @@
 """The aggregator alone: CPU time and transient memory of ``TargetState.update`` per harvest, on
-synthetic harvests (no kernel, no source), so that before/after a change of exporter/aggregate.py
+synthetic harvests (no kernel, no source), so that before/after a change of exporter/model/aggregate.py
 can be compared with the rest of the daemon out of the way.
 
 Two targets: DENSE (one mapping, every page resident, 2% accessed per harvest, two page types)
@@ -23,7 +23,7 @@ import tracemalloc
 
 import numpy as np
 import pageheat
-from pageheat.aggregate import TargetState
+from pageheat.model.aggregate import TargetState
 from pageheat.sources.base import Harvest, Pages, Vmas
 
 

@@ -41,7 +41,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from pageheat.libbpf import BpfObject
+from pageheat.kernel.libbpf import BpfObject
 from pageheat.sources.ptwalk import PtwalkSource
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

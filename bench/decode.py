@@ -28,8 +28,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-from pageheat import procfs
 from pageheat.config import parse_size
+from pageheat.kernel import procfs
 from pageheat.sources import ptwalk
 from pageheat.sources.ptwalk import PtwalkSource
 

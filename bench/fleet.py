@@ -31,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from pageheat import cgroups  # noqa: E402
+from pageheat.kernel import cgroups  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 PAGEHEAT = [sys.executable, "-m", "pageheat"]

@@ -38,8 +38,8 @@ from pathlib import Path
 
 import numpy as np
 import requests
-from pageheat import procfs
 from pageheat.config import parse_size
+from pageheat.kernel import procfs
 from pageheat.sources.ptwalk import PtwalkSource, damon_running
 
 

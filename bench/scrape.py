@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from pageheat.aggregate import TargetState, TargetView
+from pageheat.model.aggregate import TargetState, TargetView
 from pageheat.sources.base import Harvest, Pages, VmaKind, Vmas
 
 ACCEPT = ("application/openmetrics-text;version=1.0.0;q=0.5,application/openmetrics-text;"
@@ -70,11 +70,11 @@ def synthetic_view(pid: int, bins: int, seed: int) -> TargetView:
 # -- the server process ---------------------------------------------------------------------------
 def server_main(a: argparse.Namespace) -> int:
     import uvloop
-    from pageheat.collector import PageheatCollector
     from pageheat.config import Config
-    from pageheat.http import HttpServer
-    from pageheat.stats import Stats
-    from pageheat.webconfig import WebConfig
+    from pageheat.serve.collector import PageheatCollector
+    from pageheat.serve.http import HttpServer
+    from pageheat.serve.stats import Stats
+    from pageheat.serve.webconfig import WebConfig
     from prometheus_client import CollectorRegistry, ProcessCollector
     from prometheus_client.exposition import generate_latest
 

@@ -8,7 +8,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from . import __version__
+from pageheat import __version__
 
 _HERE = Path(__file__).resolve().parent
 # Written when a wheel or an image is built from a checkout (`git rev-parse HEAD >

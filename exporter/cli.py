@@ -17,15 +17,17 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pageheat import __version__, config, logs
+from pageheat.commands import doctor
+from pageheat.config import ConfigError, Targets, parse_duration
+from pageheat.kernel import capabilities, cgroups, procfs
+from pageheat.serve import targets
+from pageheat.sources import NAMES, open_source
+from pageheat.sources.base import Source, SourceError, TargetGone
 from pydantic import ValidationError
 
-from . import __version__, capabilities, cgroups, config, doctor, logs, procfs, targets
-from .config import ConfigError, Targets, parse_duration
-from .sources import NAMES, open_source
-from .sources.base import Source, SourceError, TargetGone
-
 if TYPE_CHECKING:
-    from .daemon import Daemon, Launched
+    from pageheat.serve.daemon import Daemon, Launched
 
 
 class UsageError(Exception):
@@ -124,7 +126,7 @@ def parser() -> argparse.ArgumentParser:
     n.add_argument("--json", action="store_true", help="print JSON (the only format)")
 
     w = add("workload", help="run a ground-truth workload (hot, warm, cold pages)")
-    from .workload import add_arguments
+    from pageheat.commands.workload import add_arguments
 
     add_arguments(w)
 
@@ -143,7 +145,7 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD ARGS...: launch and follow")
 
     r = add("render", help="draw one process's heatmap from Prometheus (PNG, SVG, terminal)")
-    from .render import add_arguments as render_arguments
+    from pageheat.commands.render import add_arguments as render_arguments
 
     render_arguments(r)
 
@@ -192,18 +194,18 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "snapshot":
         return _snapshot(args)
     if args.command == "workload":
-        from .workload import run, spec_from_args
+        from pageheat.commands.workload import run, spec_from_args
 
         run(spec_from_args(args), args.truth)
         return 0
     if args.command == "top":
         return _top(args)
     if args.command == "render":
-        from .render import run as render
+        from pageheat.commands.render import run as render
 
         return render(args)
     if args.command == "demo":
-        from .demo import run as demo
+        from pageheat.commands.demo import run as demo
 
         return demo(args.seconds, args.listen)
     if args.command == "completion":
@@ -226,7 +228,7 @@ def _serve(args: argparse.Namespace) -> int:
         for pid in pids:
             _check_access(pid)
         cfg = cfg.model_copy(update={"targets": cfg.targets.model_copy(update={"pids": pids})})
-    from .webconfig import WebConfig
+    from pageheat.serve.webconfig import WebConfig
 
     try:
         web = WebConfig.load(cfg.web_config_file)
@@ -247,10 +249,10 @@ def _serve(args: argparse.Namespace) -> int:
     cgroup = cgroups.create(cgroups.detect(), cmd[0]) if cmd and cfg.cgroup == "own" else None
     launched: Launched | None = None
     try:
-        # Frame numbers let a cgroup count a page its processes share once (exporter/fleet.py).
+        # Frame numbers let a cgroup count a page its processes share once (exporter/model/fleet.py).
         source = open_source(cfg.source, cfg.tlb_flush, cfg.mglru_aging,
                              pfns=cfg.targets.all or bool(cfg.targets.cgroups))
-        from .daemon import Daemon
+        from pageheat.serve.daemon import Daemon
 
         if cmd:
             launched = _launch(cmd, cgroup, source)
@@ -291,7 +293,7 @@ def _command(remainder: list[str]) -> list[str]:
 
 def _launch(cmd: list[str], cgroup: cgroups.Cgroup | None, source: Source) -> Launched:
     """Start the command before the daemon starts any thread (see Launched)."""
-    from .daemon import Launched
+    from pageheat.serve.daemon import Launched
 
     try:
         return Launched(cmd, cgroup)
@@ -323,7 +325,7 @@ def _env_config(args: argparse.Namespace) -> config.Config:
 
 
 def _top(args: argparse.Namespace) -> int:
-    from .top import run
+    from pageheat.top import run
 
     cfg = _env_config(args)
     cmd = _command(args.cmd)
@@ -345,7 +347,7 @@ def _top(args: argparse.Namespace) -> int:
 
 
 def _snapshot(args: argparse.Namespace) -> int:
-    from .snapshot import take
+    from pageheat.commands.snapshot import take
 
     cfg = _env_config(args)
     if args.pages and not args.range:

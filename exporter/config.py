@@ -144,7 +144,7 @@ class Targets(BaseModel):
     @field_validator("cgroups")
     @classmethod
     def _globs(cls, v: list[str]) -> list[str]:
-        from .identity import glob_regex  # here: identity imports cgroups, not config
+        from pageheat.model.identity import glob_regex  # here: identity imports cgroups, not config
 
         for pattern in v:
             if not pattern.startswith("/"):
@@ -206,7 +206,7 @@ class Config(BaseSettings):
     @field_validator("working_set_windows")
     @classmethod
     def _windows(cls, v: list[float]) -> list[float]:
-        from .aggregate import IDLE_BOUNDS
+        from pageheat.model.aggregate import IDLE_BOUNDS
 
         bounds = [b for b in IDLE_BOUNDS if math.isfinite(b)]
         for w in v:

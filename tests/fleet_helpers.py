@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 from conftest import need_kernel
-from pageheat import cgroups
+from pageheat.kernel import cgroups
 
 
 @dataclass(frozen=True)

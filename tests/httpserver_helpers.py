@@ -11,13 +11,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-from pageheat.aggregate import TargetState, TargetView
-from pageheat.collector import PageheatCollector
 from pageheat.config import Config
-from pageheat.http import Handler, HttpServer
+from pageheat.model.aggregate import TargetState, TargetView
+from pageheat.serve.collector import PageheatCollector
+from pageheat.serve.http import Handler, HttpServer
+from pageheat.serve.stats import Stats
+from pageheat.serve.webconfig import WebConfig
 from pageheat.sources.base import Harvest, Pages, VmaKind, Vmas
-from pageheat.stats import Stats
-from pageheat.webconfig import WebConfig
 from prometheus_client import CollectorRegistry
 
 

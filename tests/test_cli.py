@@ -123,7 +123,7 @@ def test_serve_of_a_missing_command(tmp_path) -> None:
 @pytest.fixture
 def memory_cgroups():
     """The memory cgroup hierarchy serve --cgroup own creates in, if this machine has one."""
-    from pageheat import cgroups
+    from pageheat.kernel import cgroups
 
     if os.geteuid() != 0:
         need_kernel("not root: cannot create memory cgroups")
@@ -149,7 +149,7 @@ def api_targets(port: int) -> list[dict]:
 
 
 def memory_cgroup_dir(pid: int, hierarchy) -> Path:
-    from pageheat import cgroups
+    from pageheat.kernel import cgroups
 
     own = cgroups.parse_proc_cgroup(Path(f"/proc/{pid}/cgroup").read_text())
     path = own["memory" if hierarchy.version == 1 else ""]

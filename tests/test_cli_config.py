@@ -240,7 +240,7 @@ def test_serve_with_a_command_follows_only_the_command(ptwalk_ok, workload, tmp_
 @pytest.mark.kernel
 @pytest.mark.kind5
 def test_serve_exports_errors_at_zero_self_metrics_and_build_info(ptwalk_ok, workload) -> None:
-    from pageheat.stats import ERROR_KINDS
+    from pageheat.serve.stats import ERROR_KINDS
 
     t = workload("--size", "16MiB")
     port = free_port()

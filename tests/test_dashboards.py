@@ -22,7 +22,7 @@ import pytest
 import yaml
 from conftest import ROOT, Truth, run_pageheat, start_workload, stop_process
 from fleet_helpers import KubeCgroup, kube_cgroups, static_exporter
-from pageheat import render as render_mod
+from pageheat.commands import render as render_mod
 from test_exporter_prometheus import HOT_BAND, scrape_job, serve_following, wait_for
 
 GRAFANA = ROOT / "grafana"
@@ -318,7 +318,7 @@ def render_checks(prom_url: str, t: Truth, hot_bins: list[int], cold_bins: list[
     """`pageheat render --png` of the same data: in the image, the hot band's rows are brighter
     (hotter, in a colormap whose luminance rises with the value) than the cold rows."""
     from matplotlib import image
-    from pageheat import render
+    from pageheat.commands import render
 
     png = tmp / "heatmap.png"
     r = run_pageheat("render", "--prometheus", prom_url, "--pid", str(t.pid), "--range", "1m",

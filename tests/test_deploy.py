@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import PAGEHEAT, ROOT, need_kernel
-from pageheat import capabilities
+from pageheat.kernel import capabilities
 
 DEPLOY = ROOT / "deploy"
 PROM = DEPLOY / "prometheus"

@@ -38,7 +38,7 @@ def own_fds() -> set[str]:
 
 
 def test_mmap_churn_during_harvests(ptwalk_ok) -> None:
-    from pageheat.aggregate import TargetState
+    from pageheat.model.aggregate import TargetState
     from pageheat.sources.ptwalk import PtwalkSource
 
     proc = subprocess.Popen([sys.executable, "-c", CHURN])

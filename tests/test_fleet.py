@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from conftest import start_workload, stop_process
 from fleet_helpers import kube_cgroups, resident_frames, start_forked_pair, stop_group
-from pageheat import identity
+from pageheat.model import identity
 from prometheus_client.parser import text_string_to_metric_families
 from realworld import Serve, sample, smaps_rss_pages, wait_for
 

@@ -18,8 +18,10 @@ import numpy as np
 import pytest
 from conftest import start_workload, stop_process
 from fleet_helpers import plain_cgroup, resident_frames
-from pageheat import identity, procfs, targets
 from pageheat.config import Targets
+from pageheat.kernel import procfs
+from pageheat.model import identity
+from pageheat.serve import targets
 from realworld import Serve, kernel_thread_pid, sample, wait_for
 
 pytestmark = pytest.mark.kernel

@@ -1,4 +1,4 @@
-"""exporter/http.py on real sockets: malformed requests, HEAD, gzip, the exposition cache, the
+"""exporter/serve/http.py on real sockets: malformed requests, HEAD, gzip, the exposition cache, the
 landing page, several listen addresses, basic auth and /healthz, the JSON API's pid filter.
 
 The server is the real HttpServer with the real collector over views the real aggregator made
@@ -20,8 +20,8 @@ import pytest
 from httpserver_helpers import parse, raw, serve, synthetic_view
 from pageheat import __version__
 from pageheat.config import Config
-from pageheat.daemon import Daemon
-from pageheat.webconfig import WebConfig
+from pageheat.serve.daemon import Daemon
+from pageheat.serve.webconfig import WebConfig
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -90,7 +90,7 @@ def test_malformed_request_gets_status_and_body(views, name: str) -> None:
 
 @pytest.mark.kind5
 def test_stalled_request_is_closed_not_kept(views, monkeypatch) -> None:
-    import pageheat.http as http
+    import pageheat.serve.http as http
 
     monkeypatch.setattr(http, "REQUEST_SECONDS", 0.5)
     with serve(views) as s, socket.create_connection(("127.0.0.1", s.server.port), timeout=5) as c:
@@ -196,7 +196,7 @@ def test_client_chosen_content_types_do_not_grow_the_cache(views) -> None:
     """prometheus_client echoes the client's version= parameter in the content type: the
     cache keeps at most MAX_CACHED_TYPES of them, and an unparsable version gets the text
     format instead of a 500."""
-    from pageheat.http import MAX_CACHED_TYPES
+    from pageheat.serve.http import MAX_CACHED_TYPES
 
     with serve(dict(views)) as s:
         for i in range(3 * MAX_CACHED_TYPES):
@@ -269,7 +269,7 @@ def test_two_listen_addresses(views) -> None:
 
 def test_address_in_use_is_an_error_and_binds_nothing(views) -> None:
     with serve(views) as s:
-        from pageheat.http import HttpServer
+        from pageheat.serve.http import HttpServer
 
         other = HttpServer(CollectorRegistry(), WebConfig())
 
@@ -346,7 +346,7 @@ def test_failing_handler_is_a_500_and_the_server_goes_on(views, caplog) -> None:
 
 @pytest.mark.parametrize("path", ["/", "/healthz", "/api/v1/heat", "metrics"])
 def test_telemetry_path_cannot_hide_another_path(path: str) -> None:
-    from pageheat.http import HttpServer
+    from pageheat.serve.http import HttpServer
 
     with pytest.raises(ValueError, match="telemetry path"):
         HttpServer(CollectorRegistry(), WebConfig(), {"/api/v1/heat": lambda q: asyncio.sleep(0)}, path)
@@ -358,6 +358,6 @@ def test_telemetry_path_cannot_hide_another_path(path: str) -> None:
     ("", False), ("identity", False), ("*", False), ("deflate", False),
 ])
 def test_accept_encoding_parsing(header: str, want: bool) -> None:
-    from pageheat.http import _accepts_gzip
+    from pageheat.serve.http import _accepts_gzip
 
     assert _accepts_gzip(header) is want

@@ -38,7 +38,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import ROOT, free_port
-from pageheat import capabilities
+from pageheat.kernel import capabilities
 from prometheus_client.parser import text_string_to_metric_families
 from test_deploy import manifests
 

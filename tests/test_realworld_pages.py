@@ -250,8 +250,8 @@ def test_mglru_resident_set_leaves_out_zero_pages(ptwalk_ok, layout) -> None:
     """The mglru sources' resident set comes from ptwalk's read-only scan, which leaves out
     zero-page PTEs (pagemap reports them present). MGLRU cannot run here; its resident-set
     path can, on a real process."""
+    from pageheat.sources.mglru import resident
     from pageheat.sources.ptwalk import PageTableScan
-    from pageheat.sources.young import resident
 
     n, written = 4096, 64
     proc, addr = layout("zero", str(n), "16", str(written))

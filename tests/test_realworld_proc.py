@@ -121,8 +121,9 @@ def test_names_that_break_lines_or_utf8_snapshot_and_doctor(ptwalk_ok, tmp_path)
 
 @pytest.mark.kind1
 def test_comm_with_parentheses_spaces_and_line_breaks(tmp_path) -> None:
-    from pageheat import procfs, targets
     from pageheat.config import Targets
+    from pageheat.kernel import procfs
+    from pageheat.serve import targets
 
     comm = b"x) Z 1 (\n\xc2\x85\x0c"  # looks like the end of the comm field, then breaks lines
     with named_process(tmp_path, comm, [], 1) as p:
@@ -234,8 +235,9 @@ def test_zombie_leader_is_aged_and_read_through_a_live_thread(ptwalk_ok, zl_exe)
 
 @pytest.mark.kind3
 def test_zombie_leader_is_selected_by_rss_and_comm_and_followed(ptwalk_ok, zl_exe, tmp_path) -> None:
-    from pageheat import procfs, targets
     from pageheat.config import Targets
+    from pageheat.kernel import procfs
+    from pageheat.serve import targets
 
     with zombie_leader(zl_exe, 4096, 256) as z:
         rss = procfs.rss_pages(z.pid)

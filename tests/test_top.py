@@ -18,7 +18,7 @@ import pytest
 from pageheat.sources.base import Harvest, Pages, PageType, TargetGone, VmaKind, Vmas
 from pageheat.top.app import TopApp
 from pageheat.top.feed import LocalFeed, RemoteFeed, Sample
-from pageheat.top.render import OVERLAYS, FrameRenderer, History
+from pageheat.top.heatmap import OVERLAYS, FrameRenderer, History
 
 SNAPSHOTS = Path(__file__).parent / "snapshots"
 MiB = 1 << 20

@@ -1,4 +1,4 @@
-"""Unit tests for exporter/aggregate.py: address bins, per-page history and the summaries of a view.
+"""Unit tests for exporter/model/aggregate.py: address bins, per-page history and the summaries of a view.
 
 Expectations come from slow, page-by-page reference computations written here, never from the
 numpy code under test.
@@ -11,7 +11,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from pageheat.aggregate import (
+from pageheat.model.aggregate import (
     IDLE_BOUNDS,
     N_TYPES,
     REBIN_OUTSIDE_FRACTION,

@@ -1,10 +1,10 @@
-"""Unit tests for exporter/budget.py: water-filling of aging intervals under a CPU budget."""
+"""Unit tests for exporter/serve/budget.py: water-filling of aging intervals under a CPU budget."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from pageheat.budget import EWMA_WEIGHT, intervals, smooth
+from pageheat.serve.budget import EWMA_WEIGHT, intervals, smooth
 
 
 def ref_cap(usage: list[float], budget: float) -> float:

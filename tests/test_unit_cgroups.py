@@ -1,4 +1,4 @@
-"""exporter/cgroups.py and the command `serve -- CMD` launches (daemon.Launched).
+"""exporter/kernel/cgroups.py and the command `serve -- CMD` launches (daemon.Launched).
 
 Parsing is checked on synthetic /proc/self/mountinfo and /proc/self/cgroup text for cgroup v1
 and v2 layouts; creating, entering and removing on the real memory hierarchy of this machine
@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pytest
 from conftest import need_kernel, stop_process
-from pageheat import cgroups, daemon
-from pageheat.cgroups import CgroupError, Hierarchy, Mount
+from pageheat.kernel import cgroups
+from pageheat.kernel.cgroups import CgroupError, Hierarchy, Mount
+from pageheat.serve import daemon
 
 # This machine's layout: cgroup v1 controllers, plus a cgroup2 mount without memory.
 V1_MOUNTINFO = """\

@@ -1,4 +1,4 @@
-"""Unit tests for exporter/collector.py: render the registry and check what a scrape would see."""
+"""Unit tests for exporter/serve/collector.py: render the registry and check what a scrape would see."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ from collections import defaultdict
 
 import numpy as np
 import pytest
-from pageheat.aggregate import IDLE_BOUNDS, Bins, TargetState, TargetView
-from pageheat.collector import SELF_SERIES, PageheatCollector
 from pageheat.config import Config
+from pageheat.model.aggregate import IDLE_BOUNDS, Bins, TargetState, TargetView
+from pageheat.serve.collector import SELF_SERIES, PageheatCollector
+from pageheat.serve.stats import Stats
 from pageheat.sources.base import PAGE_TYPE_NAMES, Harvest, Pages, VmaKind, Vmas
-from pageheat.stats import Stats
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import generate_latest
 from prometheus_client.openmetrics import exposition as om_exposition

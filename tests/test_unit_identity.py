@@ -1,4 +1,4 @@
-"""Unit tests for exporter/identity.py (kubelet cgroup names, globs) and exporter/fleet.py."""
+"""Unit tests for exporter/model/identity.py (kubelet cgroup names, globs) and exporter/model/fleet.py."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import uuid
 
 import numpy as np
 import pytest
-from pageheat import identity
-from pageheat.aggregate import IDLE_BOUNDS
-from pageheat.fleet import by_cgroup
+from pageheat.model import identity
+from pageheat.model.aggregate import IDLE_BOUNDS
+from pageheat.model.fleet import by_cgroup
 from test_unit_collector import make_view
 
 UID = str(uuid.UUID("8dd7e4f3-4b8a-4c1e-9f6a-2d5b3c7e1a90"))
@@ -114,8 +114,8 @@ def test_cgroup_name_not_utf8_stays_a_valid_label(tmp_path, caplog) -> None:
     assert path == raw.decode("utf-8", "replace")
     views = {42: make_view(42, rss=100, seed=1)}
     ids = {42: identity.identity(path)}
-    from pageheat.collector import PageheatCollector
-    from pageheat.stats import Stats
+    from pageheat.serve.collector import PageheatCollector
+    from pageheat.serve.stats import Stats
 
     registry = CollectorRegistry(auto_describe=False)
     registry.register(PageheatCollector(Config(), lambda: views, Stats(), "ptwalk",
@@ -192,8 +192,8 @@ def test_working_set_windows_parse() -> None:
 
 # -- collector: info metric, cgroup families, per_process_series_top --------------------------
 def scrape_fleet(cfg, views: dict, ids: dict):
-    from pageheat.collector import PageheatCollector
-    from pageheat.stats import Stats
+    from pageheat.serve.collector import PageheatCollector
+    from pageheat.serve.stats import Stats
     from prometheus_client import CollectorRegistry
     from prometheus_client.exposition import generate_latest
     from prometheus_client.parser import text_string_to_metric_families
@@ -244,8 +244,8 @@ def test_collector_fleet_families() -> None:
 
 
 def test_collector_fleet_max_series_counts_what_it_drops() -> None:
-    from pageheat.collector import SELF_SERIES
     from pageheat.config import Config
+    from pageheat.serve.collector import SELF_SERIES
 
     views = {p: make_view(p, rss=1000 - p, seed=p) for p in range(1, 41)}
     ids = {p: identity.identity(f"/c{p}") for p in views}
@@ -269,7 +269,7 @@ def with_promoted(v, counts: np.ndarray):
 
 
 def test_promoted_ledger_stays_monotonic_under_churn() -> None:
-    from pageheat.fleet import PromotedLedger
+    from pageheat.model.fleet import PromotedLedger
 
     ledger = PromotedLedger()
     ones = np.ones((2, len(IDLE_BOUNDS)), dtype=np.uint64)
@@ -307,7 +307,7 @@ def test_collector_cgroup_promoted_bytes() -> None:
 
 
 def test_once_per_frame_takes_the_youngest_mapping() -> None:
-    from pageheat.fleet import PageFrames
+    from pageheat.model.fleet import PageFrames
 
     v1, v2 = make_view(1, 10, seed=1), make_view(2, 10, seed=2)
     ids = {1: identity.identity("/a"), 2: identity.identity("/a")}

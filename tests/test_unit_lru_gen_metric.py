@@ -7,11 +7,11 @@ import os
 
 import numpy as np
 import pytest
-from pageheat.aggregate import TargetState, TargetView, lru_generations
-from pageheat.collector import PageheatCollector
 from pageheat.config import Config
+from pageheat.model.aggregate import TargetState, TargetView, lru_generations
+from pageheat.serve.collector import PageheatCollector
+from pageheat.serve.stats import Stats
 from pageheat.sources.base import Harvest, Pages, VmaKind, Vmas
-from pageheat.stats import Stats
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families

@@ -1,4 +1,4 @@
-"""Unit tests for the compact per-page state of exporter/aggregate.py (uint16 aging epochs in
+"""Unit tests for the compact per-page state of exporter/model/aggregate.py (uint16 aging epochs in
 blocks): epoch numbering and wrap-around, layout changes, idle ages under stretched intervals,
 and pageheat_promoted_pages against a slow page-by-page model of the access pattern.
 
@@ -12,7 +12,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from pageheat.aggregate import (
+from pageheat.model.aggregate import (
     BLOCK,
     IDLE_BOUNDS,
     MAX_EPOCH,
@@ -307,7 +307,7 @@ def test_state_costs_about_two_bytes_per_dense_page() -> None:
 
 
 def test_sorted_bins_agree_with_bins_of_inside_outside_and_on_repeated_edges() -> None:
-    from pageheat.aggregate import _sorted_bins, make_bins
+    from pageheat.model.aggregate import _sorted_bins, make_bins
 
     rng = np.random.default_rng(2)
     for vmas, nbins in ((vmas_of((0x1000, 3, "")), 8),  # more bins than pages: repeated edges
@@ -354,7 +354,7 @@ def _ref_bin_labels(vmas: Vmas, sel: np.ndarray, edges: np.ndarray) -> tuple[str
 def test_bin_labels_match_the_per_mapping_reference(seed: int) -> None:
     """Random layouts with repeated names (ties between labels), tiny and huge mappings, more
     bins than pages: the vectorised labels equal the per-mapping loop's, ties included."""
-    from pageheat.aggregate import _bin_labels, _binned_vmas, make_bins
+    from pageheat.model.aggregate import _bin_labels, _binned_vmas, make_bins
 
     rng = np.random.default_rng(seed)
     specs, at = [], 0x1000

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from pageheat import procfs, targets
+from pageheat.commands.workload import PAGE, Spec, choose_sets
 from pageheat.config import Targets
-from pageheat.numa import NodeMap
-from pageheat.workload import PAGE, Spec, choose_sets
+from pageheat.kernel import procfs
+from pageheat.kernel.numa import NodeMap
+from pageheat.serve import targets
 
 # --- a fake /proc ---------------------------------------------------------------------------------
 
@@ -392,7 +393,7 @@ def test_task_dir_of_a_zombie_leader_is_a_live_thread(proc: Path) -> None:
 def test_render_draws_names_as_they_are(tmp_path: Path) -> None:
     """A comm or file name with ``$...$`` is mathtext to matplotlib (and ``$\\x$`` made it raise);
     control characters would reach the terminal."""
-    from pageheat import render
+    from pageheat.commands import render
     from PIL import Image
 
     rows = ["#0 $\\x$ (deleted)", "#1 a\x1b[2Jb"]

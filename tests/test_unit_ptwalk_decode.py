@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from pageheat.numa import NodeMap
+from pageheat.kernel.numa import NodeMap
 from pageheat.sources import ptwalk
 from pageheat.sources.base import PageType, VmaKind
 

@@ -1,4 +1,4 @@
-"""exporter/sanity.py on synthetic harvests: truncations, unmonitored pages and aging that
+"""exporter/serve/sanity.py on synthetic harvests: truncations, unmonitored pages and aging that
 does nothing are counted, logged once, and exported (issue 11, kind 3)."""
 
 from __future__ import annotations
@@ -7,11 +7,11 @@ import logging
 
 import numpy as np
 import pytest
-from pageheat.collector import PageheatCollector
 from pageheat.config import Config
-from pageheat.sanity import MIN_PAGES, SUSPECT_HARVESTS, Sanity
+from pageheat.serve.collector import PageheatCollector
+from pageheat.serve.sanity import MIN_PAGES, SUSPECT_HARVESTS, Sanity
+from pageheat.serve.stats import Stats
 from pageheat.sources.base import Harvest, Pages, Vmas
-from pageheat.stats import Stats
 from prometheus_client import CollectorRegistry, generate_latest
 
 pytestmark = pytest.mark.kind3
@@ -73,7 +73,7 @@ def test_mglru_aging_without_a_new_generation() -> None:
 
 
 def test_exported_with_every_reason_at_zero_and_unmonitored_per_target() -> None:
-    from pageheat.aggregate import TargetState
+    from pageheat.model.aggregate import TargetState
 
     stats = Stats()
     s = Sanity(stats)

@@ -6,9 +6,9 @@ import re
 from pathlib import Path
 
 import pytest
-from pageheat.collector import PageheatCollector
 from pageheat.config import Config
-from pageheat.stats import ERROR_KINDS, Stats
+from pageheat.serve.collector import PageheatCollector
+from pageheat.serve.stats import ERROR_KINDS, Stats
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 

@@ -1,4 +1,4 @@
-"""Unit tests for exporter/webconfig.py: basic auth with bcrypt hashes, TLS settings."""
+"""Unit tests for exporter/serve/webconfig.py: basic auth with bcrypt hashes, TLS settings."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import bcrypt
 import pytest
-from pageheat.webconfig import WebConfig
+from pageheat.serve.webconfig import WebConfig
 from pydantic import ValidationError
 
 DATA = Path(__file__).parent / "data"

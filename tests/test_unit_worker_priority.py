@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from concurrent.futures import ThreadPoolExecutor
 
-from pageheat.daemon import worker_priority
+from pageheat.serve.daemon import worker_priority
 
 
 def _policy_of_worker(priority: str) -> tuple[int, int]:

@@ -15,8 +15,8 @@ def test_resident_set_equals_ptwalk_scan(ptwalk_ok, workload, backing: str, tmp_
     """Same pages, types, nodes, THP and VMAs as ptwalk's own harvest of the same process;
     accessed exactly where the young records say (PTE and whole-PMD records)."""
     from pageheat.sources.base import PageType
+    from pageheat.sources.mglru import _YOUNG_PMD, _YOUNG_PTE, _YOUNG_REC, resident
     from pageheat.sources.ptwalk import PageTableScan, PtwalkSource
-    from pageheat.sources.young import _YOUNG_PMD, _YOUNG_PTE, _YOUNG_REC, resident
 
     t = workload("--size", "16MiB", "--backing", backing, "--dir", str(tmp_path))
     src, scan = PtwalkSource(), PageTableScan(check_young=False)

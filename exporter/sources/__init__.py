@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from .base import Source, SourceError
+from pageheat.sources.base import Source, SourceError
 
 NAMES = ("ptwalk", "mglru-fexit", "mglru-hook", "damon")
 IMPLEMENTED = ("ptwalk", "mglru-fexit", "mglru-hook")
@@ -19,7 +19,7 @@ def open_source(name: str, tlb_flush: str = "auto", mglru_aging: str = "active",
     policy and the mglru sources' aging mode from the Config; ``pfns``: ptwalk also reads each
     page's frame number (Pages.pfn), for per-cgroup numbers that count a shared page once.
     Raises SourceError."""
-    from .. import capabilities
+    from pageheat.kernel import capabilities
 
     if name == "auto":
         # The mglru sources read the kernel's own aging, so they are preferred where MGLRU
@@ -45,26 +45,26 @@ def open_source(name: str, tlb_flush: str = "auto", mglru_aging: str = "active",
     lacking = capabilities.missing(capabilities.LOAD)
     if lacking:
         raise SourceError(f"ptwalk needs {', '.join(lacking)} (run as root or grant them)")
-    from .ptwalk import PtwalkSource
+    from pageheat.sources.ptwalk import PtwalkSource
 
     # The TLB flush policy shared by the sources (see docs/ACCURACY.md), from the Config.
     return PtwalkSource(tlb_flush=tlb_flush, pfns=pfns)
 
 
 def _open_mglru_fexit(tlb_flush: str, mglru_aging: str) -> Source:
-    from .mglru_fexit import MglruFexitSource
+    from pageheat.sources.mglru_fexit import MglruFexitSource
 
     return _open_mglru("mglru-fexit", lambda: MglruFexitSource(aging=mglru_aging, tlb_flush=tlb_flush))
 
 
 def _open_mglru_hook(tlb_flush: str, mglru_aging: str) -> Source:
-    from .mglru_hook import MglruHookSource
+    from pageheat.sources.mglru_hook import MglruHookSource
 
     return _open_mglru("mglru-hook", lambda: MglruHookSource(aging=mglru_aging, tlb_flush=tlb_flush))
 
 
 def _open_mglru(name: str, cls: Callable[[], Source]) -> Source:
-    from .. import capabilities
+    from pageheat.kernel import capabilities
 
     lacking = capabilities.missing(capabilities.MGLRU_LOAD)  # see capabilities.MGLRU
     if lacking:

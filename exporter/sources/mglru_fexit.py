@@ -7,7 +7,7 @@ young, so a page with no entry was not accessed since the kernel last looked at 
 stock kernels with MGLRU and BPF trampolines.
 
 Active aging writes ``+ MEMCG NODE MAX_GEN SWAPPINESS 1`` to /sys/kernel/debug/lru_gen for
-the target's memcg on each node (see ``pageheat.lrugen``); the rest (passive mode, the TLB
+the target's memcg on each node (see ``pageheat.kernel.lrugen``); the rest (passive mode, the TLB
 flush, the resident set, the kernel's limits) is shared with mglru-hook: see ``young``.
 """
 
@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import errno
 
-from .. import lrugen
-from ..libbpf import LibbpfError
-from .base import SourceError, TargetGone
-from .young import BTF, Target, YoungPagesSource, kernel_functions
+from pageheat.kernel import lrugen
+from pageheat.kernel.libbpf import LibbpfError
+from pageheat.sources.base import SourceError, TargetGone
+from pageheat.sources.mglru import BTF, Target, YoungPagesSource, kernel_functions
 
 NAME = "mglru-fexit"
 # (program, kernel function, required): a required hook missing means the source cannot work.

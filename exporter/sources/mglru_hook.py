@@ -23,10 +23,10 @@ import logging
 import os
 from pathlib import Path
 
-from .. import lrugen
-from ..libbpf import LibbpfError
-from .base import SourceError, TargetGone
-from .young import BTF, Target, YoungPagesSource, kernel_functions
+from pageheat.kernel import lrugen
+from pageheat.kernel.libbpf import LibbpfError
+from pageheat.sources.base import SourceError, TargetGone
+from pageheat.sources.mglru import BTF, Target, YoungPagesSource, kernel_functions
 
 NAME = "mglru-hook"
 TRACEPOINTS = ("mglru_pte_young_tp", "mglru_pmd_young_tp", "mglru_look_around_young_tp")

@@ -21,12 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
-from .. import procfs
-from ..bpfobjects import object_path
-from ..libbpf import BpfObject, LibbpfError, Link
-from ..numa import NodeMap
-from .base import Harvest, Pages, PageType, SourceError, TargetGone, VmaKind, Vmas
+from pageheat.kernel import procfs
+from pageheat.kernel.libbpf import BpfObject, LibbpfError, Link
+from pageheat.kernel.numa import NodeMap
+from pageheat.sources.base import Harvest, Pages, PageType, SourceError, TargetGone, VmaKind, Vmas
+from pageheat.sources.objects import object_path
 
 _STATE = np.dtype([
     ("direct_map_base", "<u8"), ("target_tgid", "<u4"), ("pgtable_levels", "<u4"),
@@ -107,7 +106,7 @@ class PageTableScan:
         # when DAMON, the usual other Accessed-bit consumer, is running.
         self._check_young = damon_running() if check_young is None else check_young
         # PFNs are needed to tell nodes apart, and (``pfns``) to count a page shared by several
-        # processes of a cgroup once (exporter/fleet.py); otherwise the raw PTE copy is skipped.
+        # processes of a cgroup once (exporter/model/fleet.py); otherwise the raw PTE copy is skipped.
         self._copy_raw = pfns or self._nodes.single is None
         self._cap = _Capacity()
         self._buffers = _Buffers()

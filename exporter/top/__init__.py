@@ -27,9 +27,9 @@ def run(pid: int | None, command: list[str], connect: str | None, source: str, a
     if not sys.stdout.isatty():
         print(HEADLESS, file=sys.stderr)
         return 2
-    from .. import procfs
-    from .app import TopApp
-    from .feed import LocalFeed, RemoteFeed
+    from pageheat.kernel import procfs
+    from pageheat.top.app import TopApp
+    from pageheat.top.feed import LocalFeed, RemoteFeed
 
     child: subprocess.Popen | None = None
     if connect:
@@ -46,7 +46,7 @@ def run(pid: int | None, command: list[str], connect: str | None, source: str, a
             return 1
         app = TopApp(feed, aging=aging, aggregate=aggregate)
     else:
-        from ..sources import open_source
+        from pageheat.sources import open_source
 
         src = open_source(source, tlb_flush, mglru_aging)
         if command:

@@ -13,6 +13,10 @@ import signal
 import threading
 import time
 
+from pageheat.kernel.procfs import shown
+from pageheat.sources.base import TargetGone
+from pageheat.top.feed import PAGE, Sample
+from pageheat.top.heatmap import OVERLAY_TITLES, OVERLAYS, PLAIN, FrameRenderer, History, legend
 from rich.text import Text
 from textual import events
 from textual.app import App, ComposeResult
@@ -23,11 +27,6 @@ from textual.screen import ModalScreen
 from textual.strip import Strip
 from textual.widget import Widget
 from textual.widgets import DataTable, Static
-
-from ..procfs import shown
-from ..sources.base import TargetGone
-from .feed import PAGE, Sample
-from .render import OVERLAY_TITLES, OVERLAYS, PLAIN, FrameRenderer, History, legend
 
 AGING_STEPS = (0.1, 0.2, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 HELP = """[b]pageheat top[/b]

@@ -23,9 +23,8 @@ from dataclasses import dataclass, field
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import numpy as np
-
-from ..aggregate import Bins, TargetState, make_bins, mapping_label
-from ..sources.base import PAGE_TYPE_NAMES, VMA_KIND_NAMES, Harvest, Source, Vmas
+from pageheat.model.aggregate import Bins, TargetState, make_bins, mapping_label
+from pageheat.sources.base import PAGE_TYPE_NAMES, VMA_KIND_NAMES, Harvest, Source, Vmas
 
 PAGE = 4096
 DEFAULT_BINS = 64

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import need_kernel
-from pageheat import lrugen
+from pageheat.kernel import lrugen
 
 LRU_GEN_6_12 = """\
 memcg     1 /
@@ -77,7 +77,7 @@ def test_mglru_state_messages(tmp_path: Path) -> None:
 def test_scan_resident_set_matches_ptwalk(ptwalk_ok, workload, backing: str) -> None:
     """The mglru sources' resident set (ptwalk's read-only scan joined with young pages)
     equals ptwalk's own view (vpn, type, node); young pages mark exactly those pages."""
-    from pageheat.sources import young as mf
+    from pageheat.sources import mglru as mf
     from pageheat.sources.base import PageType, VmaKind
     from pageheat.sources.ptwalk import PageTableScan, PtwalkSource
 

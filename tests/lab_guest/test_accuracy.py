@@ -44,7 +44,7 @@ def fs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 def test_auto_prefers_best_source() -> None:
-    from pageheat.doctor import verdicts
+    from pageheat.commands.doctor import verdicts
     from pageheat.sources import open_source
 
     usable = [v.source for v in verdicts() if v.ok]
@@ -75,7 +75,7 @@ if "mglru-hook" not in SOURCES:  # a stock kernel (collected only there, so neve
 def test_truth(workload, request: pytest.FixtureRequest, source: str, backing: str) -> None:
     where = request.getfixturevalue("fs") if backing == "file" else Path("/tmp")
     # Readahead on: MGLRU skips MADV_RANDOM mappings. Exact per page here, since the guest
-    # runs no DAMON and ext4 has no large folios before 6.16 (see exporter/workload.py).
+    # runs no DAMON and ext4 has no large folios before 6.16 (see exporter/commands/workload.py).
     t = workload("--size", SIZE, "--backing", backing, "--dir", str(where), "--file-advice", "normal")
     t0 = time.monotonic()
     snap, pages = snapshot(t, source, SCANS, env=EXACT)
@@ -173,11 +173,11 @@ def test_lru_gen_histogram_is_exported(tmp_path: Path, source: str) -> None:
     with the target's labels. The memcg here is the target's own, so it holds at least the
     target's resident anon pages (but for a few still in per-CPU LRU batches), in at most
     MAX_NR_GENS (4) generations."""
-    from pageheat.aggregate import TargetState
-    from pageheat.collector import PageheatCollector
     from pageheat.config import Config
+    from pageheat.model.aggregate import TargetState
+    from pageheat.serve.collector import PageheatCollector
+    from pageheat.serve.stats import Stats
     from pageheat.sources import open_source
-    from pageheat.stats import Stats
     from prometheus_client import CollectorRegistry, generate_latest
     from prometheus_client.parser import text_string_to_metric_families
 

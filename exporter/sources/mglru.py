@@ -58,13 +58,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from .. import lrugen, procfs
-from ..bpfobjects import object_path
-from ..libbpf import BpfObject, LibbpfError, Link, lib
-from ..numa import NodeMap
-from .base import Harvest, Pages, SourceError, TargetGone, Vmas
-from .ptwalk import PageTableScan, soft_dirty_tracking
+from pageheat.kernel import lrugen, procfs
+from pageheat.kernel.libbpf import BpfObject, LibbpfError, Link, lib
+from pageheat.kernel.numa import NodeMap
+from pageheat.sources.base import Harvest, Pages, SourceError, TargetGone, Vmas
+from pageheat.sources.objects import object_path
+from pageheat.sources.ptwalk import PageTableScan, soft_dirty_tracking
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +84,7 @@ _YOUNG_REC = np.dtype([("tgid", "<u4"), ("vpn", "<u8"), ("flags", "<u4")])
 
 
 def _declare(name: str, restype: object, argtypes: list[object]) -> Any:
-    """libbpf calls that pageheat.libbpf does not bind (map element and batch ops)."""
+    """libbpf calls that pageheat.kernel.libbpf does not bind (map element and batch ops)."""
     fn = getattr(lib(), name)
     fn.restype, fn.argtypes = restype, argtypes
     return fn

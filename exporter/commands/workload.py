@@ -124,7 +124,7 @@ def run(spec: Spec, truth: Path) -> None:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from .config import parse_duration, parse_size
+    from pageheat.config import parse_duration, parse_size
 
     d = Spec()
     p.add_argument("--size", type=parse_size, default=d.size, help="region size (default 256MiB)")

@@ -10,8 +10,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import identity, procfs
-from .config import Targets
+from pageheat.config import Targets
+from pageheat.kernel import procfs
+from pageheat.model import identity
 
 
 @dataclass(frozen=True)

@@ -1,13 +1,13 @@
-"""Where the compiled BPF objects are: built by bpf/build.sh into this package's bpf/ folder."""
+"""Where the compiled BPF objects are: built by bpf/build.sh into the package's bpf/ folder."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-from .sources.base import SourceError
+from pageheat.sources.base import SourceError
 
-_HERE = Path(__file__).resolve().parent / "bpf"
+_HERE = Path(__file__).resolve().parent.parent / "bpf"  # pageheat/bpf/
 
 
 def object_path(name: str) -> Path:

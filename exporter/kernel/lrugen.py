@@ -112,7 +112,7 @@ def cgroup_path(pid: int, proc: Path = PROC) -> str:
 
 def cgroup2_mount(mountinfo: Path = PROC / "self/mountinfo") -> Path | None:
     """Where the cgroup v2 hierarchy is mounted in our namespace, if anywhere."""
-    from .cgroups import parse_mountinfo
+    from pageheat.kernel.cgroups import parse_mountinfo
 
     return next((m.point for m in parse_mountinfo(os.fsdecode(mountinfo.read_bytes()))
                  if m.fstype == "cgroup2"), None)

@@ -21,19 +21,20 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from typing import Any
 
+from pageheat.config import Config
+from pageheat.kernel import cgroups, procfs
+from pageheat.kernel.procfs import shown
+from pageheat.model import fleet
+from pageheat.model.aggregate import TargetState, TargetView
+from pageheat.model.identity import Identity, identity
+from pageheat.serve import budget, memory, targets
+from pageheat.serve.collector import PageheatCollector
+from pageheat.serve.http import BadRequest, HttpServer
+from pageheat.serve.sanity import Sanity
+from pageheat.serve.stats import Stats
+from pageheat.serve.webconfig import WebConfig
+from pageheat.sources.base import Source, TargetGone
 from prometheus_client import CollectorRegistry, ProcessCollector
-
-from . import budget, cgroups, fleet, memory, procfs, targets
-from .aggregate import TargetState, TargetView
-from .collector import PageheatCollector
-from .config import Config
-from .http import BadRequest, HttpServer
-from .identity import Identity, identity
-from .procfs import shown
-from .sanity import Sanity
-from .sources.base import Source, TargetGone
-from .stats import Stats
-from .webconfig import WebConfig
 
 log = logging.getLogger("pageheat")
 MAX_CONSECUTIVE_ERRORS = 3

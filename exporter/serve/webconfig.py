@@ -41,7 +41,7 @@ class WebConfig:
     def load(cls, path: Path | None) -> WebConfig:
         if path is None:
             return cls()
-        from .config import read_yaml  # ConfigError naming file, line and column, one line
+        from pageheat.config import read_yaml  # ConfigError naming file, line and column, one line
 
         spec = WebConfigFile(**read_yaml(path, "web config"))
         ctx = None

@@ -22,10 +22,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
-
-from .aggregate import IDLE_BOUNDS, N_TYPES, TargetState, TargetView
-from .identity import Identity
-from .sources.base import Harvest
+from pageheat.model.aggregate import IDLE_BOUNDS, N_TYPES, TargetState, TargetView
+from pageheat.model.identity import Identity
+from pageheat.sources.base import Harvest
 
 PAGE_BYTES = 4096  # every per-process count is in base pages (a THP counts as its 512 pages)
 N_IDLE = len(IDLE_BOUNDS)

@@ -16,8 +16,7 @@ import re
 from dataclasses import dataclass, field
 
 import numpy as np
-
-from .sources.base import PAGE_TYPE_NAMES, Harvest, Pages, VmaKind, Vmas
+from pageheat.sources.base import PAGE_TYPE_NAMES, Harvest, Pages, VmaKind, Vmas
 
 # le bounds of pageheat_idle_pages, in seconds; never-accessed pages count only in +Inf.
 IDLE_BOUNDS = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, math.inf)

@@ -21,8 +21,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from .sources.base import Harvest
-from .stats import Stats
+from pageheat.serve.stats import Stats
+from pageheat.sources.base import Harvest
 
 log = logging.getLogger("pageheat")
 

@@ -22,11 +22,10 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import h11
+from pageheat import __version__
+from pageheat.serve.webconfig import WebConfig
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
-
-from . import __version__
-from .webconfig import WebConfig
 
 log = logging.getLogger(__name__)
 

@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from .cgroups import parse_proc_cgroup
-from .procfs import decode
+from pageheat.kernel.cgroups import parse_proc_cgroup
+from pageheat.kernel.procfs import decode
 
 PROC = Path("/proc")
 

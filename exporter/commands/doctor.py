@@ -11,12 +11,12 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import capabilities, procfs
-from .sources import IMPLEMENTED, NAMES
-from .sources.base import SourceError
+from pageheat.kernel import capabilities, procfs
+from pageheat.sources import IMPLEMENTED, NAMES
+from pageheat.sources.base import SourceError
 
 if TYPE_CHECKING:
-    from .sources.young import YoungPagesSource
+    from pageheat.sources.mglru import YoungPagesSource
 
 
 @dataclass
@@ -48,7 +48,7 @@ def check_ptwalk() -> Verdict:
         return Verdict("ptwalk", False, "no kernel BTF (/sys/kernel/btf/vmlinux; CONFIG_DEBUG_INFO_BTF)")
     if not Path("/proc/self/clear_refs").exists():
         return Verdict("ptwalk", False, "no /proc/PID/clear_refs (CONFIG_PROC_PAGE_MONITOR)")
-    from .sources.ptwalk import PtwalkSource
+    from pageheat.sources.ptwalk import PtwalkSource
 
     try:
         src = PtwalkSource()
@@ -79,8 +79,8 @@ def _check_young_source(name: str, why: str | None, open_source: Callable[[], Yo
 
 def check_mglru_fexit(**settings: str) -> Verdict:
     """``settings``: the Config's ``aging`` (mglru_aging) and ``tlb_flush`` for the source."""
-    from . import lrugen
-    from .sources.mglru_fexit import NAME, MglruFexitSource
+    from pageheat.kernel import lrugen
+    from pageheat.sources.mglru_fexit import NAME, MglruFexitSource
 
     return _check_young_source(NAME, lrugen.mglru_state(), partial(MglruFexitSource, **settings),
                                "MGLRU enabled, fexit attached, {mode} aging via "
@@ -88,8 +88,8 @@ def check_mglru_fexit(**settings: str) -> Verdict:
 
 
 def check_mglru_hook(**settings: str) -> Verdict:
-    from . import lrugen
-    from .sources.mglru_hook import NAME, MglruHookSource, kernel_support
+    from pageheat.kernel import lrugen
+    from pageheat.sources.mglru_hook import NAME, MglruHookSource, kernel_support
 
     return _check_young_source(NAME, kernel_support() or lrugen.mglru_state(),
                                partial(MglruHookSource, **settings),

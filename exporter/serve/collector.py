@@ -9,6 +9,14 @@ import logging
 from collections.abc import Callable, Iterator, Mapping
 
 import numpy as np
+from pageheat import buildinfo
+from pageheat.config import Config
+from pageheat.model.aggregate import IDLE_BOUNDS, TargetView
+from pageheat.model.fleet import PAGE_BYTES, CgroupTotals, PageFrames, PromotedLedger, by_cgroup
+from pageheat.model.identity import Identity
+from pageheat.serve.sanity import AGING_REASONS, TRUNCATIONS
+from pageheat.serve.stats import Stats
+from pageheat.sources.base import PAGE_TYPE_NAMES
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeHistogramMetricFamily,
@@ -19,15 +27,6 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
-
-from . import buildinfo
-from .aggregate import IDLE_BOUNDS, TargetView
-from .config import Config
-from .fleet import PAGE_BYTES, CgroupTotals, PageFrames, PromotedLedger, by_cgroup
-from .identity import Identity
-from .sanity import AGING_REASONS, TRUNCATIONS
-from .sources.base import PAGE_TYPE_NAMES
-from .stats import Stats
 
 TARGET = ["pid", "comm"]
 PAGES = ["pid", "comm", "node", "type"]
@@ -107,7 +106,7 @@ class PageheatCollector(Collector):
 
     def _fleet(self, info: list[tuple[int, Identity]], groups: list[CgroupTotals],
                promoted: dict[str, np.ndarray]) -> Iterator[Metric]:
-        """The identity info metric and the per-cgroup aggregates (exporter/fleet.py), in bytes."""
+        """The identity info metric and the per-cgroup aggregates (exporter/model/fleet.py), in bytes."""
         comms = {v.pid: v.comm for v in self.views().values()}  # the same as the page series'
         pinfo = GaugeMetricFamily(
             "pageheat_process_info",
@@ -260,7 +259,7 @@ class PageheatCollector(Collector):
             yield lru_gen
 
     def _sanity(self, views: list[TargetView]) -> Iterator[Metric]:
-        """exporter/sanity.py's findings; every known reason exported, at 0 until it happens."""
+        """exporter/serve/sanity.py's findings; every known reason exported, at 0 until it happens."""
         s = self.stats
         unmon = GaugeMetricFamily(
             "pageheat_unmonitored_pages",

@@ -42,7 +42,7 @@ class Stats:
     series_exported: int = 0
     series_dropped: int = 0
     targets_dropped: int = 0
-    # exporter/sanity.py: truncated harvests and aging that did nothing, by reason; pages each
+    # exporter/serve/sanity.py: truncated harvests and aging that did nothing, by reason; pages each
     # target has that cannot be monitored, by reason (pid -> (comm, {reason: pages})).
     truncations: Counter[str] = field(default_factory=Counter)
     aging_ineffective: Counter[str] = field(default_factory=Counter)

@@ -12,13 +12,12 @@ from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
+from pageheat.kernel.procfs import shown
+from pageheat.top.feed import Layout, Sample
 from rich.color import Color
 from rich.segment import Segment
 from rich.style import Style
 from textual.strip import Strip
-
-from ..procfs import shown
-from .feed import Layout, Sample
 
 OVERLAYS = ("heat", "numa", "type", "idle", "never")
 OVERLAY_TITLES = {"heat": "accessed pages (log)", "numa": "NUMA node", "type": "anon/file/shmem",

@@ -12,9 +12,8 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-
-from . import sanity
-from .sources.base import PAGE_TYPE_NAMES, VMA_KIND_NAMES, Harvest, Source, TargetGone
+from pageheat.serve import sanity
+from pageheat.sources.base import PAGE_TYPE_NAMES, VMA_KIND_NAMES, Harvest, Source, TargetGone
 
 log = logging.getLogger("pageheat")
 
@@ -72,7 +71,7 @@ def take(source: Source, pid: int, aging: float, scans: int,
                  for (s, e), r in sorted(vmas.items())],
     }
     # Truncated harvests summed over the scans, and what the latest one could not monitor:
-    # nothing resident or cut short vanishes silently (see exporter/sanity.py).
+    # nothing resident or cut short vanishes silently (see exporter/serve/sanity.py).
     out["truncations"] = {r: sum(sanity.truncations(h.counters)[r] for h in harvests)
                           for r in sanity.TRUNCATIONS.values()}
     out["unmonitored_pages"] = sanity.unmonitored(harvests[-1].counters) if harvests else {}

@@ -28,9 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
-from .config import parse_duration
-from .procfs import shown
+from pageheat.config import parse_duration
+from pageheat.kernel.procfs import shown
 
 # Figure layout, fixed (no tight_layout) so that the image's geometry is known: axes rectangles
 # in figure fractions (left, bottom, width, height).

@@ -1,0 +1,1 @@
+"""The other commands: doctor, snapshot, demo, workload, render."""

@@ -1,0 +1,1 @@
+"""The model: per-target page state and its summaries, per-cgroup totals, process identity."""

@@ -1,0 +1,1 @@
+"""`pageheat serve`: the daemon, its scheduling and budget, the collector and the HTTP service."""
