@@ -427,6 +427,7 @@ def test_pilot_connect_to_a_stub_server() -> None:
             assert "harvest 4.0ms" in st
             s = app.history.latest
             assert s.layout.addrs is None and s.accessed.tolist() == [1] * 5 + [100] + [1] * 2
+            await _wait(lambda: app.heatmap._frame is not None)  # drawn at the next refresh
             lines = [line.text for line in app.heatmap._frame]
             assert lines[0].startswith("#0   [heap]") and lines[2].startswith("#4   anon")
             await pilot.press("q")

@@ -71,14 +71,15 @@ class History:
         self.columns: deque[Column] = deque(maxlen=max_columns)
         self.layout: Layout | None = None
         self.latest: Sample | None = None
-        self.samples = 0
+        self.samples = 0  # harvests added (previews after a resize or zoom not counted)
 
     def add(self, s: Sample) -> None:
         if self.layout is None or s.layout.key != self.layout.key:
             self.columns.clear()
             self.layout = s.layout
         self.latest = s
-        self.samples += 1
+        if not s.extra.get("preview"):
+            self.samples += 1  # harvests shown; a re-binned preview of the last one is not one
         cur = self.columns[-1] if self.columns else None
         if cur is None or cur.agings >= self.aggregate:
             self.columns.append(Column(s.accessed.copy(), s, s.agings))
