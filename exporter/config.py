@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
+from pageheat.sources import NAMES, MglruAging, SourceOptions, TlbFlush
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -52,12 +53,13 @@ MAX_SIZE = 1 << 57
 PID_MAX_LIMIT = 1 << 22
 
 # PAGEHEAT_* variables that are not daemon settings, so not misspelt ones: read by the tests
-# (conftest.py, test_top.py, test_dashboards.py), by bpfobjects.py (where the BPF objects are,
-# a packaging location like PYTHONPATH), by lab/ (PAGEHEAT_LAB_*, passed into the guests) and
-# by kernel-patch/ (PAGEHEAT_KERNEL_*) and by deploy/image/build.sh (PAGEHEAT_IMAGE_*).
-# PAGEHEAT_CONNECT_PASSWORD is a client's secret (top --connect), never a daemon setting.
+# (conftest.py, test_top.py, test_dashboards.py), by lab/ (PAGEHEAT_LAB_*, passed into the
+# guests) and by kernel-patch/ (PAGEHEAT_KERNEL_*) and by deploy/image/build.sh (PAGEHEAT_IMAGE_*).
+# PAGEHEAT_CONNECT_PASSWORD is a client's secret (top --connect), never a daemon setting: read
+# here by connect_password(), never printed by --config.check.
+CONNECT_PASSWORD_ENV = "PAGEHEAT_CONNECT_PASSWORD"
 NOT_SETTINGS = frozenset({"PAGEHEAT_REQUIRE_KERNEL", "PAGEHEAT_UPDATE_SNAPSHOTS",
-                          "PAGEHEAT_RENDER_DEMO", "PAGEHEAT_BPF_DIR", "PAGEHEAT_CONNECT_PASSWORD"})
+                          "PAGEHEAT_RENDER_DEMO", CONNECT_PASSWORD_ENV})
 NOT_SETTINGS_PREFIXES = ("PAGEHEAT_LAB_", "PAGEHEAT_KERNEL_", "PAGEHEAT_IMAGE_")
 
 
@@ -117,9 +119,8 @@ def _lower(value: Any) -> Any:
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 Size = Annotated[int, BeforeValidator(parse_size)]
-SourceName = Literal["auto", "ptwalk", "mglru-fexit", "mglru-hook"]
-TlbFlush = Annotated[Literal["auto", "always", "never"], BeforeValidator(_lower)]
-MglruAging = Annotated[Literal["active", "passive"], BeforeValidator(_lower)]
+# The registry's names (pageheat.sources.SOURCES), so that a new source is one entry there.
+SourceName = Literal[("auto", *NAMES)]  # type: ignore[valid-type]
 # Paths the HTTP server answers itself; the telemetry path must not hide them.
 RESERVED_PATHS = ("/", "/healthz")
 
@@ -189,9 +190,12 @@ class Config(BaseSettings):
     cgroup: Literal["inherit", "own"] = "inherit"
     # The TLB flush after each aging (docs/ACCURACY.md): auto = only where no soft-dirty
     # tracking would be disturbed. Read by every source.
-    tlb_flush: TlbFlush = "auto"
+    tlb_flush: Annotated[TlbFlush, BeforeValidator(_lower)] = TlbFlush.AUTO
     # mglru sources: request agings (active) or only watch the kernel's own (passive).
-    mglru_aging: MglruAging = "active"
+    mglru_aging: Annotated[MglruAging, BeforeValidator(_lower)] = MglruAging.ACTIVE
+    # Where the compiled BPF objects (NAME.bpf.o) are; None: the package's own bpf/ folder.
+    # A packaging location like PYTHONPATH, for development (PAGEHEAT_BPF_DIR).
+    bpf_dir: Path | None = None
     # The harvest/aging worker thread's CPU priority: "idle" (SCHED_IDLE) runs it only when a
     # CPU would otherwise idle, so it never preempts the workload; "normal" as the rest.
     worker_priority: Literal["idle", "normal"] = "idle"
@@ -243,6 +247,10 @@ class Config(BaseSettings):
     def host_port(self) -> tuple[str, int]:
         """The first listen address."""
         return self.listen_addresses[0]
+
+    def source_options(self, pfns: bool = False) -> SourceOptions:
+        """The settings a source is opened with (``pfns``: see SourceOptions)."""
+        return SourceOptions(self.tlb_flush, self.mglru_aging, pfns, self.bpf_dir)
 
     @property
     def targets_configured(self) -> bool:
@@ -369,6 +377,16 @@ def load(path: Path | None, overrides: dict[str, Any]) -> Config:
 def from_env() -> Config:
     """Defaults and the environment: the settings of commands without a config file."""
     return load(None, {})
+
+
+def no_color(environ: Mapping[str, str] | None = None) -> bool:
+    """The NO_COLOR convention (https://no-color.org): set and not empty means no colour."""
+    return bool((os.environ if environ is None else environ).get("NO_COLOR"))
+
+
+def connect_password(environ: Mapping[str, str] | None = None) -> str | None:
+    """``top --connect``'s basic auth password from PAGEHEAT_CONNECT_PASSWORD (None: unset)."""
+    return (os.environ if environ is None else environ).get(CONNECT_PASSWORD_ENV)
 
 
 def describe(e: ValidationError, what: str = "bad configuration", echo: bool = True) -> str:
