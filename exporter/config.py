@@ -6,6 +6,12 @@ for nested fields), then the YAML file, then the defaults. A bad value fails val
 a message that names the field; a misspelt ``PAGEHEAT_*`` variable is an error too, except the
 names in ``NOT_SETTINGS`` (the test suite's, the lab's and the kernel build's switches).
 
+This is the only module that reads the environment: besides the settings, ``no_color()``
+(the NO_COLOR convention) and ``connect_password()`` (``top --connect``'s secret, never a
+setting, so never printed by ``--config.check``). The sources' options are typed here
+(``TlbFlush``, ``MglruAging`` from ``pageheat.sources``) and handed down as
+``Config.source_options()``.
+
 Errors: ``load`` and ``from_env`` raise ``pydantic.ValidationError`` (a value is wrong),
 ``ConfigError`` (a file that is not YAML, an unknown variable) or ``OSError`` (the file cannot
 be read). ``describe`` turns a ValidationError into one line.
