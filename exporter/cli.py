@@ -22,7 +22,7 @@ from pageheat.commands import doctor
 from pageheat.config import ConfigError, Targets, parse_duration
 from pageheat.kernel import capabilities, cgroups, procfs
 from pageheat.serve import targets
-from pageheat.sources import NAMES, open_source
+from pageheat.sources import NAMES, MglruAging, TlbFlush, open_source
 from pageheat.sources.base import Source, SourceError, TargetGone
 from pydantic import ValidationError
 
@@ -101,11 +101,11 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--web.config.file", "--web-config", dest="web_config", type=Path, metavar="FILE",
                    help="TLS / basic auth web-config file (exporter-toolkit format)")
     s.add_argument("--aging", help="aging interval, e.g. 1s or 500ms (minimum 100ms)")
-    s.add_argument("--source", choices=("auto", *NAMES[:3]))
+    s.add_argument("--source", choices=("auto", *NAMES))
     s.add_argument("--cpu-budget", help="fraction of one CPU for harvest + aging")
-    s.add_argument("--tlb-flush", choices=("auto", "always", "never"),
+    s.add_argument("--tlb-flush", choices=[m.value for m in TlbFlush],
                    help="TLB flush after each aging (docs/ACCURACY.md; default auto)")
-    s.add_argument("--mglru-aging", choices=("active", "passive"),
+    s.add_argument("--mglru-aging", choices=[m.value for m in MglruAging],
                    help="mglru sources: request agings or only watch the kernel's (default active)")
     s.add_argument("--cgroup", choices=("inherit", "own"),
                    help="run the command after -- in pageheat's memory cgroup (inherit, the default) "
@@ -122,7 +122,7 @@ def parser() -> argparse.ArgumentParser:
     n.add_argument("--scans", type=int, default=3)
     n.add_argument("--range", type=_range, help="START-END (hex): limit --pages to this range")
     n.add_argument("--pages", action="store_true", help="per-page detail (requires --range)")
-    n.add_argument("--source", choices=("auto", *NAMES[:3]), help="default: the setting (auto)")
+    n.add_argument("--source", choices=("auto", *NAMES), help="default: the setting (auto)")
     n.add_argument("--json", action="store_true", help="print JSON (the only format)")
 
     w = add("workload", help="run a ground-truth workload (hot, warm, cold pages)")
@@ -139,7 +139,7 @@ def parser() -> argparse.ArgumentParser:
                    help="basic auth password for --connect: first line of FILE "
                         "(or the environment variable PAGEHEAT_CONNECT_PASSWORD)")
     t.add_argument("--ca-file", metavar="FILE", help="CA certificate(s) to verify an https --connect server")
-    t.add_argument("--source", choices=("auto", *NAMES[:3]), help="default: the setting (auto)")
+    t.add_argument("--source", choices=("auto", *NAMES), help="default: the setting (auto)")
     t.add_argument("--aging", type=_duration, default=0.5, help="aging interval (default 500ms)")
     t.add_argument("--aggregate", type=int, default=3, metavar="N", help="agings per column (default 3)")
     t.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD ARGS...: launch and follow")
@@ -190,7 +190,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _serve(args)
     if args.command == "doctor":
         cfg = config.from_env()  # the sources' settings, as serve would use them
-        return doctor.run(as_json=args.json, aging=cfg.mglru_aging, tlb_flush=cfg.tlb_flush)
+        return doctor.run(as_json=args.json, options=cfg.source_options())
     if args.command == "snapshot":
         return _snapshot(args)
     if args.command == "workload":
@@ -203,7 +203,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "render":
         from pageheat.commands.render import run as render
 
-        return render(args)
+        return render(args, no_color=config.no_color())
     if args.command == "demo":
         from pageheat.commands.demo import run as demo
 
@@ -250,8 +250,8 @@ def _serve(args: argparse.Namespace) -> int:
     launched: Launched | None = None
     try:
         # Frame numbers let a cgroup count a page its processes share once (exporter/model/fleet.py).
-        source = open_source(cfg.source, cfg.tlb_flush, cfg.mglru_aging,
-                             pfns=cfg.targets.all or bool(cfg.targets.cgroups))
+        source = open_source(cfg.source,
+                             cfg.source_options(pfns=cfg.targets.all or bool(cfg.targets.cgroups)))
         from pageheat.serve.daemon import Daemon
 
         if cmd:
@@ -343,7 +343,8 @@ def _top(args: argparse.Namespace) -> int:
         raise UsageError("--connect-user, --connect-password-file and --ca-file need --connect URL")
     return run(pid, cmd, args.connect, cfg.source, args.aging, args.aggregate,
                connect_user=args.connect_user, password_file=args.connect_password_file,
-               ca_file=args.ca_file, tlb_flush=cfg.tlb_flush, mglru_aging=cfg.mglru_aging)
+               ca_file=args.ca_file, options=cfg.source_options(), bins=cfg.bins,
+               cold_after=cfg.cold_after)
 
 
 def _snapshot(args: argparse.Namespace) -> int:
@@ -358,7 +359,7 @@ def _snapshot(args: argparse.Namespace) -> int:
         raise UsageError("--aging must be at least 100ms")
     pid = _process_of(args.pid)
     _check_access(pid)
-    source = open_source(cfg.source, cfg.tlb_flush, cfg.mglru_aging)
+    source = open_source(cfg.source, cfg.source_options())
     try:
         result = take(source, pid, args.aging, args.scans, args.range, args.pages)
     except TargetGone:

@@ -6,6 +6,12 @@ for nested fields), then the YAML file, then the defaults. A bad value fails val
 a message that names the field; a misspelt ``PAGEHEAT_*`` variable is an error too, except the
 names in ``NOT_SETTINGS`` (the test suite's, the lab's and the kernel build's switches).
 
+This is the only module that reads the environment: besides the settings, ``no_color()``
+(the NO_COLOR convention) and ``connect_password()`` (``top --connect``'s secret, never a
+setting, so never printed by ``--config.check``). The sources' options are typed here
+(``TlbFlush``, ``MglruAging`` from ``pageheat.sources``) and handed down as
+``Config.source_options()``.
+
 Errors: ``load`` and ``from_env`` raise ``pydantic.ValidationError`` (a value is wrong),
 ``ConfigError`` (a file that is not YAML, an unknown variable) or ``OSError`` (the file cannot
 be read). ``describe`` turns a ValidationError into one line.
@@ -23,6 +29,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
+from pageheat.sources import NAMES, MglruAging, SourceOptions, TlbFlush
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -52,12 +59,13 @@ MAX_SIZE = 1 << 57
 PID_MAX_LIMIT = 1 << 22
 
 # PAGEHEAT_* variables that are not daemon settings, so not misspelt ones: read by the tests
-# (conftest.py, test_top.py, test_dashboards.py), by bpfobjects.py (where the BPF objects are,
-# a packaging location like PYTHONPATH), by lab/ (PAGEHEAT_LAB_*, passed into the guests) and
-# by kernel-patch/ (PAGEHEAT_KERNEL_*) and by deploy/image/build.sh (PAGEHEAT_IMAGE_*).
-# PAGEHEAT_CONNECT_PASSWORD is a client's secret (top --connect), never a daemon setting.
+# (conftest.py, test_top.py, test_dashboards.py), by lab/ (PAGEHEAT_LAB_*, passed into the
+# guests) and by kernel-patch/ (PAGEHEAT_KERNEL_*) and by deploy/image/build.sh (PAGEHEAT_IMAGE_*).
+# PAGEHEAT_CONNECT_PASSWORD is a client's secret (top --connect), never a daemon setting: read
+# here by connect_password(), never printed by --config.check.
+CONNECT_PASSWORD_ENV = "PAGEHEAT_CONNECT_PASSWORD"
 NOT_SETTINGS = frozenset({"PAGEHEAT_REQUIRE_KERNEL", "PAGEHEAT_UPDATE_SNAPSHOTS",
-                          "PAGEHEAT_RENDER_DEMO", "PAGEHEAT_BPF_DIR", "PAGEHEAT_CONNECT_PASSWORD"})
+                          "PAGEHEAT_RENDER_DEMO", CONNECT_PASSWORD_ENV})
 NOT_SETTINGS_PREFIXES = ("PAGEHEAT_LAB_", "PAGEHEAT_KERNEL_", "PAGEHEAT_IMAGE_")
 
 
@@ -117,9 +125,8 @@ def _lower(value: Any) -> Any:
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 Size = Annotated[int, BeforeValidator(parse_size)]
-SourceName = Literal["auto", "ptwalk", "mglru-fexit", "mglru-hook"]
-TlbFlush = Annotated[Literal["auto", "always", "never"], BeforeValidator(_lower)]
-MglruAging = Annotated[Literal["active", "passive"], BeforeValidator(_lower)]
+# The registry's names (pageheat.sources.SOURCES), so that a new source is one entry there.
+SourceName = Literal[("auto", *NAMES)]  # type: ignore[valid-type]
 # Paths the HTTP server answers itself; the telemetry path must not hide them.
 RESERVED_PATHS = ("/", "/healthz")
 
@@ -189,9 +196,12 @@ class Config(BaseSettings):
     cgroup: Literal["inherit", "own"] = "inherit"
     # The TLB flush after each aging (docs/ACCURACY.md): auto = only where no soft-dirty
     # tracking would be disturbed. Read by every source.
-    tlb_flush: TlbFlush = "auto"
+    tlb_flush: Annotated[TlbFlush, BeforeValidator(_lower)] = TlbFlush.AUTO
     # mglru sources: request agings (active) or only watch the kernel's own (passive).
-    mglru_aging: MglruAging = "active"
+    mglru_aging: Annotated[MglruAging, BeforeValidator(_lower)] = MglruAging.ACTIVE
+    # Where the compiled BPF objects (NAME.bpf.o) are; None: the package's own bpf/ folder.
+    # A packaging location like PYTHONPATH, for development (PAGEHEAT_BPF_DIR).
+    bpf_dir: Path | None = None
     # The harvest/aging worker thread's CPU priority: "idle" (SCHED_IDLE) runs it only when a
     # CPU would otherwise idle, so it never preempts the workload; "normal" as the rest.
     worker_priority: Literal["idle", "normal"] = "idle"
@@ -243,6 +253,10 @@ class Config(BaseSettings):
     def host_port(self) -> tuple[str, int]:
         """The first listen address."""
         return self.listen_addresses[0]
+
+    def source_options(self, pfns: bool = False) -> SourceOptions:
+        """The settings a source is opened with (``pfns``: see SourceOptions)."""
+        return SourceOptions(self.tlb_flush, self.mglru_aging, pfns, self.bpf_dir)
 
     @property
     def targets_configured(self) -> bool:
@@ -369,6 +383,16 @@ def load(path: Path | None, overrides: dict[str, Any]) -> Config:
 def from_env() -> Config:
     """Defaults and the environment: the settings of commands without a config file."""
     return load(None, {})
+
+
+def no_color(environ: Mapping[str, str] | None = None) -> bool:
+    """The NO_COLOR convention (https://no-color.org): set and not empty means no colour."""
+    return bool((os.environ if environ is None else environ).get("NO_COLOR"))
+
+
+def connect_password(environ: Mapping[str, str] | None = None) -> str | None:
+    """``top --connect``'s basic auth password from PAGEHEAT_CONNECT_PASSWORD (None: unset)."""
+    return (os.environ if environ is None else environ).get(CONNECT_PASSWORD_ENV)
 
 
 def describe(e: ValidationError, what: str = "bad configuration", echo: bool = True) -> str:

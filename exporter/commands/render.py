@@ -17,7 +17,6 @@ import argparse
 import importlib.util
 import json
 import math
-import os
 import shutil
 import sys
 import time
@@ -28,8 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from pageheat import config
 from pageheat.config import parse_duration
 from pageheat.kernel.procfs import shown
+from pageheat.top.ramp import HEAT, SHADES, colours
 
 # Figure layout, fixed (no tight_layout) so that the image's geometry is known: axes rectangles
 # in figure fractions (left, bottom, width, height).
@@ -228,16 +229,6 @@ def _literal(text: str) -> str:
     return shown(text).replace("$", r"\$")
 
 
-def _inferno(x: np.ndarray) -> np.ndarray:
-    """A small inferno-like ramp, 0..1 -> RGB 0..255, without matplotlib."""
-    stops = np.array([[0, 0, 4], [40, 11, 84], [101, 21, 110], [159, 42, 99], [212, 72, 66],
-                      [245, 125, 21], [250, 193, 39], [252, 255, 164]], dtype=float)
-    pos = np.clip(x, 0, 1) * (len(stops) - 1)
-    i = np.minimum(pos.astype(int), len(stops) - 2)
-    f = (pos - i)[..., None]
-    return (stops[i] * (1 - f) + stops[i + 1] * f).astype(int)
-
-
 def _resample(values: np.ndarray, rows: int, cols: int) -> np.ndarray:
     """Resize a matrix to rows × cols: mean over the source cells that fall in each target
     cell, or repeat them when the target is larger."""
@@ -262,7 +253,8 @@ def _normalise(values: np.ndarray) -> np.ndarray:
 
 def terminal(data: Data, width: int = 80, height: int = 24, color: bool = True) -> str:
     """The heatmap and the idle-age distribution in width × height characters. With colour,
-    each character is two pixels (upper half block: foreground = upper, background = lower)."""
+    each character is two pixels (upper half block: foreground = upper, background = lower),
+    coloured with `top`'s heat ramp (top/ramp.py; the images use matplotlib's inferno)."""
     label_w = 18
     cols = max(8, width - label_w - 1)
     idle_lines = 6
@@ -280,14 +272,13 @@ def terminal(data: Data, width: int = 80, height: int = 24, color: bool = True) 
             if color:
                 top, bottom = grid[2 * ln], grid[2 * ln + 1]
                 label_row = int(labels[2 * ln])
-                rgb_t, rgb_b = _inferno(top), _inferno(bottom)
+                rgb_t, rgb_b = colours(HEAT, top).tolist(), colours(HEAT, bottom).tolist()
                 cells = "".join(f"\x1b[38;2;{a[0]};{a[1]};{a[2]}m\x1b[48;2;{b[0]};{b[1]};{b[2]}m▀"
                                 for a, b in zip(rgb_t, rgb_b, strict=True))
                 body = cells + "\x1b[0m"
             else:
-                ramp = " .:-=+*#%@"
                 label_row = int(labels[ln])
-                body = "".join(ramp[min(len(ramp) - 1, int(v * len(ramp)))] for v in grid[ln])
+                body = "".join(SHADES[min(len(SHADES) - 1, int(v * len(SHADES)))] for v in grid[ln])
             name = m.rows[label_row] if m.rows else ""
             out.append(f"{name[:label_w - 1]:<{label_w - 1}} {body}")
         return out
@@ -322,7 +313,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--height", type=int, help="terminal lines (default 24)")
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, no_color: bool | None = None) -> int:
+    """``no_color``: the NO_COLOR convention, as config.no_color() reads it (the default)."""
     try:
         range_s = parse_duration(args.range)
         step = parse_duration(args.step) if args.step else None
@@ -344,7 +336,7 @@ def run(args: argparse.Namespace) -> int:
             draw(data, out)
     if args.png is None and args.svg is None:
         tty = sys.stdout.isatty()
-        color = tty and not os.environ.get("NO_COLOR")
+        color = tty and not (config.no_color() if no_color is None else no_color)
         width = args.width or min(80, shutil.get_terminal_size((80, 24)).columns)
         sys.stdout.write(terminal(data, width, args.height or 24, color))
     return 0

@@ -531,9 +531,18 @@ class TargetState:
 
     def _layout_changed(self, vmas: Vmas, p: Pages) -> bool:
         assert self.bins is not None
-        sel = _binned_vmas(vmas)
-        mapped = int(((vmas.end[sel] - vmas.start[sel]) >> np.uint64(12)).sum())
-        old = max(self.bins.mapped_pages, 1)
-        if not (1 / REBIN_SIZE_FACTOR <= mapped / old <= REBIN_SIZE_FACTOR):
-            return True
-        return self.bins.outside(p.vpn) > REBIN_OUTSIDE_FRACTION * max(len(p), 1)
+        return needs_rebin(self.bins, vmas, p.vpn)
+
+
+def needs_rebin(bins: Bins, vmas: Vmas, vpn: np.ndarray, n_pages: int | None = None) -> bool:
+    """Whether ``bins`` no longer fit the layout: the mapped size of the binned mappings in
+    ``vmas`` changed by more than REBIN_SIZE_FACTOR, or more than REBIN_OUTSIDE_FRACTION of
+    the ``n_pages`` resident pages (default: len(vpn)) lie outside them. vpn: uint64, the
+    resident pages that count as outside when they are (top's zoom passes only its own)."""
+    sel = _binned_vmas(vmas)
+    mapped = int(((vmas.end[sel] - vmas.start[sel]) >> np.uint64(12)).sum())
+    old = max(bins.mapped_pages, 1)
+    if not (1 / REBIN_SIZE_FACTOR <= mapped / old <= REBIN_SIZE_FACTOR):
+        return True
+    n = len(vpn) if n_pages is None else n_pages
+    return bins.outside(vpn) > REBIN_OUTSIDE_FRACTION * max(n, 1)

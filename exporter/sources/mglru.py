@@ -61,6 +61,7 @@ import numpy as np
 from pageheat.kernel import lrugen, procfs
 from pageheat.kernel.libbpf import BpfObject, LibbpfError, Link, lib
 from pageheat.kernel.numa import NodeMap
+from pageheat.sources import MglruAging, TlbFlush
 from pageheat.sources.base import Harvest, Pages, SourceError, TargetGone, Vmas
 from pageheat.sources.objects import object_path
 from pageheat.sources.ptwalk import PageTableScan, soft_dirty_tracking
@@ -68,7 +69,6 @@ from pageheat.sources.ptwalk import PageTableScan, soft_dirty_tracking
 log = logging.getLogger(__name__)
 
 AGING_ENV = "PAGEHEAT_MGLRU_AGING"
-TLB_ENV = "PAGEHEAT_TLB_FLUSH"  # shared with ptwalk
 BTF = Path("/sys/kernel/btf/vmlinux")
 
 _KEY = np.dtype([("tgid", "<u4"), ("pad", "<u4"), ("vpn", "<u8")])
@@ -113,23 +113,16 @@ class YoungPagesSource:
     attach_skip: tuple[str, ...] = ()  # loaded but not attached (run by BPF_PROG_TEST_RUN)
     needs_lru_gen_write = False  # active aging writes /sys/kernel/debug/lru_gen
 
-    def __init__(self, aging: str | None = None, obj: Path | None = None,
+    def __init__(self, aging: MglruAging | str = MglruAging.ACTIVE, obj: Path | None = None,
                  nodes: NodeMap | None = None, young_capacity: int = _DEFAULT_YOUNG_CAPACITY,
-                 swappiness: int = 1, tlb_flush: str | None = None) -> None:
+                 swappiness: int = 1, tlb_flush: TlbFlush | str = TlbFlush.AUTO,
+                 bpf_dir: Path | None = None) -> None:
         name = self.name
-        self.aging = (aging or "active").lower()  # the Config passes mglru_aging
-        if self.aging not in ("active", "passive"):
-            raise SourceError(f"{name}: aging must be active or passive, not {self.aging!r} "
-                              f"(${AGING_ENV})")
+        self.aging = MglruAging(aging)  # the Config passes mglru_aging and tlb_flush
         if not 1 <= swappiness <= 200:
             raise SourceError(f"{name}: swappiness must be 1..200 (0 would skip anonymous memory)")
         self.swappiness = swappiness
-        flush = (tlb_flush or "auto").lower()  # the Config passes tlb_flush
-        if flush not in ("auto", "always", "never"):
-            raise SourceError(f"{name}: TLB flush must be auto, always or never, not {flush!r} "
-                              f"(${TLB_ENV})")
-        self.tlb_flush = self.aging == "active" and (
-            flush == "always" or (flush == "auto" and not soft_dirty_tracking()))
+        self.tlb_flush = self.aging == "active" and TlbFlush(tlb_flush).wanted(soft_dirty_tracking)
         why = lrugen.mglru_state()
         if why:
             raise SourceError(f"{name}: {why}; use --source ptwalk")
@@ -140,7 +133,8 @@ class YoungPagesSource:
         self._nodes = nodes or NodeMap.from_sysfs()
         # Aging is per node with memory (a memoryless node has no LRU lists).
         self.memory_nodes = sorted(set(self._nodes.node.tolist())) or [0]
-        self._path = obj or object_path(self.object_name)
+        self._bpf_dir = bpf_dir
+        self._path = obj or object_path(self.object_name, bpf_dir)
         self._targets: dict[int, Target] = {}
         self._pending: dict[int, list[np.ndarray]] = {}  # tgid -> drained keys+flags, not yet harvested
         self._links: list[Link] = []
@@ -157,7 +151,7 @@ class YoungPagesSource:
         try:
             # Read-only: PG_young is ptwalk's answer to DAMON clearing Accessed bits; here the
             # Accessed bits are MGLRU's and are not read.
-            self._scan = PageTableScan(nodes=self._nodes, check_young=False)
+            self._scan = PageTableScan(nodes=self._nodes, check_young=False, bpf_dir=self._bpf_dir)
         except SourceError as e:
             self.close()
             raise SourceError(f"{name}: resident set: {e}") from e

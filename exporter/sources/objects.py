@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from pageheat.sources.base import SourceError
@@ -10,10 +9,10 @@ from pageheat.sources.base import SourceError
 _HERE = Path(__file__).resolve().parent.parent / "bpf"  # pageheat/bpf/
 
 
-def object_path(name: str) -> Path:
-    """Path of ``NAME.bpf.o``; $PAGEHEAT_BPF_DIR overrides the package's own folder."""
-    folder = Path(os.environ.get("PAGEHEAT_BPF_DIR", _HERE))
-    path = folder / f"{name}.bpf.o"
+def object_path(name: str, folder: Path | None = None) -> Path:
+    """Path of ``NAME.bpf.o`` in ``folder`` (the Config's bpf_dir, PAGEHEAT_BPF_DIR), by
+    default the package's own bpf/ folder. Raises SourceError when it is missing."""
+    path = (folder or _HERE) / f"{name}.bpf.o"
     if not path.is_file():
         raise SourceError(f"{path} is missing: build the BPF objects with bpf/build.sh")
     return path

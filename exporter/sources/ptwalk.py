@@ -24,6 +24,7 @@ import numpy as np
 from pageheat.kernel import procfs
 from pageheat.kernel.libbpf import BpfObject, LibbpfError, Link
 from pageheat.kernel.numa import NodeMap
+from pageheat.sources import TlbFlush
 from pageheat.sources.base import Harvest, Pages, PageType, SourceError, TargetGone, VmaKind, Vmas
 from pageheat.sources.objects import object_path
 
@@ -51,7 +52,6 @@ _PER_SCAN = ("n_vmas", "n_tables", "dropped_vmas", "dropped_tables", "read_error
              "skipped_huge_pud", "dup_vmas", "young_flag_hits", "special_ptes", "special_pmds",
              "step_limit_vmas", "last_mm", "last_vm_end")
 _REPORTED = _PER_SCAN[:11]
-TLB_FLUSH_MODES = ("auto", "always", "never")
 # x86-64 4-level layout: KASLR places the struct page array in 1 GiB steps below this.
 _VMEMMAP_LIMIT_4LEVEL = 0xFFFFFE0000000000
 _HUGE = 2 << 20
@@ -99,8 +99,9 @@ class PageTableScan:
     cannot load (capabilities, kernel), TargetGone when a process exits."""
 
     def __init__(self, obj: Path | None = None, nodes: NodeMap | None = None,
-                 check_young: bool | None = None, pfns: bool = False) -> None:
-        self._path = obj or object_path("ptwalk")
+                 check_young: bool | None = None, pfns: bool = False,
+                 bpf_dir: Path | None = None) -> None:
+        self._path = obj or object_path("ptwalk", bpf_dir)
         self._nodes = nodes or NodeMap.from_sysfs()
         # PG_young costs a struct page read per idle page (~45 ns here), so by default only
         # when DAMON, the usual other Accessed-bit consumer, is running.
@@ -330,13 +331,11 @@ class PtwalkSource(PageTableScan):
     name = "ptwalk"
 
     def __init__(self, obj: Path | None = None, nodes: NodeMap | None = None,
-                 tlb_flush: str = "auto", check_young: bool | None = None, pfns: bool = False) -> None:
-        # See _age. "auto": only where the kernel has no soft-dirty tracking to disturb;
-        # "always" also resets soft-dirty bits (fine in a test VM, not next to CRIU).
-        if tlb_flush not in TLB_FLUSH_MODES:
-            raise SourceError(f"tlb_flush must be one of {', '.join(TLB_FLUSH_MODES)}, not {tlb_flush!r}")
-        self.tlb_flush = tlb_flush == "always" or (tlb_flush == "auto" and not soft_dirty_tracking())
-        super().__init__(obj, nodes, check_young, pfns)
+                 tlb_flush: TlbFlush | str = TlbFlush.AUTO, check_young: bool | None = None,
+                 pfns: bool = False, bpf_dir: Path | None = None) -> None:
+        # See _age and TlbFlush.wanted (the Config passes its tlb_flush).
+        self.tlb_flush = TlbFlush(tlb_flush).wanted(soft_dirty_tracking)
+        super().__init__(obj, nodes, check_young, pfns, bpf_dir)
 
     def attach(self, pid: int) -> None:
         if pid in self._targets:

@@ -7,6 +7,10 @@ import logging
 import subprocess
 import sys
 import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pageheat.sources import SourceOptions
 
 # textual (and rich, which it brings) are the `top` extra: the daemon on every node does not
 # need them. Checked before anything else so that a missing extra is one line, not a traceback.
@@ -17,10 +21,11 @@ HEADLESS = ("pageheat top: stdout is not a terminal; for a non-interactive view 
 
 def run(pid: int | None, command: list[str], connect: str | None, source: str, aging: float,
         aggregate: int, *, connect_user: str | None = None, password_file: str | None = None,
-        ca_file: str | None = None, tlb_flush: str = "auto", mglru_aging: str = "active") -> int:
+        ca_file: str | None = None, options: SourceOptions, bins: int, cold_after: float) -> int:
     """Entry point of the subcommand; returns the exit code. Raises SourceError, OSError.
     connect_user, password_file, ca_file: basic auth and a private CA for ``connect``;
-    ``tlb_flush`` and ``mglru_aging``: the Config's settings for the source."""
+    ``options`` (Config.source_options), ``bins`` and ``cold_after``: the Config's settings
+    for the source and the aggregator."""
     if not has_extra():
         print(MISSING_EXTRA, file=sys.stderr)
         return 2
@@ -48,7 +53,7 @@ def run(pid: int | None, command: list[str], connect: str | None, source: str, a
     else:
         from pageheat.sources import open_source
 
-        src = open_source(source, tlb_flush, mglru_aging)
+        src = open_source(source, options)
         if command:
             try:
                 child = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
@@ -63,7 +68,8 @@ def run(pid: int | None, command: list[str], connect: str | None, source: str, a
             comm = procfs.read_comm(pid)
         except OSError:
             comm = ""
-        app = TopApp(LocalFeed(src, pid, comm), aging=aging, aggregate=aggregate)
+        feed = LocalFeed(src, pid, comm, bins=bins, cold_after=cold_after)
+        app = TopApp(feed, aging=aging, aggregate=aggregate)
     # Log records would scribble over the screen: hold them while the app runs, print them after.
     root = logging.getLogger()
     saved, held = root.handlers[:], _Held()

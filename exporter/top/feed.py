@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import ssl
 import time
 import urllib.error
@@ -23,7 +22,8 @@ from dataclasses import dataclass, field
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import numpy as np
-from pageheat.model.aggregate import Bins, TargetState, make_bins, mapping_label
+from pageheat.config import CONNECT_PASSWORD_ENV, Config, connect_password
+from pageheat.model.aggregate import Bins, TargetState, make_bins, mapping_label, needs_rebin
 from pageheat.sources.base import PAGE_TYPE_NAMES, VMA_KIND_NAMES, Harvest, Source, Vmas
 
 PAGE = 4096
@@ -118,11 +118,14 @@ class LocalFeed:
     remote = False
 
     def __init__(self, source: Source, pid: int, comm: str = "", n_bins: int = DEFAULT_BINS,
-                 cold_after: float = 120.0) -> None:
+                 bins: int = Config.model_fields["bins"].default,
+                 cold_after: float = Config.model_fields["cold_after"].default) -> None:
+        """``n_bins``: display bins; ``bins`` and ``cold_after``: the Config's, for the
+        aggregator's state (what `serve` would export: working set, cold pages)."""
         self.source = source
         self.pid = pid
         self.comm = comm
-        self.state = TargetState(pid, comm, 32, cold_after)  # what `serve` would export
+        self.state = TargetState(pid, comm, bins, cold_after)
         self.n_bins = n_bins  # display bins: two per text row
         # Replaced, never mutated: the UI thread sets it, the harvest thread reads it.
         self.zoom_stack: tuple[tuple[int, int], ...] = ()
@@ -178,12 +181,10 @@ class LocalFeed:
         n_bins = self.n_bins
         key = (n_bins, zoom)
         b = self.bins
-        if b is not None and key == self._bins_key:
-            sel = (vmas.kind != 5) & vmas.accessible
-            mapped = int(((vmas.end[sel] - vmas.start[sel]) >> np.uint64(12)).sum())
-            outside = b.outside(h.pages.vpn[self._in_zoom(h.pages.vpn, zoom)])
-            if 0.5 <= mapped / max(b.mapped_pages, 1) <= 2.0 and outside <= 0.1 * max(len(h.pages), 1):
-                return b
+        # The aggregator's re-bin rule, over the zoomed range's mappings and pages.
+        if b is not None and key == self._bins_key and \
+                not needs_rebin(b, vmas, h.pages.vpn[self._in_zoom(h.pages.vpn, zoom)], len(h.pages)):
+            return b
         self.bins = make_bins(vmas, n_bins) if len(vmas) else make_bins(h.vmas, n_bins)
         self._bins_key = key
         self.layouts += 1
@@ -244,7 +245,7 @@ class LocalFeed:
                      for i in order)
 
 
-PASSWORD_ENV = "PAGEHEAT_CONNECT_PASSWORD"
+PASSWORD_ENV = CONNECT_PASSWORD_ENV
 CREDENTIALS_HINT = (f"user in the URL or --connect-user; password in the URL, "
                     f"--connect-password-file or {PASSWORD_ENV}")
 
@@ -267,10 +268,11 @@ class Endpoint:
 
     @classmethod
     def parse(cls, url: str, user: str | None = None, password_file: str | None = None,
-              ca_file: str | None = None, env: Mapping[str, str] = os.environ) -> Endpoint:
+              ca_file: str | None = None, env: Mapping[str, str] | None = None) -> Endpoint:
         """Credentials come from the URL (``https://USER:PASSWORD@HOST:PORT``, percent-encoded)
         or from ``user`` with the password read from ``password_file`` (its first line) or from
-        the environment variable PAGEHEAT_CONNECT_PASSWORD: never only from the command line.
+        the environment variable PAGEHEAT_CONNECT_PASSWORD (in ``env``, by default the process
+        environment, read by config.connect_password): never only from the command line.
         Raises ConnectError (a bad URL, a user without a password, an unreadable file)."""
         try:
             parts = urlsplit(url)
@@ -293,8 +295,8 @@ class Endpoint:
                         password = f.readline().rstrip("\r\n")
                 except (OSError, UnicodeDecodeError) as e:
                     raise ConnectError(f"--connect-password-file: {e}") from None
-            elif PASSWORD_ENV in env:
-                password = env[PASSWORD_ENV]
+            elif (from_env := connect_password(env)) is not None:
+                password = from_env
             else:
                 raise ConnectError(f"user {name!r} without a password: give it in the URL, "
                                    f"with --connect-password-file or in {PASSWORD_ENV}")

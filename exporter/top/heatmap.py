@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from pageheat.kernel.procfs import shown
 from pageheat.top.feed import Layout, Sample
+from pageheat.top.ramp import HEAT, SHADES, colours, gradient
 from rich.color import Color
 from rich.segment import Segment
 from rich.style import Style
@@ -26,27 +27,14 @@ MAX_COLUMNS = 1000
 LABEL_WIDTH = 28
 EMPTY = (14, 14, 18)  # nothing resident
 HALF = "\u2580"
-SHADES = " .:-=+*#%@"
 PLAIN = Style()
 
-
-LEVELS = 64  # colour steps per scale: enough for the eye, and few distinct styles to cache
-
-
-def _gradient(stops: list[tuple[float, tuple[int, int, int]]], n: int = LEVELS) -> np.ndarray:
-    x = np.linspace(0, 1, n)
-    pos = [s[0] for s in stops]
-    return np.stack([np.interp(x, pos, [s[1][k] for s in stops]) for k in range(3)], axis=1).astype(np.uint8)
-
-
-# Idle resident pages are dark blue, the hottest white-yellow.
-HEAT = _gradient([(0.0, (30, 34, 70)), (0.4, (80, 24, 110)), (0.65, (180, 40, 80)),
-                  (0.85, (245, 130, 20)), (1.0, (255, 250, 200))])
-# Recently used is warm, long idle is cold; never accessed has its own colour.
-IDLE = _gradient([(0.0, (255, 230, 120)), (0.35, (230, 90, 40)), (0.7, (90, 40, 140)),
+# Heat is the ramp shared with `render` (top/ramp.py). Recently used is warm, long idle is
+# cold; never accessed has its own colour.
+IDLE = gradient([(0.0, (255, 230, 120)), (0.35, (230, 90, 40)), (0.7, (90, 40, 140)),
                   (1.0, (30, 50, 110))])
 NEVER_COLOUR = (10, 110, 140)
-NEVER = _gradient([(0.0, (40, 40, 50)), (1.0, (60, 200, 240))])
+NEVER = gradient([(0.0, (40, 40, 50)), (1.0, (60, 200, 240))])
 NODES = np.array([(80, 170, 255), (255, 170, 60), (120, 220, 110), (230, 90, 200),
                   (240, 230, 80), (90, 220, 220), (200, 120, 90), (170, 170, 255)], dtype=np.uint8)
 NO_NODE = (110, 110, 110)
@@ -108,7 +96,7 @@ def _levels(hist: History, cols: list[Column], overlay: str) -> tuple[np.ndarray
         has = has | (acc > 0)
         ref = np.array([max(layout.bin_pages * c.agings, 1.0) for c in cols])
         lvl = np.log1p(acc) / np.log1p(ref)[None, :]
-        rgb[has] = HEAT[np.clip((lvl[has] * (LEVELS - 1)).round().astype(np.int64), 0, LEVELS - 1)]
+        rgb[has] = colours(HEAT, lvl[has])
     elif overlay == "numa":
         node = np.stack([c.last.node for c in cols], axis=1).astype(np.int64)
         rgb[has] = NO_NODE
@@ -123,12 +111,12 @@ def _levels(hist: History, cols: list[Column], overlay: str) -> tuple[np.ndarray
         never = has & np.isinf(idle)
         seen = has & np.isfinite(idle)
         lvl = np.log1p(np.minimum(idle[seen], IDLE_MAX)) / math.log1p(IDLE_MAX)
-        rgb[seen] = IDLE[np.clip((lvl * (LEVELS - 1)).round().astype(np.int64), 0, LEVELS - 1)]
+        rgb[seen] = colours(IDLE, lvl)
         rgb[never] = NEVER_COLOUR
     elif overlay == "never":
         never = np.stack([c.last.never for c in cols], axis=1)
         frac = never[has] / resident[has]
-        rgb[has] = NEVER[np.clip((frac * (LEVELS - 1)).round().astype(np.int64), 0, LEVELS - 1)]
+        rgb[has] = colours(NEVER, frac)
     return rgb, has
 
 
