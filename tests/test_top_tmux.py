@@ -140,7 +140,8 @@ def test_top_sigterm_restores_terminal_and_256_colours(ptwalk_ok, tmux: Tmux, tm
     deadline = time.monotonic() + 60
     while True:
         screen = tmux("capture-pane", "-p", "-e")
-        if "\u2580" in screen and "source ptwalk" in SGR.sub("", screen):
+        # the heatmap can be drawn before the workload has written its truth file
+        if "\u2580" in screen and "source ptwalk" in SGR.sub("", screen) and truth_file.exists():
             break
         assert time.monotonic() < deadline, screen
         time.sleep(0.2)
