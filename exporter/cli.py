@@ -27,7 +27,8 @@ from pageheat.sources.base import Source, SourceError, TargetGone
 from pydantic import ValidationError
 
 if TYPE_CHECKING:
-    from pageheat.serve.daemon import Daemon, Launched
+    from pageheat.serve.daemon import Daemon
+    from pageheat.serve.launch import Launched
 
 
 class UsageError(Exception):
@@ -293,7 +294,7 @@ def _command(remainder: list[str]) -> list[str]:
 
 def _launch(cmd: list[str], cgroup: cgroups.Cgroup | None, source: Source) -> Launched:
     """Start the command before the daemon starts any thread (see Launched)."""
-    from pageheat.serve.daemon import Launched
+    from pageheat.serve.launch import Launched
 
     try:
         return Launched(cmd, cgroup)
