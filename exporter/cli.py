@@ -23,7 +23,7 @@ from pageheat.config import ConfigError, Targets, parse_duration
 from pageheat.kernel import capabilities, cgroups, procfs
 from pageheat.serve import targets
 from pageheat.sources import NAMES, open_source
-from pageheat.sources.base import Source, SourceError, TargetGone
+from pageheat.sources.base import Source, SourceError
 from pydantic import ValidationError
 
 if TYPE_CHECKING:
@@ -362,9 +362,6 @@ def _snapshot(args: argparse.Namespace) -> int:
     source = open_source(cfg.source, cfg.tlb_flush, cfg.mglru_aging)
     try:
         result = take(source, pid, args.aging, args.scans, args.range, args.pages)
-    except TargetGone:
-        result = {"pid": pid, "source": source.name, "aging_ms": args.aging * 1000,
-                  "scans": 0, "harvest_ms": [], "aging_cost_ms": [], "exited": True, "vmas": []}
     finally:
         source.close()
     json.dump(result, sys.stdout, separators=(",", ":"))
