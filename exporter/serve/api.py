@@ -21,6 +21,8 @@ from pageheat.model.aggregate import TargetView
 from pageheat.serve.http import BadRequest
 
 PAGE_SHIFT = 12
+HEAT_PATH = "/api/v1/heat"
+TARGETS_PATH = "/api/v1/targets"
 
 
 class ApiError(ValueError):

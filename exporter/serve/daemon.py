@@ -114,7 +114,7 @@ class Daemon:
         self.live_registry = CollectorRegistry(auto_describe=False)
         ProcessCollector(registry=self.live_registry)  # process_* self metrics: CPU, memory, fds
         self.http = HttpServer(self.registry, web or WebConfig(),
-                               {"/api/v1/targets": self._api_targets, "/api/v1/heat": self._api_heat},
+                               {api.TARGETS_PATH: self._api_targets, api.HEAT_PATH: self._api_heat},
                                metrics_path=cfg.telemetry_path, generation=lambda: self.generation,
                                live=self.live_registry)
 

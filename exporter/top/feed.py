@@ -370,12 +370,12 @@ class RemoteFeed:
         return None
 
     def _fetch(self) -> api.HeatTarget:
-        body = self.endpoint.get_json("/api/v1/heat" + (f"?pid={self.pid}" if self.pid else ""),
+        body = self.endpoint.get_json(api.HEAT_PATH + (f"?pid={self.pid}" if self.pid else ""),
                                       self.timeout)
         try:
             heat = api.decode_heat(body)
         except api.ApiError as e:
-            raise ConnectError(f"/api/v1/heat: not a pageheat answer: {e}") from None
+            raise ConnectError(f"{api.HEAT_PATH}: not a pageheat answer: {e}") from None
         if self.pid is None and heat.targets:
             self.pid = heat.targets[0].pid
         for t in heat.targets:
