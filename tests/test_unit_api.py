@@ -4,12 +4,10 @@ not in the format is one clear error (ApiError, ConnectError for `top --connect`
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
-from httpserver_helpers import synthetic_view
+from httpserver_helpers import serve, synthetic_view
 from pageheat.serve import api
 from pageheat.top.feed import ConnectError, RemoteFeed
 
@@ -108,25 +106,11 @@ def test_remote_feed_says_why_an_answer_is_not_pageheat_s() -> None:
     target = _target()
     del target["harvests"]
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802
-            data = json.dumps({"source": "ptwalk", "targets": [target]}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+    async def heat(query):
+        return {"source": "ptwalk", "targets": [target]}
 
-        def log_message(self, *args) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        feed = RemoteFeed(f"http://127.0.0.1:{server.server_address[1]}", 7)
+    with serve({}, api={api.HEAT_PATH: heat}) as s:
+        feed = RemoteFeed(s.url, 7)
         with pytest.raises(ConnectError) as e:
             feed.attach()
-        assert str(e.value) == "/api/v1/heat: not a pageheat answer: missing field 'harvests'"
-    finally:
-        server.shutdown()
-        server.server_close()
+    assert str(e.value) == "/api/v1/heat: not a pageheat answer: missing field 'harvests'"
