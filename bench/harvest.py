@@ -40,6 +40,7 @@ import numpy as np
 import requests
 from pageheat.config import parse_size
 from pageheat.kernel import procfs
+from pageheat.serve import api
 from pageheat.sources.ptwalk import PtwalkSource, damon_running
 
 
@@ -99,8 +100,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def api_targets(port: int) -> list[dict]:
-    return requests.get(f"http://127.0.0.1:{port}/api/v1/targets", timeout=10).json()
+def api_targets(port: int) -> list[api.TargetSummary]:
+    return api.decode_targets(requests.get(f"http://127.0.0.1:{port}{api.TARGETS_PATH}",
+                                           timeout=10).json())
 
 
 def serve_cost(pid: int, stop_target, root: Path, cycles: int, tmp: Path) -> dict:
@@ -120,20 +122,20 @@ def serve_cost(pid: int, stop_target, root: Path, cycles: int, tmp: Path) -> dic
                 raise RuntimeError(f"serve failed, see {tmp / 'serve.log'}")
             try:
                 rows = api_targets(port)
-                harvests = rows[0]["harvests"] if rows else 0
+                harvests = rows[0].harvests if rows else 0
                 if not harvests:  # the lowest: before the first harvest's arrays exist
                     rss = proc_status_kib(p.pid, "VmRSS")
                     rss_before = min(rss_before, rss) if rss_before else rss
             except requests.RequestException:
                 pass
             time.sleep(0.05)
-        while api_targets(port)[0]["harvests"] < 3:  # warm up: past the first rebinning
+        while api_targets(port)[0].harvests < 3:  # warm up: past the first rebinning
             time.sleep(0.2)
-        h0, c0 = api_targets(port)[0]["harvests"], proc_cpu(p.pid)
+        h0, c0 = api_targets(port)[0].harvests, proc_cpu(p.pid)
         while True:
             time.sleep(0.5)
             c1 = proc_cpu(p.pid)
-            h1 = api_targets(port)[0]["harvests"]
+            h1 = api_targets(port)[0].harvests
             if h1 - h0 >= cycles:
                 break
         hwm = proc_status_kib(p.pid, "VmHWM")

@@ -23,11 +23,12 @@ from pageheat.config import ConfigError, Targets, parse_duration
 from pageheat.kernel import capabilities, cgroups, procfs
 from pageheat.serve import targets
 from pageheat.sources import NAMES, MglruAging, TlbFlush, open_source
-from pageheat.sources.base import Source, SourceError, TargetGone
+from pageheat.sources.base import Source, SourceError
 from pydantic import ValidationError
 
 if TYPE_CHECKING:
-    from pageheat.serve.daemon import Daemon, Launched
+    from pageheat.serve.daemon import Daemon
+    from pageheat.serve.launch import Launched
 
 
 class UsageError(Exception):
@@ -293,7 +294,7 @@ def _command(remainder: list[str]) -> list[str]:
 
 def _launch(cmd: list[str], cgroup: cgroups.Cgroup | None, source: Source) -> Launched:
     """Start the command before the daemon starts any thread (see Launched)."""
-    from pageheat.serve.daemon import Launched
+    from pageheat.serve.launch import Launched
 
     try:
         return Launched(cmd, cgroup)
@@ -362,9 +363,6 @@ def _snapshot(args: argparse.Namespace) -> int:
     source = open_source(cfg.source, cfg.source_options())
     try:
         result = take(source, pid, args.aging, args.scans, args.range, args.pages)
-    except TargetGone:
-        result = {"pid": pid, "source": source.name, "aging_ms": args.aging * 1000,
-                  "scans": 0, "harvest_ms": [], "aging_cost_ms": [], "exited": True, "vmas": []}
     finally:
         source.close()
     json.dump(result, sys.stdout, separators=(",", ":"))

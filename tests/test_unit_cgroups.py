@@ -1,4 +1,4 @@
-"""exporter/kernel/cgroups.py and the command `serve -- CMD` launches (daemon.Launched).
+"""exporter/kernel/cgroups.py and the command `serve -- CMD` launches (launch.Launched).
 
 Parsing is checked on synthetic /proc/self/mountinfo and /proc/self/cgroup text for cgroup v1
 and v2 layouts; creating, entering and removing on the real memory hierarchy of this machine
@@ -20,7 +20,7 @@ import pytest
 from conftest import need_kernel, stop_process
 from pageheat.kernel import cgroups
 from pageheat.kernel.cgroups import CgroupError, Hierarchy, Mount
-from pageheat.serve import daemon
+from pageheat.serve import launch
 
 # This machine's layout: cgroup v1 controllers, plus a cgroup2 mount without memory.
 V1_MOUNTINFO = """\
@@ -232,7 +232,7 @@ def test_remove_of_a_busy_cgroup_warns_and_keeps_it(hierarchy: Hierarchy, made: 
 def test_launched_stop_terminates_reaps_and_removes(hierarchy: Hierarchy, made: list) -> None:
     cg = cgroups.create(hierarchy, "sleep")
     made.append(cg)
-    launched = daemon.Launched(["sleep", "30"], cg)
+    launched = launch.Launched(["sleep", "30"], cg)
     assert memory_cgroup_of(launched.pid, hierarchy) == cg.name
     start = time.monotonic()
     launched.stop()
@@ -246,13 +246,13 @@ def test_launched_stop_terminates_reaps_and_removes(hierarchy: Hierarchy, made: 
 def test_launched_stop_kills_a_command_that_ignores_sigterm(hierarchy: Hierarchy, made: list,
                                                            tmp_path: Path,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(daemon, "STOP_GRACE_SECONDS", 0.3)
+    monkeypatch.setattr(launch, "STOP_GRACE_SECONDS", 0.3)
     cg = cgroups.create(hierarchy, "stubborn")
     made.append(cg)
     ready = tmp_path / "ready"
     code = ("import pathlib, signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
             "pathlib.Path(sys.argv[1]).touch(); time.sleep(60)")
-    launched = daemon.Launched([sys.executable, "-c", code, str(ready)], cg)
+    launched = launch.Launched([sys.executable, "-c", code, str(ready)], cg)
     deadline = time.monotonic() + 10
     while not ready.exists():  # SIGTERM is ignored from here on
         assert time.monotonic() < deadline
@@ -267,7 +267,7 @@ def test_launched_reaps_a_command_that_exits_and_removes_its_cgroup(hierarchy: H
                                                                     made: list) -> None:
     cg = cgroups.create(hierarchy, "true")
     made.append(cg)
-    launched = daemon.Launched(["true"], cg)
+    launched = launch.Launched(["true"], cg)
     deadline = time.monotonic() + 5
     while cg.path.exists() and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -283,7 +283,7 @@ def test_launched_into_a_removed_cgroup_is_a_cgroup_error(hierarchy: Hierarchy, 
     made.append(cg)
     cg.path.rmdir()
     with pytest.raises(CgroupError, match=f"cannot enter memory cgroup {cg.path}"):
-        daemon.Launched(["true"], cg)
+        launch.Launched(["true"], cg)
 
 
 @pytest.mark.kernel
@@ -304,7 +304,7 @@ def test_launched_when_the_child_cannot_enter_is_a_cgroup_error(hierarchy: Hiera
     cg = cgroups.create(hierarchy, "late")
     made.append(cg)
     with pytest.raises(CgroupError) as e:
-        daemon.Launched(["touch", str(tmp_path / "never")], cg)
+        launch.Launched(["touch", str(tmp_path / "never")], cg)
     assert str(e.value) == (f"cannot move touch into memory cgroup {cg.path}: "
                             "the child's write to cgroup.procs failed")
     assert not (tmp_path / "never").exists()  # the command never ran

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from pageheat.config import Config
 from pageheat.model.aggregate import IDLE_BOUNDS, Bins, TargetState, TargetView
-from pageheat.serve.collector import SELF_SERIES, PageheatCollector
+from pageheat.serve.collector import SELF_SERIES, PageheatCollector, series_count
 from pageheat.serve.stats import Stats
 from pageheat.sources.base import PAGE_TYPE_NAMES, Harvest, Pages, VmaKind, Vmas
 from prometheus_client import CollectorRegistry
@@ -224,15 +224,15 @@ def test_achieved_period_only_after_the_second_harvest() -> None:
 def test_series_count_matches_what_is_exported(limit: int) -> None:
     views = {1: make_view(1, 10, seed=6, never={"a": 1, "b": 2, "c": 3}), 9: synthetic_state_view(16)}
     text, stats = render(Config(never_accessed_mappings=limit), views)
-    assert page_series(text) == {str(p): v.series_count(limit) for p, v in views.items()}
-    assert stats.series_exported == sum(v.series_count(limit) for v in views.values())
+    assert page_series(text) == {str(p): series_count(v, limit) for p, v in views.items()}
+    assert stats.series_exported == sum(series_count(v, limit) for v in views.values())
     assert by_name(text, "pageheat_series")[0].value == stats.series_exported
 
 
 def test_max_series_drops_whole_lowest_rss_targets() -> None:
     views = {p: make_view(p, rss, seed=0) for p, rss in ((10, 500), (11, 900), (12, 100), (13, 700))}
-    per = views[10].series_count(10)
-    assert all(v.series_count(10) == per for v in views.values())  # same shape, by construction
+    per = series_count(views[10], 10)
+    assert all(series_count(v, 10) == per for v in views.values())  # same shape, by construction
     cfg = Config(max_series=SELF_SERIES + 2 * per + per // 2)  # room for two and a half targets
     text, stats = render(cfg, views)
     assert set(page_series(text)) == {"11", "13"}  # the two largest by RSS
@@ -248,7 +248,7 @@ def test_max_series_drops_whole_lowest_rss_targets() -> None:
 def test_max_series_counters_reset_when_everything_fits() -> None:
     stats = Stats()
     views = {p: make_view(p, p) for p in (1, 2, 3)}
-    per = views[1].series_count(10)
+    per = series_count(views[1], 10)
     render(Config(max_series=SELF_SERIES + per), views, stats)
     assert stats.targets_dropped == 2
     text, stats = render(Config(max_series=10000), views, stats)

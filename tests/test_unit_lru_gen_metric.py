@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from pageheat.config import Config
 from pageheat.model.aggregate import TargetState, TargetView, lru_generations
-from pageheat.serve.collector import PageheatCollector
+from pageheat.serve.collector import PageheatCollector, series_count
 from pageheat.serve.stats import Stats
 from pageheat.sources.base import Harvest, Pages, VmaKind, Vmas
 from prometheus_client import CollectorRegistry
@@ -131,8 +131,8 @@ def test_counted_against_max_series() -> None:
     st = TargetState(9, "big", 8, 120.0)
     view = st.update(harvest(9, 1.0, mglru_counters(hist)), 1.0)
     without = TargetState(9, "big", 8, 120.0).update(harvest(9, 1.0, {}), 1.0)
-    assert view.series_count(10) == without.series_count(10) + 16
+    assert series_count(view, 10) == series_count(without, 10) + 16
     text = scrape({9: view})
     per_pid = sum(1 for fam in text_string_to_metric_families(text) for s in fam.samples
                   if s.labels.get("pid") == "9")
-    assert per_pid == view.series_count(10)
+    assert per_pid == series_count(view, 10)

@@ -28,7 +28,14 @@ class _VmaRow:
 
 def take(source: Source, pid: int, aging: float, scans: int,
          addr_range: tuple[int, int] | None = None, pages: bool = False) -> dict:
-    source.attach(pid)
+    """The snapshot of ``scans`` harvests ``aging`` seconds apart, as the JSON object the
+    command prints. A process that exits is normal: the scans made so far, ``exited`` true.
+    ``pages`` with ``addr_range`` (start, end addresses): every page in it, per scan. Raises
+    SourceError and OSError from the source."""
+    try:
+        source.attach(pid)
+    except TargetGone:  # exited before the first aging: no scans
+        return _exited_before_attach(pid, source.name, aging)
     harvests: list[Harvest] = []
     exited = False
     started = time.monotonic()
@@ -81,6 +88,14 @@ def take(source: Source, pid: int, aging: float, scans: int,
     if pages and addr_range is not None:
         out["pages"] = _pages_in_range(harvests, addr_range)
     return out
+
+
+def _exited_before_attach(pid: int, source: str, aging: float) -> dict:
+    """The snapshot of a process that was gone when the source attached. Its layout is public
+    too, as it always was: without ``truncations`` and ``unmonitored_pages``, ``aging_ms``
+    not rounded."""
+    return {"pid": pid, "source": source, "aging_ms": aging * 1000, "scans": 0, "harvest_ms": [],
+            "aging_cost_ms": [], "exited": True, "vmas": []}
 
 
 def _pages_in_range(harvests: list[Harvest], addr_range: tuple[int, int]) -> list[dict]:

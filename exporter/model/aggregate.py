@@ -204,23 +204,6 @@ class TargetView:
     promoted: np.ndarray | None = None
     promoted_seconds: np.ndarray | None = None  # float64 [combo]: their summed idle ages, seconds
 
-    def series_count(self, max_never_mappings: int) -> int:
-        """Series this view produces (keep in step with collector.py)."""
-        n_combo, n_bins = self.accessed_cum.shape
-        return (
-            n_combo * (n_bins + 3)  # accessed histogram: buckets incl. +Inf, _sum, _count
-            + int(np.count_nonzero(self.resident))  # resident per bin (zeros omitted)
-            + n_combo * (len(IDLE_BOUNDS) + 2)  # idle gauge histogram
-            + (n_combo * (len(IDLE_BOUNDS) + 2) if self.promoted is not None else 0)  # promoted
-            + min(len(self.never_accessed), max_never_mappings + 1)
-            + n_bins  # address_bin_info
-            + 6  # per-target gauges
-            + int(self.period > 0)  # aging_period_seconds
-            + len(self.lru_gen)  # lru_gen_pages
-        )
-
-
-
 
 class PageHistory:
     """When each resident page of one target was last seen accessed, as a uint16 aging epoch.

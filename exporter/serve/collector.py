@@ -84,7 +84,7 @@ class PageheatCollector(Collector):
         top = self.cfg.per_process_series_top
         heat, aggregated_only = views[:top], views[top:]
         kept, budget, dropped_targets, target_series = _fit(
-            heat, [v.series_count(self.cfg.never_accessed_mappings) for v in heat], budget)
+            heat, [series_count(v, self.cfg.never_accessed_mappings) for v in heat], budget)
         dropped_series = cgroup_series + target_series
         self.stats.series_dropped = dropped_series
         self.stats.targets_dropped = dropped_targets
@@ -341,3 +341,20 @@ def _fit(items: list, costs: list[int], budget: int) -> tuple[list, int, int, in
         kept.append(item)
         budget -= n
     return kept, budget, 0, 0
+
+
+def series_count(view: TargetView, max_never_mappings: int) -> int:
+    """The page series ``PageheatCollector`` exports for one view: what the series budget
+    (``max_series``) charges it. One term per metric family of ``_pages``: keep them in step."""
+    n_combo, n_bins = view.accessed_cum.shape
+    return (
+        n_combo * (n_bins + 3)  # accessed histogram: buckets incl. +Inf, _sum, _count
+        + int(np.count_nonzero(view.resident))  # resident per bin (zeros omitted)
+        + n_combo * (len(IDLE_BOUNDS) + 2)  # idle gauge histogram
+        + (n_combo * (len(IDLE_BOUNDS) + 2) if view.promoted is not None else 0)  # promoted
+        + min(len(view.never_accessed), max_never_mappings + 1)
+        + n_bins  # address_bin_info
+        + 6  # per-target gauges
+        + int(view.period > 0)  # aging_period_seconds
+        + len(view.lru_gen)  # lru_gen_pages
+    )

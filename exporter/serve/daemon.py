@@ -1,8 +1,10 @@
 """`pageheat serve`: follow the configured processes, harvest them on schedule, serve metrics.
 
-The asyncio loop only schedules and serves HTTP. Harvesting and aging are blocking system
-calls (reading the BPF iterator, writing clear_refs), so they run on one worker thread; the
-loop stays responsive and SIGTERM is answered within the current cycle.
+One record per followed process (``_Target``: the process, its aggregator state, its schedule).
+The asyncio loop only schedules and serves HTTP. Harvesting and aging are blocking system calls
+(reading the BPF iterator, writing clear_refs), so they run on one worker thread; the loop stays
+responsive and SIGTERM is answered within the current cycle. Launching ``serve -- CMD``'s
+command is launch.py's; the JSON API's formats are api.py's.
 """
 
 from __future__ import annotations
@@ -11,25 +13,20 @@ import asyncio
 import dataclasses
 import logging
 import os
-import shlex
-import signal
-import subprocess
-import threading
 import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
 from typing import Any
 
 from pageheat.config import Config
-from pageheat.kernel import cgroups, procfs
+from pageheat.kernel import procfs
 from pageheat.kernel.procfs import shown
 from pageheat.model import fleet
 from pageheat.model.aggregate import TargetState, TargetView
 from pageheat.model.identity import Identity, identity
-from pageheat.serve import budget, memory, targets
+from pageheat.serve import api, budget, memory, targets
 from pageheat.serve.collector import PageheatCollector
-from pageheat.serve.http import BadRequest, HttpServer
+from pageheat.serve.http import HttpServer
 from pageheat.serve.sanity import Sanity
 from pageheat.serve.stats import Stats
 from pageheat.serve.webconfig import WebConfig
@@ -38,8 +35,20 @@ from prometheus_client import CollectorRegistry, ProcessCollector
 
 log = logging.getLogger("pageheat")
 MAX_CONSECUTIVE_ERRORS = 3
-STOP_GRACE_SECONDS = 2.0  # between SIGTERM and SIGKILL for the command serve launched
 BACKOFF_MAX_SECONDS = 300.0  # longest wait before retrying a process that could not be followed
+
+
+@dataclasses.dataclass
+class _Target:
+    """A followed process and its schedule. Worker thread only, except ``cost`` (read by the
+    JSON API on the loop: one attribute read)."""
+
+    proc: targets.Process
+    state: TargetState
+    interval: float  # its aging interval, seconds: cfg.aging, stretched by the CPU budget
+    due: float  # monotonic time of its next cycle
+    cost: float | None = None  # smoothed CPU seconds per cycle (harvest + aging); None: no cycle yet
+    errors: int = 0  # harvests that failed in a row
 
 
 @dataclasses.dataclass
@@ -56,51 +65,6 @@ def _same_process(pid: int, start_time: int) -> bool:
         return procfs.read_start_time(pid) == start_time
     except (OSError, ValueError):
         return False
-
-
-class Launched:
-    """The command `serve -- CMD` started, optionally in a memory cgroup of its own.
-
-    The daemon follows its pid like any other target and keeps running when it exits. A reaper
-    thread waits for it, so it never lingers as a zombie, and then removes its cgroup.
-    Start it before the daemon starts threads: the cgroup is entered in a preexec_fn.
-    """
-
-    def __init__(self, cmd: list[str], cgroup: cgroups.Cgroup | None) -> None:
-        self.cmd = cmd
-        self.cgroup = cgroup
-        enter = cgroups.entering(cgroup) if cgroup else nullcontext(None)
-        with enter as preexec:
-            try:
-                self.proc = subprocess.Popen(cmd, preexec_fn=preexec)
-            except subprocess.SubprocessError as e:  # the preexec_fn failed: the cgroup refused us
-                where = cgroup.path if cgroup else "?"
-                raise cgroups.CgroupError(f"cannot move {cmd[0]} into memory cgroup {where}: the "
-                                          "child's write to cgroup.procs failed") from e
-        self.pid = self.proc.pid
-        where = f" in memory cgroup {cgroup.name}" if cgroup else ""
-        log.info("launched pid %d%s: %s", self.pid, where, shlex.join(cmd))
-        self._reaper = threading.Thread(target=self._reap, name="reaper", daemon=True)
-        self._reaper.start()
-
-    def _reap(self) -> None:
-        code = self.proc.wait()
-        how = f"signal {-code}" if code < 0 else f"status {code}"
-        log.info("launched pid %d exited with %s", self.pid, how)
-        if self.cgroup:
-            cgroups.remove(self.cgroup)
-
-    def stop(self) -> None:
-        """SIGTERM, SIGKILL after STOP_GRACE_SECONDS; returns once it is reaped and its cgroup
-        is removed."""
-        if self.proc.returncode is None:  # set by the reaper once it has reaped the command
-            self.proc.send_signal(signal.SIGTERM)  # a no-op if reaped meanwhile: Popen knows
-            self._reaper.join(STOP_GRACE_SECONDS)
-            if self.proc.returncode is None:
-                log.warning("launched pid %d ignored SIGTERM for %gs: SIGKILL", self.pid,
-                            STOP_GRACE_SECONDS)
-                self.proc.kill()
-        self._reaper.join()
 
 
 def worker_priority(priority: str) -> None:
@@ -128,12 +92,7 @@ class Daemon:
         self.stats = Stats()
         self.sanity = Sanity(self.stats)
         self.views: dict[int, TargetView] = {}  # replaced, never mutated: scrapes read it lock-free
-        self._procs: dict[int, targets.Process] = {}
-        self._states: dict[int, TargetState] = {}
-        self._cost: dict[int, float] = {}
-        self._interval: dict[int, float] = {}
-        self._due: dict[int, float] = {}
-        self._errors: dict[int, int] = {}
+        self._targets: dict[int, _Target] = {}  # followed processes by pid
         self._refused: dict[int, _Refused] = {}  # selected but could not be followed
         self._pinned: dict[int, int] = {}  # explicit pid -> start_time of the process it named
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="harvest",
@@ -155,7 +114,7 @@ class Daemon:
         self.live_registry = CollectorRegistry(auto_describe=False)
         ProcessCollector(registry=self.live_registry)  # process_* self metrics: CPU, memory, fds
         self.http = HttpServer(self.registry, web or WebConfig(),
-                               {"/api/v1/targets": self._api_targets, "/api/v1/heat": self._api_heat},
+                               {api.TARGETS_PATH: self._api_targets, api.HEAT_PATH: self._api_heat},
                                metrics_path=cfg.telemetry_path, generation=lambda: self.generation,
                                live=self.live_registry)
 
@@ -175,12 +134,13 @@ class Daemon:
                     await loop.run_in_executor(self._worker, self._discover)
                     self.generation += 1
                     next_discovery = time.monotonic() + self.cfg.discovery_interval
-                for pid in [p for p, t in self._due.items() if t <= now]:
+                for pid in [p for p, t in self._targets.items() if t.due <= now]:
                     if stop.is_set():
                         break
                     await loop.run_in_executor(self._worker, self._cycle, pid)
                     self.generation += 1
-                wake = min([next_discovery, *self._due.values()]) - time.monotonic()
+                wake = min([next_discovery, *(t.due for t in self._targets.values())]) \
+                    - time.monotonic()
                 if wake > 0:
                     try:
                         await asyncio.wait_for(stop.wait(), timeout=wake)
@@ -201,20 +161,21 @@ class Daemon:
             log.warning("target discovery failed: %s", e)
             return
         self._pin(wanted)
-        for pid, known in list(self._procs.items()):
+        for pid, t in list(self._targets.items()):
+            known = t.proc
             if pid not in wanted or wanted[pid].start_time != known.start_time:
                 alive = _same_process(pid, known.start_time)
                 self._drop(pid, "no longer selected" if alive else "exited")
             elif wanted[pid].comm != known.comm:
                 self._rename(pid, wanted[pid])
             elif wanted[pid].cgroup != known.cgroup:  # moved to another cgroup: same history
-                self._procs[pid] = wanted[pid]
+                t.proc = wanted[pid]
         now = time.monotonic()
         for pid in [p for p, r in self._refused.items() if not _same_process(p, r.start_time)]:
             del self._refused[pid]  # that process is gone: one that reuses the pid starts afresh
         for pid, proc in wanted.items():
             refused = self._refused.get(pid)
-            if pid in self._procs or (refused and now < refused.next_try):
+            if pid in self._targets or (refused and now < refused.next_try):
                 continue
             try:
                 self.source.attach(pid)
@@ -223,17 +184,19 @@ class Daemon:
             except Exception as e:  # noqa: BLE001 - one bad target must not stop the daemon
                 self._refuse(pid, proc, f"cannot follow pid {pid} ({shown(proc.comm)}): {e}")
                 continue
-            self._procs[pid] = proc  # still in _refused until a harvest succeeds
-            self._states[pid] = TargetState(pid, proc.comm, self.cfg.bins, self.cfg.cold_after)
-            self._interval[pid] = self.cfg.aging
-            self._due[pid] = time.monotonic() + self.cfg.aging
+            # Still in _refused until a harvest succeeds.
+            self._targets[pid] = _Target(proc, TargetState(pid, proc.comm, self.cfg.bins,
+                                                           self.cfg.cold_after),
+                                         interval=self.cfg.aging,
+                                         due=time.monotonic() + self.cfg.aging)
             log.info("following pid %d (%s), %d MiB resident%s", pid, shown(proc.comm),
                      proc.rss_pages * 4096 >> 20,
                      f", after {refused.attempts} failed attempts" if refused else "")
         self._publish_identities()
 
     def _publish_identities(self) -> None:
-        self.identities = {pid: identity(p.cgroup, p.comm) for pid, p in self._procs.items()}
+        self.identities = {pid: identity(t.proc.cgroup, t.proc.comm)
+                           for pid, t in self._targets.items()}
 
     def _pin(self, wanted: dict[int, targets.Process]) -> None:
         """Remember which process each explicit pid named when first seen, so that a process
@@ -260,19 +223,20 @@ class Daemon:
         """The process changed its comm (an exec, or prctl(PR_SET_NAME)): the same process, so
         its history stays, but its series carry the new comm from the next scrape on and
         those with the old one go away."""
-        old = self._procs[pid]
-        log.info("pid %d is now %s (was %s)", pid, shown(proc.comm), shown(old.comm))
-        self._procs[pid] = proc
-        self._states[pid].comm = proc.comm
+        t = self._targets[pid]
+        log.info("pid %d is now %s (was %s)", pid, shown(proc.comm), shown(t.proc.comm))
+        t.proc = proc
+        t.state.comm = proc.comm
         self._publish_identities()
         view = self.views.get(pid)
         if view is not None:
             self.views = {**self.views, pid: dataclasses.replace(view, comm=proc.comm)}
 
     def _cycle(self, pid: int) -> None:
-        if pid not in self._procs:
+        t = self._targets.get(pid)
+        if t is None:
             return
-        planned = self._due[pid]
+        planned = t.due
         try:
             h = self.source.cycle(pid)
         except TargetGone:
@@ -280,96 +244,82 @@ class Daemon:
             return
         except Exception as e:  # noqa: BLE001
             self.stats.errors["harvest"] += 1
-            self._errors[pid] = self._errors.get(pid, 0) + 1
+            t.errors += 1
             log.warning("harvest of pid %d failed: %s", pid, e)
-            if self._errors[pid] >= MAX_CONSECUTIVE_ERRORS:
-                proc = self._procs[pid]
+            if t.errors >= MAX_CONSECUTIVE_ERRORS:
                 self._drop(pid, f"{MAX_CONSECUTIVE_ERRORS} harvests in a row failed")
-                self._refuse(pid, proc, f"cannot harvest pid {pid} ({shown(proc.comm)}): {e}")
+                self._refuse(pid, t.proc, f"cannot harvest pid {pid} ({shown(t.proc.comm)}): {e}")
             else:
-                self._due[pid] = time.monotonic() + self._interval[pid]
+                t.due = time.monotonic() + t.interval
             return
-        self._errors.pop(pid, None)
+        t.errors = 0
         self._refused.pop(pid, None)
-        self.sanity.check(h, self._procs[pid].comm)
+        self.sanity.check(h, t.proc.comm)
         cost = h.harvest_seconds + h.aging_seconds
         self.stats.harvest.observe(h.harvest_seconds)
         self.stats.aging.observe(h.aging_seconds)
         self.stats.pages_scanned += len(h.pages)
-        if cost > self._interval[pid]:
+        if cost > t.interval:
             self.stats.overruns += 1
-        self._cost[pid] = budget.smooth(self._cost.get(pid), cost)
+        t.cost = budget.smooth(t.cost, cost)
         self._replan()
-        view = self._states[pid].update(h, self._interval[pid])
-        f = fleet.frames(self._states[pid], h)
+        view = t.state.update(h, t.interval)
+        f = fleet.frames(t.state, h)
         if f is not None:
             self.frames = {**self.frames, pid: f}
         self.views = {**self.views, pid: view}
         # Keep to the schedule without drifting, but never queue up missed cycles.
-        self._due[pid] = max(planned + self._interval[pid], time.monotonic())
+        t.due = max(planned + t.interval, time.monotonic())
 
     def _replan(self) -> None:
-        new = budget.intervals(self._cost, self.cfg.aging, self.cfg.cpu_budget)
+        costs = {pid: t.cost for pid, t in self._targets.items() if t.cost is not None}
+        new = budget.intervals(costs, self.cfg.aging, self.cfg.cpu_budget)
         for pid, interval in new.items():
-            old = self._interval.get(pid, self.cfg.aging)
+            t = self._targets[pid]
+            old = t.interval
             if abs(interval - old) > 0.25 * old:
                 log.info("pid %d: aging interval %.2fs -> %.2fs (CPU budget %.1f%% of a core)",
                          pid, old, interval, 100 * self.cfg.cpu_budget)
             elif abs(interval - old) <= 0.05 * old:
                 continue  # hysteresis: do not reschedule for noise
-            self._due[pid] = self._due.get(pid, 0) - old + interval
-            self._interval[pid] = interval
-        self.stats.cpu_usage = sum(self._cost[p] / self._interval[p] for p in self._cost)
+            t.due += interval - old
+            t.interval = interval
+        self.stats.cpu_usage = sum(costs[p] / self._targets[p].interval for p in costs)
 
     def _drop(self, pid: int, why: str) -> None:
         self.source.detach(pid)
         self.sanity.forget(pid)
-        proc = self._procs.pop(pid, None)
-        for d in (self._states, self._cost, self._interval, self._due, self._errors):
-            d.pop(pid, None)  # type: ignore[attr-defined]
+        t = self._targets.pop(pid, None)
         view = self.views.get(pid)
         self.views = {p: v for p, v in self.views.items() if p != pid}
         self.identities = {p: i for p, i in self.identities.items() if p != pid}
         self.frames = {p: f for p, f in self.frames.items() if p != pid}
         if view is not None and memory.worth_trimming(view.resident_pages):
             memory.trim()  # its history and the source's arrays were freed: give the pages back
-        if proc:
-            log.info("stopped following pid %d (%s): %s", pid, shown(proc.comm), why)
+        if t is not None:
+            log.info("stopped following pid %d (%s): %s", pid, shown(t.proc.comm), why)
 
     def _close(self) -> None:
-        for pid in list(self._procs):
+        for pid in list(self._targets):
             self._drop(pid, "shutting down")
         self.source.close()
 
     def _api_views(self, query: Mapping[str, str]) -> list[TargetView]:
         """The views the query selects: all, or the one of ``?pid=N`` (none if not followed).
         Raises BadRequest for a pid that is not a positive integer."""
-        views = list(self.views.values())
-        if "pid" not in query:
-            return views
-        pid = query["pid"]
-        if not (pid.isascii() and pid.isdigit() and len(pid) <= 10 and 0 < int(pid) < 2**31):
-            raise BadRequest(f"pid: expected a process id, got {pid[:40]!r}")
-        return [v for v in views if v.pid == int(pid)]
+        pid = api.selected_pid(query)
+        return [v for v in self.views.values() if pid is None or v.pid == pid]
+
+    def _cost_of(self, pid: int) -> float:
+        t = self._targets.get(pid)
+        return t.cost if t is not None and t.cost is not None else 0.0
 
     async def _api_targets(self, query: Mapping[str, str]) -> Any:
-        return [{"pid": v.pid, "comm": v.comm, "aging_interval_s": v.interval,
-                 "resident_pages": v.resident_pages, "working_set_pages": v.wss_pages,
-                 "cold_pages": v.cold_pages, "harvests": v.harvests, "bins": v.bins.n}
-                for v in self._api_views(query)]
+        return api.encode_targets([api.TargetSummary.of(v) for v in self._api_views(query)])
 
     async def _api_heat(self, query: Mapping[str, str]) -> Any:
-        """Latest per-bin counts of every target, for `pageheat top --connect` (cumulative
-        accessed: the client takes differences). Addresses only with expose_addresses.
-        ``?pid=N``: that target only (an empty list when it is not followed)."""
+        """Latest per-bin counts of every target, for `pageheat top --connect` (api.Heat).
+        Addresses only with expose_addresses."""
         expose = self.cfg.expose_addresses
-        return {"source": self.source.name, "expose_addresses": expose, "targets": [
-            {"pid": v.pid, "comm": v.comm, "time": v.time, "interval": v.interval, "harvests": v.harvests,
-             "rebins": v.rebins, "bins": v.bins.n, "labels": list(v.bins.labels),
-             "mapped_pages": v.bins.mapped_pages,
-             "addrs": [hex(int(e) << 12) for e in v.bins.edges[:-1]] if expose else None,
-             "combos": [list(c) for c in v.combos], "accessed_cum": v.accessed_cum.tolist(),
-             "resident": v.resident.tolist(), "never_accessed": v.never_accessed,
-             "wss_pages": v.wss_pages, "resident_pages": v.resident_pages, "cold_pages": v.cold_pages,
-             "cost_s": self._cost.get(v.pid, 0.0)}
-            for v in self._api_views(query)]}
+        return api.encode_heat(api.Heat(self.source.name, expose, tuple(
+            api.HeatTarget.of(v, self._cost_of(v.pid), expose) for v in self._api_views(query))))

@@ -10,11 +10,13 @@ import time
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from pageheat.serve.launch import Launched
     from pageheat.sources import SourceOptions
 
 # textual (and rich, which it brings) are the `top` extra: the daemon on every node does not
 # need them. Checked before anything else so that a missing extra is one line, not a traceback.
 MISSING_EXTRA = "pageheat top needs the 'top' extra: pip install 'pageheat[top]'"
+STOP_GRACE_SECONDS = 1.0  # between SIGTERM and SIGKILL for the command top launched
 HEADLESS = ("pageheat top: stdout is not a terminal; for a non-interactive view use "
             "`pageheat snapshot --pid PID --json`")
 
@@ -36,7 +38,7 @@ def run(pid: int | None, command: list[str], connect: str | None, source: str, a
     from pageheat.top.app import TopApp
     from pageheat.top.feed import LocalFeed, RemoteFeed
 
-    child: subprocess.Popen | None = None
+    child: Launched | None = None
     if connect:
         try:
             feed = RemoteFeed(connect, pid, user=connect_user, password_file=password_file,
@@ -51,13 +53,13 @@ def run(pid: int | None, command: list[str], connect: str | None, source: str, a
             return 1
         app = TopApp(feed, aging=aging, aggregate=aggregate)
     else:
+        from pageheat.serve.launch import Launched
         from pageheat.sources import open_source
 
         src = open_source(source, options)
         if command:
-            try:
-                child = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                         stderr=subprocess.DEVNULL)
+            try:  # its output would scribble over the screen
+                child = Launched(command, stdio=subprocess.DEVNULL)
             except OSError:
                 src.close()
                 raise
@@ -80,7 +82,7 @@ def run(pid: int | None, command: list[str], connect: str | None, source: str, a
         if app.thread is not None:
             app.thread.shutdown()
         if child is not None:
-            _stop(child)
+            child.stop(STOP_GRACE_SECONDS)
         root.handlers = saved
         for record in held.records:
             for h in saved:
@@ -107,12 +109,3 @@ class _Held(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         self.records = [*self.records[-(self.keep - 1):], record]
 
-
-def _stop(child: subprocess.Popen) -> None:
-    if child.poll() is None:
-        child.terminate()
-        try:
-            child.wait(1.0)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait()

@@ -3,8 +3,8 @@
 ``LocalFeed`` drives a source (``pageheat.sources``) and the aggregator
 (``TargetState.update``) unchanged, and bins every harvest into display bins made with
 ``make_bins`` over the whole process or over the zoomed range only. ``RemoteFeed`` follows a
-running ``pageheat serve`` through ``/api/v1/heat`` (https and basic auth: ``Endpoint``); it
-sees the daemon's bins only.
+running ``pageheat serve`` through ``/api/v1/heat`` (https and basic auth: ``Endpoint``;
+the format and its decoder are ``pageheat.serve.api``'s); it sees the daemon's bins only.
 
 Both ``step`` methods block (system calls, HTTP) and run on a worker thread.
 """
@@ -24,6 +24,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 import numpy as np
 from pageheat.config import CONNECT_PASSWORD_ENV, Config, connect_password
 from pageheat.model.aggregate import Bins, TargetState, make_bins, mapping_label, needs_rebin
+from pageheat.serve import api
 from pageheat.sources.base import PAGE_TYPE_NAMES, VMA_KIND_NAMES, Harvest, Source, Vmas
 
 PAGE = 4096
@@ -352,7 +353,7 @@ class RemoteFeed:
         self.timeout = timeout
         self.zoom_stack: tuple[tuple[int, int], ...] = ()
         self.n_bins = 0
-        self._prev: dict | None = None
+        self._prev: api.HeatTarget | None = None
         self._layout: Layout | None = None
 
     def attach(self) -> None:
@@ -370,18 +371,19 @@ class RemoteFeed:
     def rebin(self) -> Sample | None:
         return None
 
-    def _fetch(self) -> dict:
-        body = self.endpoint.get_json("/api/v1/heat" + (f"?pid={self.pid}" if self.pid else ""),
+    def _fetch(self) -> api.HeatTarget:
+        body = self.endpoint.get_json(api.HEAT_PATH + (f"?pid={self.pid}" if self.pid else ""),
                                       self.timeout)
-        if not isinstance(body, dict):
-            raise ConnectError("/api/v1/heat: not a pageheat answer")
-        targets = body.get("targets", [])
-        if self.pid is None and targets:
-            self.pid = targets[0]["pid"]
-        for t in targets:
-            if t["pid"] == self.pid:
-                self.comm = t.get("comm", "")
-                self.source_name = body.get("source", "remote")
+        try:
+            heat = api.decode_heat(body)
+        except api.ApiError as e:
+            raise ConnectError(f"{api.HEAT_PATH}: not a pageheat answer: {e}") from None
+        if self.pid is None and heat.targets:
+            self.pid = heat.targets[0].pid
+        for t in heat.targets:
+            if t.pid == self.pid:
+                self.comm = t.comm
+                self.source_name = heat.source
                 return t
         raise LookupError(f"pid {self.pid} is not followed by {self.base}")
 
@@ -389,23 +391,28 @@ class RemoteFeed:
         """Poll once; a Sample when the daemon harvested since the last poll, else None."""
         t = self._fetch()
         prev, self._prev = self._prev, t
-        if prev is None or t["harvests"] == prev["harvests"] or t["bins"] != prev["bins"] \
-                or t.get("rebins") != prev.get("rebins"):
+        if prev is None or t.harvests == prev.harvests or t.bins != prev.bins \
+                or t.rebins != prev.rebins:
             return None
-        return self.sample_from(t, prev)
+        return self.sample_between(t, prev)
 
     @staticmethod
-    def sample_from(t: dict, prev: dict) -> Sample:
-        nb = t["bins"]
-        combos = [tuple(c) for c in t["combos"]]
-        cum = {c: np.array(a, dtype=np.int64) for c, a in zip(combos, t["accessed_cum"], strict=True)}
-        old = {tuple(c): np.array(a, dtype=np.int64) for c, a in zip(prev["combos"], prev["accessed_cum"],
-                                                                      strict=True)}
+    def sample_from(t: Mapping, prev: Mapping) -> Sample:
+        """The Sample between two targets of ``/api/v1/heat`` as json.loads gave them.
+        Raises api.ApiError."""
+        return RemoteFeed.sample_between(api.decode_heat_target(t), api.decode_heat_target(prev))
+
+    @staticmethod
+    def sample_between(t: api.HeatTarget, prev: api.HeatTarget) -> Sample:
+        """The Sample between two polls of the same target with the same bins."""
+        nb = t.bins
+        combos = t.combos
+        cum = dict(zip(combos, t.accessed_cum, strict=True))
+        old = dict(zip(prev.combos, prev.accessed_cum, strict=True))
         accessed_by = np.array([cum[c] - old.get(c, 0) for c in combos]).reshape(len(combos), nb)
-        resident_by = np.array(t["resident"], dtype=np.int64).reshape(len(combos), nb)
+        resident_by = t.resident
         nodes = np.array([c[0] for c in combos], dtype=np.int16)
         types = np.array([c[1] for c in combos], dtype=np.int8)
-        dom = resident_by.argmax(axis=0) if len(combos) else np.zeros(nb, dtype=np.int64)
         resident = resident_by.sum(axis=0) if len(combos) else np.zeros(nb, dtype=np.int64)
         # Dominant node and type, each over the combos that share it.
         node_dom = np.full(nb, -1, np.int16)
@@ -417,21 +424,18 @@ class RemoteFeed:
             ut = np.unique(types)
             per_type = np.array([resident_by[types == k].sum(axis=0) for k in ut])
             type_dom = np.where(resident > 0, ut[per_type.argmax(axis=0)], -1).astype(np.int8)
-        del dom
-        addrs = tuple(int(a, 16) for a in t["addrs"]) if t.get("addrs") else None
-        layout = Layout(labels=tuple(t["labels"]), addrs=addrs,
-                        bin_pages=t["mapped_pages"] / max(nb, 1), zoom=None,
-                        key=("remote", nb, t.get("rebins", 0)))
-        mappings = tuple(MappingRow(name, "", None, None, 0, 0, int(n), float("nan"))
-                         for name, n in sorted(t["never_accessed"].items(), key=lambda kv: -kv[1]))
+        layout = Layout(labels=t.labels, addrs=t.addrs or None,
+                        bin_pages=t.mapped_pages / max(nb, 1), zoom=None,
+                        key=("remote", nb, t.rebins))
+        mappings = tuple(MappingRow(name, "", None, None, 0, 0, n, float("nan"))
+                         for name, n in sorted(t.never_accessed.items(), key=lambda kv: -kv[1]))
+        agings = max(t.harvests - prev.harvests, 1)
         return Sample(
-            time=t["time"], layout=layout,
+            time=t.time, layout=layout,
             accessed=accessed_by.sum(axis=0) if len(combos) else np.zeros(nb, np.int64),
             resident=resident, node=node_dom, type=type_dom,
             idle=np.full(nb, np.nan), never=np.zeros(nb, np.int64),
-            harvest_s=t.get("cost_s", 0.0), aging_s=0.0,
-            interval=(t["time"] - prev["time"]) / max(int(t["harvests"]) - int(prev["harvests"]), 1),
-            wss_pages=t["wss_pages"],
-            resident_pages=t["resident_pages"], cold_pages=t["cold_pages"], mappings=mappings,
-            agings=max(int(t["harvests"]) - int(prev["harvests"]), 1),
+            harvest_s=t.cost_s, aging_s=0.0, interval=(t.time - prev.time) / agings,
+            wss_pages=t.wss_pages, resident_pages=t.resident_pages, cold_pages=t.cold_pages,
+            mappings=mappings, agings=agings,
         )
