@@ -190,7 +190,7 @@ def measure(size: int, reps: int, cycles: int, roots: list[Path], maps: int = 0)
             src.attach(wl.pid)
             src_young.attach(wl.pid)
             src_serve.attach(wl.pid)
-            fd = src._targets[wl.pid].clear_refs
+            fd = src._targets[wl.pid].clear_refs  # a procfs.ClearRefs
             rows = []
             for _ in range(reps):
                 time.sleep(0.5)
@@ -198,8 +198,8 @@ def measure(size: int, reps: int, cycles: int, roots: list[Path], maps: int = 0)
                 scan_young_s, _ = timed(lambda: src_young._scan(wl.pid))
                 cycle = src.cycle(wl.pid)  # scan + decode + aging, as the daemon does it
                 serve_harvest = src_serve.cycle(wl.pid).harvest_seconds
-                clear_s, _ = timed(lambda: os.write(fd, b"1"))
-                flush_s, _ = timed(lambda: os.write(fd, b"4")) if src.tlb_flush else (0.0, None)
+                clear_s, _ = timed(lambda: fd.write(b"1"))
+                flush_s, _ = timed(lambda: fd.write(b"4")) if src.tlb_flush else (0.0, None)
                 pagemap_s, present = timed(lambda: pagemap_read(wl.pid))
                 rows.append({"pages": len(cycle.pages), "pagemap_present": present,
                              "scan": scan_s, "scan_young": scan_young_s, "harvest": cycle.harvest_seconds,
