@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 from pageheat.config import parse_size
 from pageheat.kernel import procfs
-from pageheat.sources import ptwalk
-from pageheat.sources.ptwalk import PtwalkSource
+from pageheat.sources import pagetable as ptwalk
+from pageheat.sources.pagetable import PtwalkSource
 
 
 def pagemap_read(pid: int) -> int:

@@ -41,7 +41,7 @@ import requests
 from pageheat.config import parse_size
 from pageheat.kernel import procfs
 from pageheat.serve import api
-from pageheat.sources.ptwalk import PtwalkSource, damon_running
+from pageheat.sources.pagetable import PtwalkSource, damon_running
 
 
 def pagemap_read(pid: int) -> int:

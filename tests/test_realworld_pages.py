@@ -221,7 +221,7 @@ def test_failed_load_is_one_error_not_a_buffer_error(ptwalk_ok) -> None:
     """A find_base failure while a view of the BPF maps is alive in the failing frame (as the
     old pagemap check had) must surface as the SourceError, not as BufferError on unload."""
     from pageheat.sources.base import SourceError
-    from pageheat.sources.ptwalk import PtwalkSource
+    from pageheat.sources.pagetable import PtwalkSource
 
     class Failing(PtwalkSource):
         def _find_direct_map(self) -> None:
@@ -251,7 +251,7 @@ def test_mglru_resident_set_leaves_out_zero_pages(ptwalk_ok, layout) -> None:
     zero-page PTEs (pagemap reports them present). MGLRU cannot run here; its resident-set
     path can, on a real process."""
     from pageheat.sources.mglru import resident
-    from pageheat.sources.ptwalk import PageTableScan
+    from pageheat.sources.pagetable import PageTableScan
 
     n, written = 4096, 64
     proc, addr = layout("zero", str(n), "16", str(written))

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from pageheat.kernel.numa import NodeMap
-from pageheat.sources import ptwalk
+from pageheat.sources import pagetable as ptwalk
 from pageheat.sources.base import PageType, VmaKind
 
 ONE_NODE = NodeMap(np.array([0], np.uint64), np.array([1 << 30], np.uint64),

@@ -16,7 +16,7 @@ def test_resident_set_equals_ptwalk_scan(ptwalk_ok, workload, backing: str, tmp_
     accessed exactly where the young records say (PTE and whole-PMD records)."""
     from pageheat.sources.base import PageType
     from pageheat.sources.mglru import _YOUNG_PMD, _YOUNG_PTE, _YOUNG_REC, resident
-    from pageheat.sources.ptwalk import PageTableScan, PtwalkSource
+    from pageheat.sources.pagetable import PageTableScan, PtwalkSource
 
     t = workload("--size", "16MiB", "--backing", backing, "--dir", str(tmp_path))
     src, scan = PtwalkSource(), PageTableScan(check_young=False)
@@ -53,7 +53,7 @@ def test_scan_does_not_age(ptwalk_ok, workload) -> None:
     populated before attaching stay accessed scan after scan, where ptwalk's aging clears
     them. Where a DAMON kdamond runs, PG_young is consulted (the default), so that the bits
     DAMON clears cannot hide them."""
-    from pageheat.sources.ptwalk import PageTableScan
+    from pageheat.sources.pagetable import PageTableScan
 
     t = workload("--size", "16MiB", "--hot", "0", "--warm", "0")
     scan = PageTableScan()

@@ -64,7 +64,7 @@ from pageheat.kernel.numa import NodeMap
 from pageheat.sources import MglruAging, TlbFlush
 from pageheat.sources.base import Harvest, Pages, SourceError, TargetGone, Vmas
 from pageheat.sources.objects import object_path
-from pageheat.sources.ptwalk import PageTableScan, soft_dirty_tracking
+from pageheat.sources.pagetable import PageTableScan, soft_dirty_tracking
 
 log = logging.getLogger(__name__)
 
