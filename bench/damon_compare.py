@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 from pageheat.kernel.libbpf import BpfObject
-from pageheat.sources.pagetable import PtwalkSource
+from pageheat.sources.ptwalk import PtwalkSource
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from labbench import start_workload  # noqa: E402

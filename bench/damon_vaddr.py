@@ -77,7 +77,7 @@ def _monitor(kind: str, pid: int, interval: float):  # noqa: ANN202 - a stop fun
     import threading
 
     from pageheat.sources.mglru_hook import MglruHookSource
-    from pageheat.sources.pagetable import PtwalkSource
+    from pageheat.sources.ptwalk import PtwalkSource
 
     if kind == "none":
         return lambda: None
@@ -136,7 +136,7 @@ def guest(a: argparse.Namespace) -> int:
     import numpy as np
     from damon_compare import Tracer, prf, proc_cpu, score
     from pageheat.sources.mglru_hook import MglruHookSource
-    from pageheat.sources.pagetable import PtwalkSource
+    from pageheat.sources.ptwalk import PtwalkSource
 
     tmp = Path(tempfile.mkdtemp(prefix="damon-vaddr-"))
     wl, t = start_workload(tmp, "--size", a.size, "--hot", "0.1", "--warm", "0.1")

@@ -4,7 +4,7 @@ For each target size one workload process is populated (1% hot, 1% warm, the res
 then REPS rounds each time, interleaved so that they share the machine's noise:
   scan          ptwalk's BPF iterator run (PtwalkSource._scan), PG_young off;
   scan+young    the same with the PG_young check (what a host running a DAMON kdamond pays);
-  decode        bitmaps -> Pages/Vmas (ptwalk._decode, including reading /proc/PID/maps);
+  decode        bitmaps -> Pages/Vmas (pagetable._decode, including reading /proc/PID/maps);
   harvest       what `snapshot` reports as harvest_ms: a whole cycle minus its aging, PG_young
                 off and on;
   pagemap       the kernel's /proc/PID/pagemap read of every mapping.
@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 from pageheat.config import parse_size
 from pageheat.kernel import procfs
-from pageheat.sources import pagetable as ptwalk
-from pageheat.sources.pagetable import PtwalkSource
+from pageheat.sources import pagetable
+from pageheat.sources.ptwalk import PtwalkSource
 
 
 def pagemap_read(pid: int) -> int:
@@ -76,7 +76,7 @@ def measure(size: int, reps: int) -> dict:
                 time.sleep(0.3)
                 scan_s, scanned = timed(lambda: src._scan(pid))
                 scan_young_s, _ = timed(lambda: src_young._scan(pid))
-                decode_s, (pages, _) = timed(lambda s=scanned: ptwalk._decode(
+                decode_s, (pages, _) = timed(lambda s=scanned: pagetable._decode(
                     s[0], s[1], s[2], procfs.read_maps(pid), src._nodes))
                 harvest = src.cycle(pid).harvest_seconds
                 harvest_young = src_young.cycle(pid).harvest_seconds

@@ -40,8 +40,9 @@ import numpy as np
 import requests
 from pageheat.config import parse_size
 from pageheat.kernel import procfs
+from pageheat.kernel.procfs import damon_running
 from pageheat.serve import api
-from pageheat.sources.pagetable import PtwalkSource, damon_running
+from pageheat.sources.ptwalk import PtwalkSource
 
 
 def pagemap_read(pid: int) -> int:

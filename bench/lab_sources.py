@@ -49,7 +49,7 @@ VARIANTS = ("mglru-hook", "mglru-hook (no filter)", "mglru-fexit", "ptwalk")
 def _open(variant: str):  # noqa: ANN202 - a Source
     from pageheat.sources.mglru_fexit import MglruFexitSource
     from pageheat.sources.mglru_hook import MglruHookSource
-    from pageheat.sources.pagetable import PtwalkSource
+    from pageheat.sources.ptwalk import PtwalkSource
 
     if variant == "ptwalk":
         return PtwalkSource(tlb_flush="always")

@@ -36,7 +36,7 @@ def ptwalk_ok() -> None:
     if os.geteuid() != 0:
         need_kernel("not root")
     from pageheat.sources.base import SourceError
-    from pageheat.sources.pagetable import PtwalkSource
+    from pageheat.sources.ptwalk import PtwalkSource
 
     try:
         PtwalkSource().close()

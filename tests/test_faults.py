@@ -39,7 +39,7 @@ def own_fds() -> set[str]:
 
 def test_mmap_churn_during_harvests(ptwalk_ok) -> None:
     from pageheat.model.aggregate import TargetState
-    from pageheat.sources.pagetable import PtwalkSource
+    from pageheat.sources.ptwalk import PtwalkSource
 
     proc = subprocess.Popen([sys.executable, "-c", CHURN])
     fds, objects = own_fds(), bpf_object_counts()
@@ -64,7 +64,7 @@ def test_mmap_churn_during_harvests(ptwalk_ok) -> None:
 
 def test_target_killed_mid_harvest(ptwalk_ok, workload) -> None:
     from pageheat.sources.base import TargetGone
-    from pageheat.sources.pagetable import PtwalkSource
+    from pageheat.sources.ptwalk import PtwalkSource
 
     fds, objects = own_fds(), bpf_object_counts()
     src = PtwalkSource()
@@ -149,7 +149,8 @@ discovery_interval: 100ms
 def test_nothing_lost_at_scale(ptwalk_ok, workload) -> None:
     """An 8 GiB mapping (the sketch's seq_file output lost almost all of it), scanned with
     buffers deliberately too small: the source grows them and scans again."""
-    from pageheat.sources.pagetable import PtwalkSource, _Capacity
+    from pageheat.sources.pagetable import _Capacity
+    from pageheat.sources.ptwalk import PtwalkSource
 
     t = workload("--size", "8GiB", "--hot", "0.001", "--warm", "0")
     src = PtwalkSource()

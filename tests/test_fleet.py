@@ -156,7 +156,7 @@ def test_ptwalk_frame_numbers_equal_pagemap(ptwalk_ok, workload) -> None:
     copies, is the one /proc/PID/pagemap gives for that address (4 KiB and THP pages)."""
     import os
 
-    from pageheat.sources.pagetable import PtwalkSource
+    from pageheat.sources.ptwalk import PtwalkSource
 
     for args in (("--size", "8MiB"), ("--size", "8MiB", "--thp")):
         t = workload(*args)

@@ -221,7 +221,7 @@ def test_failed_load_is_one_error_not_a_buffer_error(ptwalk_ok) -> None:
     """A find_base failure while a view of the BPF maps is alive in the failing frame (as the
     old pagemap check had) must surface as the SourceError, not as BufferError on unload."""
     from pageheat.sources.base import SourceError
-    from pageheat.sources.pagetable import PtwalkSource
+    from pageheat.sources.ptwalk import PtwalkSource
 
     class Failing(PtwalkSource):
         def _find_direct_map(self) -> None:

@@ -273,7 +273,7 @@ def test_aging_moves_to_a_live_thread_when_the_leader_exits_later(ptwalk_ok, zl_
     descriptor keeps aging the mm (measured: only one opened after the leader's exit ages
     nothing), so this passes without procfs.ClearRefs' re-check too; it pins the behaviour for
     kernels whose clear_refs_write() looks the mm up through the task at each write."""
-    from pageheat.sources.pagetable import PtwalkSource
+    from pageheat.sources.ptwalk import PtwalkSource
 
     src = PtwalkSource()
     with zombie_leader(zl_exe, 1024, 128, "late") as z:

@@ -10,7 +10,7 @@ import sys
 
 def test_snapshot_of_a_process_gone_before_attach(ptwalk_ok) -> None:
     from pageheat.commands.snapshot import take
-    from pageheat.sources.pagetable import PtwalkSource
+    from pageheat.sources.ptwalk import PtwalkSource
 
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()  # reaped: /proc/PID is gone, as for a process that exits after the pid check

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from pageheat.kernel.numa import NodeMap
-from pageheat.sources import pagetable as ptwalk
+from pageheat.sources import pagetable
 from pageheat.sources.base import PageType, VmaKind
 
 ONE_NODE = NodeMap(np.array([0], np.uint64), np.array([1 << 30], np.uint64),
@@ -51,10 +51,10 @@ def reference(vmas: np.ndarray, tables: np.ndarray, raw: np.ndarray, nodes: Node
 
 def synthetic(rng: np.random.Generator, n_tables: int, dense: bool) -> tuple[np.ndarray, ...]:
     kinds = [VmaKind.ANON, VmaKind.FILE, VmaKind.FILE, VmaKind.SHMEM, VmaKind.SHMEM, VmaKind.HEAP]
-    vmas = np.zeros(len(kinds), dtype=ptwalk._VMA)
+    vmas = np.zeros(len(kinds), dtype=pagetable._VMA)
     vmas["kind"] = kinds
     vmas["flags"] = [0, 0, 1, 0, 1, 0]  # shared: the third and fifth
-    tables = np.zeros(n_tables, dtype=ptwalk._TABLE)
+    tables = np.zeros(n_tables, dtype=pagetable._TABLE)
     step = np.arange(n_tables, dtype=np.uint64) * np.uint64(3)  # gaps between tables
     tables["addr"] = (step + np.uint64(0x3F000)) << np.uint64(21)
     tables["vma"] = np.sort(rng.integers(0, len(kinds), n_tables))
@@ -80,7 +80,7 @@ def test_decode_matches_reference(dense: bool, nodes: NodeMap) -> None:
     rng = np.random.default_rng(13)
     vmas, tables, raw = synthetic(rng, 40, dense)
     want = reference(vmas, tables, raw, nodes)
-    got = ptwalk._pages(vmas, tables, raw, nodes, ptwalk._Buffers())
+    got = pagetable._pages(vmas, tables, raw, nodes, pagetable._Buffers())
     assert len(got) == len(want["vpn"]) > 0
     for field, dtype in (("vpn", np.uint64), ("accessed", bool), ("node", np.int16),
                          ("type", np.uint8), ("thp", bool), ("vma", np.int32)):
@@ -94,22 +94,22 @@ def test_decode_matches_reference(dense: bool, nodes: NodeMap) -> None:
 
 def test_no_tables_no_pages() -> None:
     vmas, tables, raw = synthetic(np.random.default_rng(1), 3, True)
-    got = ptwalk._pages(vmas, tables[:0], raw[:0], ONE_NODE, ptwalk._Buffers())
+    got = pagetable._pages(vmas, tables[:0], raw[:0], ONE_NODE, pagetable._Buffers())
     assert len(got) == 0 and got.vpn.dtype == np.uint64
 
 
 def test_buffers_are_reused_only_when_released() -> None:
     vmas, tables, raw = synthetic(np.random.default_rng(2), 8, True)
-    buffers = ptwalk._Buffers()
-    first = ptwalk._pages(vmas, tables, raw, ONE_NODE, buffers)
+    buffers = pagetable._Buffers()
+    first = pagetable._pages(vmas, tables, raw, ONE_NODE, buffers)
     kept = first.vpn.copy()
     tables2 = tables.copy()
     tables2["addr"] += np.uint64(1 << 40)
-    second = ptwalk._pages(vmas, tables2, raw, ONE_NODE, buffers)
+    second = pagetable._pages(vmas, tables2, raw, ONE_NODE, buffers)
     assert np.array_equal(first.vpn, kept)  # the live harvest was not overwritten
     assert not np.shares_memory(first.vpn, second.vpn)
     address = second.vpn.__array_interface__["data"][0]
     del first, second
-    third = ptwalk._pages(vmas, tables, raw, ONE_NODE, buffers)
+    third = pagetable._pages(vmas, tables, raw, ONE_NODE, buffers)
     assert third.vpn.__array_interface__["data"][0] == address  # released: reused
     assert np.array_equal(third.vpn, kept)

@@ -16,7 +16,8 @@ def test_resident_set_equals_ptwalk_scan(ptwalk_ok, workload, backing: str, tmp_
     accessed exactly where the young records say (PTE and whole-PMD records)."""
     from pageheat.sources.base import PageType
     from pageheat.sources.mglru import _YOUNG_PMD, _YOUNG_PTE, _YOUNG_REC, resident
-    from pageheat.sources.pagetable import PageTableScan, PtwalkSource
+    from pageheat.sources.pagetable import PageTableScan
+    from pageheat.sources.ptwalk import PtwalkSource
 
     t = workload("--size", "16MiB", "--backing", backing, "--dir", str(tmp_path))
     src, scan = PtwalkSource(), PageTableScan(check_young=False)

@@ -204,6 +204,24 @@ def task_dir(pid: int, proc: Path = PROC) -> Path:
     return d
 
 
+def damon_running(proc: Path = PROC) -> bool:
+    """A kdamond thread exists: DAMON is clearing Accessed bits somewhere."""
+    for pid in list_pids(proc):
+        try:
+            if read_comm(pid, proc).startswith("kdamond"):
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def soft_dirty_tracking(smaps: Path = Path("/proc/self/smaps")) -> bool:
+    """True if the kernel tracks soft-dirty bits: it marks new mappings "sd" in VmFlags."""
+    # Bytes, split at \n only: the file names in smaps are any bytes.
+    return any(line.startswith(b"VmFlags:") and b" sd" in line
+               for line in smaps.read_bytes().split(b"\n"))
+
+
 class ClearRefs:
     """``clear_refs`` of a process, written through a live thread.
 

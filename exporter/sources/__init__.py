@@ -73,7 +73,7 @@ class SourceInfo:
 
 
 def _open_ptwalk(o: SourceOptions) -> Source:
-    from pageheat.sources.pagetable import PtwalkSource
+    from pageheat.sources.ptwalk import PtwalkSource
 
     _need_capabilities("ptwalk")
     return PtwalkSource(tlb_flush=o.tlb_flush, pfns=o.pfns, bpf_dir=o.bpf_dir)

@@ -9,6 +9,7 @@ own reclaim) is its own business: the aggregator sees only ``Harvest`` objects.
 from __future__ import annotations
 
 import enum
+import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -90,6 +91,12 @@ class Pages:
 
     def __len__(self) -> int:
         return len(self.vpn)
+
+
+def cpu_time() -> float:
+    """The clock of Harvest.harvest_seconds and aging_seconds: this thread's CPU time (user +
+    kernel), seconds. Per thread, so that the daemon's other threads do not count."""
+    return time.thread_time()
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,7 @@ def check_ptwalk(options: SourceOptions = DEFAULT_OPTIONS) -> Verdict:
         return Verdict("ptwalk", False, "no kernel BTF (/sys/kernel/btf/vmlinux; CONFIG_DEBUG_INFO_BTF)")
     if not Path("/proc/self/clear_refs").exists():
         return Verdict("ptwalk", False, "no /proc/PID/clear_refs (CONFIG_PROC_PAGE_MONITOR)")
-    from pageheat.sources.pagetable import PtwalkSource
+    from pageheat.sources.ptwalk import PtwalkSource
 
     try:
         src = PtwalkSource(bpf_dir=options.bpf_dir)

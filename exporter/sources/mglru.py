@@ -29,7 +29,7 @@ TLB flush of the target (``clear_refs`` 4), ``PAGEHEAT_TLB_FLUSH``:
 CONFIG_MEM_SOFT_DIRTY kernel that write also clears the soft-dirty bits (CRIU) and costs a
 minor fault on the next write to each page, the same rule as ptwalk; ``always``; ``never``.
 
-Resident set: ptwalk's read-only BPF page-table scan (``ptwalk.PageTableScan``), the same
+Resident set: ptwalk's read-only BPF page-table scan (``pagetable.PageTableScan``), the same
 task_vma iterator program ptwalk uses, without its aging: these sources never write
 clear_refs 1, since the kernel's MGLRU aging owns the Accessed bits. The scan reads them but
 its Accessed bits are not used; a page is accessed when the young hash names it. It gives,
@@ -62,9 +62,9 @@ from pageheat.kernel import lrugen, procfs
 from pageheat.kernel.libbpf import BpfObject, LibbpfError, Link, lib
 from pageheat.kernel.numa import NodeMap
 from pageheat.sources import MglruAging, TlbFlush
-from pageheat.sources.base import Harvest, Pages, SourceError, TargetGone, Vmas
+from pageheat.sources.base import Harvest, Pages, SourceError, TargetGone, Vmas, cpu_time
 from pageheat.sources.objects import object_path
-from pageheat.sources.pagetable import PageTableScan, soft_dirty_tracking
+from pageheat.sources.pagetable import PageTableScan
 
 log = logging.getLogger(__name__)
 
@@ -88,10 +88,6 @@ def _declare(name: str, restype: object, argtypes: list[object]) -> Any:
     fn = getattr(lib(), name)
     fn.restype, fn.argtypes = restype, argtypes
     return fn
-
-
-def _cpu() -> float:
-    return time.thread_time()
 
 
 @dataclass
@@ -122,7 +118,7 @@ class YoungPagesSource:
         if not 1 <= swappiness <= 200:
             raise SourceError(f"{name}: swappiness must be 1..200 (0 would skip anonymous memory)")
         self.swappiness = swappiness
-        self.tlb_flush = self.aging == "active" and TlbFlush(tlb_flush).wanted(soft_dirty_tracking)
+        self.tlb_flush = self.aging == "active" and TlbFlush(tlb_flush).wanted(procfs.soft_dirty_tracking)
         why = lrugen.mglru_state()
         if why:
             raise SourceError(f"{name}: {why}; use --source ptwalk")
@@ -254,14 +250,14 @@ class YoungPagesSource:
 
     def cycle(self, pid: int) -> Harvest:
         t = self._targets[pid]
-        t0 = _cpu()
+        t0 = cpu_time()
         writes = self._age(pid, t) if self.aging == "active" else 0
-        t1 = _cpu()
+        t1 = cpu_time()
         now = time.monotonic()
         self._drain()
         young = self._pending.pop(pid, [])
         pages, vmas, extra = resident(self._scan, pid, young)
-        t2 = _cpu()
+        t2 = cpu_time()
         dropped = self.stats().get("dropped", 0)  # young pages the BPF hash had no room for
         counters = {"aging_writes": writes, "tlb_flush": int(t.clear_refs is not None), **extra,
                     "young_dropped": dropped - self._dropped_seen, **self._kernel_agings(t)}

@@ -1,12 +1,10 @@
-"""ptwalk: a BPF task_vma iterator reads the target's page tables; clear_refs ages them.
+"""The read-only BPF scan of a process's page tables, and its decode to per-page arrays.
 
-Works on any x86-64 kernel with BTF and BPF iterators (5.12+ for task_vma with a pid filter:
-5.19). Aging by clear_refs also clears the referenced state that reclaim uses, which is why
-the MGLRU sources exist.
-
-``PageTableScan`` is the read-only half (the BPF scan and its decode, no aging, no
-CAP_SYS_ADMIN): the mglru sources take their resident set from it. ``PtwalkSource`` adds
-the aging by clear_refs.
+A task_vma iterator (bpf/ptwalk.bpf.c) copies the target's page tables as per-table bitmaps
+(present, Accessed, written) and, where PFNs are needed, the raw PTEs; ``PageTableScan``
+loads it, sizes its buffers and decodes the result into ``Pages`` and ``Vmas``. It neither
+ages nor writes clear_refs and needs no CAP_SYS_ADMIN: the ptwalk source (``ptwalk``) adds
+the aging by clear_refs, the mglru sources (``mglru``) take their resident set from it.
 """
 
 from __future__ import annotations
@@ -16,7 +14,6 @@ import mmap
 import os
 import secrets
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,8 +21,7 @@ import numpy as np
 from pageheat.kernel import procfs
 from pageheat.kernel.libbpf import BpfObject, LibbpfError, Link
 from pageheat.kernel.numa import NodeMap
-from pageheat.sources import TlbFlush
-from pageheat.sources.base import Harvest, Pages, PageType, SourceError, TargetGone, VmaKind, Vmas
+from pageheat.sources.base import Pages, PageType, SourceError, TargetGone, VmaKind, Vmas
 from pageheat.sources.objects import object_path
 
 _STATE = np.dtype([
@@ -81,13 +77,9 @@ class _Capacity:
 @dataclass
 class _Target:
     link: Link
-    clear_refs: procfs.ClearRefs | None = None  # through a live thread (PtwalkSource only)
+    clear_refs: procfs.ClearRefs | None = None  # through a live thread (ptwalk.PtwalkSource only)
     layout: np.ndarray | None = None  # the scanned VMAs (_LAYOUT fields) that names belong to
     names: list[str] | None = None
-
-
-def _cpu() -> float:
-    return time.thread_time()
 
 
 class PageTableScan:
@@ -105,7 +97,7 @@ class PageTableScan:
         self._nodes = nodes or NodeMap.from_sysfs()
         # PG_young costs a struct page read per idle page (~45 ns here), so by default only
         # when DAMON, the usual other Accessed-bit consumer, is running.
-        self._check_young = damon_running() if check_young is None else check_young
+        self._check_young = procfs.damon_running() if check_young is None else check_young
         # PFNs are needed to tell nodes apart, and (``pfns``) to count a page shared by several
         # processes of a cgroup once (exporter/model/fleet.py); otherwise the raw PTE copy is skipped.
         self._copy_raw = pfns or self._nodes.single is None
@@ -323,81 +315,6 @@ class PageTableScan:
             del st  # no view of the old maps may survive their unmapping
             self._reload(_grow(self._cap, need))
         raise SourceError(f"ptwalk: layout of {pid} kept outgrowing the buffers")
-
-
-class PtwalkSource(PageTableScan):
-    """The scan, aged by clear_refs: each cycle reports the pages accessed since the last."""
-
-    name = "ptwalk"
-
-    def __init__(self, obj: Path | None = None, nodes: NodeMap | None = None,
-                 tlb_flush: TlbFlush | str = TlbFlush.AUTO, check_young: bool | None = None,
-                 pfns: bool = False, bpf_dir: Path | None = None) -> None:
-        # See _age and TlbFlush.wanted (the Config passes its tlb_flush).
-        self.tlb_flush = TlbFlush(tlb_flush).wanted(soft_dirty_tracking)
-        super().__init__(obj, nodes, check_young, pfns, bpf_dir)
-
-    def attach(self, pid: int) -> None:
-        if pid in self._targets:
-            return
-        # clear_refs first: a process we may not age (PermissionError) is never half attached.
-        try:
-            refs = procfs.ClearRefs(pid)
-        except (FileNotFoundError, ProcessLookupError) as e:
-            raise TargetGone(pid) from e
-        try:
-            super().attach(pid)
-        except BaseException:
-            refs.close()
-            raise
-        self._targets[pid].clear_refs = refs
-        try:
-            self._age(pid)
-        except TargetGone:
-            self.detach(pid)
-            raise
-
-    def cycle(self, pid: int) -> Harvest:
-        t0 = _cpu()
-        pages, vmas, counters = self.harvest(pid)
-        now = time.monotonic()
-        t1 = _cpu()
-        self._age(pid)
-        t2 = _cpu()
-        return Harvest(pid, now, pages, vmas, t1 - t0, t2 - t1, counters)
-
-    def _age(self, pid: int) -> None:
-        """Clear the Accessed bits. x86 does not flush the TLB when clearing them, and a CPU
-        sets the bit only when it walks the page table: a page whose translation stays cached
-        goes unseen however often it is used (measured: tens of hot pages per scan for a
-        tight loop). Writing 4 (clear soft-dirty) ends with a full TLB flush of the mm; on a
-        kernel without CONFIG_MEM_SOFT_DIRTY it changes nothing else."""
-        refs = self._targets[pid].clear_refs
-        assert refs is not None  # opened in attach
-        try:
-            refs.write(b"1")
-            if self.tlb_flush:
-                refs.write(b"4")
-        except (ProcessLookupError, FileNotFoundError) as e:
-            raise TargetGone(pid) from e
-
-
-def damon_running(proc: Path = Path("/proc")) -> bool:
-    """A kdamond thread exists: DAMON is clearing Accessed bits somewhere."""
-    for pid in procfs.list_pids(proc):
-        try:
-            if procfs.read_comm(pid, proc).startswith("kdamond"):
-                return True
-        except OSError:
-            continue
-    return False
-
-
-def soft_dirty_tracking(smaps: Path = Path("/proc/self/smaps")) -> bool:
-    """True if the kernel tracks soft-dirty bits: it marks new mappings "sd" in VmFlags."""
-    # Bytes, split at \n only: the file names in smaps are any bytes.
-    return any(line.startswith(b"VmFlags:") and b" sd" in line
-               for line in smaps.read_bytes().split(b"\n"))
 
 
 def unmonitored_pages(vmas: np.ndarray) -> dict[str, int]:

@@ -79,7 +79,8 @@ def test_scan_resident_set_matches_ptwalk(ptwalk_ok, workload, backing: str) -> 
     equals ptwalk's own view (vpn, type, node); young pages mark exactly those pages."""
     from pageheat.sources import mglru as mf
     from pageheat.sources.base import PageType, VmaKind
-    from pageheat.sources.pagetable import PageTableScan, PtwalkSource
+    from pageheat.sources.pagetable import PageTableScan
+    from pageheat.sources.ptwalk import PtwalkSource
 
     if os.geteuid() != 0:
         need_kernel("not root")
