@@ -1,4 +1,10 @@
-"""Memory cgroups for the command `pageheat serve -- CMD` launches (``--cgroup own``).
+"""Cgroups: a process's cgroup v2 path and id, and memory cgroups for the command
+`pageheat serve -- CMD` launches (``--cgroup own``).
+
+The one parser of /proc/PID/cgroup (``parse_proc_cgroup``) and of cgroup mounts in
+mountinfo (``parse_mountinfo``) is here. The mglru sources name a target's memcg by its
+cgroup v2 path (``cgroup_path``, what /sys/kernel/debug/lru_gen lists) and, for
+bpf_lru_gen_run_aging(), by its cgroup v2 id (``cgroup_id``).
 
 Why: an MGLRU aging walks every mm charged to the target's memcg, so a target that shares a
 busy memcg makes every aging walk everyone; a memcg of its own bounds that cost to the target.
@@ -30,7 +36,8 @@ from pathlib import Path
 
 log = logging.getLogger("pageheat")
 
-PROC_SELF = Path("/proc/self")
+PROC = Path("/proc")
+PROC_SELF = PROC / "self"
 GROUP = "pageheat"  # the directory all of pageheat's cgroups go in
 _OCTAL = re.compile(r"\\([0-7]{3})")
 
@@ -106,6 +113,37 @@ def parse_proc_cgroup(text: str) -> dict[str, str]:
             if c:
                 out[c] = path
     return out
+
+
+def cgroup_path(pid: int, proc: Path = PROC) -> str:
+    """The process's cgroup v2 path (``0::/a/b``), relative to the cgroup2 root. Raises
+    CgroupError when it is in no cgroup v2 hierarchy; FileNotFoundError or ProcessLookupError
+    when the process is gone."""
+    path = parse_proc_cgroup(os.fsdecode((proc / str(pid) / "cgroup").read_bytes())).get("")
+    if path is None:
+        raise CgroupError(f"process {pid} is in no cgroup v2 hierarchy "
+                          "(MGLRU debugfs names memcgs by their cgroup v2 path)")
+    return path
+
+
+def cgroup2_mount(mountinfo: Path = PROC_SELF / "mountinfo") -> Path | None:
+    """Where the cgroup v2 hierarchy is mounted in our namespace, if anywhere."""
+    return next((m.point for m in parse_mountinfo(os.fsdecode(mountinfo.read_bytes()))
+                 if m.fstype == "cgroup2"), None)
+
+
+def cgroup_id(path: str, mount: Path | None = None) -> int:
+    """The cgroup v2 id of ``path`` (relative to the cgroup2 root): the inode number of its
+    directory, what bpf_get_current_cgroup_id() returns. The root is 1 even unmounted.
+    Raises CgroupError when cgroup v2 is not mounted, FileNotFoundError when the cgroup is
+    gone."""
+    if path in ("/", ""):
+        return 1
+    root = mount or cgroup2_mount()
+    if root is None:
+        raise CgroupError(f"cgroup {path}: the cgroup v2 hierarchy is not mounted "
+                          "(mount -t cgroup2 none /sys/fs/cgroup)")
+    return os.stat(root / path.lstrip("/")).st_ino
 
 
 def _v2_controllers(mount: Mount) -> set[str]:

@@ -1,7 +1,8 @@
 """A small typed ctypes binding to the system libbpf (Debian's libbpf1, 1.1 or newer).
 
 Only what pageheat uses is exposed: open an object, size its maps, load it, find programs
-and maps, mmap array maps, attach (iterators and ordinary programs), and test-run a program.
+and maps, mmap array maps, update, delete and batch-drain map elements by fd, attach
+(iterators and ordinary programs), and test-run a program.
 Every libbpf call that returns a pointer declares ``restype = c_void_p``: the default int
 return would truncate pointers and crash later, far from the cause.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import ctypes as C
+import errno
 import mmap
 import os
 from dataclasses import dataclass
@@ -79,6 +81,10 @@ def _load_lib() -> C.CDLL:
         "bpf_map__max_entries": (C.c_uint32, [C.c_void_p]),
         "bpf_map__value_size": (C.c_uint32, [C.c_void_p]),
         "bpf_map__fd": (C.c_int, [C.c_void_p]),
+        "bpf_map_update_elem": (C.c_int, [C.c_int, C.c_void_p, C.c_void_p, C.c_uint64]),
+        "bpf_map_delete_elem": (C.c_int, [C.c_int, C.c_void_p]),
+        "bpf_map_lookup_and_delete_batch": (C.c_int, [C.c_int, C.c_void_p, C.c_void_p, C.c_void_p,
+                                                      C.c_void_p, C.POINTER(C.c_uint32), C.c_void_p]),
         "bpf_program__fd": (C.c_int, [C.c_void_p]),
         "bpf_program__set_autoload": (C.c_int, [C.c_void_p, C.c_bool]),
         "bpf_program__attach": (C.c_void_p, [C.c_void_p]),
@@ -122,6 +128,39 @@ def lib() -> C.CDLL:
 def _fail(what: str) -> LibbpfError:
     err = C.get_errno() or 1
     return LibbpfError(what, err, "\n".join(_log))
+
+
+def map_update(fd: int, key: C._CData, value: C._CData, flags: int = 0) -> None:
+    """bpf_map_update_elem(): set ``key`` (a ctypes object, the map's key size) to ``value``.
+    Raises LibbpfError (E2BIG: a hash map is full)."""
+    C.set_errno(0)
+    if lib().bpf_map_update_elem(fd, C.byref(key), C.byref(value), flags):
+        raise _fail("bpf_map_update_elem")
+
+
+def map_delete(fd: int, key: C._CData) -> bool:
+    """bpf_map_delete_elem(): remove ``key``; whether it was there. Never raises."""
+    return lib().bpf_map_delete_elem(fd, C.byref(key)) == 0
+
+
+def map_lookup_and_delete_batch(fd: int, token: C.c_uint64 | None, next_token: C.c_uint64,
+                                keys: int, values: int, count: int) -> tuple[int, bool]:
+    """One bpf_map_lookup_and_delete_batch() on a hash map: moves up to ``count`` entries into
+    the buffers at addresses ``keys`` and ``values`` (``count`` keys and values of the map's
+    sizes each). ``token``: None for the first call, then the ``next_token`` the previous call
+    filled in. Returns (entries moved, whether the whole map has been read: ENOENT). Raises
+    LibbpfError on any other failure."""
+    n = C.c_uint32(count)
+    C.set_errno(0)
+    rc = lib().bpf_map_lookup_and_delete_batch(
+        fd, None if token is None else C.byref(token), C.byref(next_token), keys, values,
+        C.byref(n), None)
+    if not rc:
+        return n.value, False
+    err = C.get_errno() or -rc
+    if err == errno.ENOENT:
+        return n.value, True
+    raise LibbpfError("bpf_map_lookup_and_delete_batch", err, "\n".join(_log))
 
 
 @dataclass

@@ -8,7 +8,8 @@ Format (identical on 6.1 and 6.12, see lab/README.md)::
 
 Sequence numbers grow without bound; at most four are listed per memcg and node, and the
 largest is that node's MAX_GEN. The memcg ID is the kernel's mem_cgroup id, not the cgroup
-directory's inode number, so a process is mapped to it through its cgroup path.
+directory's inode number, so a process is mapped to it through its cgroup path
+(``cgroups.cgroup_path``).
 
 An aging request ``+ MEMCG_ID NODE_ID MAX_GEN SWAPPINESS FORCE_SCAN`` adds a generation and,
 with FORCE_SCAN=1, walks the page tables of **every** mm on that memcg's mm list (all the
@@ -28,7 +29,6 @@ from pathlib import Path
 
 LRU_GEN = Path("/sys/kernel/debug/lru_gen")
 ENABLED = Path("/sys/kernel/mm/lru_gen/enabled")
-PROC = Path("/proc")
 
 _MEMCG = re.compile(r"^memcg\s+(\d+)\s+(\S*)\s*$")
 _NODE = re.compile(r"^\s+node\s+(\d+)\s*$")
@@ -90,44 +90,13 @@ def parse(text: str) -> dict[int, Memcg]:
 def read(path: Path = LRU_GEN) -> dict[int, Memcg]:
     try:
         # Memcg paths are cgroup directory names, any bytes: decoded as file names are, so
-        # that they compare equal to cgroup_path()'s and still name the directory.
+        # that they compare equal to cgroups.cgroup_path()'s and still name the directory.
         return parse(os.fsdecode(path.read_bytes()))
     except FileNotFoundError as e:
         raise LruGenError(errno.ENOENT, f"{path} is missing: mount debugfs "
                           "(mount -t debugfs none /sys/kernel/debug) on a kernel with MGLRU") from e
     except PermissionError as e:
         raise LruGenError(errno.EACCES, f"{path}: permission denied (needs root)") from e
-
-
-def cgroup_path(pid: int, proc: Path = PROC) -> str:
-    """The process's cgroup v2 path (``0::/a/b``), relative to the cgroup2 root."""
-    for line in os.fsdecode((proc / str(pid) / "cgroup").read_bytes()).split("\n"):
-        hier, _, rest = line.partition(":")
-        controllers, _, path = rest.partition(":")
-        if hier == "0" and controllers == "":
-            return path
-    raise LruGenError(errno.ENOENT, f"process {pid} is in no cgroup v2 hierarchy "
-                      "(MGLRU debugfs names memcgs by their cgroup v2 path)")
-
-
-def cgroup2_mount(mountinfo: Path = PROC / "self/mountinfo") -> Path | None:
-    """Where the cgroup v2 hierarchy is mounted in our namespace, if anywhere."""
-    from pageheat.kernel.cgroups import parse_mountinfo
-
-    return next((m.point for m in parse_mountinfo(os.fsdecode(mountinfo.read_bytes()))
-                 if m.fstype == "cgroup2"), None)
-
-
-def cgroup_id(path: str, mount: Path | None = None) -> int:
-    """The cgroup v2 id of ``path`` (relative to the cgroup2 root): the inode number of its
-    directory, what bpf_get_current_cgroup_id() returns. The root is 1 even unmounted."""
-    if path in ("/", ""):
-        return 1
-    root = mount or cgroup2_mount()
-    if root is None:
-        raise LruGenError(errno.ENOENT, f"cgroup {path}: the cgroup v2 hierarchy is not mounted "
-                          "(mount -t cgroup2 none /sys/fs/cgroup)")
-    return os.stat(root / path.lstrip("/")).st_ino
 
 
 def memcg_of(path: str, memcgs: dict[int, Memcg]) -> Memcg:

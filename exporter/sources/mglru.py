@@ -48,18 +48,23 @@ Kernel-side limits, reported as "not accessed" because the kernel never looks:
 from __future__ import annotations
 
 import ctypes as C
-import errno
 import logging
 import mmap
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-from pageheat.kernel import lrugen, procfs
-from pageheat.kernel.libbpf import BpfObject, LibbpfError, Link, lib
+from pageheat.kernel import cgroups, lrugen, procfs
+from pageheat.kernel.libbpf import (
+    BpfObject,
+    LibbpfError,
+    Link,
+    map_delete,
+    map_lookup_and_delete_batch,
+    map_update,
+)
 from pageheat.kernel.numa import NodeMap
 from pageheat.sources import MglruAging, TlbFlush
 from pageheat.sources.base import Harvest, Pages, SourceError, TargetGone, Vmas, cpu_time
@@ -69,7 +74,6 @@ from pageheat.sources.pagetable import PageTableScan
 log = logging.getLogger(__name__)
 
 AGING_ENV = "PAGEHEAT_MGLRU_AGING"
-BTF = Path("/sys/kernel/btf/vmlinux")
 
 _KEY = np.dtype([("tgid", "<u4"), ("pad", "<u4"), ("vpn", "<u8")])
 # struct young_stats in bpf/young.h
@@ -81,13 +85,6 @@ _BATCH = 1 << 16
 _DEFAULT_YOUNG_CAPACITY = 1 << 22  # 16 GiB of young 4 KiB pages per interval, all targets
 
 _YOUNG_REC = np.dtype([("tgid", "<u4"), ("vpn", "<u8"), ("flags", "<u4")])
-
-
-def _declare(name: str, restype: object, argtypes: list[object]) -> Any:
-    """libbpf calls that pageheat.kernel.libbpf does not bind (map element and batch ops)."""
-    fn = getattr(lib(), name)
-    fn.restype, fn.argtypes = restype, argtypes
-    return fn
 
 
 @dataclass
@@ -136,12 +133,6 @@ class YoungPagesSource:
         self._links: list[Link] = []
         self._obj: BpfObject | None = None
         self._stats_map: mmap.mmap | None = None
-        self._update = _declare("bpf_map_update_elem", C.c_int,
-                                [C.c_int, C.c_void_p, C.c_void_p, C.c_uint64])
-        self._delete = _declare("bpf_map_delete_elem", C.c_int, [C.c_int, C.c_void_p])
-        self._batch = _declare("bpf_map_lookup_and_delete_batch", C.c_int,
-                               [C.c_int, C.c_void_p, C.c_void_p, C.c_void_p, C.c_void_p,
-                                C.POINTER(C.c_uint32), C.c_void_p])
         self._load(young_capacity)
         self._dropped_seen = self.stats().get("dropped", 0)
         try:
@@ -204,15 +195,15 @@ class YoungPagesSource:
         if pid in self._targets:
             return
         try:
-            cg = lrugen.cgroup_path(pid)
+            cg = cgroups.cgroup_path(pid)
             self._scan.attach(pid)
             refs = procfs.ClearRefs(pid) if self.tlb_flush else None
         except (FileNotFoundError, ProcessLookupError) as e:
             self._scan.detach(pid)
             raise TargetGone(pid) from e
-        except lrugen.LruGenError as e:
+        except cgroups.CgroupError as e:
             self._scan.detach(pid)
-            raise SourceError(f"{self.name}: {e.strerror}") from e
+            raise SourceError(f"{self.name}: {e}") from e
         except BaseException:
             self._scan.detach(pid)  # never half attached (TargetGone, PermissionError)
             raise
@@ -226,14 +217,14 @@ class YoungPagesSource:
                 refs.close()
             self._scan.detach(pid)
             raise
-        key = C.c_uint32(pid)
-        one = C.c_uint32(1)
-        if self._update(self._targets_fd, C.byref(key), C.byref(one), 0):
+        try:
+            map_update(self._targets_fd, C.c_uint32(pid), C.c_uint32(1))
+        except LibbpfError as e:
             if refs is not None:
                 refs.close()
             self._scan.detach(pid)
             raise SourceError(f"{self.name}: cannot add target {pid}: "
-                              f"{os.strerror(C.get_errno() or 1)} (at most 1024 targets)")
+                              f"{os.strerror(e.errno or 1)} (at most 1024 targets)") from e
         nodes = sorted(memcg.nodes) if memcg.id >= 0 else self.memory_nodes
         t = Target(memcg.id, nodes, {n: memcg.max_seq(n) for n in memcg.nodes}, refs, cg)
         self._targets[pid] = t
@@ -273,9 +264,8 @@ class YoungPagesSource:
         if t.clear_refs is not None:
             t.clear_refs.close()
         self._pending.pop(pid, None)
-        key = C.c_uint32(pid)
         if self._obj is not None:
-            self._delete(self._targets_fd, C.byref(key))
+            map_delete(self._targets_fd, C.c_uint32(pid))
 
     def close(self) -> None:
         for pid in list(self._targets):
@@ -344,40 +334,27 @@ class YoungPagesSource:
         first = True
         chunks: list[tuple[np.ndarray, np.ndarray]] = []
         while True:
-            count = C.c_uint32(_BATCH)
-            C.set_errno(0)
-            rc = self._batch(self._young_fd, None if first else C.byref(token_in),
-                             C.byref(token_out), keys.ctypes.data, values.ctypes.data,
-                             C.byref(count), None)
-            err = C.get_errno()
-            n = count.value
+            try:
+                n, done = map_lookup_and_delete_batch(
+                    self._young_fd, None if first else token_in, token_out, keys.ctypes.data,
+                    values.ctypes.data, _BATCH)
+            except LibbpfError as e:
+                raise SourceError(f"{self.name}: draining the young map: {os.strerror(e.errno)}") from e
             if n:
                 chunks.append((keys[:n].copy(), values[:n].copy()))
-            if rc:
-                if err == errno.ENOENT:
-                    break  # the whole map was read
-                raise SourceError(f"{self.name}: draining the young map: {os.strerror(err or -rc)}")
+            if done:
+                break  # the whole map was read
             token_in.value = token_out.value
             first = False
         if not chunks:
             return
         k = np.concatenate([c[0] for c in chunks])
         v = np.concatenate([c[1] for c in chunks])
-        rec = np.empty(len(k), dtype=[("tgid", "<u4"), ("vpn", "<u8"), ("flags", "<u4")])
+        rec = np.empty(len(k), dtype=_YOUNG_REC)
         rec["tgid"], rec["vpn"], rec["flags"] = k["tgid"], k["vpn"], v
         for tgid in np.unique(rec["tgid"]).tolist():
             if tgid in self._targets:  # entries of a just-detached target are dropped
                 self._pending.setdefault(tgid, []).append(rec[rec["tgid"] == tgid])
-
-
-def kernel_functions(names: list[str], btf: Path = BTF) -> set[str]:
-    """Which of ``names`` the kernel's BTF knows. A cheap check on the string table: libbpf
-    would otherwise fail the load with a bare ESRCH."""
-    try:
-        data = btf.read_bytes()
-    except OSError:
-        return set()
-    return {n for n in names if b"\0" + n.encode() + b"\0" in data}
 
 
 def resident(scan: PageTableScan, pid: int, young: list[np.ndarray]) -> tuple[Pages, Vmas, dict[str, int]]:

@@ -8,17 +8,18 @@ stock kernels with MGLRU and BPF trampolines.
 
 Active aging writes ``+ MEMCG NODE MAX_GEN SWAPPINESS 1`` to /sys/kernel/debug/lru_gen for
 the target's memcg on each node (see ``pageheat.kernel.lrugen``); the rest (passive mode, the TLB
-flush, the resident set, the kernel's limits) is shared with mglru-hook: see ``young``.
+flush, the resident set, the kernel's limits) is shared with mglru-hook: see ``mglru``.
 """
 
 from __future__ import annotations
 
 import errno
 
-from pageheat.kernel import lrugen
+from pageheat.kernel import cgroups, lrugen
 from pageheat.kernel.libbpf import LibbpfError
+from pageheat.kernel.vmlinux import BTF, kernel_functions
 from pageheat.sources.base import SourceError, TargetGone
-from pageheat.sources.mglru import BTF, Target, YoungPagesSource, kernel_functions
+from pageheat.sources.mglru import Target, YoungPagesSource
 
 NAME = "mglru-fexit"
 # (program, kernel function, required): a required hook missing means the source cannot work.
@@ -55,9 +56,11 @@ class MglruFexitSource(YoungPagesSource):
         except KeyError:
             # The memcg went away (its cgroup was removed): find the process's current one.
             try:
-                memcg = self._memcg(lrugen.cgroup_path(pid))
+                memcg = self._memcg(cgroups.cgroup_path(pid))
             except (FileNotFoundError, ProcessLookupError) as e:
                 raise TargetGone(pid) from e
+            except cgroups.CgroupError as e:
+                raise SourceError(f"{NAME}: {e}") from e
             t.memcg_id, t.nodes = memcg.id, sorted(memcg.nodes)
             return lrugen.age(t.memcg_id, t.nodes, self.swappiness)
         except lrugen.LruGenError as e:

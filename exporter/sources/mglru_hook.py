@@ -8,7 +8,7 @@ debugfs) for the target's cgroup on each node, with an fmod_ret program on
 ``bpf_lru_gen_skip_mm()`` that makes that walk visit only the followed processes' mms: the
 cost of an aging follows the targets, not everything charged to their memcg. The kernel's
 own agings are never filtered. Everything else (passive mode, the TLB flush, the resident
-set) is shared with mglru-fexit: see ``young``.
+set) is shared with mglru-fexit: see ``mglru``.
 
 Needs a kernel with the series and CONFIG_LRU_GEN_BPF_HARVEST; stock kernels get one line
 naming the fallback. The aging takes a cgroup v2 id, so active mode needs the target's
@@ -23,10 +23,11 @@ import logging
 import os
 from pathlib import Path
 
-from pageheat.kernel import lrugen
+from pageheat.kernel import cgroups
 from pageheat.kernel.libbpf import LibbpfError
+from pageheat.kernel.vmlinux import BTF, kernel_functions
 from pageheat.sources.base import SourceError, TargetGone
-from pageheat.sources.mglru import BTF, Target, YoungPagesSource, kernel_functions
+from pageheat.sources.mglru import Target, YoungPagesSource
 
 NAME = "mglru-hook"
 TRACEPOINTS = ("mglru_pte_young_tp", "mglru_pmd_young_tp", "mglru_look_around_young_tp")
@@ -110,11 +111,11 @@ class MglruHookSource(YoungPagesSource):
 
     def _cgroup_id(self, pid: int, t: Target) -> int:
         try:
-            t.cgroup = lrugen.cgroup_path(pid)
-            return lrugen.cgroup_id(t.cgroup)
+            t.cgroup = cgroups.cgroup_path(pid)
+            return cgroups.cgroup_id(t.cgroup)
         except (FileNotFoundError, ProcessLookupError) as e:
             if not os.path.exists(f"/proc/{pid}"):
                 raise TargetGone(pid) from e
             raise SourceError(f"{NAME}: cgroup {t.cgroup} of process {pid}: {e}") from e
-        except lrugen.LruGenError as e:
-            raise SourceError(f"{NAME}: {e.strerror}") from e
+        except cgroups.CgroupError as e:
+            raise SourceError(f"{NAME}: {e}") from e

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import need_kernel
-from pageheat.kernel import lrugen
+from pageheat.kernel import cgroups, lrugen
 
 LRU_GEN_6_12 = """\
 memcg     1 /
@@ -51,7 +51,7 @@ def test_memcg_of_walks_up_to_a_listed_ancestor() -> None:
 def test_cgroup_path(tmp_path: Path) -> None:
     (tmp_path / "7").mkdir()
     (tmp_path / "7/cgroup").write_text("12:memory:/v1\n0::/a/b\n")
-    assert lrugen.cgroup_path(7, tmp_path) == "/a/b"
+    assert cgroups.cgroup_path(7, tmp_path) == "/a/b"
 
 
 def test_age_rereads_max_seq_and_checks_it_moved(tmp_path: Path) -> None:
@@ -111,15 +111,15 @@ def test_cgroup2_mount_and_id(tmp_path: Path) -> None:
     info = tmp_path / "mountinfo"
     info.write_text("22 1 0:21 / /sys rw - sysfs sysfs rw\n"
                     f"35 22 0:30 / {tmp_path} rw,nosuid - cgroup2 cgroup2 rw\n")
-    assert lrugen.cgroup2_mount(info) == tmp_path
+    assert cgroups.cgroup2_mount(info) == tmp_path
     (tmp_path / "a" / "b").mkdir(parents=True)
-    assert lrugen.cgroup_id("/a/b", tmp_path) == os.stat(tmp_path / "a" / "b").st_ino
-    assert lrugen.cgroup_id("/") == 1
+    assert cgroups.cgroup_id("/a/b", tmp_path) == os.stat(tmp_path / "a" / "b").st_ino
+    assert cgroups.cgroup_id("/") == 1
     info.write_text("22 1 0:21 / /sys rw - sysfs sysfs rw\n")
-    assert lrugen.cgroup2_mount(info) is None
-    real = lrugen.cgroup2_mount()  # this machine: a cgroup2 mount (unified) exists
+    assert cgroups.cgroup2_mount(info) is None
+    real = cgroups.cgroup2_mount()  # this machine: a cgroup2 mount (unified) exists
     if real is not None:
-        assert lrugen.cgroup_id("/", real) == 1
+        assert cgroups.cgroup_id("/", real) == 1
 
 
 def test_hook_kernel_support_names_what_is_missing(tmp_path: Path) -> None:
