@@ -1,4 +1,4 @@
-"""pageheat_lru_gen_pages: MGLRU's generation histogram, from Harvest.counters through the real
+"""pageheat_lru_gen_pages: MGLRU's generation histogram, from Harvest.lru_gen through the real
 aggregator and collector to the text exposition a scrape sees."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pageheat.config import Config
 from pageheat.model.aggregate import TargetState, TargetView, lru_generations
 from pageheat.serve.collector import PageheatCollector, series_count
 from pageheat.serve.stats import Stats
-from pageheat.sources.base import Harvest, Pages, VmaKind, Vmas
+from pageheat.sources.base import Harvest, LruGenerations, Pages, VmaKind, Vmas
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
@@ -26,17 +26,17 @@ def _no_pageheat_env(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(k)
 
 
-def mglru_counters(hist: dict[tuple[int, int], tuple[int, int]]) -> dict[str, int]:
-    """{(node, rank): (anon, file)} -> the keys mglru-fexit and mglru-hook put in Harvest.counters,
-    mixed with the other counters those sources report."""
-    out = {"aging_writes": 1, "tlb_flush": 0, "generations_added": 2}
-    for (node, rank), (anon, file) in hist.items():
-        out[f"lru_gen_node{node}_gen{rank}_anon"] = anon
-        out[f"lru_gen_node{node}_gen{rank}_file"] = file
-    return out
+MGLRU_COUNTERS = {"aging_writes": 1, "tlb_flush": 0, "generations_added": 2}
 
 
-def harvest(pid: int, t: float, counters: dict[str, int]) -> Harvest:
+def mglru_histogram(hist: dict[tuple[int, int], tuple[int, int]]) -> LruGenerations:
+    """{(node, rank): (anon, file)} -> the Harvest.lru_gen mglru-fexit and mglru-hook report."""
+    return LruGenerations.from_rows((node, rank, anon, file)
+                                    for (node, rank), (anon, file) in hist.items())
+
+
+def harvest(pid: int, t: float, counters: dict[str, int],
+            lru_gen: LruGenerations | None = None) -> Harvest:
     """A small synthetic harvest: one anonymous mapping of 64 pages, every other one resident."""
     start = np.array([0x7f0000 * 4096], np.uint64)
     vmas = Vmas(start, start + np.uint64(64 * 4096), np.array([VmaKind.ANON], np.uint8),
@@ -45,7 +45,7 @@ def harvest(pid: int, t: float, counters: dict[str, int]) -> Harvest:
     n = len(vpn)
     pages = Pages(vpn, np.arange(n) % 3 == 0, np.zeros(n, np.int16), np.zeros(n, np.uint8),
                   np.zeros(n, bool), np.zeros(n, np.int32))
-    return Harvest(pid, t, pages, vmas, 0.001, 0.001, counters)
+    return Harvest(pid, t, pages, vmas, 0.001, 0.001, counters, lru_gen)
 
 
 def scrape(views: dict[int, TargetView], cfg: Config | None = None) -> str:
@@ -69,9 +69,9 @@ def lru_samples(text: str) -> dict[tuple[str, str, str, str, str], float]:
 
 def test_values_and_labels_from_the_latest_harvest() -> None:
     st = TargetState(42, "memcached", 8, 120.0)
-    st.update(harvest(42, 1.0, mglru_counters({(0, 0): (1, 2), (0, 1): (3, 4)})), 1.0)
+    st.update(harvest(42, 1.0, MGLRU_COUNTERS, mglru_histogram({(0, 0): (1, 2), (0, 1): (3, 4)})), 1.0)
     hist = {(0, 0): (100, 7), (0, 1): (2000, 30), (0, 2): (0, 500), (1, 0): (11, 0), (1, 1): (5, 6)}
-    view = st.update(harvest(42, 2.0, mglru_counters(hist)), 1.0)
+    view = st.update(harvest(42, 2.0, MGLRU_COUNTERS, mglru_histogram(hist)), 1.0)
     text = scrape({42: view})
     want = {}
     for (node, rank), (anon, file) in hist.items():
@@ -84,18 +84,23 @@ def test_values_and_labels_from_the_latest_harvest() -> None:
     assert "all processes charged to it" in help_line
 
 
-def test_only_lru_gen_keys_become_series() -> None:
-    counters = {**mglru_counters({(0, 0): (1, 2)}), "lru_gen_node0_gen0_shmem": 9,
-                "lru_gen_nodeX_gen0_anon": 9, "prefix_lru_gen_node0_gen1_anon": 9}
-    assert [(g.node, g.type, g.generation, g.pages) for g in lru_generations(counters)] == [
-        (0, "anon", 0, 1), (0, "file", 0, 2)]
+def test_only_the_typed_histogram_becomes_series() -> None:
+    hist = mglru_histogram({(1, 1): (5, 6), (0, 0): (1, 2)})
+    assert [(g.node, g.type, g.generation, g.pages) for g in lru_generations(hist)] == [
+        (0, "anon", 0, 1), (0, "file", 0, 2), (1, "anon", 1, 5), (1, "file", 1, 6)]
+    assert lru_generations(None) == ()
+    # Counters named like the old string encoding are diagnostics, not the histogram.
+    st = TargetState(4, "w", 8, 120.0)
+    view = st.update(harvest(4, 1.0, {"lru_gen_node0_gen0_anon": 9}), 1.0)
+    assert view.lru_gen == () and METRIC not in scrape({4: view})
 
 
 def test_vanishes_with_the_target() -> None:
     views = {}
     for pid in (7, 8):
         st = TargetState(pid, f"p{pid}", 8, 120.0)
-        views[pid] = st.update(harvest(pid, 1.0, mglru_counters({(0, 0): (pid, pid + 1)})), 1.0)
+        hist = mglru_histogram({(0, 0): (pid, pid + 1)})
+        views[pid] = st.update(harvest(pid, 1.0, MGLRU_COUNTERS, hist), 1.0)
     assert {k[0] for k in lru_samples(scrape(views))} == {"7", "8"}
     del views[7]  # what the daemon's _drop does: the next scrape no longer sees the view
     text = scrape(views)
@@ -120,7 +125,7 @@ def test_latest_harvest_without_the_histogram_clears_it() -> None:
     # mglru-fexit reports no histogram when lru_gen could not be read at that harvest: the gauge
     # shows the latest harvest, so stale generations do not linger.
     st = TargetState(3, "w", 8, 120.0)
-    view = st.update(harvest(3, 1.0, mglru_counters({(0, 0): (1, 1)})), 1.0)
+    view = st.update(harvest(3, 1.0, MGLRU_COUNTERS, mglru_histogram({(0, 0): (1, 1)})), 1.0)
     assert lru_samples(scrape({3: view}))
     view = st.update(harvest(3, 2.0, {"aging_writes": 1}), 1.0)
     assert METRIC not in scrape({3: view})
@@ -129,7 +134,7 @@ def test_latest_harvest_without_the_histogram_clears_it() -> None:
 def test_counted_against_max_series() -> None:
     hist = {(n, r): (1, 1) for n in range(2) for r in range(4)}
     st = TargetState(9, "big", 8, 120.0)
-    view = st.update(harvest(9, 1.0, mglru_counters(hist)), 1.0)
+    view = st.update(harvest(9, 1.0, MGLRU_COUNTERS, mglru_histogram(hist)), 1.0)
     without = TargetState(9, "big", 8, 120.0).update(harvest(9, 1.0, {}), 1.0)
     assert series_count(view, 10) == series_count(without, 10) + 16
     text = scrape({9: view})

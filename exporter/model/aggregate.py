@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from dataclasses import dataclass, field
 
 import numpy as np
-from pageheat.sources.base import PAGE_TYPE_NAMES, Harvest, Pages, VmaKind, Vmas
+from pageheat.sources.base import PAGE_TYPE_NAMES, Harvest, LruGenerations, Pages, VmaKind, Vmas
 
 # le bounds of pageheat_idle_pages, in seconds; never-accessed pages count only in +Inf.
 IDLE_BOUNDS = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, math.inf)
@@ -26,10 +25,6 @@ N_TYPES = len(PAGE_TYPE_NAMES)
 # fraction of resident pages lies outside the current bins.
 REBIN_SIZE_FACTOR = 2.0
 REBIN_OUTSIDE_FRACTION = 0.10
-
-# Harvest.counters keys of the MGLRU generation histogram (mglru-fexit, mglru-hook; see
-# lrugen.histogram): pages of the target's memcg per node, age rank (0 youngest) and type.
-_LRU_GEN_KEY = re.compile(r"lru_gen_node(\d+)_gen(\d+)_(anon|file)")
 
 # Per-page history: one uint16 per page, in blocks of 2**BLOCK_SHIFT pages (64 pages, 256 KiB)
 # keyed by vpn >> BLOCK_SHIFT, so no vpn is stored per page. Small blocks bound the waste of
@@ -161,12 +156,15 @@ class GenerationPages:
     pages: int
 
 
-def lru_generations(counters: dict[str, int]) -> tuple[GenerationPages, ...]:
-    """The generation histogram in a harvest's counters, sorted; empty for sources without one."""
-    out = []
-    for key, value in counters.items():
-        if m := _LRU_GEN_KEY.fullmatch(key):
-            out.append(GenerationPages(int(m[1]), m[3], int(m[2]), int(value)))
+def lru_generations(hist: LruGenerations | None) -> tuple[GenerationPages, ...]:
+    """A harvest's generation histogram (Harvest.lru_gen; a few rows per node), one entry per
+    node, type and age rank, sorted; empty for sources without one."""
+    if hist is None:
+        return ()
+    out = [GenerationPages(node, kind, rank, pages)
+           for node, rank, anon, file in zip(hist.node.tolist(), hist.rank.tolist(),
+                                             hist.anon.tolist(), hist.file.tolist(), strict=True)
+           for kind, pages in (("anon", anon), ("file", file))]
     return tuple(sorted(out, key=lambda g: (g.node, g.type, g.generation)))
 
 
@@ -508,7 +506,7 @@ class TargetState:
             rebins=self.rebins, accessed_cum=cum, resident=res, idle=idl, idle_seconds=idl_s,
             never_accessed=dict(never_accessed), harvests=self.harvests, interval=interval,
             wss_pages=int(np.count_nonzero(p.accessed)), resident_pages=len(p),
-            cold_pages=cold, lru_gen=lru_generations(h.counters), period=period,
+            cold_pages=cold, lru_gen=lru_generations(h.lru_gen), period=period,
             promoted=prom, promoted_seconds=prom_s,
         )
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -93,6 +94,32 @@ class Pages:
         return len(self.vpn)
 
 
+@dataclass(frozen=True)
+class LruGenerations:
+    """MGLRU's generation histogram of the target's memory cgroup at harvest time, as
+    /sys/kernel/debug/lru_gen lists it: the kernel's view of the whole memcg (every process
+    charged to it), not of the target alone. One row per (node, age rank), sorted.
+
+    node: int32 NUMA node id; rank: int32 age rank, 0 = the node's youngest generation
+    (MAX_GEN); anon, file: int64 pages on that generation's anon and file lists (signed, as
+    the kernel prints them: a count can be briefly negative while pages move).
+    """
+
+    node: np.ndarray
+    rank: np.ndarray
+    anon: np.ndarray
+    file: np.ndarray
+
+    @classmethod
+    def from_rows(cls, rows: Iterable[tuple[int, int, int, int]]) -> LruGenerations:
+        """From (node, rank, anon pages, file pages) rows, as ``lrugen.histogram`` gives."""
+        a = np.array(sorted(rows), dtype=np.int64).reshape(-1, 4)
+        return cls(a[:, 0].astype(np.int32), a[:, 1].astype(np.int32), a[:, 2], a[:, 3])
+
+    def __len__(self) -> int:
+        return len(self.node)
+
+
 def cpu_time() -> float:
     """The clock of Harvest.harvest_seconds and aging_seconds: this thread's CPU time (user +
     kernel), seconds. Per thread, so that the daemon's other threads do not count."""
@@ -107,7 +134,9 @@ class Harvest:
     vmas: Vmas
     harvest_seconds: float  # CPU time (user + kernel) of this thread to read the bits
     aging_seconds: float  # CPU time to begin the next interval
-    counters: dict[str, int] = field(default_factory=dict)
+    counters: dict[str, int] = field(default_factory=dict)  # source diagnostics, by name
+    # MGLRU's histogram of the target's memcg (mglru sources); None: none read at this harvest.
+    lru_gen: LruGenerations | None = None
 
 
 class Source(Protocol):

@@ -67,7 +67,7 @@ from pageheat.kernel.libbpf import (
 )
 from pageheat.kernel.numa import NodeMap
 from pageheat.sources import MglruAging, TlbFlush
-from pageheat.sources.base import Harvest, Pages, SourceError, TargetGone, Vmas, cpu_time
+from pageheat.sources.base import Harvest, LruGenerations, Pages, SourceError, TargetGone, Vmas, cpu_time
 from pageheat.sources.objects import object_path
 from pageheat.sources.pagetable import PageTableScan
 
@@ -250,10 +250,11 @@ class YoungPagesSource:
         pages, vmas, extra = resident(self._scan, pid, young)
         t2 = cpu_time()
         dropped = self.stats().get("dropped", 0)  # young pages the BPF hash had no room for
+        agings, lru_gen = self._kernel_agings(t)
         counters = {"aging_writes": writes, "tlb_flush": int(t.clear_refs is not None), **extra,
-                    "young_dropped": dropped - self._dropped_seen, **self._kernel_agings(t)}
+                    "young_dropped": dropped - self._dropped_seen, **agings}
         self._dropped_seen = dropped
-        return Harvest(pid, now, pages, vmas, t2 - t1, t1 - t0, counters)
+        return Harvest(pid, now, pages, vmas, t2 - t1, t1 - t0, counters, lru_gen)
 
     def detach(self, pid: int) -> None:
         if getattr(self, "_scan", None) is not None:
@@ -309,22 +310,19 @@ class YoungPagesSource:
                 raise TargetGone(pid) from e
         return writes
 
-    def _kernel_agings(self, t: Target) -> dict[str, int]:
-        """Generations added to the target's memcg since the last cycle (by anyone), and the
-        generation histogram: how much of the memcg sits in each age rank."""
+    def _kernel_agings(self, t: Target) -> tuple[dict[str, int], LruGenerations | None]:
+        """The counter ``generations_added``: generations added to the target's memcg since the
+        last cycle (by anyone); and the generation histogram: how much of the memcg sits in
+        each age rank. ({}, None) when lru_gen cannot be read or no longer lists the memcg."""
         try:
             memcg = lrugen.read().get(t.memcg_id) if t.memcg_id >= 0 else None
         except lrugen.LruGenError:
-            return {}
+            return {}, None
         if memcg is None:
-            return {}
-        out = {"generations_added": sum(memcg.max_seq(n) - t.max_seq.get(n, memcg.max_seq(n))
-                                        for n in memcg.nodes)}
+            return {}, None
+        added = sum(memcg.max_seq(n) - t.max_seq.get(n, memcg.max_seq(n)) for n in memcg.nodes)
         t.max_seq = {n: memcg.max_seq(n) for n in memcg.nodes}
-        for node, rank, anon, file in lrugen.histogram(memcg):
-            out[f"lru_gen_node{node}_gen{rank}_anon"] = anon
-            out[f"lru_gen_node{node}_gen{rank}_file"] = file
-        return out
+        return {"generations_added": added}, LruGenerations.from_rows(lrugen.histogram(memcg))
 
     def _drain(self) -> None:
         """Move every entry of the young hash into per-target pending arrays."""
