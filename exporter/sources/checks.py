@@ -14,7 +14,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pageheat.kernel import capabilities
+from pageheat.kernel import capabilities, vmlinux
 from pageheat.sources import DEFAULT_OPTIONS, SourceOptions
 from pageheat.sources.base import SourceError
 
@@ -36,7 +36,7 @@ def check_ptwalk(options: SourceOptions = DEFAULT_OPTIONS) -> Verdict:
     if lacking:
         return Verdict("ptwalk", False, f"missing {', '.join(lacking)} (run as root)")
     per_target = capabilities.missing(capabilities.PTWALK)
-    if not Path("/sys/kernel/btf/vmlinux").exists():
+    if not vmlinux.BTF.exists():
         return Verdict("ptwalk", False, "no kernel BTF (/sys/kernel/btf/vmlinux; CONFIG_DEBUG_INFO_BTF)")
     if not Path("/proc/self/clear_refs").exists():
         return Verdict("ptwalk", False, "no /proc/PID/clear_refs (CONFIG_PROC_PAGE_MONITOR)")
