@@ -179,7 +179,7 @@ class Config(BaseSettings):
     cpu_budget: Annotated[float, Field(gt=0, le=64, allow_inf_nan=False)] = 0.02
     bins: Annotated[int, Field(ge=2, le=1024)] = 32
     # Series /metrics may carry (README, Cardinality: the formula). 20,000 fits a host of 200
-    # containers with room to spare (about 11,700 with the defaults, 15,600 with shmem pages).
+    # containers with room to spare (about 11,900 with the defaults, 15,800 with shmem pages).
     max_series: Annotated[int, Field(ge=100)] = 20000
     expose_addresses: bool = False
     cold_after: Annotated[Duration, Field(gt=0)] = 120.0
