@@ -1,11 +1,14 @@
 """Host coverage: one daemon following many processes of mixed sizes within its CPU budget.
 
-    sudo .venv/bin/python bench/fleet.py [--processes 40] [--seconds 120] [--budget 0.02]
+    sudo .venv/bin/python bench/fleet.py [--processes 40] [--cgroups 1] [--seconds 120]
+        [--budget 0.02] [--max-series N]
 
 Starts ``--processes`` ground-truth workloads (``pageheat workload``, sizes cycling through
-``--sizes`` MiB) in one fresh memory cgroup, and ``pageheat serve`` following that cgroup
+``--sizes`` MiB) in ``--cgroups`` fresh memory cgroups (round robin: one per process stands
+for a host of single-process containers), and ``pageheat serve`` following them
 (``targets.cgroups``; the same path after selection as ``targets.all: true``, which on a shared
-machine would also age everyone else's processes) with the default budget and aging. After a
+machine would also age everyone else's processes) with the default budget, aging and
+``max_series`` (unless ``--budget`` / ``--max-series`` say otherwise). After a
 warm-up it measures over ``--seconds``: the daemon's CPU (utime + stime of the whole process,
 from /proc/PID/stat) and its harvest + aging CPU (the duration histograms' sums), its RSS
 (VmRSS), the achieved aging period of each process (pageheat_aging_period_seconds of the
@@ -62,19 +65,27 @@ def main() -> int:
     p.add_argument("--seconds", type=float, default=120)
     p.add_argument("--warmup", type=float, default=20)
     p.add_argument("--budget", type=float, default=0.02)
+    p.add_argument("--cgroups", type=int, default=1)
+    p.add_argument("--max-series", type=int, default=None, help="default: pageheat's")
     a = p.parse_args()
     h = cgroups.detect()
     cg_path = f"/pageheat-bench-{uuid.uuid4().hex[:8]}"
-    cg_dir = h.mount.point / cg_path.lstrip("/")
-    cg_dir.mkdir()
+    top_dir = h.mount.point / cg_path.lstrip("/")
+    top_dir.mkdir()
+    if h.version == 2:  # the memory controller for the children
+        (top_dir / "cgroup.subtree_control").write_text("+memory")
+    cg_dirs = [top_dir / f"c{k}" for k in range(a.cgroups)]
+    for d in cg_dirs:
+        d.mkdir()
     tmp = Path(tempfile.mkdtemp(prefix="pageheat-fleet-"))
     sizes = [int(s) for s in a.sizes.split(",")]
     procs: list[subprocess.Popen] = []
     serve = None
     try:
-        enter = f"echo $$ > {shlex.quote(str(cg_dir / 'cgroup.procs'))} && exec \"$@\""
         for i in range(a.processes):
             size = sizes[i % len(sizes)]
+            procs_file = shlex.quote(str(cg_dirs[i % a.cgroups] / "cgroup.procs"))
+            enter = f"echo $$ > {procs_file} && exec \"$@\""
             procs.append(subprocess.Popen(["sh", "-c", enter, "sh", *PAGEHEAT, "workload", "--truth",
                                            str(tmp / f"t{i}.json"), "--size", f"{size}MiB",
                                            "--hot", "0.05", "--warm", "0.05", "--seed", str(i)]))
@@ -83,8 +94,9 @@ def main() -> int:
         total = sum(sizes[i % len(sizes)] for i in range(a.processes))
         port = 19476 + os.getpid() % 1000
         cfg = tmp / "serve.yml"
-        cfg.write_text(f"cpu_budget: {a.budget}\nmax_series: 100000\n"
-                       f"targets: {{top_rss: 0, min_rss: 0, cgroups: ['{cg_path}']}}\n")
+        limit = f"max_series: {a.max_series}\n" if a.max_series else ""
+        cfg.write_text(f"cpu_budget: {a.budget}\n{limit}"
+                       f"targets: {{top_rss: 0, min_rss: 0, cgroups: ['{cg_path}/**']}}\n")
         serve = subprocess.Popen([*PAGEHEAT, "serve", "--config", str(cfg), "--listen",
                                   f"127.0.0.1:{port}"], stderr=open(tmp / "serve.log", "w"))
         url = f"http://127.0.0.1:{port}"
@@ -116,7 +128,8 @@ def main() -> int:
         intervals = sorted(t["aging_interval_s"] for t in h1.values())
         samples = [s for f in text_string_to_metric_families(m1) for s in f.samples]
         out = {
-            "date": time.strftime("%Y-%m-%d"), "processes": a.processes, "followed": len(h1),
+            "date": time.strftime("%Y-%m-%d"), "processes": a.processes, "cgroups": a.cgroups,
+            "max_series": a.max_series or "default", "followed": len(h1),
             "regions_gib": round(total / 1024, 2),
             "resident_gib": round(sum(t["resident_pages"] for t in h1.values()) * 4096 / 2**30, 2),
             "budget": a.budget, "seconds": round(elapsed, 1),
@@ -130,6 +143,8 @@ def main() -> int:
                                   "max": round(achieved[-1], 2)},
             "series": len(samples),
             "pageheat_series": next(s.value for s in samples if s.name == "pageheat_series"),
+            "series_dropped": next(s.value for s in samples if s.name == "pageheat_series_dropped"),
+            "cgroup_series": sum(1 for s in samples if "cgroup" in s.labels),
         }
         print(json.dumps(out, indent=1))
     finally:
@@ -140,12 +155,13 @@ def main() -> int:
             pr.terminate()
         for pr in procs:
             pr.wait(30)
-        for _ in range(100):
-            try:
-                cg_dir.rmdir()
-                break
-            except OSError:
-                time.sleep(0.05)
+        for d in [*cg_dirs, top_dir]:
+            for _ in range(100):
+                try:
+                    d.rmdir()
+                    break
+                except OSError:
+                    time.sleep(0.05)
     return 0
 
 

@@ -185,7 +185,9 @@ class Config(BaseSettings):
     # Harvest plus aging may use this fraction of one CPU; larger targets age less often.
     cpu_budget: Annotated[float, Field(gt=0, le=64, allow_inf_nan=False)] = 0.02
     bins: Annotated[int, Field(ge=2, le=1024)] = 32
-    max_series: Annotated[int, Field(ge=100)] = 2000
+    # Series /metrics may carry (README, Cardinality: the formula). 20,000 fits a host of 200
+    # containers with room to spare (about 11,900 with the defaults, 15,800 with shmem pages).
+    max_series: Annotated[int, Field(ge=100)] = 20000
     expose_addresses: bool = False
     cold_after: Annotated[Duration, Field(gt=0)] = 120.0
     discovery_interval: Annotated[Duration, Field(ge=0.1)] = 5.0

@@ -206,3 +206,17 @@ def resident_frames(pid: int) -> np.ndarray:
     finally:
         os.close(fd)
     return np.concatenate(out) if out else np.zeros(0, np.uint64)
+
+
+def vdso_rss_pages(pid: int) -> int:
+    """Resident 4 KiB pages of the process's [vdso] mapping (/proc/PID/smaps): the truth for
+    pageheat's ``vdso`` unmonitored pages (bpf/ptwalk.bpf.c counts the VMA at mm->context.vdso,
+    whose present pages it does not walk). 0 when it has none."""
+    block = None
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        fields = line.split()
+        if fields and "-" in fields[0] and not fields[0].endswith(":"):  # a mapping's header
+            block = fields[5] if len(fields) > 5 else ""
+        elif block == "[vdso]" and fields[:1] == ["Rss:"]:
+            return int(fields[1]) // 4
+    return 0

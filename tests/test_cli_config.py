@@ -130,7 +130,7 @@ def test_precedence_flags_environment_file_defaults(tmp_path: Path) -> None:
     assert got["targets"]["top_rss"] == 2  # nested environment variable over file
     assert got["targets"]["comm_regex"] == "^db"  # the rest of the file's targets stays
     assert got["cold_after"] == 300.0  # file over default
-    assert got["max_series"] == 2000  # default
+    assert got["max_series"] == 20000  # default (README, Cardinality)
 
 
 @pytest.mark.kind5

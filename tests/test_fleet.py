@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import start_workload, stop_process
-from fleet_helpers import kube_cgroups, resident_frames, start_forked_pair, stop_group
+from fleet_helpers import kube_cgroups, resident_frames, start_forked_pair, stop_group, vdso_rss_pages
 from pageheat.model import identity
 from prometheus_client.parser import text_string_to_metric_families
 from realworld import Serve, sample, smaps_rss_pages, wait_for
@@ -91,6 +91,12 @@ def test_kubelet_cgroups_identity_aggregates_and_churn(ptwalk_ok, tmp_path: Path
                     own = sum(s.value for w in ws  # every (node, type) of every process
                               for s in series(text, "pageheat_promoted_pages_count", pid=str(w.pid)))
                     assert prom.value == own * PAGE > 0
+                    # Pages pageheat cannot monitor (the vDSO, every process maps it): the
+                    # cgroup's are its processes' (smaps' Rss of [vdso]), in bytes.
+                    unmon = {s.labels["reason"]: s.value
+                             for s in series(text, "pageheat_cgroup_unmonitored_bytes", cgroup=cg.path)}
+                    vdso = sum(vdso_rss_pages(w.pid) for w in ws)
+                    assert vdso > 0 and unmon.get("vdso") == vdso * PAGE, (unmon, vdso)
                 [promoted_a] = [s.value for s in series(text, "pageheat_cgroup_promoted_bytes_bucket",
                                                         cgroup=a.path, le="+Inf")]
                 # pid churn: one of a's processes exits, a's series stay; b's last exits, b's go

@@ -12,7 +12,14 @@ import numpy as np
 from pageheat import buildinfo
 from pageheat.config import Config
 from pageheat.model.aggregate import IDLE_BOUNDS, TargetView
-from pageheat.model.fleet import PAGE_BYTES, CgroupTotals, PageFrames, PromotedLedger, by_cgroup
+from pageheat.model.fleet import (
+    PAGE_BYTES,
+    CgroupTotals,
+    FrameDedupe,
+    PageFrames,
+    PromotedLedger,
+    by_cgroup,
+)
 from pageheat.model.identity import Identity
 from pageheat.serve.sanity import AGING_REASONS, TRUNCATIONS
 from pageheat.serve.stats import Stats
@@ -50,45 +57,52 @@ class PageheatCollector(Collector):
         self.identities = identities or (lambda: {})
         self.frames = frames or (lambda: {})
         self.promoted = PromotedLedger()
-        self._dropped = (0, 0)  # (cgroups, targets) left out at the last scrape that logged it
+        self.dedupe = FrameDedupe()  # each cgroup's pages sorted by frame once, not per encoding
+        self._dropped = (0, 0, 0)  # (infos, cgroups, targets) left out at the last logged scrape
 
-    def _log_dropped(self, cgroups: int, targets: int, series: int) -> None:
+    def _log_dropped(self, infos: int, cgroups: int, targets: int, series: int) -> None:
         """No silent caps: say so when max_series starts (or stops) leaving things out; once
         per change, not at every scrape."""
-        if (cgroups, targets) == self._dropped:
+        if (infos, cgroups, targets) == self._dropped:
             return
-        self._dropped = (cgroups, targets)
-        if cgroups or targets:
-            log.warning("max_series %d: left out %d cgroups and %d processes (%d series) at this "
-                        "scrape; see pageheat_series_dropped", self.cfg.max_series, cgroups,
-                        targets, series)
+        self._dropped = (infos, cgroups, targets)
+        if infos or cgroups or targets:
+            log.warning("max_series %d: left out %d pageheat_process_info series, %d cgroups and "
+                        "%d processes (%d series) at this scrape; see pageheat_series_dropped",
+                        self.cfg.max_series, infos, cgroups, targets, series)
         else:
             log.info("max_series %d: every series fits again", self.cfg.max_series)
 
     def collect(self) -> Iterator[Metric]:
         """Series budget (README, Cardinality): max_series - SELF_SERIES, spent in this order:
-        one pageheat_process_info per followed process; each cgroup's aggregates, largest
-        cgroup first; per-process page series for the per_process_series_top largest
-        processes, largest first. What does not fit is left out and counted."""
+        one pageheat_process_info per followed process, largest process first; each cgroup's
+        aggregates, largest cgroup first; per-process page series for the
+        per_process_series_top largest processes, largest first. What does not fit is left
+        out (a whole cgroup, a whole process) and counted."""
         views = sorted(self.views().values(), key=lambda v: -v.resident_pages)
         ids = dict(self.identities())
+        unmonitored = {pid: reasons for pid, (_, reasons) in self.stats.unmonitored.copy().items()}
         budget = self.cfg.max_series - SELF_SERIES
-        info = sorted(ids.items())
-        budget -= len(info)
+        size = {v.pid: v.resident_pages for v in views}  # not yet harvested: last
+        by_size = sorted(ids.items(), key=lambda kv: (-size.get(kv[0], -1), kv[0]))
+        info, budget, dropped_infos, info_series = _fit(by_size, [1] * len(by_size), budget)
+        info.sort()
         windows = self.cfg.working_set_windows
-        every_group = by_cgroup(views, ids, self.frames())
+        every_group = by_cgroup(views, ids, self.frames(), unmonitored, self.dedupe)
         promoted = self.promoted.totals(views, ids, [g.cgroup for g in every_group])
         groups, budget, dropped_cgroups, cgroup_series = _fit(
-            every_group, [g.series_count(len(windows), g.cgroup in promoted) for g in every_group],
+            every_group, [cgroup_series_count(g, len(windows), g.cgroup in promoted) for g in every_group],
             budget)
         top = self.cfg.per_process_series_top
         heat, aggregated_only = views[:top], views[top:]
+        # + pageheat_unmonitored_pages: one series per nonzero reason (_sanity)
         kept, budget, dropped_targets, target_series = _fit(
-            heat, [series_count(v, self.cfg.never_accessed_mappings) for v in heat], budget)
-        dropped_series = cgroup_series + target_series
+            heat, [series_count(v, self.cfg.never_accessed_mappings) + len(unmonitored.get(v.pid, {}))
+                   for v in heat], budget)
+        dropped_series = info_series + cgroup_series + target_series
         self.stats.series_dropped = dropped_series
         self.stats.targets_dropped = dropped_targets
-        self._log_dropped(dropped_cgroups, dropped_targets, dropped_series)
+        self._log_dropped(dropped_infos, dropped_cgroups, dropped_targets, dropped_series)
         self.stats.series_exported = self.cfg.max_series - SELF_SERIES - budget
         yield from self._pages(kept)
         yield from self._sanity(kept)
@@ -103,6 +117,10 @@ class PageheatCollector(Collector):
             "pageheat_cgroups_dropped",
             "Cgroups whose pageheat_cgroup_* series were left out at the latest scrape to stay "
             "under max_series (the smallest by resident size).", value=dropped_cgroups)
+        yield GaugeMetricFamily(
+            "pageheat_process_info_dropped",
+            "Followed processes whose pageheat_process_info series was left out at the latest "
+            "scrape to stay under max_series (the smallest by resident size).", value=dropped_infos)
 
     def _fleet(self, info: list[tuple[int, Identity]], groups: list[CgroupTotals],
                promoted: dict[str, np.ndarray]) -> Iterator[Metric]:
@@ -157,6 +175,16 @@ class PageheatCollector(Collector):
                 prom.add_metric([g.cgroup], [(IDLE_LE[i] if i < len(IDLE_LE) - 1 else "+Inf", int(c))
                                              for i, c in enumerate(pcum)], None)
         yield from (resident, idle, wss)
+        unmon = GaugeMetricFamily(
+            "pageheat_cgroup_unmonitored_bytes",
+            "Mapped bytes of the cgroup's followed processes that pageheat cannot monitor, by reason "
+            "(as pageheat_unmonitored_pages), summed over all of them, those without per-process "
+            "series included; a page several of them map counts once per process. Nonzero only.",
+            labels=["cgroup", "reason"])
+        for g in groups:
+            for reason, pages in sorted(g.unmonitored.items()):
+                unmon.add_metric([g.cgroup, reason], pages * PAGE_BYTES)
+        yield unmon
         if prom.samples:  # only with the per-page promotion counts (aggregate.py)
             yield prom
 
@@ -358,3 +386,13 @@ def series_count(view: TargetView, max_never_mappings: int) -> int:
         + int(view.period > 0)  # aging_period_seconds
         + len(view.lru_gen)  # lru_gen_pages
     )
+
+
+def cgroup_series_count(totals: CgroupTotals, n_windows: int, promoted: bool = False) -> int:
+    """The series ``PageheatCollector`` exports for one cgroup (keep in step with ``_cgroups``
+    and the README's formula): per (node, type) combination one resident gauge and the idle
+    gauge histogram's buckets + _gcount + _gsum; one working-set gauge per window; the
+    promotion histogram's buckets; one unmonitored gauge per nonzero reason."""
+    n = len(totals.idle)
+    return (n * (1 + len(IDLE_BOUNDS) + 2) + n_windows + (len(IDLE_BOUNDS) if promoted else 0)
+            + len(totals.unmonitored))

@@ -47,7 +47,9 @@ class Run:
 
 STOCK = "mglru-fexit,ptwalk"
 RUNS = {
-    "deb-6.12": Run("deb-6.12", ("tests/lab_guest/test_accuracy.py",), STOCK),
+    # + the fleet view on cgroup v2 (the host has v1: tests/test_fleet.py)
+    "deb-6.12": Run("deb-6.12", ("tests/lab_guest/test_accuracy.py", "tests/lab_guest/test_fleet_v2.py"),
+                    STOCK, timeout=1500),
     "deb-6.1": Run("deb-6.1", ("tests/lab_guest/test_accuracy.py",), STOCK),
     # kernel-patch/'s series on 6.12, two NUMA nodes: mglru-hook's ground truth, node
     # attribution and walk filter; node attribution (with ground truth) for the stock sources
