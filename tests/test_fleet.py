@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from conftest import start_workload, stop_process
 from fleet_helpers import kube_cgroups, resident_frames, start_forked_pair, stop_group, vdso_rss_pages
-from pageheat.model import identity
+from pageheat.kernel import cgroups
 from prometheus_client.parser import text_string_to_metric_families
 from realworld import Serve, sample, smaps_rss_pages, wait_for
 
@@ -40,7 +40,7 @@ def test_kubelet_cgroups_identity_aggregates_and_churn(ptwalk_ok, tmp_path: Path
             wb = start_workload(tmp_path, *args, "--seed", "3", prefix=b.prefix)
             started += [wa1, wa2, wb]
             for w, cg in ((wa1, a), (wa2, a), (wb, b)):
-                assert identity.read_cgroup(w.pid) == cg.path
+                assert cgroups.read_cgroup(w.pid) == cg.path
             populated = time.monotonic()
             serve = Serve(tmp_path, "aging: 300ms\ndiscovery_interval: 300ms\n"
                           "working_set_windows: [5s, 1m]\n"

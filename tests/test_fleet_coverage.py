@@ -19,8 +19,7 @@ import pytest
 from conftest import start_workload, stop_process
 from fleet_helpers import plain_cgroup, resident_frames
 from pageheat.config import Targets
-from pageheat.kernel import procfs
-from pageheat.model import identity
+from pageheat.kernel import cgroups, procfs
 from pageheat.serve import targets
 from realworld import Serve, kernel_thread_pid, sample, wait_for
 
@@ -40,7 +39,7 @@ def test_targets_all_selects_user_processes_above_min_rss(tmp_path: Path) -> Non
         me = os.getpid()
         chosen = {p.pid: p for p in targets.select(Targets(all=True, top_rss=0, min_rss=floor))}
         assert big.pid in chosen and small.pid not in chosen
-        assert chosen[big.pid].cgroup == identity.read_cgroup(big.pid) != ""
+        assert chosen[big.pid].cgroup == cgroups.read_cgroup(big.pid) != ""
         assert kernel_thread_pid() not in chosen
         assert all(p.rss_pages * PAGE >= floor for p in chosen.values())
         # pageheat itself is never selected

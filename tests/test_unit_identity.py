@@ -6,6 +6,7 @@ import uuid
 
 import numpy as np
 import pytest
+from pageheat.kernel import cgroups
 from pageheat.model import identity
 from pageheat.model.aggregate import IDLE_BOUNDS
 from pageheat.model.fleet import by_cgroup
@@ -65,9 +66,9 @@ def test_kubelet_other_paths(path: str, want: tuple[str, str]) -> None:
 
 def test_cgroup_of_prefers_memory_controller_on_v1() -> None:
     v1 = "12:memory:/kubepods/x\n11:cpu,cpuacct:/other\n0::/unified\n"
-    assert identity.cgroup_of(v1) == "/kubepods/x"
-    assert identity.cgroup_of("0::/system.slice/a.service\n") == "/system.slice/a.service"
-    assert identity.cgroup_of("garbage\n") == ""
+    assert cgroups.cgroup_of(v1) == "/kubepods/x"
+    assert cgroups.cgroup_of("0::/system.slice/a.service\n") == "/system.slice/a.service"
+    assert cgroups.cgroup_of("garbage\n") == ""
 
 
 @pytest.mark.parametrize("pattern,path,want", [
@@ -110,7 +111,7 @@ def test_cgroup_name_not_utf8_stays_a_valid_label(tmp_path, caplog) -> None:
     raw = b"/job-\xe5\x90"  # a name cut inside a multi-byte character
     (tmp_path / "42").mkdir()
     (tmp_path / "42" / "cgroup").write_bytes(b"4:memory:" + raw + b"\n0::/\n")
-    path = identity.read_cgroup(42, tmp_path)
+    path = cgroups.read_cgroup(42, tmp_path)
     assert path == raw.decode("utf-8", "replace")
     views = {42: make_view(42, rss=100, seed=1)}
     ids = {42: identity.identity(path)}
@@ -121,9 +122,9 @@ def test_cgroup_name_not_utf8_stays_a_valid_label(tmp_path, caplog) -> None:
     registry.register(PageheatCollector(Config(), lambda: views, Stats(), "ptwalk",
                                         identities=lambda: ids))
     text = generate_latest(registry).decode("utf-8")
-    cgroups = {s.labels["cgroup"] for f in text_string_to_metric_families(text) for s in f.samples
-               if "cgroup" in s.labels}
-    assert cgroups == {path}
+    labels = {s.labels["cgroup"] for f in text_string_to_metric_families(text) for s in f.samples
+              if "cgroup" in s.labels}
+    assert labels == {path}
 
 
 def test_by_cgroup_sums_views_of_a_cgroup() -> None:

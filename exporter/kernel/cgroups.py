@@ -34,6 +34,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from pageheat.kernel.procfs import decode
+
 log = logging.getLogger("pageheat")
 
 PROC = Path("/proc")
@@ -300,3 +302,21 @@ def remove(cg: Cgroup, timeout: float = 2.0) -> bool:
     except OSError:
         pass  # another pageheat's cgroup is in it, or it is already gone: both fine
     return True
+
+
+def cgroup_of(text: str) -> str:
+    """The cgroup path that names a process, from /proc/PID/cgroup text: the memory
+    controller's on cgroup v1 (pageheat's numbers are memory), else the unified (v2) one;
+    "" when there is neither."""
+    paths = parse_proc_cgroup(text)
+    return paths.get("memory", paths.get("", ""))
+
+
+def read_cgroup(pid: int, proc: Path = PROC) -> str:
+    """A process's cgroup path (see cgroup_of). Raises OSError (FileNotFoundError,
+    ProcessLookupError) when the process is gone."""
+    with open(proc / str(pid) / "cgroup", "rb") as f:
+        # A cgroup is a directory and may be any bytes; the path becomes a label value, which
+        # must be UTF-8 (a surrogate-escaped name would make every scrape fail), so invalid
+        # bytes become U+FFFD, as for every name read from /proc (procfs.decode).
+        return cgroup_of(decode(f.read()))

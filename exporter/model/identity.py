@@ -27,12 +27,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
-
-from pageheat.kernel.cgroups import parse_proc_cgroup
-from pageheat.kernel.procfs import decode
-
-PROC = Path("/proc")
 
 _UID = r"[0-9a-fA-F_-]{32,36}"
 _SYSTEMD_POD = re.compile(rf"^kubepods(?:-(?:burstable|besteffort|guaranteed))?-pod({_UID})\.slice$")
@@ -73,24 +67,6 @@ def kubelet_ids(cgroup: str) -> tuple[str, str]:
 def identity(cgroup: str, comm: str = "") -> Identity:
     container, pod = kubelet_ids(cgroup)
     return Identity(cgroup, container, pod, comm)
-
-
-def cgroup_of(text: str) -> str:
-    """The cgroup path that names a process, from /proc/PID/cgroup text: the memory
-    controller's on cgroup v1 (pageheat's numbers are memory), else the unified (v2) one;
-    "" when there is neither."""
-    paths = parse_proc_cgroup(text)
-    return paths.get("memory", paths.get("", ""))
-
-
-def read_cgroup(pid: int, proc: Path = PROC) -> str:
-    """A process's cgroup path (see cgroup_of). Raises OSError (FileNotFoundError,
-    ProcessLookupError) when the process is gone."""
-    with open(proc / str(pid) / "cgroup", "rb") as f:
-        # A cgroup is a directory and may be any bytes; the path becomes a label value, which
-        # must be UTF-8 (a surrogate-escaped name would make every scrape fail), so invalid
-        # bytes become U+FFFD, as for every name read from /proc (procfs.decode).
-        return cgroup_of(decode(f.read()))
 
 
 @lru_cache(maxsize=256)

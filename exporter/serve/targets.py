@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pageheat.config import Targets
-from pageheat.kernel import procfs
+from pageheat.kernel import cgroups, procfs
 from pageheat.model import identity
 
 
@@ -21,7 +21,7 @@ class Process:
     start_time: int  # with the pid, the process's identity: pids are reused
     comm: str
     rss_pages: int
-    cgroup: str = ""  # identity.read_cgroup: memory controller's path (v1) or unified (v2)
+    cgroup: str = ""  # cgroups.read_cgroup: memory controller's path (v1) or unified (v2)
 
 
 class PidError(Exception):
@@ -43,7 +43,7 @@ def _with_cgroup(p: Process, proc: Path) -> Process:
     """``p`` with its cgroup; "" when it cannot be read (the process exited meanwhile: its
     harvest will say so; or a /proc without cgroup files): no cgroup is not a reason to skip."""
     try:
-        return dataclasses.replace(p, cgroup=identity.read_cgroup(p.pid, proc))
+        return dataclasses.replace(p, cgroup=cgroups.read_cgroup(p.pid, proc))
     except (*_GONE, PermissionError):
         return p
 

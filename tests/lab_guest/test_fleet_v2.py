@@ -14,7 +14,6 @@ import numpy as np
 from conftest import wait_http
 from fleet_helpers import kube_cgroups, resident_frames, start_forked_pair, stop_group, vdso_rss_pages
 from pageheat.kernel import cgroups
-from pageheat.model import identity
 from prometheus_client.parser import text_string_to_metric_families
 from realworld import Serve, wait_for
 
@@ -52,7 +51,7 @@ def test_kubelet_cgroups_on_cgroup_v2(tmp_path: Path) -> None:
             members = {a.path: (wa.pid, parent, child), b.path: (wb.pid,)}
             for cg, pids in members.items():
                 for pid in pids:
-                    assert identity.read_cgroup(pid) == cg, (pid, identity.read_cgroup(pid), cg)
+                    assert cgroups.read_cgroup(pid) == cg, (pid, cgroups.read_cgroup(pid), cg)
             # ptwalk explicitly (auto picks mglru-fexit here, which reads no frame numbers);
             # a large budget: under TCG the default 2% would stretch the intervals past WINDOW.
             # per_process_series_top 1: the others are counted only in their cgroup.
