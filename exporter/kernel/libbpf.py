@@ -403,8 +403,7 @@ class Btf:
     def _find(self, name: str, kind: BtfKind) -> int:
         tid = lib().btf__find_by_name_kind(self._ptr, name.encode(), int(kind))
         if tid <= 0:
-            raise BtfMismatch(f"{self.origin} has no {kind.name.lower()} {name} in its BTF: "
-                              "rebuild bpf/")
+            raise BtfMismatch(f"{self.origin} has no {kind.name.lower()} {name} in its BTF")
         return tid
 
     def _type(self, tid: int) -> tuple[_BtfType, int]:

@@ -207,7 +207,8 @@ class YoungPagesSource:
             try:
                 obj.btf.check(*self.btf_types)
             except BtfMismatch as e:
-                raise SourceError(f"{self.name}: {e}") from None
+                raise SourceError(f"{self.name}: {e}; rebuild the BPF objects (bpf/build.sh)"
+                                  ) from None
             for prog, load in autoload.items():
                 if load and prog not in self.attach_skip:
                     self._links.append(obj.attach(prog))
@@ -393,7 +394,7 @@ class YoungPagesSource:
             return
         k = np.concatenate([c[0] for c in chunks])
         v = np.concatenate([c[1] for c in chunks])
-        rec = np.empty(len(k), dtype=[("tgid", "<u4"), ("vpn", "<u8"), ("flags", "<u4")])
+        rec = np.empty(len(k), dtype=_YOUNG_REC)
         rec["tgid"], rec["vpn"], rec["flags"] = k["tgid"], k["vpn"], v
         for tgid in np.unique(rec["tgid"]).tolist():
             if tgid in self._targets:  # entries of a just-detached target are dropped

@@ -160,7 +160,7 @@ class PageTableScan:
             obj.btf.check(*BTF_TYPES)
         except BtfMismatch as e:
             obj.close()
-            raise SourceError(f"ptwalk: {e}") from None
+            raise SourceError(f"ptwalk: {e}; rebuild the BPF objects (bpf/build.sh)") from None
         self._obj = obj
         self._maps = [obj.mmap_array(n) for n in ("state", "vmas", "tables", "raw")]
         self._state = np.frombuffer(self._maps[0], dtype=_STATE, count=1)[0:1]
