@@ -21,17 +21,12 @@
 #include <bpf/bpf_tracing.h>
 #include <bpf/bpf_core_read.h>
 #include "young_map.bpf.h"
+#include "mglru_hook.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
-/* Context of run_aging, filled by Python (struct layout mirrored there). */
-struct aging_args {
-	__u64 cgroup_id;	/* cgroup v2 id: inode number of its directory; the root is 1 */
-	__s32 nid;
-	__s32 can_swap;
-	__s32 filter;		/* walk only the followed processes */
-	__s32 ret;		/* out: bpf_lru_gen_run_aging()'s return, 0 or -errno */
-};
+/* Set before load (.rodata): our aging walks only the followed processes' mms (skip_mm). */
+const volatile bool walk_filter = false;
 
 extern int bpf_lru_gen_run_aging(__u64 cgroup_id, int nid, bool can_swap,
 				 bool force_scan) __ksym;
@@ -101,7 +96,7 @@ SEC("syscall")
 int run_aging(struct aging_args *args)
 {
 	/* One aging thread per daemon, so a plain store is enough. */
-	filtering_tgid = args->filter ? bpf_get_current_pid_tgid() >> 32 : 0;
+	filtering_tgid = walk_filter ? bpf_get_current_pid_tgid() >> 32 : 0;
 	args->ret = bpf_lru_gen_run_aging(args->cgroup_id, args->nid, args->can_swap, true);
 	filtering_tgid = 0;
 	return 0;

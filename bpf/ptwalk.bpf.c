@@ -50,6 +50,29 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 #define MAX_STEPS	(1U << 23)
 #define MAX_WALK_LOOPS	4
 
+/*
+ * Settings fixed at load, the libbpf-tools way: .rodata, written by userspace between open
+ * and load (exporter/sources/ptwalk.py). The verifier knows their values, so a path that a
+ * setting turns off is not walked at all.
+ */
+const volatile __u32 max_vmas = 0;	/* max_entries of "vmas" */
+const volatile __u32 max_tables = 0;	/* max_entries of "tables" */
+const volatile __u32 max_raw = 0;	/* max_entries of "raw" */
+const volatile __u32 copy_raw = 0;	/* copy whole PTE tables into "raw" (PFNs: NUMA, shared frames) */
+const volatile __u32 check_young = 0;	/* count PG_young (see table_word) as accessed */
+const volatile __u64 probe_max_gib = 0;	/* find_base: 1 GiB candidates to try below our PGD */
+
+/*
+ * Userspace checks its copies of these enums against this object's BTF at load. clang emits
+ * an enum's BTF only where some type uses it: this constant, never read, is that use.
+ */
+const volatile struct {
+	enum vma_kind vma_kind;
+	enum vma_flag vma_flag;
+	enum table_flag table_flag;
+	enum find_base_result find_base_result;
+} ptwalk_btf_anchor = {};
+
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(map_flags, BPF_F_MMAPABLE);
@@ -304,7 +327,7 @@ static long table_word(__u64 k, struct bits_ctx *c)
 	p &= ~sp;
 	if (!c->rec)
 		return 1;
-	if (c->st && c->st->check_young && c->st->vmemmap_base && (p & ~a)) {
+	if (c->st && check_young && c->st->vmemmap_base && (p & ~a)) {
 		struct young_ctx y = { .pt = c->pt, .st = c->st, .word = k, .maybe = p & ~a };
 
 		bpf_loop(64, young_bit, &y, 0);
@@ -469,7 +492,7 @@ static __noinline int huge_slot(struct ptwalk_state *st, struct table_rec *rec, 
 	{
 		/* A PMD-mapped THP: one Accessed bit for all 512 pages. */
 		int young = (pmd & _PAGE_ACCESSED) ||
-			    (st->check_young && st->vmemmap_base && folio_young(st, pmd, 1));
+			    (check_young && st->vmemmap_base && folio_young(st, pmd, 1));
 
 		for (k = 0; k < 8; k++) {
 			__u64 m = range_mask(lo, hi, k);
@@ -519,7 +542,7 @@ static long walk_step(__u64 i, struct walk_ctx *w)
 
 	if (!w->count_only) {
 		slot = st->n_tables;
-		if (slot >= st->max_tables) {
+		if (slot >= max_tables) {
 			st->dropped_tables++;
 			return 0;
 		}
@@ -550,7 +573,7 @@ static long walk_step(__u64 i, struct walk_ctx *w)
 	 * from the same snapshot the bitmaps come from, not read from the live table again, so a
 	 * PTE zapped in between cannot give a present page a stale frame.
 	 */
-	if (rec && st->copy_raw && slot < st->max_raw) {
+	if (rec && copy_raw && slot < max_raw) {
 		pt = bpf_map_lookup_elem(&raw, &slot);
 		if (pt)
 			bpf_probe_read_kernel(pt, PTRS * 8, b.pt);
@@ -642,7 +665,7 @@ int scan(struct bpf_iter__task_vma *ctx)
 	st->last_vm_end = w.vm_end;
 
 	slot = st->n_vmas;
-	if (slot >= st->max_vmas) {
+	if (slot >= max_vmas) {
 		st->dropped_vmas++;
 		return 0;
 	}
@@ -809,16 +832,16 @@ int find_base(void *ctx)
 	struct probe_ctx c;
 
 	if (!st)
-		return 1;
+		return FIND_BASE_NO_STATE;
 	c.pgd = (__u64)BPF_CORE_READ(t, mm, pgd);
 	c.top = c.pgd & ~((1ULL << PUD_SHIFT) - 1);
 	st->direct_map_base = 0;
 	st->probe_tries = 0;
 	st->probe_pfn = 0;
-	bpf_loop(st->probe_max_gib, try_base, &c, 0);
+	bpf_loop(probe_max_gib, try_base, &c, 0);
 	if (!st->direct_map_base)
-		return 2;
+		return FIND_BASE_NOT_FOUND;
 	find_huge_zero(st, c.pgd);
 	find_vmemmap(t, st);
-	return 0;
+	return FIND_BASE_OK;
 }

@@ -1,8 +1,11 @@
 /* SPDX-License-Identifier: GPL-2.0 OR BSD-2-Clause */
 /*
- * Records shared between ptwalk.bpf.c and exporter/sources/ptwalk.py.
- * The Python side mirrors these layouts as numpy dtypes and checks the sizes at load, so a
- * change here without a change there fails loudly instead of misreading memory.
+ * Records and codes shared between ptwalk.bpf.c and exporter/sources/ptwalk.py. The Python
+ * side describes each struct once (a numpy dtype) and each enum once (an IntEnum/IntFlag),
+ * and checks them field by field and value by value against the object's BTF at every load
+ * (pageheat.kernel.libbpf.Btf): a change here without a change there is one clear error,
+ * never misread memory. The enums are in BTF because ptwalk_btf_anchor (ptwalk.bpf.c) uses
+ * them.
  */
 #ifndef PAGEHEAT_PTWALK_H
 #define PAGEHEAT_PTWALK_H
@@ -19,18 +22,29 @@ enum vma_kind {
 	VMA_OTHER = 5,	/* hugetlb, PFN/IO maps, the vDSO: only counted (vma_rec.unmonitored) */
 };
 
-/* vma_rec.flags */
-#define VMA_F_SHARED	(1U << 0)
-#define VMA_F_SKIPPED	(1U << 1)	/* kind OTHER: its pages are not reported */
-/* Why a VMA is skipped: clear_refs cannot age it (hugetlb: fs/proc/task_mmu.c's
- * clear_refs_walk_ops has no hugetlb_entry; VM_PFNMAP: clear_refs_test_walk skips it). */
-#define VMA_F_HUGETLB	(1U << 2)
-#define VMA_F_PFNMAP	(1U << 3)	/* VM_PFNMAP or VM_IO: device memory, no struct page */
-#define VMA_F_VDSO	(1U << 4)
-#define VMA_F_NOACCESS	(1U << 5)	/* no VM_READ, VM_WRITE or VM_EXEC: "---" in maps */
+/* vma_rec.flags bits */
+enum vma_flag {
+	VMA_F_SHARED = 1U << 0,
+	VMA_F_SKIPPED = 1U << 1,	/* kind OTHER: its pages are not reported */
+	/* Why a VMA is skipped: clear_refs cannot age it (hugetlb: fs/proc/task_mmu.c's
+	 * clear_refs_walk_ops has no hugetlb_entry; VM_PFNMAP: clear_refs_test_walk skips it). */
+	VMA_F_HUGETLB = 1U << 2,
+	VMA_F_PFNMAP = 1U << 3,		/* VM_PFNMAP or VM_IO: device memory, no struct page */
+	VMA_F_VDSO = 1U << 4,
+	VMA_F_NOACCESS = 1U << 5,	/* no VM_READ, VM_WRITE or VM_EXEC: "---" in maps */
+};
 
-/* table_rec.flags */
-#define TABLE_F_HUGE	(1U << 0)	/* a PMD-mapped THP: 512 pages, one Accessed bit */
+/* table_rec.flags bits */
+enum table_flag {
+	TABLE_F_HUGE = 1U << 0,		/* a PMD-mapped THP: 512 pages, one Accessed bit */
+};
+
+/* What find_base returns (its BPF_PROG_TEST_RUN retval). */
+enum find_base_result {
+	FIND_BASE_OK = 0,
+	FIND_BASE_NO_STATE = 1,		/* the state map lookup failed */
+	FIND_BASE_NOT_FOUND = 2,	/* no candidate base led to the planted pattern */
+};
 
 struct vma_rec {
 	__u64 start;
@@ -61,27 +75,23 @@ struct table_rec {
 	__u64 written[8];	/* PTE writable or dirty: in a private file VMA, an anon COW copy */
 };
 
-/* The one-element "state" array: config written by userspace, counters written by BPF. */
+/*
+ * The one-element "state" array: what changes after load. Settings fixed at load are
+ * const volatile globals in ptwalk.bpf.c instead (.rodata, set before load).
+ */
 struct ptwalk_state {
-	/* config */
-	__u64 direct_map_base;	/* page_offset_base, found by find_base */
-	__u32 target_tgid;
+	/* found by find_base, read by scan */
+	__u64 direct_map_base;	/* page_offset_base */
+	__u32 target_tgid;	/* per scan, written by userspace */
 	__u32 pgtable_levels;	/* 4 or 5 */
-	__u32 copy_raw;		/* copy whole PTE tables into "raw" (needed for PFNs, i.e. NUMA) */
-	__u32 max_vmas;
-	__u32 max_tables;
-	__u32 max_raw;
 	/* find_base input/output */
 	__u64 probe_vaddr;
 	__u64 probe_pfn;
 	__u64 probe_pattern;
-	__u64 probe_max_gib;
 	__u64 probe_tries;
 	__u64 vmemmap_base;	/* struct page array, found by find_base; 0 if not found */
 	__u64 vmemmap_lo;	/* where find_base starts looking for it */
 	__u64 vmemmap_steps;	/* how many 1 GiB steps it may look */
-	__u32 check_young;	/* count PG_young (see table_word) as accessed */
-	__u32 pad0;
 	__u64 huge_zero_pfn;	/* kernels that do not mark the huge zero PMD special: its PFN */
 	__u64 huge_probe_vaddr;	/* find_base: a read-only THP-eligible page of ours */
 	/* per-scan counters, reset by userspace before each scan */

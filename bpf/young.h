@@ -1,15 +1,18 @@
 /* SPDX-License-Identifier: GPL-2.0 OR BSD-2-Clause */
 /*
- * Records shared by the young-page sources (mglru_fexit.bpf.c, mglru_hook.bpf.c) and
- * exporter/sources/mglru_fexit.py. The Python side mirrors them as numpy dtypes and checks
- * the sizes at load.
+ * Records and codes shared by the young-page sources (mglru_fexit.bpf.c, mglru_hook.bpf.c)
+ * and exporter/sources/mglru.py. The Python side describes each struct once (a numpy dtype)
+ * and each enum once (an IntFlag) and checks them against the object's BTF at every load,
+ * field by field and value by value (pageheat.kernel.libbpf.Btf).
  */
 #ifndef PAGEHEAT_YOUNG_H
 #define PAGEHEAT_YOUNG_H
 
 /* young.value bits: which hook saw the page young (both can, after a THP split). */
-#define YOUNG_PTE	(1U << 0)	/* a 4 KiB PTE: key.vpn is the page */
-#define YOUNG_PMD	(1U << 1)	/* a PMD-mapped THP: key.vpn is its first page, 512 pages */
+enum young_flag {
+	YOUNG_PTE = 1U << 0,	/* a 4 KiB PTE: key.vpn is the page */
+	YOUNG_PMD = 1U << 1,	/* a PMD-mapped THP: key.vpn is its first page, 512 pages */
+};
 
 /* Key of the "young" hash: one entry per (target, page) per harvest interval. */
 struct young_key {

@@ -41,6 +41,14 @@ struct {
 	__type(value, struct young_stats);
 } stats SEC(".maps");
 
+/*
+ * Userspace checks its copy of enum young_flag against the object's BTF at load; clang emits
+ * an enum's BTF only where some type uses it: this constant, never read, is that use.
+ */
+const volatile struct {
+	enum young_flag young_flag;
+} young_btf_anchor = {};
+
 static __always_inline struct young_stats *get_stats(void)
 {
 	__u32 zero = 0;

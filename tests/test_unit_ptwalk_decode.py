@@ -26,8 +26,8 @@ def reference(vmas: np.ndarray, tables: np.ndarray, raw: np.ndarray, nodes: Node
     for t, rec in enumerate(tables):
         v = int(rec["vma"])
         kind = VmaKind(int(vmas["kind"][v]))
-        private = not int(vmas["flags"][v]) & 1
-        huge = bool(int(rec["flags"]) & 1)
+        private = not int(vmas["flags"][v]) & pagetable.VmaFlag.SHARED
+        huge = bool(int(rec["flags"]) & pagetable.TableFlag.HUGE)
         for i in range(512):
             word, bit = divmod(i, 64)
             if not int(rec["present"][word]) >> bit & 1:

@@ -1,8 +1,10 @@
 """A small typed ctypes binding to the system libbpf (Debian's libbpf1, 1.1 or newer).
 
-Only what pageheat uses is exposed: open an object, size its maps, load it, find programs
-and maps, mmap array maps, update, delete and batch-drain map elements by fd, attach
-(iterators and ordinary programs), and test-run a program.
+Only what pageheat uses is exposed: open an object, size its maps, set its ``const volatile``
+globals, load it, find programs and maps, mmap array maps, update, delete and batch-drain
+map elements by fd, attach (iterators and ordinary programs), and test-run a program; and
+read an object's BTF (``Btf``), against which the Python descriptions of the shared structs
+and enums (bpf/*.h) are checked field by field.
 Every libbpf call that returns a pointer declares ``restype = c_void_p``: the default int
 return would truncate pointers and crash later, far from the cause.
 """
@@ -11,11 +13,15 @@ from __future__ import annotations
 
 import collections
 import ctypes as C
+import enum
 import errno
 import mmap
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 _PAGE = mmap.PAGESIZE
 
@@ -94,6 +100,15 @@ def _load_lib() -> C.CDLL:
         "bpf_iter_create": (C.c_int, [C.c_int]),
         "bpf_prog_test_run_opts": (C.c_int, [C.c_int, C.c_void_p]),
         "libbpf_set_print": (C.c_void_p, [_PRINT_FN]),
+        "bpf_map__initial_value": (C.c_void_p, [C.c_void_p, C.POINTER(C.c_size_t)]),
+        "bpf_object__btf": (C.c_void_p, [C.c_void_p]),
+        "btf__parse_elf": (C.c_void_p, [C.c_char_p, C.c_void_p]),
+        "btf__free": (None, [C.c_void_p]),
+        "btf__find_by_name_kind": (C.c_int32, [C.c_void_p, C.c_char_p, C.c_uint32]),
+        "btf__type_by_id": (C.c_void_p, [C.c_void_p, C.c_uint32]),
+        "btf__name_by_offset": (C.c_char_p, [C.c_void_p, C.c_uint32]),
+        "btf__resolve_type": (C.c_int32, [C.c_void_p, C.c_uint32]),
+        "btf__resolve_size": (C.c_int64, [C.c_void_p, C.c_uint32]),
     }
     for name, (restype, argtypes) in sigs.items():
         fn = getattr(lib, name)
@@ -193,17 +208,25 @@ class Link:
 
 
 class BpfObject:
-    """One loaded CO-RE object file."""
+    """One loaded CO-RE object file.
+
+    ``rodata``: values of the object's ``const volatile`` globals (its .rodata section),
+    written before load at the offsets its BTF gives; the verifier then knows them. A name
+    the object does not have, or a value that does not fit, is a LibbpfError (EINVAL).
+    ``load=False`` only opens the file: its BTF can be read without privileges or kernel."""
 
     def __init__(
         self,
         path: Path,
         max_entries: dict[str, int] | None = None,
         autoload: dict[str, bool] | None = None,
+        rodata: Mapping[str, int] | None = None,
+        load: bool = True,
     ) -> None:
         lb = lib()
         _log.clear()
         C.set_errno(0)
+        self.path = path
         self._obj = lb.bpf_object__open_file(str(path).encode(), None)
         if not self._obj:
             raise _fail(f"open {path}")
@@ -213,13 +236,43 @@ class BpfObject:
                     raise _fail(f"set max_entries of map {name}")
             for name, on in (autoload or {}).items():
                 lb.bpf_program__set_autoload(self._prog(name), on)
-            err = lb.bpf_object__load(self._obj)
+            if rodata:
+                self._set_rodata(rodata)
+            err = lb.bpf_object__load(self._obj) if load else 0
             if err:
                 C.set_errno(-err)
                 raise _fail(f"load {path.name}")
         except BaseException:
             self.close()
             raise
+
+    @property
+    def btf(self) -> Btf:
+        """The object's own BTF (its types, not the kernel's); valid until close()."""
+        ptr = lib().bpf_object__btf(self._obj)
+        if not ptr:
+            raise LibbpfError(f"{self.path.name} has no BTF", errno.ENOENT)
+        return Btf(ptr, self.path.name)
+
+    def _set_rodata(self, values: Mapping[str, int]) -> None:
+        """Write const volatile globals into .rodata's initial image (between open and load)."""
+        size = C.c_size_t(0)
+        # libbpf names internal maps "<object>.rodata"; a name starting with a dot matches
+        # the section (bpf_object__find_map_by_name in libbpf.c).
+        base = lib().bpf_map__initial_value(self._map(".rodata"), C.byref(size))
+        if not base:
+            raise LibbpfError(f"{self.path.name}: no initial image of .rodata", errno.ENOENT)
+        variables = self.btf.datasec(".rodata")
+        for name, value in values.items():
+            var = variables.get(name)
+            if var is None or var.offset + var.size > size.value:
+                raise LibbpfError(f"{self.path.name} has no const volatile {name!r}", errno.EINVAL)
+            try:
+                data = int(value).to_bytes(var.size, "little", signed=var.kind.startswith("i"))
+            except OverflowError:
+                raise LibbpfError(f"{value} does not fit {name} ({var.kind}) of {self.path.name}",
+                                  errno.EINVAL) from None
+            C.memmove(base + var.offset, data, var.size)
 
     def _map(self, name: str) -> int:
         ptr = lib().bpf_object__find_map_by_name(self._obj, name.encode())
@@ -294,3 +347,233 @@ class BpfObject:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# -- BTF ---------------------------------------------------------------------------------------
+# Layouts from include/uapi/linux/btf.h. A btf_type is followed by kind-specific data.
+class _BtfType(C.Structure):
+    _fields_ = [("name_off", C.c_uint32), ("info", C.c_uint32), ("size_or_type", C.c_uint32)]
+
+
+class _BtfMember(C.Structure):
+    _fields_ = [("name_off", C.c_uint32), ("type", C.c_uint32), ("offset", C.c_uint32)]
+
+
+class _BtfEnum(C.Structure):
+    _fields_ = [("name_off", C.c_uint32), ("val", C.c_int32)]
+
+
+class _BtfArray(C.Structure):
+    _fields_ = [("type", C.c_uint32), ("index_type", C.c_uint32), ("nelems", C.c_uint32)]
+
+
+class _BtfVarSecinfo(C.Structure):
+    _fields_ = [("type", C.c_uint32), ("offset", C.c_uint32), ("size", C.c_uint32)]
+
+
+class BtfKind(enum.IntEnum):
+    """BTF_KIND_* of linux/btf.h (the ones pageheat reads)."""
+
+    INT = 1
+    PTR = 2
+    ARRAY = 3
+    STRUCT = 4
+    UNION = 5
+    ENUM = 6
+    FLOAT = 16
+    DATASEC = 15
+
+
+_BTF_INT_SIGNED = 1 << 0  # BTF_INT_ENCODING bits
+
+
+class BtfMismatch(ValueError):
+    """A Python description of a shared struct or enum disagrees with the object's BTF (or
+    the BTF lacks it). The message is one line naming the object, the type and the field."""
+
+
+@dataclass(frozen=True)
+class BtfField:
+    """A struct member or a DATASEC variable: byte offset, byte size, and its type in numpy
+    terms: ``kind`` like "u8", "i4" ("V<size>" for a struct or union), ``shape`` of an array."""
+
+    name: str
+    offset: int
+    size: int
+    kind: str
+    shape: tuple[int, ...] = ()
+
+    def describe(self) -> str:
+        dims = "".join(f"[{n}]" for n in self.shape)
+        return f"{self.kind}{dims} at offset {self.offset}"
+
+
+class Btf:
+    """Read access to one BTF: the structs, enums and DATASECs pageheat shares with its BPF
+    objects. ``Btf.from_elf`` parses an object file without loading it (no privileges);
+    ``BpfObject.btf`` borrows a loaded object's. Raises BtfMismatch for a missing type."""
+
+    def __init__(self, ptr: int, origin: str, owned: bool = False) -> None:
+        self._ptr = ptr
+        self.origin = origin
+        self._owned = owned
+
+    @classmethod
+    def from_elf(cls, path: Path) -> Btf:
+        C.set_errno(0)
+        ptr = lib().btf__parse_elf(str(path).encode(), None)
+        if not ptr:
+            raise _fail(f"read BTF of {path}")
+        return cls(ptr, path.name, owned=True)
+
+    def close(self) -> None:
+        if self._owned and self._ptr:
+            lib().btf__free(self._ptr)
+        self._ptr = 0
+
+    def __enter__(self) -> Btf:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- raw access ----------------------------------------------------------------------------
+    def _find(self, name: str, kind: BtfKind) -> int:
+        tid = lib().btf__find_by_name_kind(self._ptr, name.encode(), int(kind))
+        if tid <= 0:
+            raise BtfMismatch(f"{self.origin} has no {kind.name.lower()} {name} in its BTF")
+        return tid
+
+    def _type(self, tid: int) -> tuple[_BtfType, int]:
+        """The btf_type of ``tid`` and the address of the data that follows it."""
+        addr = lib().btf__type_by_id(self._ptr, tid)
+        t = _BtfType.from_address(addr)
+        return t, addr + C.sizeof(_BtfType)
+
+    def _name(self, off: int) -> str:
+        return (lib().btf__name_by_offset(self._ptr, off) or b"").decode()
+
+    @staticmethod
+    def _kind_vlen(t: _BtfType) -> tuple[int, int, bool]:
+        return (t.info >> 24) & 0x1F, t.info & 0xFFFF, bool(t.info >> 31)
+
+    def _field(self, name: str, offset: int, tid: int) -> BtfField:
+        """Member or variable ``name`` of type ``tid`` at byte ``offset``, in numpy terms."""
+        lb = lib()
+        size = lb.btf__resolve_size(self._ptr, tid)
+        shape: list[int] = []
+        tid = lb.btf__resolve_type(self._ptr, tid)  # through typedef, const, volatile
+        t, data = self._type(tid)
+        while self._kind_vlen(t)[0] == BtfKind.ARRAY:
+            arr = _BtfArray.from_address(data)
+            shape.append(arr.nelems)
+            tid = lb.btf__resolve_type(self._ptr, arr.type)
+            t, data = self._type(tid)
+        kind, _, kflag = self._kind_vlen(t)
+        elem = lb.btf__resolve_size(self._ptr, tid)
+        if kind == BtfKind.INT:
+            enc = C.c_uint32.from_address(data).value >> 24
+            code = "i" if enc & _BTF_INT_SIGNED else "u"
+        elif kind == BtfKind.ENUM:
+            code = "i" if kflag else "u"  # kflag: a signed enum (BTF since 6.0)
+        elif kind == BtfKind.PTR:
+            code = "u"
+        elif kind == BtfKind.FLOAT:
+            code = "f"
+        else:
+            code = "V"
+        return BtfField(name, offset, int(size), f"{code}{elem}", tuple(shape))
+
+    # -- what pageheat reads -------------------------------------------------------------------
+    def struct(self, name: str) -> tuple[int, list[BtfField]]:
+        """Size and members of ``struct name``, in declaration order. Bitfields are refused
+        (a numpy dtype cannot describe them)."""
+        t, data = self._type(self._find(name, BtfKind.STRUCT))
+        _, vlen, kflag = self._kind_vlen(t)
+        fields = []
+        for i in range(vlen):
+            m = _BtfMember.from_address(data + i * C.sizeof(_BtfMember))
+            bits = m.offset & 0xFFFFFF if kflag else m.offset
+            if (kflag and m.offset >> 24) or bits % 8:
+                raise BtfMismatch(f"{self.origin}: struct {name} has a bitfield "
+                                  f"{self._name(m.name_off)}")
+            fields.append(self._field(self._name(m.name_off), bits // 8, m.type))
+        return t.size_or_type, fields
+
+    def enum(self, name: str) -> dict[str, int]:
+        """Enumerator name -> value of ``enum name``."""
+        t, data = self._type(self._find(name, BtfKind.ENUM))
+        _, vlen, kflag = self._kind_vlen(t)
+        out = {}
+        for i in range(vlen):
+            e = _BtfEnum.from_address(data + i * C.sizeof(_BtfEnum))
+            out[self._name(e.name_off)] = e.val if kflag else e.val & 0xFFFFFFFF
+        return out
+
+    def datasec(self, name: str) -> dict[str, BtfField]:
+        """Variables of section ``name`` (".rodata", ".bss"): offsets in the section. Only an
+        opened object's BTF has them right (libbpf fixes them up at open)."""
+        t, data = self._type(self._find(name, BtfKind.DATASEC))
+        out = {}
+        for i in range(self._kind_vlen(t)[1]):
+            v = _BtfVarSecinfo.from_address(data + i * C.sizeof(_BtfVarSecinfo))
+            var, _ = self._type(v.type)
+            f = self._field(self._name(var.name_off), v.offset, var.size_or_type)
+            out[f.name] = f
+        return out
+
+    # -- checks --------------------------------------------------------------------------------
+    def check(self, structs: Mapping[str, np.dtype | type[C.Structure]],
+              enums: Mapping[str, tuple[type[enum.Enum], str]]) -> None:
+        """check_struct for each (C name -> Python layout) and check_enum for each (C name ->
+        (Python enum, prefix)): one BtfMismatch for the first disagreement."""
+        for name, layout in structs.items():
+            self.check_struct(name, layout)
+        for name, (values, prefix) in enums.items():
+            self.check_enum(name, values, prefix)
+
+    def check_struct(self, name: str, layout: np.dtype | type[C.Structure]) -> None:
+        """Raise BtfMismatch unless ``layout`` (a numpy structured dtype, or a ctypes
+        Structure) has exactly the members of ``struct name``: same names, offsets, sizes,
+        integer kinds and array shapes, and the same total size."""
+        dtype = np.dtype(layout)
+        size, fields = self.struct(name)
+        where = f"{self.origin}: struct {name}"
+        py = {n: _py_field(n, *dtype.fields[n][:2]) for n in dtype.names or ()}
+        for f in fields:
+            p = py.pop(f.name, None)
+            if p is None:
+                raise BtfMismatch(f"{where} field {f.name} ({f.describe()}) is missing from the "
+                                  "exporter's description")
+            if (p.offset, p.size, p.kind, p.shape) != (f.offset, f.size, f.kind, f.shape):
+                raise BtfMismatch(f"{where} field {f.name} is {f.describe()} in the object, "
+                                  f"{p.describe()} in the exporter")
+        if py:
+            raise BtfMismatch(f"{where} has no field {next(iter(py))}, which the exporter describes")
+        if dtype.itemsize != size:
+            raise BtfMismatch(f"{where} is {size} bytes in the object, {dtype.itemsize} in the "
+                              "exporter")
+
+    def check_enum(self, name: str, values: type[enum.Enum], prefix: str) -> None:
+        """Raise BtfMismatch unless ``values`` names every enumerator of ``enum name`` (less
+        ``prefix``: VMA_F_SHARED is VmaFlag.SHARED) with the same value, and no other."""
+        c = self.enum(name)
+        py = {prefix + n: int(m.value) for n, m in values.__members__.items()}
+        where = f"{self.origin}: enum {name}"
+        for n, v in c.items():
+            if n not in py:
+                raise BtfMismatch(f"{where}: {n} ({v}) is missing from the exporter's "
+                                  f"{values.__name__}")
+            if py[n] != v:
+                raise BtfMismatch(f"{where}: {n} is {v} in the object, {py[n]} in the exporter")
+        extra = sorted(set(py) - set(c))
+        if extra:
+            raise BtfMismatch(f"{where} has no {extra[0]}, which the exporter's "
+                              f"{values.__name__} has")
+
+
+def _py_field(name: str, dtype: np.dtype, offset: int) -> BtfField:
+    """A numpy field in BtfField terms (bool counts as unsigned: C's bool is an INT)."""
+    base, shape = dtype.subdtype if dtype.subdtype else (dtype, ())
+    code = {"b": "u"}.get(base.kind, base.kind)
+    return BtfField(name, offset, dtype.itemsize, f"{code}{base.itemsize}", tuple(shape))

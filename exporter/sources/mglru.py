@@ -48,17 +48,20 @@ Kernel-side limits, reported as "not accessed" because the kernel never looks:
 from __future__ import annotations
 
 import ctypes as C
+import enum
 import logging
 import mmap
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from pageheat.kernel import cgroups, lrugen, procfs
 from pageheat.kernel.libbpf import (
     BpfObject,
+    BtfMismatch,
     LibbpfError,
     Link,
     map_delete,
@@ -75,12 +78,24 @@ log = logging.getLogger(__name__)
 
 AGING_ENV = "PAGEHEAT_MGLRU_AGING"
 
+# The Python half of bpf/young.h, checked against the object's BTF at every load (BTF_TYPES).
 _KEY = np.dtype([("tgid", "<u4"), ("pad", "<u4"), ("vpn", "<u8")])
-# struct young_stats in bpf/young.h
 STATS = np.dtype([(k, "<u8") for k in (
     "calls", "young", "target_young", "pte_young", "pmd_young", "pmd_nonleaf", "dropped",
     "look_around", "mm_walked", "mm_skipped")])
-_YOUNG_PTE, _YOUNG_PMD = 1, 2
+
+
+class YoungFlag(enum.IntFlag):
+    """enum young_flag: bits of the young hash's values."""
+
+    PTE = 1 << 0
+    PMD = 1 << 1
+
+
+_YOUNG_PTE, _YOUNG_PMD = YoungFlag.PTE, YoungFlag.PMD
+# C name -> Python description, for Btf.check (tests/test_unit_btf.py checks them too).
+BTF_TYPES: tuple[dict[str, Any], dict[str, tuple[type[enum.Enum], str]]] = (
+    {"young_key": _KEY, "young_stats": STATS}, {"young_flag": (YoungFlag, "YOUNG_")})
 _BATCH = 1 << 16
 _DEFAULT_YOUNG_CAPACITY = 1 << 22  # 16 GiB of young 4 KiB pages per interval, all targets
 
@@ -105,6 +120,7 @@ class YoungPagesSource:
     object_name = ""  # exporter/bpf/<object_name>.bpf.o
     attach_skip: tuple[str, ...] = ()  # loaded but not attached (run by BPF_PROG_TEST_RUN)
     needs_lru_gen_write = False  # active aging writes /sys/kernel/debug/lru_gen
+    btf_types = BTF_TYPES  # the shared structs and enums, checked against the object's BTF
 
     def __init__(self, aging: MglruAging | str = MglruAging.ACTIVE, obj: Path | None = None,
                  nodes: NodeMap | None = None, young_capacity: int = _DEFAULT_YOUNG_CAPACITY,
@@ -152,6 +168,10 @@ class YoungPagesSource:
         """What to tell the user when loading or attaching failed with ``e``."""
         return ""
 
+    def rodata(self) -> dict[str, int]:
+        """The object's const volatile settings, fixed at load."""
+        return {}
+
     def age_memcg(self, pid: int, t: Target) -> int:
         """Age the target's memcg on each node; the number of aging requests made."""
         raise NotImplementedError
@@ -160,15 +180,18 @@ class YoungPagesSource:
     def _load(self, capacity: int) -> None:
         autoload = self.programs()
         try:
-            obj = BpfObject(self._path, max_entries={"young": capacity}, autoload=autoload)
+            obj = BpfObject(self._path, max_entries={"young": capacity}, autoload=autoload,
+                            rodata=self.rodata())
         except LibbpfError as e:
             raise SourceError(f"{self.name}: cannot load {self._path.name}: {e.strerror}"
                               f"{self.load_hint(e)}") from e
         self._obj = obj
         try:
-            if obj.value_size("stats") != STATS.itemsize:
-                raise SourceError(f"{self.name}: map stats has {obj.value_size('stats')}-byte "
-                                  f"values, exporter expects {STATS.itemsize}: rebuild bpf/")
+            try:
+                obj.btf.check(*self.btf_types)
+            except BtfMismatch as e:
+                raise SourceError(f"{self.name}: {e}; rebuild the BPF objects (bpf/build.sh)"
+                                  ) from None
             for prog, load in autoload.items():
                 if load and prog not in self.attach_skip:
                     self._links.append(obj.attach(prog))

@@ -27,6 +27,7 @@ from pageheat.kernel import cgroups
 from pageheat.kernel.libbpf import LibbpfError
 from pageheat.kernel.vmlinux import BTF, kernel_functions
 from pageheat.sources.base import SourceError, TargetGone
+from pageheat.sources.mglru import BTF_TYPES as YOUNG_BTF_TYPES
 from pageheat.sources.mglru import Target, YoungPagesSource
 
 NAME = "mglru-hook"
@@ -39,10 +40,14 @@ log = logging.getLogger(__name__)
 
 
 class _AgingArgs(C.Structure):
-    """struct aging_args in bpf/mglru_hook.bpf.c."""
+    """struct aging_args in bpf/mglru_hook.h (checked against the object's BTF at load)."""
 
     _fields_ = [("cgroup_id", C.c_uint64), ("nid", C.c_int32), ("can_swap", C.c_int32),
-                ("filter", C.c_int32), ("ret", C.c_int32)]
+                ("ret", C.c_int32)]
+
+
+# C name -> Python description, for Btf.check (tests/test_unit_btf.py checks them too).
+BTF_TYPES = ({**YOUNG_BTF_TYPES[0], "aging_args": _AgingArgs}, YOUNG_BTF_TYPES[1])
 
 
 def kernel_support(btf: Path = BTF) -> str | None:
@@ -63,6 +68,7 @@ class MglruHookSource(YoungPagesSource):
     name = NAME
     object_name = "mglru_hook"
     attach_skip = ("run_aging",)  # run through BPF_PROG_TEST_RUN, not attached
+    btf_types = BTF_TYPES
 
     def __init__(self, *args: object, walk_filter: bool = True, **kwargs: object) -> None:
         self.walk_filter = walk_filter
@@ -75,6 +81,9 @@ class MglruHookSource(YoungPagesSource):
         active = self.aging == "active"
         return {**dict.fromkeys(PROGRAMS, True), "run_aging": active,
                 "skip_mm": active and self.walk_filter}
+
+    def rodata(self) -> dict[str, int]:
+        return {"walk_filter": int(self.walk_filter)}
 
     def load_hint(self, e: LibbpfError) -> str:
         if e.errno in (errno.EPERM, errno.EACCES):
@@ -102,7 +111,7 @@ class MglruHookSource(YoungPagesSource):
         return requests
 
     def _run_aging(self, cgroup_id: int, nid: int) -> int:
-        args = _AgingArgs(cgroup_id=cgroup_id, nid=nid, can_swap=1, filter=int(self.walk_filter))
+        args = _AgingArgs(cgroup_id=cgroup_id, nid=nid, can_swap=1)
         try:
             self._obj.test_run("run_aging", args)  # type: ignore[union-attr]
         except LibbpfError as e:

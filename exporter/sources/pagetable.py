@@ -10,6 +10,7 @@ the aging by clear_refs, the mglru sources (``mglru``) take their resident set f
 from __future__ import annotations
 
 import ctypes
+import enum
 import mmap
 import os
 import secrets
@@ -19,18 +20,17 @@ from pathlib import Path
 
 import numpy as np
 from pageheat.kernel import procfs
-from pageheat.kernel.libbpf import BpfObject, LibbpfError, Link
+from pageheat.kernel.libbpf import BpfObject, BtfMismatch, LibbpfError, Link
 from pageheat.kernel.numa import NodeMap
 from pageheat.sources.base import Pages, PageType, SourceError, TargetGone, VmaKind, Vmas
 from pageheat.sources.objects import object_path
 
+# The Python half of bpf/ptwalk.h: each struct once, as a numpy dtype, and each enum once;
+# checked field by field and value by value against the object's BTF at every load (BTF_TYPES).
 _STATE = np.dtype([
     ("direct_map_base", "<u8"), ("target_tgid", "<u4"), ("pgtable_levels", "<u4"),
-    ("copy_raw", "<u4"), ("max_vmas", "<u4"), ("max_tables", "<u4"), ("max_raw", "<u4"),
-    ("probe_vaddr", "<u8"), ("probe_pfn", "<u8"), ("probe_pattern", "<u8"),
-    ("probe_max_gib", "<u8"), ("probe_tries", "<u8"),
+    ("probe_vaddr", "<u8"), ("probe_pfn", "<u8"), ("probe_pattern", "<u8"), ("probe_tries", "<u8"),
     ("vmemmap_base", "<u8"), ("vmemmap_lo", "<u8"), ("vmemmap_steps", "<u8"),
-    ("check_young", "<u4"), ("pad0", "<u4"),
     ("huge_zero_pfn", "<u8"), ("huge_probe_vaddr", "<u8"),
     ("n_vmas", "<u8"), ("n_tables", "<u8"), ("dropped_vmas", "<u8"), ("dropped_tables", "<u8"),
     ("read_errors", "<u8"), ("skipped_huge_pud", "<u8"), ("dup_vmas", "<u8"),
@@ -48,14 +48,42 @@ _PER_SCAN = ("n_vmas", "n_tables", "dropped_vmas", "dropped_tables", "read_error
              "skipped_huge_pud", "dup_vmas", "young_flag_hits", "special_ptes", "special_pmds",
              "step_limit_vmas", "last_mm", "last_vm_end")
 _REPORTED = _PER_SCAN[:11]
+
+
+class VmaFlag(enum.IntFlag):
+    """enum vma_flag: bits of vma_rec.flags."""
+
+    SHARED = 1 << 0
+    SKIPPED = 1 << 1
+    HUGETLB = 1 << 2
+    PFNMAP = 1 << 3
+    VDSO = 1 << 4
+    NOACCESS = 1 << 5
+
+
+class TableFlag(enum.IntFlag):
+    """enum table_flag: bits of table_rec.flags."""
+
+    HUGE = 1 << 0
+
+
+class FindBase(enum.IntEnum):
+    """enum find_base_result: what find_base returns."""
+
+    OK = 0
+    NO_STATE = 1
+    NOT_FOUND = 2
+
+
+# C name -> Python description, for Btf.check (tests/test_unit_btf.py checks them too).
+BTF_TYPES = ({"ptwalk_state": _STATE, "vma_rec": _VMA, "table_rec": _TABLE},
+             {"vma_kind": (VmaKind, "VMA_"), "vma_flag": (VmaFlag, "VMA_F_"),
+              "table_flag": (TableFlag, "TABLE_F_"), "find_base_result": (FindBase, "FIND_BASE_")})
 # x86-64 4-level layout: KASLR places the struct page array in 1 GiB steps below this.
 _VMEMMAP_LIMIT_4LEVEL = 0xFFFFFE0000000000
 _HUGE = 2 << 20
-_VMA_F_SHARED = 1
-_VMA_F_NOACCESS = 32
 # vma_rec.flags: why a VMA is only counted (see bpf/ptwalk.h), as unmonitored-page reasons.
-UNMONITORED_REASONS = {4: "hugetlb", 8: "pfnmap", 16: "vdso"}
-_TABLE_F_HUGE = 1
+UNMONITORED_REASONS = {VmaFlag.HUGETLB: "hugetlb", VmaFlag.PFNMAP: "pfnmap", VmaFlag.VDSO: "vdso"}
 _PHYS_MASK = np.uint64(0x000FFFFFFFFFF000)
 _PAGE_SHIFT = np.uint64(12)
 _COLUMNS = np.arange(512, dtype=np.uint64)
@@ -110,18 +138,22 @@ class PageTableScan:
 
     # -- loading -----------------------------------------------------------------------------
     def _load(self) -> None:
-        max_entries = {"vmas": self._cap.vmas, "tables": self._cap.tables,
-                       "raw": self._cap.tables if self._copy_raw else 1}
+        n_raw = self._cap.tables if self._copy_raw else 1
+        max_entries = {"vmas": self._cap.vmas, "tables": self._cap.tables, "raw": n_raw}
+        # Fixed for the life of the loaded object (a capacity change reloads it).
+        rodata = {"max_vmas": self._cap.vmas, "max_tables": self._cap.tables, "max_raw": n_raw,
+                  "copy_raw": int(self._copy_raw), "check_young": int(self._check_young),
+                  "probe_max_gib": (self._nodes.max_pfn << 12 >> 30) + 2}
         try:
-            obj = BpfObject(self._path, max_entries=max_entries)
+            obj = BpfObject(self._path, max_entries=max_entries, rodata=rodata)
         except LibbpfError as e:
             raise SourceError(f"ptwalk: cannot load {self._path.name}: {e.strerror}"
                               f"{_hint(e.errno)}") from e
-        for name, dtype in (("state", _STATE), ("vmas", _VMA), ("tables", _TABLE)):
-            if obj.value_size(name) != dtype.itemsize:
-                obj.close()
-                raise SourceError(f"ptwalk: map {name} has {obj.value_size(name)}-byte values, "
-                                  f"exporter expects {dtype.itemsize}: rebuild bpf/")
+        try:
+            obj.btf.check(*BTF_TYPES)
+        except BtfMismatch as e:
+            obj.close()
+            raise SourceError(f"ptwalk: {e}; rebuild the BPF objects (bpf/build.sh)") from None
         self._obj = obj
         self._maps = [obj.mmap_array(n) for n in ("state", "vmas", "tables", "raw")]
         self._state = np.frombuffer(self._maps[0], dtype=_STATE, count=1)[0:1]
@@ -129,11 +161,6 @@ class PageTableScan:
         self._tables = np.frombuffer(self._maps[2], dtype=_TABLE, count=self._cap.tables)
         self._raw = np.frombuffer(self._maps[3], dtype="<u8", count=512 * obj.max_entries("raw")
                                   ).reshape(-1, 512)
-        st = self._state
-        st["max_vmas"], st["max_tables"] = self._cap.vmas, self._cap.tables
-        st["max_raw"], st["copy_raw"] = obj.max_entries("raw"), int(self._copy_raw)
-        st["check_young"] = int(self._check_young)
-        del st  # the maps cannot be unmapped while a view of them lives
         try:
             self._find_direct_map()
         except SourceError as e:
@@ -173,13 +200,12 @@ class PageTableScan:
             st = self._state
             st["probe_vaddr"], st["probe_pattern"] = vaddr, pattern
             st["huge_probe_vaddr"] = huge_vaddr
-            st["probe_max_gib"] = (self._nodes.max_pfn << 12 >> 30) + 2
             # The struct page array lies above the direct map (4-level only; 5-level layouts
             # are not searched, and PG_young is then not consulted).
             st["vmemmap_lo"] = 0
             st["vmemmap_steps"] = 0
             rc = self._obj.test_run("find_base")  # type: ignore[union-attr]
-            if rc == 0 and int(st["pgtable_levels"][0]) == 4:
+            if rc == FindBase.OK and int(st["pgtable_levels"][0]) == 4:
                 lo = int(st["direct_map_base"][0]) + ((self._nodes.max_pfn << 12) + (1 << 30))
                 st["vmemmap_lo"] = lo & ~((1 << 30) - 1)
                 st["vmemmap_steps"] = (_VMEMMAP_LIMIT_4LEVEL - int(st["vmemmap_lo"][0])) >> 30
@@ -190,11 +216,12 @@ class PageTableScan:
             anchors.clear()  # an mmap cannot close while a ctypes view exports it
             page.close()
             huge.close()
-        if rc == 2:
+        if rc == FindBase.NOT_FOUND:
             raise SourceError("ptwalk: kernel direct map not found through our own page tables "
                               "(is this x86-64 with 4- or 5-level paging?)")
-        if rc != 0:
-            raise SourceError(f"ptwalk: find_base failed ({rc})")
+        if rc != FindBase.OK:
+            what = FindBase(rc).name if rc in list(FindBase) else str(rc)
+            raise SourceError(f"ptwalk: find_base failed ({what})")
 
     @property
     def young_flag_usable(self) -> bool:
@@ -353,7 +380,7 @@ def _names(vmas: np.ndarray, maps: list[procfs.Mapping]) -> tuple[list[str], boo
 
 
 def _vma_table(vmas: np.ndarray, names: list[str]) -> Vmas:
-    accessible = (vmas["flags"] & _VMA_F_NOACCESS) == 0
+    accessible = (vmas["flags"] & VmaFlag.NOACCESS) == 0
     return Vmas(vmas["start"], vmas["end"], vmas["kind"].astype(np.uint8), accessible, names)
 
 
@@ -411,7 +438,7 @@ def _pages(vmas: np.ndarray, tables: np.ndarray, raw: np.ndarray, nodes: NodeMap
         np.add(base, _COLUMNS, out=padded.reshape(n, 512))
         vpn = padded[present]
     accessed = per_page(tables["accessed"])
-    huge_t = (tables["flags"] & _TABLE_F_HUGE) != 0
+    huge_t = (tables["flags"] & TableFlag.HUGE) != 0
     vma_t = tables["vma"].astype(np.int32)
     kind_t = vmas["kind"].astype(np.uint8)[vma_t]
     huge = np.repeat(huge_t, per_table)
@@ -419,7 +446,7 @@ def _pages(vmas: np.ndarray, tables: np.ndarray, raw: np.ndarray, nodes: NodeMap
     ptype = np.repeat(_KIND_TYPE[kind_t], per_table)
     # In private file/shmem mappings, written pages are anonymous copy-on-write copies: only
     # those tables' written bits are looked at.
-    cow_t = ((vmas["flags"][vma_t] & _VMA_F_SHARED) == 0) & (
+    cow_t = ((vmas["flags"][vma_t] & VmaFlag.SHARED) == 0) & (
         (kind_t == VmaKind.FILE) | (kind_t == VmaKind.SHMEM))
     if cow_t.any():
         written = np.where(cow_t[:, None], tables["written"], np.uint64(0))
