@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import ctypes
 import enum
+import logging
 import mmap
 import os
 import secrets
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,8 @@ from pageheat.kernel.libbpf import BpfObject, BtfMismatch, LibbpfError, Link
 from pageheat.kernel.numa import NodeMap
 from pageheat.sources.base import Pages, PageType, SourceError, TargetGone, VmaKind, Vmas
 from pageheat.sources.objects import object_path
+
+log = logging.getLogger("pageheat")
 
 # The Python half of bpf/ptwalk.h: each struct once, as a numpy dtype, and each enum once;
 # checked field by field and value by value against the object's BTF at every load (BTF_TYPES).
@@ -104,7 +107,8 @@ class _Capacity:
 
 @dataclass
 class _Target:
-    link: Link
+    link: Link | None  # None: the process went while the object was reloaded
+    need: _Capacity = field(default_factory=_Capacity)  # what its walk needs, for shrinking
     clear_refs: procfs.ClearRefs | None = None  # through a live thread (ptwalk.PtwalkSource only)
     layout: np.ndarray | None = None  # the scanned VMAs (_LAYOUT fields) that names belong to
     names: list[str] | None = None
@@ -231,12 +235,19 @@ class PageTableScan:
     def _reload(self, cap: _Capacity) -> None:
         pids = list(self._targets)
         for t in self._targets.values():
-            t.link.destroy()
+            if t.link is not None:
+                t.link.destroy()
+                t.link = None
         self._unload()
         self._cap = cap
         self._load()
         for pid in pids:
-            self._targets[pid].link = self._obj.attach_task_iter("scan", pid)  # type: ignore
+            try:
+                self._targets[pid].link = self._obj.attach_task_iter("scan", pid)  # type: ignore
+            except LibbpfError as e:
+                if e.errno not in (3, 2):  # ESRCH, ENOENT: it exited; its next scan says so
+                    raise
+                self._targets[pid].link = None
 
     def _unload(self) -> None:
         self._state = self._vmas = self._tables = self._raw = None  # type: ignore[assignment]
@@ -272,7 +283,7 @@ class PageTableScan:
             if e.errno in (3, 2):  # ESRCH, ENOENT
                 raise TargetGone(pid) from e
             raise
-        self._targets[pid] = _Target(link)
+        self._targets[pid] = _Target(link, need)
 
     def harvest(self, pid: int) -> tuple[Pages, Vmas, dict[str, int]]:
         """One scan of an attached ``pid``, decoded: its pages, its mappings, the scan's
@@ -289,9 +300,34 @@ class PageTableScan:
     def detach(self, pid: int) -> None:
         t = self._targets.pop(pid, None)
         if t:
-            t.link.destroy()
+            if t.link is not None:
+                t.link.destroy()
             if t.clear_refs is not None:
                 t.clear_refs.close()
+            self._shrink()
+
+    def _shrink(self) -> None:
+        """Give back what a target that has gone needed: the BPF maps' sizes are fixed at
+        load, so when the remaining targets need at most a quarter of the capacity, reload
+        smaller (one load, ~tens of ms: only after a target 4x larger than any left); and
+        drop the reused output arrays (_Buffers), sized for the largest harvest so far.
+        Never raises (detach must not): a failed reload is logged and the old size kept."""
+        need = _Capacity(max((t.need.vmas for t in self._targets.values()), default=0),
+                         max((t.need.tables for t in self._targets.values()), default=0))
+        smaller = _grow(_Capacity(), need)  # the initial capacity at least, with headroom
+        if self._obj is None or (4 * smaller.vmas > self._cap.vmas
+                                 and 4 * smaller.tables > self._cap.tables):
+            return
+        old = self._cap
+        self._buffers = _Buffers()
+        try:
+            self._reload(smaller)
+        except (LibbpfError, SourceError) as e:
+            log.warning("ptwalk: could not shrink the scan's buffers (%s); keeping them", e)
+            try:
+                self._reload(old)
+            except (LibbpfError, SourceError) as e2:
+                log.error("ptwalk: could not reload the scan (%s); its targets fail until re-attached", e2)
 
     def close(self) -> None:
         for pid in list(self._targets):
@@ -323,7 +359,10 @@ class PageTableScan:
             st["target_tgid"] = pid
             for k in _PER_SCAN:
                 st[k] = 0
-            fd = self._targets[pid].link.create_iter()
+            link = self._targets[pid].link
+            if link is None:  # went while the object was reloaded
+                raise TargetGone(pid)
+            fd = link.create_iter()
             try:
                 while os.read(fd, 4096):
                     pass
@@ -340,6 +379,7 @@ class PageTableScan:
             need = _Capacity(self._cap.vmas + counters["dropped_vmas"],
                              self._cap.tables + counters["dropped_tables"])
             del st  # no view of the old maps may survive their unmapping
+            self._targets[pid].need = need
             self._reload(_grow(self._cap, need))
         raise SourceError(f"ptwalk: layout of {pid} kept outgrowing the buffers")
 
