@@ -19,7 +19,7 @@ from setuptools.command.build_py import build_py
 
 ROOT = Path(__file__).resolve().parent
 BPF_SRC = ROOT / "bpf"
-BPF_OUT = ROOT / "exporter" / "bpf"  # the package's bpf/ folder, where bpfobjects.py looks
+BPF_OUT = ROOT / "exporter" / "bpf"  # the package's bpf/ folder, where sources/objects.py looks
 TOOLS = ("clang", "llvm-strip", "bpftool")
 
 

@@ -95,7 +95,7 @@ find "$rootfs/opt/pageheat/lib" -type d \( -name tests -o -name testing \) -path
 ln -s /opt/pageheat/bin/pageheat "$rootfs/usr/local/bin/pageheat"
 # Smoke test in the chroot: the package imports and finds its BPF objects (no kernel needed).
 "${inroot[@]}" /opt/pageheat/bin/python -c \
-  'from pageheat import bpfobjects; print("bpf objects:", bpfobjects.object_path("ptwalk"))'
+  'from pageheat.sources.objects import object_path; print("bpf objects:", object_path("ptwalk"))'
 
 # --- 3. commit and save --------------------------------------------------------------------------
 ctr=$(buildah from --quiet scratch)
