@@ -186,7 +186,7 @@ def measure(size: int, reps: int, cycles: int, roots: list[Path], maps: int = 0)
         wl = start_target(size, maps, Path(tmp))
         try:
             src = PtwalkSource(check_young=False)
-            src_young = PtwalkSource(check_young=True)  # what DAMON hosts pay (see ptwalk.py)
+            src_young = PtwalkSource(check_young=True)  # what DAMON hosts pay (see sources/pagetable.py)
             src_serve = PtwalkSource()  # as serve makes it: PG_young only where DAMON runs
             src.attach(wl.pid)
             src_young.attach(wl.pid)

@@ -52,7 +52,7 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
 /*
  * Settings fixed at load, the libbpf-tools way: .rodata, written by userspace between open
- * and load (exporter/sources/ptwalk.py). The verifier knows their values, so a path that a
+ * and load (exporter/sources/pagetable.py). The verifier knows their values, so a path that a
  * setting turns off is not walked at all.
  */
 const volatile __u32 max_vmas = 0;	/* max_entries of "vmas" */

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: GPL-2.0 OR BSD-2-Clause */
 /*
- * Records and codes shared between ptwalk.bpf.c and exporter/sources/ptwalk.py. The Python
+ * Records and codes shared between ptwalk.bpf.c and exporter/sources/pagetable.py. The Python
  * side describes each struct once (a numpy dtype) and each enum once (an IntEnum/IntFlag),
  * and checks them field by field and value by value against the object's BTF at every load
  * (pageheat.kernel.libbpf.Btf): a change here without a change there is one clear error,
@@ -9,8 +9,6 @@
  */
 #ifndef PAGEHEAT_PTWALK_H
 #define PAGEHEAT_PTWALK_H
-
-#define PTWALK_MAX_NODE_RANGES 64
 
 /* vma_rec.kind: what the whole VMA is. */
 enum vma_kind {
@@ -55,7 +53,7 @@ struct vma_rec {
 	/*
 	 * What /proc/PID/maps names the VMA by, besides its bounds: its struct file, else its
 	 * anon_vma_name (PR_SET_VMA_ANON_NAME), else 0. Userspace only compares it, to re-read
-	 * maps when a VMA was replaced in place (MAP_FIXED, a rename); it never leaves ptwalk.py.
+	 * maps when a VMA was replaced in place (MAP_FIXED, a rename); it never leaves pagetable.py.
 	 */
 	__u64 ident;
 };

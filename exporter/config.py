@@ -151,7 +151,7 @@ class Targets(BaseModel):
     @field_validator("cgroups")
     @classmethod
     def _globs(cls, v: list[str]) -> list[str]:
-        from pageheat.model.identity import glob_regex  # here: identity imports cgroups, not config
+        from pageheat.model.identity import glob_regex  # here, when validating: the model does not import config
 
         for pattern in v:
             if not pattern.startswith("/"):

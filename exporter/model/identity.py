@@ -2,9 +2,9 @@
 
 A pid says little on a host running containers (every process is "java", and the pid changes
 at each restart); the unit people reason about is the cgroup, the container and the pod. This
-module reads a process's cgroup path (the memory controller's on cgroup v1, the unified one on
-v2) with the parser in cgroups.py, matches it against ``targets.cgroups`` globs, and parses
-kubelet's cgroup names into a container id and a pod uid. It never calls the Kubernetes API:
+module takes a process's cgroup path (the memory controller's on cgroup v1, the unified one on
+v2; read by ``kernel.cgroups.read_cgroup``), matches it against ``targets.cgroups`` globs, and
+parses kubelet's cgroup names into a container id and a pod uid. It never calls the Kubernetes API:
 the pod's name and namespace come from a PromQL join with kube-state-metrics (README).
 
 Kubelet's cgroup names (pkg/kubelet/cm/cgroup_manager_linux.go, ``ToSystemd``/``ToCgroupfs``;

@@ -1,6 +1,7 @@
 """Which processes to follow: explicit pids, a comm regex, the top N by RSS, cgroup globs and
 every user process (``all``); and whether a pid given explicitly names a process pageheat can
-follow. Each selected process carries its cgroup path (identity.py), read once per discovery."""
+follow. Each selected process carries its cgroup path (``kernel.cgroups.read_cgroup``), read once per
+discovery."""
 
 from __future__ import annotations
 

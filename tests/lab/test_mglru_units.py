@@ -1,6 +1,6 @@
 """Host-side unit tests for the parts of the mglru sources that need no MGLRU kernel: lru_gen
 parsing (the formats measured on 6.1 and 6.12, lab/README.md), memcg lookup, aging writes
-against a fake lru_gen, and the pagemap resident set against ptwalk on the running kernel."""
+against a fake lru_gen, and the scan's resident set against ptwalk on the running kernel."""
 
 from __future__ import annotations
 
