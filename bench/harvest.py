@@ -13,13 +13,16 @@ runs), divided by the harvests it reports on /api/v1/targets (no /metrics scrape
 window: a scrape costs CPU too). VmHWM is serve's peak RSS; "RSS before" is serve's lowest
 RSS from when its HTTP endpoint answers to its first harvest, "RSS after exit" once the
 target was killed and dropped (goal 6 of issue 13). --maps N adds a row for a process with
-N mappings of 2 resident pages each.
+N mappings of 2 resident pages each. --processes N follows N workloads of each size at once
+(serve CPU per harvest of one of them against the mean floor of one); --defaults runs serve
+with its default aging and CPU budget (the budget stretches the interval; CPU is still per
+harvest) instead of ``--aging 1s --cpu-budget 1.0``.
 --root DIR runs serve from another checkout (DIR/.venv/bin/python -m pageheat, cwd DIR),
 repeatable: before and after a change side by side, each serve on a fresh target of the same
 kind (measuring RSS after exit ends the target). Prints Markdown tables.
 
     sudo .venv/bin/python bench/harvest.py [--sizes 1GiB,4GiB,16GiB] [--reps 7] [--cycles 20]
-        [--maps 60000] [--root CHECKOUT_BEFORE --root CHECKOUT_AFTER]
+        [--maps 60000] [--processes 4] [--defaults] [--root BEFORE --root AFTER]
 """
 
 from __future__ import annotations
@@ -106,15 +109,23 @@ def api_targets(port: int) -> list[api.TargetSummary]:
                                            timeout=10).json())
 
 
-def serve_cost(pid: int, stop_target, root: Path, cycles: int, tmp: Path) -> dict:
-    """Run serve on ``pid`` for ``cycles`` harvests; CPU per harvest, VmHWM, RSS before the
-    first harvest and after ``stop_target()`` ended the target and serve dropped it."""
+def harvests_of(port: int) -> tuple[int, int]:
+    """(harvests of all targets, fewest harvests of one target)."""
+    rows = api_targets(port)
+    return sum(r.harvests for r in rows), min((r.harvests for r in rows), default=0)
+
+
+def serve_cost(pids: list[int], stop_target, root: Path, cycles: int, tmp: Path,
+               defaults: bool = False) -> dict:
+    """Run serve on ``pids`` for ``cycles`` harvests; CPU per harvest, VmHWM, RSS before the
+    first harvest and after ``stop_target()`` ended the targets and serve dropped them."""
     log = open(tmp / "serve.log", "a")
     py = root / ".venv/bin/python"
     port = free_port()
-    p = subprocess.Popen([str(py), "-m", "pageheat", "serve", "--pid", str(pid), "--aging", "1s",
-                          "--cpu-budget", "1.0", "--listen", f"127.0.0.1:{port}"], cwd=root,
-                         stdout=log, stderr=log)
+    pace = [] if defaults else ["--aging", "1s", "--cpu-budget", "1.0"]
+    p = subprocess.Popen([str(py), "-m", "pageheat", "serve",
+                          *(a for pid in pids for a in ("--pid", str(pid))), *pace,
+                          "--listen", f"127.0.0.1:{port}"], cwd=root, stdout=log, stderr=log)
     try:
         rss_before = harvests = 0
         deadline = time.monotonic() + 120
@@ -122,22 +133,21 @@ def serve_cost(pid: int, stop_target, root: Path, cycles: int, tmp: Path) -> dic
             if p.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"serve failed, see {tmp / 'serve.log'}")
             try:
-                rows = api_targets(port)
-                harvests = rows[0].harvests if rows else 0
+                harvests = harvests_of(port)[0]
                 if not harvests:  # the lowest: before the first harvest's arrays exist
                     rss = proc_status_kib(p.pid, "VmRSS")
                     rss_before = min(rss_before, rss) if rss_before else rss
             except requests.RequestException:
                 pass
             time.sleep(0.05)
-        while api_targets(port)[0].harvests < 3:  # warm up: past the first rebinning
+        while harvests_of(port)[1] < 3:  # warm up: every target past its first rebinning
             time.sleep(0.2)
-        h0, c0 = api_targets(port)[0].harvests, proc_cpu(p.pid)
+        h0, c0 = harvests_of(port)[0], proc_cpu(p.pid)
         while True:
             time.sleep(0.5)
             c1 = proc_cpu(p.pid)
-            h1 = api_targets(port)[0].harvests
-            if h1 - h0 >= cycles:
+            h1 = harvests_of(port)[0]
+            if h1 - h0 >= cycles * len(pids):
                 break
         hwm = proc_status_kib(p.pid, "VmHWM")
         stop_target()
@@ -179,52 +189,62 @@ def start_target(size: int, maps: int, tmp: Path) -> subprocess.Popen:
     return wl
 
 
-def measure(size: int, reps: int, cycles: int, roots: list[Path], maps: int = 0) -> dict:
-    """The in-process rounds on one target, then serve from each root in turn (each on a fresh
-    target of the same kind after the first: measuring RSS after exit ends the target)."""
+def round_of(src: PtwalkSource, src_young: PtwalkSource, src_serve: PtwalkSource, pid: int,
+             processes: int) -> dict:
+    """One round on one target: each operation once, interleaved (they share the noise)."""
+    refs = src._targets[pid].clear_refs  # a procfs.ClearRefs
+    time.sleep(0.5 / processes)
+    scan_s, _ = timed(lambda: src._scan(pid))
+    scan_young_s, _ = timed(lambda: src_young._scan(pid))
+    cycle = src.cycle(pid)  # scan + decode + aging, as the daemon does it
+    serve_harvest = src_serve.cycle(pid).harvest_seconds
+    clear_s, _ = timed(lambda: refs.write(b"1"))
+    flush_s, _ = timed(lambda: refs.write(b"4")) if src.tlb_flush else (0.0, None)
+    pagemap_s, present = timed(lambda: pagemap_read(pid))
+    return {"pages": len(cycle.pages), "pagemap_present": present,
+            "scan": scan_s, "scan_young": scan_young_s, "harvest": cycle.harvest_seconds,
+            "harvest_serve": serve_harvest, "clear_refs": clear_s, "tlb_flush": flush_s,
+            "pagemap": pagemap_s}
+
+
+def measure(size: int, reps: int, cycles: int, roots: list[Path], maps: int = 0,
+            processes: int = 1, defaults: bool = False) -> dict:
+    """The in-process rounds on the targets, then serve from each root in turn (each on fresh
+    targets of the same kind after the first: measuring RSS after exit ends them)."""
     with tempfile.TemporaryDirectory() as tmp:
-        wl = start_target(size, maps, Path(tmp))
+        wls = [start_target(size, maps, Path(tmp)) for _ in range(processes)]
         try:
             src = PtwalkSource(check_young=False)
             src_young = PtwalkSource(check_young=True)  # what DAMON hosts pay (see sources/pagetable.py)
             src_serve = PtwalkSource()  # as serve makes it: PG_young only where DAMON runs
-            src.attach(wl.pid)
-            src_young.attach(wl.pid)
-            src_serve.attach(wl.pid)
-            fd = src._targets[wl.pid].clear_refs  # a procfs.ClearRefs
-            rows = []
-            for _ in range(reps):
-                time.sleep(0.5)
-                scan_s, _ = timed(lambda: src._scan(wl.pid))
-                scan_young_s, _ = timed(lambda: src_young._scan(wl.pid))
-                cycle = src.cycle(wl.pid)  # scan + decode + aging, as the daemon does it
-                serve_harvest = src_serve.cycle(wl.pid).harvest_seconds
-                clear_s, _ = timed(lambda: fd.write(b"1"))
-                flush_s, _ = timed(lambda: fd.write(b"4")) if src.tlb_flush else (0.0, None)
-                pagemap_s, present = timed(lambda: pagemap_read(wl.pid))
-                rows.append({"pages": len(cycle.pages), "pagemap_present": present,
-                             "scan": scan_s, "scan_young": scan_young_s, "harvest": cycle.harvest_seconds,
-                             "harvest_serve": serve_harvest,
-                             "clear_refs": clear_s, "tlb_flush": flush_s,
-                             "pagemap": pagemap_s})
+            for wl in wls:
+                src.attach(wl.pid)
+                src_young.attach(wl.pid)
+                src_serve.attach(wl.pid)
+            rows = [round_of(src, src_young, src_serve, wl.pid, processes)
+                    for _ in range(reps) for wl in wls]
             src.close()
             src_young.close()
             src_serve.close()
             daemons = {}
             for k, root in enumerate(roots):
                 if k:
-                    wl = start_target(size, maps, Path(tmp))
-                target = wl
+                    wls = [start_target(size, maps, Path(tmp)) for _ in range(processes)]
+                targets = list(wls)
 
-                def stop_target(target: subprocess.Popen = target) -> None:
-                    target.terminate()
-                    target.wait()
+                def stop_targets(targets: list[subprocess.Popen] = targets) -> None:
+                    for t in targets:
+                        t.terminate()
+                        t.wait()
 
-                daemons[str(root)] = serve_cost(wl.pid, stop_target, root, cycles, Path(tmp))
+                daemons[str(root)] = serve_cost([t.pid for t in targets], stop_targets, root,
+                                                cycles, Path(tmp), defaults)
         finally:
-            wl.terminate()
-            wl.wait()
-    return {"size": size, "maps": maps, "rows": rows, "serve": daemons}
+            for wl in wls:
+                wl.terminate()
+                wl.wait()
+    return {"size": size, "maps": maps, "processes": processes, "defaults": defaults,
+            "rows": rows, "serve": daemons}
 
 
 def ns_per_page(rows: list[dict], key: str) -> tuple[float, float, float]:
@@ -234,8 +254,12 @@ def ns_per_page(rows: list[dict], key: str) -> tuple[float, float, float]:
 
 def target_name(r: dict) -> str:
     if r["maps"]:
-        return f"{r['maps']} mappings"
-    return f"{r['size'] >> 30} GiB" if r["size"] >= 1 << 30 else f"{r['size'] >> 20} MiB"
+        name = f"{r['maps']} mappings"
+    else:
+        name = f"{r['size'] >> 30} GiB" if r["size"] >= 1 << 30 else f"{r['size'] >> 20} MiB"
+    if r.get("processes", 1) > 1:
+        name = f"{r['processes']} x {name}"
+    return name + (", defaults" if r.get("defaults") else "")
 
 
 def main() -> int:
@@ -246,12 +270,16 @@ def main() -> int:
     ap.add_argument("--maps", type=int, default=0, help="add a row: a process with N mappings")
     ap.add_argument("--root", type=Path, action="append",
                     help="checkout whose serve is measured (repeatable; default: this one)")
+    ap.add_argument("--processes", type=int, default=1, help="follow N targets of each size at once")
+    ap.add_argument("--defaults", action="store_true",
+                    help="serve at its default aging and CPU budget, not --aging 1s --cpu-budget 1.0")
     ap.add_argument("--json", type=Path, help="also write the raw measurements here")
     a = ap.parse_args()
     roots = a.root or [Path(__file__).resolve().parent.parent]
-    results = [measure(parse_size(s), a.reps, a.cycles, roots) for s in a.sizes.split(",") if s]
+    results = [measure(parse_size(s), a.reps, a.cycles, roots, processes=a.processes,
+                       defaults=a.defaults) for s in a.sizes.split(",") if s]
     if a.maps:
-        results.append(measure(0, a.reps, a.cycles, roots, maps=a.maps))
+        results.append(measure(0, a.reps, a.cycles, roots, maps=a.maps, defaults=a.defaults))
     if a.json:
         a.json.write_text(json.dumps(results, indent=1))
     model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
@@ -274,7 +302,8 @@ def main() -> int:
         print(f"| {target_name(r)} | {rows[0]['pages']} | {fmt} | {' | '.join(ratios)} |")
     print("\nAll columns but the ratios are ns per present page (CPU time of the harvesting thread).\n")
     print("| target | serve from | present pages | serve CPU per cycle | clear_refs + harvest (floor) "
-          "| serve / floor | serve / clear_refs | serve VmHWM | VmHWM bytes per page | goal 2 budget "
+          "| serve / floor | serve / clear_refs | serve VmHWM | VmHWM bytes per monitored page "
+          "| goal 2 budget "
           "| RSS before | RSS after exit |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for res, root, d in ((r, root, d) for r in results for root, d in r["serve"].items()):
@@ -284,13 +313,15 @@ def main() -> int:
         floor = statistics.median(row["clear_refs"] + row["harvest_serve"] for row in rows)
         cpu = d["cpu_per_cycle"]
         hwm = d["vmhwm_kib"] * 1024
-        budget = (60 << 20) + 3 * pages
+        monitored = pages * res.get("processes", 1)  # every followed process's pages
+        budget = (60 << 20) + 3 * monitored
         print(f"| {target_name(res)} | {Path(root).name} | {pages} "
               f"| {cpu * 1e3:.1f} ms = {cpu / pages * 1e9:.0f} ns/page "
               f"| {floor * 1e3:.1f} ms | {cpu / floor:.2f}x | {cpu / clear:.1f}x | {hwm / 2**20:.0f} MiB "
-              f"| {hwm / pages:.0f} | {budget / 2**20:.0f} MiB ({'met' if hwm <= budget else 'not met'}) "
+              f"| {hwm / monitored:.0f} | {budget / 2**20:.0f} MiB ({'met' if hwm <= budget else 'not met'}) "
               f"| {d['rss_before_kib'] / 1024:.0f} MiB | {d['rss_after_kib'] / 1024:.0f} MiB |")
-    print("\nserve CPU: user + sys of the whole serve process per harvest (--aging 1s --cpu-budget 1.0); "
+    pace = "serve's defaults" if a.defaults else "--aging 1s --cpu-budget 1.0"
+    print(f"\nserve CPU: user + sys of the whole serve process per harvest ({pace}); "
           "floor: clear_refs write + harvest_seconds of a source made as serve makes it (with the "
           f"PG_young check: {'yes, a kdamond runs' if damon_running() else 'no'}), medians of the "
           "rounds above.")
