@@ -8,7 +8,7 @@ The sources differ only in how the young pages reach the hash and how an aging i
 * ``mglru-hook`` (kernels with kernel-patch/'s series): the series' tracepoints; aging through
   its kfunc, walking only the followed processes.
 
-Aging, ``PAGEHEAT_MGLRU_AGING`` (or the ``aging`` argument):
+Aging, the ``mglru_aging`` setting (Config, passed as the ``aging`` argument):
 
 * ``active`` (default): every cycle forces one MGLRU aging of the target's memcg on each node.
   That walk is synchronous, so the interval closes exactly at the cycle. **Cost:** the
@@ -24,7 +24,7 @@ TLB: clearing an Accessed bit does not flush the TLB, and the CPU sets the bit a
 when it walks the page table, so a page whose translation stays cached looks idle however
 hot it is (measured in the lab: 300 of 819 hot pages missed per interval). The kernel accepts
 that; an exact heatmap does not. After each aging, active mode therefore ends with a full
-TLB flush of the target (``clear_refs`` 4), ``PAGEHEAT_TLB_FLUSH``:
+TLB flush of the target (``clear_refs`` 4), the ``tlb_flush`` setting:
 ``auto`` (default) only where the kernel has no soft-dirty tracking, since on a
 CONFIG_MEM_SOFT_DIRTY kernel that write also clears the soft-dirty bits (CRIU) and costs a
 minor fault on the next write to each page, the same rule as ptwalk; ``always``; ``never``.
@@ -75,8 +75,6 @@ from pageheat.sources.objects import object_path
 from pageheat.sources.pagetable import PageTableScan, ScanReport
 
 log = logging.getLogger(__name__)
-
-AGING_ENV = "PAGEHEAT_MGLRU_AGING"
 
 # The Python half of bpf/young.h, checked against the object's BTF at every load (BTF_TYPES).
 _KEY = np.dtype([("tgid", "<u4"), ("pad", "<u4"), ("vpn", "<u8")])
@@ -138,7 +136,7 @@ class YoungPagesSource:
         if self.aging == "active" and self.needs_lru_gen_write \
                 and not os.access(lrugen.LRU_GEN, os.W_OK):
             raise SourceError(f"{name}: {lrugen.LRU_GEN} is not writable (mount debugfs, run as "
-                              f"root) or use {AGING_ENV}=passive")
+                              "root) or set mglru_aging to passive (--mglru-aging passive)")
         self._nodes = nodes or NodeMap.from_sysfs()
         # Aging is per node with memory (a memoryless node has no LRU lists).
         self.memory_nodes = sorted(set(self._nodes.node.tolist())) or [0]
