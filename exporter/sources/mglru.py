@@ -275,8 +275,9 @@ class YoungPagesSource:
         counters = {"tlb_flush": int(t.clear_refs is not None), **report.counters}
         truncations = replace(report.truncations, young_map_full=dropped - self._dropped_seen)
         self._dropped_seen = dropped
-        return Harvest(pid, now, pages, vmas, t2 - t1, t1 - t0, counters, lru_gen, truncations,
-                       report.unmonitored, aging_writes=writes, generations_added=added)
+        return Harvest(pid, now, pages, vmas, t2 - t1, t1 - t0, counters, lru_gen,
+                       truncations=truncations, unmonitored=report.unmonitored,
+                       aging_writes=writes, generations_added=added)
 
     def detach(self, pid: int) -> None:
         if getattr(self, "_scan", None) is not None:
