@@ -114,9 +114,9 @@ _KIND_TYPE = np.array([PageType.ANON, PageType.FILE, PageType.SHMEM, PageType.AN
 class ScanReport:
     """What a scan says besides its pages and mappings, for the source's Harvest: its
     truncations (step_limit, read_error), the mapped pages it could only count
-    (Harvest.unmonitored), and free-form debug counters by _STATE field
-    name (n_vmas, n_tables, dropped_vmas, dropped_tables, skipped_huge_pud, dup_vmas,
-    young_flag_hits, special_ptes, special_pmds)."""
+    (Harvest.unmonitored), and free-form debug counters by _STATE field name (n_vmas,
+    n_tables, dropped_vmas, dropped_tables, skipped_huge_pud, dup_vmas, young_flag_hits,
+    special_ptes, special_pmds; the mglru sources add theirs)."""
 
     truncations: Truncations
     unmonitored: Unmonitored
