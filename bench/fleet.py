@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 from pageheat.kernel import cgroups  # noqa: E402
+from pageheat.serve.api import decode_targets  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 PAGEHEAT = [sys.executable, "-m", "pageheat"]
@@ -111,10 +112,10 @@ def main() -> int:
                 time.sleep(0.2)
         time.sleep(a.warmup)
         t0, c0, m0 = time.monotonic(), cpu_seconds(serve.pid), get(url + "/metrics").decode()
-        h0 = {t["pid"]: t for t in json.loads(get(url + "/api/v1/targets"))}
+        h0 = {t.pid: t for t in decode_targets(json.loads(get(url + "/api/v1/targets")))}
         time.sleep(a.seconds)
         t1, c1, m1 = time.monotonic(), cpu_seconds(serve.pid), get(url + "/metrics").decode()
-        h1 = {t["pid"]: t for t in json.loads(get(url + "/api/v1/targets"))}
+        h1 = {t.pid: t for t in decode_targets(json.loads(get(url + "/api/v1/targets")))}
         rss = rss_mib(serve.pid)
         elapsed = t1 - t0
 
@@ -123,15 +124,15 @@ def main() -> int:
                        if s.name in ("pageheat_harvest_duration_seconds_sum",
                                      "pageheat_aging_duration_seconds_sum"))
 
-        achieved = sorted(elapsed / max(h1[p]["harvests"] - h0[p]["harvests"], 1)
+        achieved = sorted(elapsed / max(h1[p].harvests - h0[p].harvests, 1)
                           for p in h1 if p in h0)
-        intervals = sorted(t["aging_interval_s"] for t in h1.values())
+        intervals = sorted(t.aging_interval_s for t in h1.values())
         samples = [s for f in text_string_to_metric_families(m1) for s in f.samples]
         out = {
             "date": time.strftime("%Y-%m-%d"), "processes": a.processes, "cgroups": a.cgroups,
             "max_series": a.max_series or "default", "followed": len(h1),
             "regions_gib": round(total / 1024, 2),
-            "resident_gib": round(sum(t["resident_pages"] for t in h1.values()) * 4096 / 2**30, 2),
+            "resident_gib": round(sum(t.resident_pages for t in h1.values()) * 4096 / 2**30, 2),
             "budget": a.budget, "seconds": round(elapsed, 1),
             "daemon_cpu": round((c1 - c0) / elapsed, 4),
             "harvest_aging_cpu": round((sums(m1) - sums(m0)) / elapsed, 4),

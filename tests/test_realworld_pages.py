@@ -263,7 +263,7 @@ def test_mglru_resident_set_leaves_out_zero_pages(ptwalk_ok, layout) -> None:
         scan.close()
     i = int(np.flatnonzero(vmas.start == addr)[0])
     assert int((pages.vma == i).sum()) == written == region_rss_pages(proc.pid, addr)
-    assert extra["zero_pages"] >= n - written
+    assert extra.counters["zero_pages"] >= n - written
     assert abs(len(pages) - smaps_kib(proc.pid, "Rss") // 4) <= RSS_SLACK_PAGES
 
 

@@ -8,7 +8,8 @@ import ssl
 from pathlib import Path
 
 import pytest
-from pageheat.top.feed import PASSWORD_ENV, ConnectError, Endpoint
+from pageheat.config import CONNECT_PASSWORD_ENV
+from pageheat.top.feed import ConnectError, Endpoint
 
 
 def creds(e: Endpoint) -> tuple[str, str]:
@@ -25,7 +26,7 @@ def test_url_credentials_are_taken_out_of_the_url() -> None:
 
 
 def test_no_credentials() -> None:
-    e = Endpoint.parse("http://localhost:9500", env={PASSWORD_ENV: "unused"})
+    e = Endpoint.parse("http://localhost:9500", env={CONNECT_PASSWORD_ENV: "unused"})
     assert e.authorization is None and e.base == "http://localhost:9500"
 
 
@@ -38,7 +39,7 @@ def test_user_flag_with_password_file(tmp_path: Path) -> None:
 
 
 def test_user_flag_with_password_from_environment() -> None:
-    e = Endpoint.parse("http://h:1", user="alice", env={PASSWORD_ENV: "from-env"})
+    e = Endpoint.parse("http://h:1", user="alice", env={CONNECT_PASSWORD_ENV: "from-env"})
     assert creds(e) == ("alice", "from-env")
 
 
@@ -46,7 +47,7 @@ def test_url_password_wins_over_file_and_environment(tmp_path: Path) -> None:
     pw = tmp_path / "pw"
     pw.write_text("from-file\n")
     e = Endpoint.parse("http://bob:from-url@h:1", user="alice", password_file=str(pw),
-                       env={PASSWORD_ENV: "from-env"})
+                       env={CONNECT_PASSWORD_ENV: "from-env"})
     assert creds(e) == ("bob", "from-url")
 
 

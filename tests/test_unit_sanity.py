@@ -4,6 +4,7 @@ does nothing are counted, logged once, and exported (issue 11, kind 3)."""
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import numpy as np
 import pytest
@@ -11,20 +12,22 @@ from pageheat.config import Config
 from pageheat.serve.collector import PageheatCollector
 from pageheat.serve.sanity import MIN_PAGES, SUSPECT_HARVESTS, Sanity
 from pageheat.serve.stats import Stats
-from pageheat.sources.base import Harvest, Pages, Vmas
+from pageheat.sources.base import Harvest, Pages, Truncations, Unmonitored, Vmas
 from prometheus_client import CollectorRegistry, generate_latest
 
 pytestmark = pytest.mark.kind3
 
 
-def harvest(n: int, accessed: int, **counters: int) -> Harvest:
+def harvest(n: int, accessed: int, **typed: Any) -> Harvest:
+    """``n`` resident pages, the first ``accessed`` of them accessed; ``typed``: Harvest's
+    truncations, unmonitored, aging_writes, generations_added."""
     acc = np.zeros(n, dtype=bool)
     acc[:accessed] = True
     pages = Pages(np.arange(n, dtype=np.uint64), acc, np.zeros(n, np.int16), np.zeros(n, np.uint8),
                   np.zeros(n, bool), np.zeros(n, np.int32))
     vmas = Vmas(np.zeros(1, np.uint64), np.full(1, n << 12, np.uint64), np.zeros(1, np.uint8),
                 np.ones(1, bool), [""])
-    return Harvest(42, 0.0, pages, vmas, 0.0, 0.0, dict(counters))
+    return Harvest(42, 0.0, pages, vmas, 0.0, 0.0, **typed)
 
 
 def test_every_page_accessed_in_a_row_is_flagged_once(caplog) -> None:
@@ -58,7 +61,7 @@ def test_truncations_counted_and_logged_once(caplog) -> None:
     s = Sanity(stats)
     with caplog.at_level(logging.WARNING, "pageheat"):
         for _ in range(3):
-            s.check(harvest(10, 1, step_limit_vmas=1, read_errors=2), "job")
+            s.check(harvest(10, 1, truncations=Truncations(step_limit=1, read_error=2)), "job")
     assert stats.truncations["step_limit"] == 3 and stats.truncations["read_error"] == 6
     assert sum("harvest incomplete" in r.message for r in caplog.records) == 2
 
@@ -77,7 +80,7 @@ def test_exported_with_every_reason_at_zero_and_unmonitored_per_target() -> None
 
     stats = Stats()
     s = Sanity(stats)
-    h = harvest(100, 10, unmonitored_hugetlb=4096, unmonitored_vdso=0)
+    h = harvest(100, 10, unmonitored=Unmonitored(hugetlb=4096, vdso=0))
     s.check(h, "job")
     state = TargetState(42, "job", 32, 60.0)
     view = state.update(h, 1.0)

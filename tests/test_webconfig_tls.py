@@ -235,7 +235,8 @@ def test_top_connect_feed_with_basic_auth_and_ca(secured, tmp_path, monkeypatch)
     the password from a file or the environment; the private CA from --ca-file."""
     from urllib.parse import quote
 
-    from pageheat.top.feed import PASSWORD_ENV, ConnectError, RemoteFeed
+    from pageheat.config import CONNECT_PASSWORD_ENV
+    from pageheat.top.feed import ConnectError, RemoteFeed
 
     s = secured
     hostport = s.url.removeprefix("https://")
@@ -245,10 +246,10 @@ def test_top_connect_feed_with_basic_auth_and_ca(secured, tmp_path, monkeypatch)
     pw = tmp_path / "pw"
     pw.write_text(PASSWORD + "\n")
     assert _feed_sees_workload(s.url, user=USER, password_file=str(pw), ca_file=str(s.ca)).pid == feed.pid
-    monkeypatch.setenv(PASSWORD_ENV, PASSWORD)
+    monkeypatch.setenv(CONNECT_PASSWORD_ENV, PASSWORD)
     assert _feed_sees_workload(s.url, user=USER, ca_file=str(s.ca)).pid == feed.pid
 
-    monkeypatch.setenv(PASSWORD_ENV, "Xq7-not-it")
+    monkeypatch.setenv(CONNECT_PASSWORD_ENV, "Xq7-not-it")
     with pytest.raises(ConnectError, match="401 Unauthorized.*--connect-user") as e:
         RemoteFeed(s.url, user=USER, ca_file=str(s.ca)).attach()
     assert "Xq7-not-it" not in str(e.value)

@@ -45,8 +45,8 @@ def test_resident_set_equals_ptwalk_scan(ptwalk_ok, workload, backing: str, tmp_
     assert set(pages.type[b].tolist()) == {PageType[backing.upper()]}
     named, resident_vpns = {*hot, gone, *range(pmd, pmd + 512)}, set(pages.vpn.tolist())
     assert set(pages.vpn[pages.accessed].tolist()) == named & resident_vpns
-    assert extra["young_pages"] == len(named) and extra["young_huge"] == 1
-    assert extra["young_not_resident"] == len(named - resident_vpns) > 0
+    assert extra.counters["young_pages"] == len(named) and extra.counters["young_huge"] == 1
+    assert extra.counters["young_not_resident"] == len(named - resident_vpns) > 0
 
 
 def test_scan_does_not_age(ptwalk_ok, workload) -> None:

@@ -12,9 +12,7 @@ from dataclasses import asdict
 
 from pageheat.kernel import procfs
 from pageheat.sources import AUTO_ORDER, DEFAULT_OPTIONS, PLANNED, SOURCES, SourceOptions
-from pageheat.sources.checks import Verdict, check_mglru_fexit, check_mglru_hook, check_ptwalk
-
-__all__ = ["Verdict", "check_mglru_fexit", "check_mglru_hook", "check_ptwalk", "run", "verdicts"]
+from pageheat.sources.checks import Verdict
 
 
 def verdicts(options: SourceOptions = DEFAULT_OPTIONS) -> list[Verdict]:

@@ -30,7 +30,7 @@ import numpy as np
 from pageheat import config
 from pageheat.config import parse_duration
 from pageheat.kernel.procfs import shown
-from pageheat.top.ramp import HEAT, SHADES, colours
+from pageheat.top.ramp import HEAT, colours, shade
 
 # Figure layout, fixed (no tight_layout) so that the image's geometry is known: axes rectangles
 # in figure fractions (left, bottom, width, height).
@@ -278,7 +278,7 @@ def terminal(data: Data, width: int = 80, height: int = 24, color: bool = True) 
                 body = cells + "\x1b[0m"
             else:
                 label_row = int(labels[ln])
-                body = "".join(SHADES[min(len(SHADES) - 1, int(v * len(SHADES)))] for v in grid[ln])
+                body = "".join(shade(grid[ln]))
             name = m.rows[label_row] if m.rows else ""
             out.append(f"{name[:label_w - 1]:<{label_w - 1}} {body}")
         return out

@@ -12,8 +12,14 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-from pageheat.serve import sanity
-from pageheat.sources.base import PAGE_TYPE_NAMES, VMA_KIND_NAMES, Harvest, Source, TargetGone
+from pageheat.sources.base import (
+    PAGE_TYPE_NAMES,
+    TRUNCATION_REASONS,
+    VMA_KIND_NAMES,
+    Harvest,
+    Source,
+    TargetGone,
+)
 
 log = logging.getLogger("pageheat")
 
@@ -79,9 +85,9 @@ def take(source: Source, pid: int, aging: float, scans: int,
     }
     # Truncated harvests summed over the scans, and what the latest one could not monitor:
     # nothing resident or cut short vanishes silently (see exporter/serve/sanity.py).
-    out["truncations"] = {r: sum(sanity.truncations(h.counters)[r] for h in harvests)
-                          for r in sanity.TRUNCATIONS.values()}
-    out["unmonitored_pages"] = sanity.unmonitored(harvests[-1].counters) if harvests else {}
+    out["truncations"] = {r: sum(h.truncations.by_reason()[r] for h in harvests)
+                          for r in TRUNCATION_REASONS}
+    out["unmonitored_pages"] = harvests[-1].unmonitored.nonzero() if harvests else {}
     for reason, n in out["truncations"].items():
         if n:
             log.warning("pid %d: %d harvest truncations (%s)", pid, n, reason)

@@ -21,9 +21,9 @@ from pageheat.model.fleet import (
     by_cgroup,
 )
 from pageheat.model.identity import Identity
-from pageheat.serve.sanity import AGING_REASONS, TRUNCATIONS
+from pageheat.serve.sanity import AGING_REASONS
 from pageheat.serve.stats import Stats
-from pageheat.sources.base import PAGE_TYPE_NAMES
+from pageheat.sources.base import PAGE_TYPE_NAMES, TRUNCATION_REASONS
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeHistogramMetricFamily,
@@ -303,7 +303,7 @@ class PageheatCollector(Collector):
             "Harvests that could not read everything, by reason (step_limit: VMAs whose walk ran "
             "out of BPF loop steps; read_error: page-table reads that failed; young_map_full: "
             "young pages the BPF hash had no room for).", labels=["reason"])
-        for reason in sorted({*TRUNCATIONS.values(), *s.truncations}):
+        for reason in sorted({*TRUNCATION_REASONS, *s.truncations}):
             trunc.add_metric([reason], s.truncations[reason])
         yield trunc
         aging = CounterMetricFamily(

@@ -51,6 +51,22 @@ class _Target:
     errors: int = 0  # harvests that failed in a row
 
 
+@dataclasses.dataclass(frozen=True)
+class Published:
+    """One followed process as scrapes and the JSON API see it: replaced whole, never mutated,
+    so that a reader on another thread needs no lock.
+
+    identity: its fleet identity (cgroup, comm) from discovery (None only for views published
+    without a followed process, see Daemon.views); view: the aggregator's latest, None until
+    its first harvest; frames: its pages by physical frame, when the source reads frame
+    numbers (fleet.py).
+    """
+
+    identity: Identity | None
+    view: TargetView | None = None
+    frames: fleet.PageFrames | None = None
+
+
 @dataclasses.dataclass
 class _Refused:
     """A selected process that could not be followed, and when to try it again."""
@@ -91,18 +107,16 @@ class Daemon:
         self.source = source
         self.stats = Stats()
         self.sanity = Sanity(self.stats)
-        self.views: dict[int, TargetView] = {}  # replaced, never mutated: scrapes read it lock-free
+        # pid -> what is published of each followed process: the dict is replaced, never
+        # mutated, so scrapes read it lock-free. Ordered by first harvest among harvested
+        # processes (views' order, the tie-break of the collector's size order).
+        self._published: dict[int, Published] = {}
         self._targets: dict[int, _Target] = {}  # followed processes by pid
         self._refused: dict[int, _Refused] = {}  # selected but could not be followed
         self._pinned: dict[int, int] = {}  # explicit pid -> start_time of the process it named
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="harvest",
                                           initializer=worker_priority, initargs=(cfg.worker_priority,))
         self.registry = CollectorRegistry(auto_describe=False)
-        # pid -> fleet identity of every followed process; replaced, never mutated (see views).
-        self.identities: dict[int, Identity] = {}
-        # pid -> its pages by physical frame, when the source reads frame numbers (fleet.py);
-        # replaced, never mutated.
-        self.frames: dict[int, fleet.PageFrames] = {}
         self.registry.register(PageheatCollector(cfg, lambda: self.views, self.stats, source.name,
                                                  identities=lambda: self.identities,
                                                  frames=lambda: self.frames))
@@ -117,6 +131,30 @@ class Daemon:
                                {api.TARGETS_PATH: self._api_targets, api.HEAT_PATH: self._api_heat},
                                metrics_path=cfg.telemetry_path, generation=lambda: self.generation,
                                live=self.live_registry)
+
+    @property
+    def views(self) -> dict[int, TargetView]:
+        """pid -> latest view of every harvested process (a new dict at each call)."""
+        return {pid: p.view for pid, p in self._published.items() if p.view is not None}
+
+    @views.setter
+    def views(self, views: Mapping[int, TargetView]) -> None:
+        """Publish ``views`` as they are, for a daemon that follows nothing itself (tests of
+        the HTTP side); identities and frames of the same pids are kept."""
+        old = self._published
+        self._published = {pid: dataclasses.replace(old.get(pid, Published(None)), view=v)
+                           for pid, v in views.items()}
+
+    @property
+    def identities(self) -> dict[int, Identity]:
+        """pid -> fleet identity of every followed process (a new dict at each call)."""
+        return {pid: p.identity for pid, p in self._published.items() if p.identity is not None}
+
+    @property
+    def frames(self) -> dict[int, fleet.PageFrames]:
+        """pid -> pages by physical frame, of the harvested processes whose source reads frame
+        numbers (a new dict at each call)."""
+        return {pid: p.frames for pid, p in self._published.items() if p.frames is not None}
 
     async def run(self, stop: asyncio.Event) -> None:
         addresses = self.cfg.listen_addresses
@@ -195,8 +233,18 @@ class Daemon:
         self._publish_identities()
 
     def _publish_identities(self) -> None:
-        self.identities = {pid: identity(t.proc.cgroup, t.proc.comm)
-                           for pid, t in self._targets.items()}
+        """Every followed process's identity from its current comm and cgroup, and none for
+        any other: published records keep their place and view, new ones are added (without
+        a view) at the end."""
+        def current(pid: int) -> Identity | None:
+            t = self._targets.get(pid)
+            return identity(t.proc.cgroup, t.proc.comm) if t is not None else None
+
+        old = self._published
+        kept = {pid: dataclasses.replace(p, identity=current(pid)) for pid, p in old.items()}
+        self._published = {**{pid: p for pid, p in kept.items()
+                              if p.identity is not None or p.view is not None},
+                           **{pid: Published(current(pid)) for pid in self._targets if pid not in old}}
 
     def _pin(self, wanted: dict[int, targets.Process]) -> None:
         """Remember which process each explicit pid named when first seen, so that a process
@@ -228,9 +276,9 @@ class Daemon:
         t.proc = proc
         t.state.comm = proc.comm
         self._publish_identities()
-        view = self.views.get(pid)
-        if view is not None:
-            self.views = {**self.views, pid: dataclasses.replace(view, comm=proc.comm)}
+        p = self._published.get(pid)
+        if p is not None and p.view is not None:
+            self._publish(pid, dataclasses.replace(p, view=dataclasses.replace(p.view, comm=proc.comm)))
 
     def _cycle(self, pid: int) -> None:
         t = self._targets.get(pid)
@@ -265,11 +313,19 @@ class Daemon:
         self._replan()
         view = t.state.update(h, t.interval)
         f = fleet.frames(t.state, h)
-        if f is not None:
-            self.frames = {**self.frames, pid: f}
-        self.views = {**self.views, pid: view}
+        p = self._published.get(pid, Published(identity(t.proc.cgroup, t.proc.comm)))
+        self._publish(pid, dataclasses.replace(p, view=view, frames=f if f is not None else p.frames))
         # Keep to the schedule without drifting, but never queue up missed cycles.
         t.due = max(planned + t.interval, time.monotonic())
+
+    def _publish(self, pid: int, p: Published) -> None:
+        """Replace ``pid``'s record in a new dict. A first view moves the record to the end,
+        so that views stay in first-harvest order."""
+        old = self._published
+        if p.view is not None and (pid not in old or old[pid].view is None):
+            self._published = {**{q: r for q, r in old.items() if q != pid}, pid: p}
+        else:
+            self._published = {**old, pid: p}
 
     def _replan(self) -> None:
         costs = {pid: t.cost for pid, t in self._targets.items() if t.cost is not None}
@@ -290,10 +346,8 @@ class Daemon:
         self.source.detach(pid)
         self.sanity.forget(pid)
         t = self._targets.pop(pid, None)
-        view = self.views.get(pid)
-        self.views = {p: v for p, v in self.views.items() if p != pid}
-        self.identities = {p: i for p, i in self.identities.items() if p != pid}
-        self.frames = {p: f for p, f in self.frames.items() if p != pid}
+        view = self._published.get(pid, Published(None)).view
+        self._published = {p: r for p, r in self._published.items() if p != pid}
         if view is not None and memory.worth_trimming(view.resident_pages):
             memory.trim()  # its history and the source's arrays were freed: give the pages back
         if t is not None:

@@ -2,12 +2,13 @@
 
 ``Sanity.check(harvest, comm)`` runs once per harvest (one line in ``Daemon._cycle``). It:
 
-* counts walk truncations by reason (``TRUNCATIONS``: ptwalk VMAs whose walk ran out of
-  steps, page-table reads that failed; young pages the mglru sources' BPF hash had no room
+* counts walk truncations by reason (``Harvest.truncations``: ptwalk VMAs whose walk ran out
+  of steps, page-table reads that failed; young pages the mglru sources' BPF hash had no room
   for) into ``pageheat_walk_truncations_total{reason}``, and logs the first one of each reason
   per target;
-* keeps the pages each target has that pageheat cannot monitor, by reason (hugetlb, PFN maps,
-  the vDSO: see bpf/ptwalk.h), for ``pageheat_unmonitored_pages{pid,comm,reason}``;
+* keeps the pages each target has that pageheat cannot monitor, by reason
+  (``Harvest.unmonitored``: hugetlb, PFN maps, the vDSO; see bpf/ptwalk.h), for
+  ``pageheat_unmonitored_pages{pid,comm,reason}``;
 * flags aging that does nothing (``pageheat_aging_ineffective_total{reason}``, logged once per
   target): every resident page of a target with more than ``MIN_PAGES`` pages accessed in
   ``SUSPECT_HARVESTS`` harvests in a row (``all_accessed``: a clear_refs that clears nothing,
@@ -26,25 +27,9 @@ from pageheat.sources.base import Harvest
 
 log = logging.getLogger("pageheat")
 
-# Harvest.counters key -> truncation reason. Each is a count for that harvest.
-TRUNCATIONS = {"step_limit_vmas": "step_limit", "read_errors": "read_error",
-               "young_dropped": "young_map_full"}
-UNMONITORED_PREFIX = "unmonitored_"
-UNMONITORED_REASONS = ("hugetlb", "pfnmap", "vdso")
 AGING_REASONS = ("all_accessed", "no_new_generation")
 SUSPECT_HARVESTS = 5
 MIN_PAGES = 64
-
-
-def truncations(counters: dict[str, int]) -> dict[str, int]:
-    """{reason: count} of one harvest's truncations, every known reason present."""
-    return {reason: int(counters.get(key, 0)) for key, reason in TRUNCATIONS.items()}
-
-
-def unmonitored(counters: dict[str, int]) -> dict[str, int]:
-    """{reason: 4 KiB pages} a harvest saw mapped but could not monitor; only nonzero ones."""
-    return {k.removeprefix(UNMONITORED_PREFIX): int(v) for k, v in counters.items()
-            if k.startswith(UNMONITORED_PREFIX) and v}
 
 
 @dataclass
@@ -62,12 +47,12 @@ class Sanity:
 
     def check(self, h: Harvest, comm: str) -> None:
         t = self._targets.setdefault(h.pid, _Target())
-        for reason, n in truncations(h.counters).items():
+        for reason, n in h.truncations.by_reason().items():
             if n:
                 self.stats.truncations[reason] += n
                 self._once(t, f"truncated:{reason}", "pid %d (%s): harvest incomplete: %d %s "
                            "(counted in pageheat_walk_truncations_total)", h.pid, comm, n, reason)
-        self.stats.unmonitored[h.pid] = (comm, unmonitored(h.counters))
+        self.stats.unmonitored[h.pid] = (comm, h.unmonitored.nonzero())
 
         resident, accessed = len(h.pages), int(h.pages.accessed.sum())
         if resident > MIN_PAGES and accessed == resident:
@@ -78,7 +63,7 @@ class Sanity:
                                   "harvests in a row: aging clears nothing?")
         else:
             t.all_accessed_streak = 0
-        if h.counters.get("aging_writes", 0) > 0 and h.counters.get("generations_added", 1) == 0:
+        if h.aging_writes > 0 and h.generations_added == 0:
             self._ineffective(t, h.pid, comm, "no_new_generation",
                               "an MGLRU aging was requested but no generation was added")
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Protocol
 
 import numpy as np
@@ -120,6 +120,48 @@ class LruGenerations:
         return len(self.node)
 
 
+@dataclass(frozen=True)
+class Unmonitored:
+    """Mapped 4 KiB pages a harvest could not monitor, by reason
+    (pageheat_unmonitored_pages{reason}): the walk only counts these VMAs (see bpf/ptwalk.h).
+
+    hugetlb: hugetlbfs pages (clear_refs cannot age them); pfnmap: PFN maps (devices);
+    vdso: the vDSO. 0 where the source saw none.
+    """
+
+    hugetlb: int = 0
+    pfnmap: int = 0
+    vdso: int = 0
+
+    def nonzero(self) -> dict[str, int]:
+        """{reason: pages} of the reasons with pages, in UNMONITORED_REASONS order."""
+        return {r: n for r in UNMONITORED_REASONS if (n := getattr(self, r))}
+
+
+UNMONITORED_REASONS = tuple(f.name for f in fields(Unmonitored))
+
+
+@dataclass(frozen=True)
+class Truncations:
+    """What one harvest could not read, by reason (pageheat_walk_truncations_total{reason}):
+
+    step_limit: ptwalk VMAs whose walk ran out of BPF steps; read_error: page-table reads that
+    failed; young_map_full: young pages the mglru sources' BPF hash had no room for. Counts
+    for this harvest, 0 where the source has no such limit.
+    """
+
+    step_limit: int = 0
+    read_error: int = 0
+    young_map_full: int = 0
+
+    def by_reason(self) -> dict[str, int]:
+        """{reason: count}, every reason (TRUNCATION_REASONS order), zeros included."""
+        return {r: getattr(self, r) for r in TRUNCATION_REASONS}
+
+
+TRUNCATION_REASONS = tuple(f.name for f in fields(Truncations))
+
+
 def cpu_time() -> float:
     """The clock of Harvest.harvest_seconds and aging_seconds: this thread's CPU time (user +
     kernel), seconds. Per thread, so that the daemon's other threads do not count."""
@@ -134,9 +176,15 @@ class Harvest:
     vmas: Vmas
     harvest_seconds: float  # CPU time (user + kernel) of this thread to read the bits
     aging_seconds: float  # CPU time to begin the next interval
-    counters: dict[str, int] = field(default_factory=dict)  # source diagnostics, by name
+    counters: dict[str, int] = field(default_factory=dict)  # free-form debug counts, by name
     # MGLRU's histogram of the target's memcg (mglru sources); None: none read at this harvest.
     lru_gen: LruGenerations | None = None
+    truncations: Truncations = Truncations()  # what this harvest could not read
+    unmonitored: Unmonitored = Unmonitored()  # what its mappings hold that it cannot monitor
+    aging_writes: int = 0  # aging requests this cycle made (mglru active aging), 0 for none
+    # Generations the kernel added to the target's memcg since the last harvest (mglru
+    # sources, by anyone); None: not known (no lru_gen read, or not an mglru source).
+    generations_added: int | None = None
 
 
 class Source(Protocol):

@@ -8,7 +8,7 @@ The sources differ only in how the young pages reach the hash and how an aging i
 * ``mglru-hook`` (kernels with kernel-patch/'s series): the series' tracepoints; aging through
   its kfunc, walking only the followed processes.
 
-Aging, ``PAGEHEAT_MGLRU_AGING`` (or the ``aging`` argument):
+Aging, the ``mglru_aging`` setting (Config, passed as the ``aging`` argument):
 
 * ``active`` (default): every cycle forces one MGLRU aging of the target's memcg on each node.
   That walk is synchronous, so the interval closes exactly at the cycle. **Cost:** the
@@ -24,7 +24,7 @@ TLB: clearing an Accessed bit does not flush the TLB, and the CPU sets the bit a
 when it walks the page table, so a page whose translation stays cached looks idle however
 hot it is (measured in the lab: 300 of 819 hot pages missed per interval). The kernel accepts
 that; an exact heatmap does not. After each aging, active mode therefore ends with a full
-TLB flush of the target (``clear_refs`` 4), ``PAGEHEAT_TLB_FLUSH``:
+TLB flush of the target (``clear_refs`` 4), the ``tlb_flush`` setting:
 ``auto`` (default) only where the kernel has no soft-dirty tracking, since on a
 CONFIG_MEM_SOFT_DIRTY kernel that write also clears the soft-dirty bits (CRIU) and costs a
 minor fault on the next write to each page, the same rule as ptwalk; ``always``; ``never``.
@@ -53,7 +53,7 @@ import logging
 import mmap
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -72,11 +72,9 @@ from pageheat.kernel.numa import NodeMap
 from pageheat.sources import MglruAging, TlbFlush
 from pageheat.sources.base import Harvest, LruGenerations, Pages, SourceError, TargetGone, Vmas, cpu_time
 from pageheat.sources.objects import object_path
-from pageheat.sources.pagetable import PageTableScan
+from pageheat.sources.pagetable import PageTableScan, ScanReport
 
 log = logging.getLogger(__name__)
-
-AGING_ENV = "PAGEHEAT_MGLRU_AGING"
 
 # The Python half of bpf/young.h, checked against the object's BTF at every load (BTF_TYPES).
 _KEY = np.dtype([("tgid", "<u4"), ("pad", "<u4"), ("vpn", "<u8")])
@@ -138,7 +136,7 @@ class YoungPagesSource:
         if self.aging == "active" and self.needs_lru_gen_write \
                 and not os.access(lrugen.LRU_GEN, os.W_OK):
             raise SourceError(f"{name}: {lrugen.LRU_GEN} is not writable (mount debugfs, run as "
-                              f"root) or use {AGING_ENV}=passive")
+                              "root) or set mglru_aging to passive (--mglru-aging passive)")
         self._nodes = nodes or NodeMap.from_sysfs()
         # Aging is per node with memory (a memoryless node has no LRU lists).
         self.memory_nodes = sorted(set(self._nodes.node.tolist())) or [0]
@@ -270,14 +268,16 @@ class YoungPagesSource:
         now = time.monotonic()
         self._drain()
         young = self._pending.pop(pid, [])
-        pages, vmas, extra = resident(self._scan, pid, young)
+        pages, vmas, report = resident(self._scan, pid, young)
         t2 = cpu_time()
         dropped = self.stats().get("dropped", 0)  # young pages the BPF hash had no room for
-        agings, lru_gen = self._kernel_agings(t)
-        counters = {"aging_writes": writes, "tlb_flush": int(t.clear_refs is not None), **extra,
-                    "young_dropped": dropped - self._dropped_seen, **agings}
+        added, lru_gen = self._kernel_agings(t)
+        counters = {"tlb_flush": int(t.clear_refs is not None), **report.counters}
+        truncations = replace(report.truncations, young_map_full=dropped - self._dropped_seen)
         self._dropped_seen = dropped
-        return Harvest(pid, now, pages, vmas, t2 - t1, t1 - t0, counters, lru_gen)
+        return Harvest(pid, now, pages, vmas, t2 - t1, t1 - t0, counters, lru_gen,
+                       truncations=truncations, unmonitored=report.unmonitored,
+                       aging_writes=writes, generations_added=added)
 
     def detach(self, pid: int) -> None:
         if getattr(self, "_scan", None) is not None:
@@ -333,19 +333,20 @@ class YoungPagesSource:
                 raise TargetGone(pid) from e
         return writes
 
-    def _kernel_agings(self, t: Target) -> tuple[dict[str, int], LruGenerations | None]:
-        """The counter ``generations_added``: generations added to the target's memcg since the
-        last cycle (by anyone); and the generation histogram: how much of the memcg sits in
-        each age rank. ({}, None) when lru_gen cannot be read or no longer lists the memcg."""
+    def _kernel_agings(self, t: Target) -> tuple[int | None, LruGenerations | None]:
+        """Generations added to the target's memcg since the last cycle (by anyone:
+        Harvest.generations_added); and the generation histogram: how much of the memcg sits
+        in each age rank. (None, None) when lru_gen cannot be read or no longer lists the
+        memcg."""
         try:
             memcg = lrugen.read().get(t.memcg_id) if t.memcg_id >= 0 else None
         except lrugen.LruGenError:
-            return {}, None
+            return None, None
         if memcg is None:
-            return {}, None
+            return None, None
         added = sum(memcg.max_seq(n) - t.max_seq.get(n, memcg.max_seq(n)) for n in memcg.nodes)
         t.max_seq = {n: memcg.max_seq(n) for n in memcg.nodes}
-        return {"generations_added": added}, LruGenerations.from_rows(lrugen.histogram(memcg))
+        return added, LruGenerations.from_rows(lrugen.histogram(memcg))
 
     def _drain(self) -> None:
         """Move every entry of the young hash into per-target pending arrays."""
@@ -378,13 +379,14 @@ class YoungPagesSource:
                 self._pending.setdefault(tgid, []).append(rec[rec["tgid"] == tgid])
 
 
-def resident(scan: PageTableScan, pid: int, young: list[np.ndarray]) -> tuple[Pages, Vmas, dict[str, int]]:
+def resident(scan: PageTableScan, pid: int, young: list[np.ndarray]) -> tuple[Pages, Vmas, ScanReport]:
     """The resident pages of an attached ``pid`` from the read-only page-table scan, marked
     accessed where the kernel found them young (``young``: _YOUNG_REC arrays; a PMD record
-    names the first vpn of its 2 MiB). Counters: the scan's (truncations, unmonitored pages)
-    plus young_pages, young_not_resident, young_huge, zero_pages (special PTEs left out, a
-    special PMD counting 512). Raises TargetGone."""
-    pages, vmas, counters = scan.harvest(pid)
+    names the first vpn of its 2 MiB). The scan's report, its counters with young_pages,
+    young_not_resident, young_huge, zero_pages (special PTEs left out, a special PMD
+    counting 512) added. Raises TargetGone."""
+    pages, vmas, report = scan.harvest(pid)
+    counters = report.counters
     rec = np.concatenate(young) if young else np.zeros(0, dtype=_YOUNG_REC)
     pte = rec["vpn"][(rec["flags"] & _YOUNG_PTE) != 0]
     huge = rec["vpn"][(rec["flags"] & _YOUNG_PMD) != 0]
@@ -399,4 +401,4 @@ def resident(scan: PageTableScan, pid: int, young: list[np.ndarray]) -> tuple[Pa
     counters.update({"young_pages": int(len(young_vpn)), "young_not_resident": int((~hit).sum()),
                      "young_huge": int(len(huge)),
                      "zero_pages": counters.get("special_ptes", 0) + 512 * counters.get("special_pmds", 0)})
-    return Pages(vpn, accessed, pages.node, pages.type, pages.thp, pages.vma), vmas, counters
+    return Pages(vpn, accessed, pages.node, pages.type, pages.thp, pages.vma), vmas, report

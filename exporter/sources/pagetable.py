@@ -23,7 +23,17 @@ import numpy as np
 from pageheat.kernel import procfs
 from pageheat.kernel.libbpf import BpfObject, BtfMismatch, LibbpfError, Link
 from pageheat.kernel.numa import NodeMap
-from pageheat.sources.base import Pages, PageType, SourceError, TargetGone, VmaKind, Vmas
+from pageheat.sources.base import (
+    UNMONITORED_REASONS,
+    Pages,
+    PageType,
+    SourceError,
+    TargetGone,
+    Truncations,
+    Unmonitored,
+    VmaKind,
+    Vmas,
+)
 from pageheat.sources.objects import object_path
 
 log = logging.getLogger("pageheat")
@@ -47,10 +57,13 @@ _TABLE = np.dtype([
     ("addr", "<u8"), ("pmd", "<u8"), ("vma", "<u4"), ("flags", "<u4"),
     ("present", "<u8", 8), ("accessed", "<u8", 8), ("written", "<u8", 8),
 ])
-_PER_SCAN = ("n_vmas", "n_tables", "dropped_vmas", "dropped_tables", "read_errors",
+# The _STATE fields the walk counts into, read after each scan: the truncations become
+# ScanReport.truncations, the rest its free-form counters.
+_REPORTED = ("n_vmas", "n_tables", "dropped_vmas", "dropped_tables", "read_errors",
              "skipped_huge_pud", "dup_vmas", "young_flag_hits", "special_ptes", "special_pmds",
-             "step_limit_vmas", "last_mm", "last_vm_end")
-_REPORTED = _PER_SCAN[:11]
+             "step_limit_vmas")
+# Reset before each scan: the counts and the walk's resume point (the rest is set at load).
+_PER_SCAN = (*_REPORTED, "last_mm", "last_vm_end")
 
 
 class VmaFlag(enum.IntFlag):
@@ -85,8 +98,9 @@ BTF_TYPES = ({"ptwalk_state": _STATE, "vma_rec": _VMA, "table_rec": _TABLE},
 # x86-64 4-level layout: KASLR places the struct page array in 1 GiB steps below this.
 _VMEMMAP_LIMIT_4LEVEL = 0xFFFFFE0000000000
 _HUGE = 2 << 20
-# vma_rec.flags: why a VMA is only counted (see bpf/ptwalk.h), as unmonitored-page reasons.
-UNMONITORED_REASONS = {VmaFlag.HUGETLB: "hugetlb", VmaFlag.PFNMAP: "pfnmap", VmaFlag.VDSO: "vdso"}
+# Unmonitored-page reason -> the vma_rec.flags bit that says a VMA is only counted for it
+# (see bpf/ptwalk.h); VmaFlag names each reason's bit after it.
+_UNMONITORED_FLAG = {reason: VmaFlag[reason.upper()] for reason in UNMONITORED_REASONS}
 _PHYS_MASK = np.uint64(0x000FFFFFFFFFF000)
 _PAGE_SHIFT = np.uint64(12)
 _COLUMNS = np.arange(512, dtype=np.uint64)
@@ -94,6 +108,19 @@ _LAYOUT = ["start", "end", "ident"]  # a VMA with these unchanged keeps its name
 # The page type each VMA kind implies; private file/shmem pages that were written are anon COW copies.
 _KIND_TYPE = np.array([PageType.ANON, PageType.FILE, PageType.SHMEM, PageType.ANON,
                        PageType.ANON, PageType.ANON], dtype=np.uint8)
+
+
+@dataclass(frozen=True)
+class ScanReport:
+    """What a scan says besides its pages and mappings, for the source's Harvest: its
+    truncations (step_limit, read_error), the mapped pages it could only count
+    (Harvest.unmonitored), and free-form debug counters by _STATE field name (n_vmas,
+    n_tables, dropped_vmas, dropped_tables, skipped_huge_pud, dup_vmas, young_flag_hits,
+    special_ptes, special_pmds; the mglru sources add theirs)."""
+
+    truncations: Truncations
+    unmonitored: Unmonitored
+    counters: dict[str, int]
 
 
 @dataclass
@@ -119,7 +146,7 @@ class PageTableScan:
     Accessed bit (or PG_young, see check_young), THP, type, NUMA node (from the PFN). No
     aging and no clear_refs: whoever clears the Accessed bits decides what they mean.
     Zero pages and other special PTEs are left out by the walk; hugetlb, PFN maps and the
-    vDSO are only counted (``unmonitored_<reason>``). Raises SourceError when the program
+    vDSO are only counted (``ScanReport.unmonitored``). Raises SourceError when the program
     cannot load (capabilities, kernel), TargetGone when a process exits."""
 
     def __init__(self, obj: Path | None = None, nodes: NodeMap | None = None,
@@ -285,17 +312,19 @@ class PageTableScan:
             raise
         self._targets[pid] = _Target(link, need)
 
-    def harvest(self, pid: int) -> tuple[Pages, Vmas, dict[str, int]]:
+    def harvest(self, pid: int) -> tuple[Pages, Vmas, ScanReport]:
         """One scan of an attached ``pid``, decoded: its pages, its mappings, the scan's
-        counters (truncations, unmonitored pages). The Pages arrays may reuse the memory of
-        an earlier harvest's that nobody holds any more (see _Buffers)."""
+        report (truncations, unmonitored pages, counters). The Pages arrays may reuse the
+        memory of an earlier harvest's that nobody holds any more (see _Buffers)."""
         vmas, tables, raw, counters = self._scan(pid)
         if len(vmas) == 0:
             raise TargetGone(pid)  # exited (a zombie has no mm left to walk)
         names = self._names(pid, vmas)
         pages = _pages(vmas, tables, raw, self._nodes, self._buffers)
-        counters.update(unmonitored_pages(vmas))
-        return pages, _vma_table(vmas, names), counters
+        truncations = Truncations(step_limit=counters.pop("step_limit_vmas"),
+                                  read_error=counters.pop("read_errors"))
+        report = ScanReport(truncations, unmonitored_pages(vmas), counters)
+        return pages, _vma_table(vmas, names), report
 
     def detach(self, pid: int) -> None:
         t = self._targets.pop(pid, None)
@@ -384,11 +413,11 @@ class PageTableScan:
         raise SourceError(f"ptwalk: layout of {pid} kept outgrowing the buffers")
 
 
-def unmonitored_pages(vmas: np.ndarray) -> dict[str, int]:
-    """Harvest counters ``unmonitored_<reason>``: mapped 4 KiB pages in VMAs that are counted
-    but not walked for Accessed bits (hugetlb, PFN maps, the vDSO), by reason; 0 when none."""
-    return {f"unmonitored_{reason}": int(vmas["unmonitored"][(vmas["flags"] & bit) != 0].sum())
-            for bit, reason in UNMONITORED_REASONS.items()}
+def unmonitored_pages(vmas: np.ndarray) -> Unmonitored:
+    """Mapped 4 KiB pages in the scanned VMAs (_VMA records) that are counted but not walked
+    for Accessed bits (hugetlb, PFN maps, the vDSO), by reason."""
+    return Unmonitored(**{reason: int(vmas["unmonitored"][(vmas["flags"] & bit) != 0].sum())
+                          for reason, bit in _UNMONITORED_FLAG.items()})
 
 
 def _grow(cap: _Capacity, need: _Capacity) -> _Capacity:

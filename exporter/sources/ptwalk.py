@@ -55,12 +55,13 @@ class PtwalkSource(PageTableScan):
 
     def cycle(self, pid: int) -> Harvest:
         t0 = cpu_time()
-        pages, vmas, counters = self.harvest(pid)
+        pages, vmas, report = self.harvest(pid)
         now = time.monotonic()
         t1 = cpu_time()
         self._age(pid)
         t2 = cpu_time()
-        return Harvest(pid, now, pages, vmas, t1 - t0, t2 - t1, counters)
+        return Harvest(pid, now, pages, vmas, t1 - t0, t2 - t1, report.counters,
+                       truncations=report.truncations, unmonitored=report.unmonitored)
 
     def _age(self, pid: int) -> None:
         """Clear the Accessed bits. x86 does not flush the TLB when clearing them, and a CPU

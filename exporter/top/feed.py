@@ -246,9 +246,8 @@ class LocalFeed:
                      for i in order)
 
 
-PASSWORD_ENV = CONNECT_PASSWORD_ENV
 CREDENTIALS_HINT = (f"user in the URL or --connect-user; password in the URL, "
-                    f"--connect-password-file or {PASSWORD_ENV}")
+                    f"--connect-password-file or {CONNECT_PASSWORD_ENV}")
 
 
 class ConnectError(ValueError):
@@ -300,7 +299,7 @@ class Endpoint:
                 password = from_env
             else:
                 raise ConnectError(f"user {name!r} without a password: give it in the URL, "
-                                   f"with --connect-password-file or in {PASSWORD_ENV}")
+                                   f"with --connect-password-file or in {CONNECT_PASSWORD_ENV}")
         elif password_file and name is None:
             raise ConnectError("--connect-password-file without a user: add --connect-user")
         auth = None

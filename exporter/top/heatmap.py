@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from pageheat.kernel.procfs import shown
 from pageheat.top.feed import Layout, Sample
-from pageheat.top.ramp import HEAT, SHADES, colours, gradient
+from pageheat.top.ramp import HEAT, colours, gradient, shade
 from rich.color import Color
 from rich.segment import Segment
 from rich.style import Style
@@ -205,8 +205,7 @@ class FrameRenderer:
             text = "".join(_category_char(overlay, int(getattr(c.last, key)[b0])) for c in cols)
             return [Segment(text, PLAIN)]
         present = has[rows].any(axis=0)
-        idx = np.clip((lvl * (len(SHADES) - 1)).round().astype(np.int64), 0, len(SHADES) - 1)
-        text = "".join(SHADES[i] if p else " " for i, p in zip(idx.tolist(), present.tolist(), strict=True))
+        text = "".join(g if p else " " for g, p in zip(shade(lvl), present.tolist(), strict=True))
         return [Segment(text, PLAIN)]
 
     @staticmethod

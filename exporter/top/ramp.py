@@ -28,6 +28,14 @@ def colours(ramp: np.ndarray, level: np.ndarray) -> np.ndarray:
     return ramp[np.clip((level * (n - 1)).round().astype(np.int64), 0, n - 1)]
 
 
+def shade(level: np.ndarray) -> list[str]:
+    """One SHADES glyph per float ``level`` (clipped to [0, 1]): the nearest step, the rule
+    of ``colours``, so that text-only heat matches the colour heat."""
+    n = len(SHADES)
+    idx = np.clip((np.asarray(level, dtype=np.float64) * (n - 1)).round().astype(np.int64), 0, n - 1)
+    return [SHADES[i] for i in idx.tolist()]
+
+
 # Heat: idle resident pages are dark blue (apart from the near-black of nothing resident),
 # the hottest white-yellow.
 HEAT = gradient([(0.0, (30, 34, 70)), (0.4, (80, 24, 110)), (0.65, (180, 40, 80)),

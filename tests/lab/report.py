@@ -9,10 +9,12 @@ import json
 import sys
 from pathlib import Path
 
+from pageheat.sources import AUTO_ORDER
+
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_IN = Path("/var/cache/pageheat-lab/last-results.json")
 DEFAULT_OUT = ROOT / "docs/KERNELS.md"
-SOURCES = ("mglru-hook", "mglru-fexit", "ptwalk")
+SOURCES = AUTO_ORDER  # table rows: the registry's sources, in --source auto's preference
 COLUMNS = (("truth anon", "truth", {"backing": "anon"}),
            ("truth shmem", "truth", {"backing": "shmem"}),
            ("truth file", "truth", {"backing": "file"}),

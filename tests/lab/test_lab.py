@@ -164,9 +164,9 @@ def test_guest_recorded_results(vm: Outcome) -> None:
 
 def test_host_kernel_verdicts() -> None:
     """The host (dev/CI) kernel: mglru-fexit must refuse with one clear line, ptwalk run."""
-    from pageheat.commands.doctor import check_mglru_fexit, check_mglru_hook, check_ptwalk
     from pageheat.sources import open_source
     from pageheat.sources.base import SourceError
+    from pageheat.sources.checks import check_mglru_fexit, check_mglru_hook, check_ptwalk
 
     if os.geteuid() != 0:
         need_kernel("not root")

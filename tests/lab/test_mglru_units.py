@@ -102,7 +102,7 @@ def test_scan_resident_set_matches_ptwalk(ptwalk_ok, workload, backing: str) -> 
     assert np.array_equal(h.pages.type[a], pages.type[b])
     assert np.array_equal(h.pages.node[a], pages.node[b])
     assert set(pages.type[b].tolist()) == {PageType[backing.upper()]}
-    assert int(pages.accessed.sum()) == 10 and extra["young_not_resident"] == 0
+    assert int(pages.accessed.sum()) == 10 and extra.counters["young_not_resident"] == 0
     assert vmas.kind[pages.vma[b][0]] == VmaKind[backing.upper()]
 
 

@@ -136,23 +136,23 @@ def test_passive_sees_hot_set_under_pressure(tmp_path: Path, source: str) -> Non
         while time.monotonic() < deadline:
             time.sleep(2)
             harvests.append(src.cycle(t.pid))
-            aged = [h.counters.get("generations_added", 0) > 0 for h in harvests]
+            aged = [(h.generations_added or 0) > 0 for h in harvests]
             if sum(aged[1:]) >= 2 and len(harvests) >= 4:
                 break
     finally:
         stop.set()
         src.close()
         stop_process(t.proc)
-    assert all(h.counters["aging_writes"] == 0 for h in harvests)
+    assert all(h.aging_writes == 0 for h in harvests)
     lo = np.uint64(t.start >> 12)
     hot_vpn = lo + t.hot.astype(np.uint64)
     cold_vpn = lo + t.cold.astype(np.uint64)
-    aged = [h.counters.get("generations_added", 0) > 0 for h in harvests]
+    aged = [(h.generations_added or 0) > 0 for h in harvests]
     first = aged.index(True) if True in aged else len(harvests)
     rows = []
     for h in harvests:
         acc = h.pages.vpn[h.pages.accessed]
-        rows.append({"kernel_agings": h.counters.get("generations_added", 0),
+        rows.append({"kernel_agings": h.generations_added or 0,
                      "hot_seen": int(np.isin(hot_vpn, acc).sum()),
                      "hot_resident": int(np.isin(hot_vpn, h.pages.vpn).sum()),
                      "cold_seen": int(np.isin(cold_vpn, acc).sum()),

@@ -1,0 +1,65 @@
+"""exporter/serve/daemon.py's one published record per followed process: what the collector's
+three callables (views, identities, frames) see after discovery, harvests, a rename and a drop.
+
+Real processes (sleep children) are discovered; the source is a stand-in that returns a
+synthetic harvest (two resident pages with frame numbers), so no kernel feature is needed."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+
+import numpy as np
+from pageheat.config import Config
+from pageheat.serve.daemon import Daemon
+from pageheat.sources.base import Harvest, Pages, Vmas
+
+
+class _FakeSource:
+    name = "synthetic"
+
+    def __init__(self) -> None:
+        self.detached: list[int] = []
+
+    def attach(self, pid: int) -> None:
+        pass
+
+    def cycle(self, pid: int) -> Harvest:
+        vpn = np.array([0x7f0000, 0x7f0001], dtype=np.uint64)
+        pages = Pages(vpn, np.array([True, False]), np.zeros(2, np.int16), np.zeros(2, np.uint8),
+                      np.zeros(2, bool), np.zeros(2, np.int32), pfn=vpn + np.uint64(pid << 20))
+        vmas = Vmas(np.array([0x7f0000 << 12], np.uint64), np.array([0x7f0002 << 12], np.uint64),
+                    np.zeros(1, np.uint8), np.ones(1, bool), [""])
+        return Harvest(pid, time.monotonic(), pages, vmas, 0.0, 0.0)
+
+    def detach(self, pid: int) -> None:
+        self.detached.append(pid)
+
+    def close(self) -> None:
+        pass
+
+
+def test_views_identities_frames_stay_in_step() -> None:
+    procs = [subprocess.Popen(["sleep", "30"]) for _ in range(2)]
+    a, b = (p.pid for p in procs)
+    src = _FakeSource()
+    d = Daemon(Config(targets={"pids": [a, b], "top_rss": 0}), src)  # type: ignore[arg-type]
+    try:
+        d._discover()
+        # Followed, not yet harvested: an identity each, no view, no frames.
+        assert sorted(d.identities) == [a, b] and d.views == {} and d.frames == {}
+        d._cycle(b)
+        d._cycle(a)
+        # Views in first-harvest order (the collector's tie-break), frames for both.
+        assert list(d.views) == [b, a] and sorted(d.frames) == [a, b]
+        assert d.views[a].pid == a and d.identities[a].comm == "sleep"
+        d._cycle(b)
+        assert list(d.views) == [b, a]  # a later harvest keeps the place
+        d._drop(b, "test")
+        assert list(d.views) == [a] and list(d.identities) == [a] and list(d.frames) == [a]
+        assert src.detached == [b]
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+        d._worker.shutdown()
