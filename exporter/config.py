@@ -151,7 +151,8 @@ class Targets(BaseModel):
     @field_validator("cgroups")
     @classmethod
     def _globs(cls, v: list[str]) -> list[str]:
-        from pageheat.model.identity import glob_regex  # here, when validating: the model does not import config
+        # Imported when validating: config is read before anything else is imported.
+        from pageheat.model.identity import glob_regex
 
         for pattern in v:
             if not pattern.startswith("/"):
