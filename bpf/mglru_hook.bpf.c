@@ -25,9 +25,6 @@
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
-/* Set before load (.rodata): our aging walks only the followed processes' mms (skip_mm). */
-const volatile bool walk_filter = false;
-
 extern int bpf_lru_gen_run_aging(__u64 cgroup_id, int nid, bool can_swap,
 				 bool force_scan) __ksym;
 
@@ -96,7 +93,7 @@ SEC("syscall")
 int run_aging(struct aging_args *args)
 {
 	/* One aging thread per daemon, so a plain store is enough. */
-	filtering_tgid = walk_filter ? bpf_get_current_pid_tgid() >> 32 : 0;
+	filtering_tgid = args->filter ? bpf_get_current_pid_tgid() >> 32 : 0;
 	args->ret = bpf_lru_gen_run_aging(args->cgroup_id, args->nid, args->can_swap, true);
 	filtering_tgid = 0;
 	return 0;

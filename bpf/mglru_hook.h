@@ -10,6 +10,7 @@ struct aging_args {
 	__u64 cgroup_id;	/* cgroup v2 id: inode number of its directory; the root is 1 */
 	__s32 nid;
 	__s32 can_swap;
+	__s32 filter;		/* walk only the followed processes' mms (skip_mm), this aging */
 	__s32 ret;		/* out: bpf_lru_gen_run_aging()'s return, 0 or -errno */
 };
 

@@ -43,7 +43,7 @@ class _AgingArgs(C.Structure):
     """struct aging_args in bpf/mglru_hook.h (checked against the object's BTF at load)."""
 
     _fields_ = [("cgroup_id", C.c_uint64), ("nid", C.c_int32), ("can_swap", C.c_int32),
-                ("ret", C.c_int32)]
+                ("filter", C.c_int32), ("ret", C.c_int32)]
 
 
 # C name -> Python description, for Btf.check (tests/test_unit_btf.py checks them too).
@@ -82,9 +82,6 @@ class MglruHookSource(YoungPagesSource):
         return {**dict.fromkeys(PROGRAMS, True), "run_aging": active,
                 "skip_mm": active and self.walk_filter}
 
-    def rodata(self) -> dict[str, int]:
-        return {"walk_filter": int(self.walk_filter)}
-
     def load_hint(self, e: LibbpfError) -> str:
         if e.errno in (errno.EPERM, errno.EACCES):
             return " (needs CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN)"
@@ -111,7 +108,9 @@ class MglruHookSource(YoungPagesSource):
         return requests
 
     def _run_aging(self, cgroup_id: int, nid: int) -> int:
-        args = _AgingArgs(cgroup_id=cgroup_id, nid=nid, can_swap=1)
+        # The filter is a per-aging argument, not a load-time constant: it may change between
+        # agings (the lab's A/B of filtered and unfiltered aging turns it on and off).
+        args = _AgingArgs(cgroup_id=cgroup_id, nid=nid, can_swap=1, filter=int(self.walk_filter))
         try:
             self._obj.test_run("run_aging", args)  # type: ignore[union-attr]
         except LibbpfError as e:
