@@ -327,13 +327,19 @@ class PageTableScan:
         return pages, _vma_table(vmas, names), report
 
     def detach(self, pid: int) -> None:
-        t = self._targets.pop(pid, None)
-        if t:
-            if t.link is not None:
-                t.link.destroy()
-            if t.clear_refs is not None:
-                t.clear_refs.close()
+        if self._release(pid):
             self._shrink()
+
+    def _release(self, pid: int) -> bool:
+        """Drop ``pid``'s link and clear_refs; False when it was not attached."""
+        t = self._targets.pop(pid, None)
+        if t is None:
+            return False
+        if t.link is not None:
+            t.link.destroy()
+        if t.clear_refs is not None:
+            t.clear_refs.close()
+        return True
 
     def _shrink(self) -> None:
         """Give back what a target that has gone needed: the BPF maps' sizes are fixed at
@@ -360,7 +366,7 @@ class PageTableScan:
 
     def close(self) -> None:
         for pid in list(self._targets):
-            self.detach(pid)
+            self._release(pid)  # no shrinking: everything is unloaded next
         self._unload()
 
     # -- internals -----------------------------------------------------------------------------
