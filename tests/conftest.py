@@ -80,8 +80,12 @@ class Truth:
         return sorted(hot), sorted(cold)
 
 
-def start_workload(tmp: Path, *args: str, prefix: Sequence[str] = (), timeout: float = 60) -> Truth:
-    """Start ``pageheat workload`` (behind ``prefix``: numactl, a cgroup shell) and read its truth."""
+def start_workload(tmp: Path, *args: str, prefix: Sequence[str] = (), timeout: float = 180) -> Truth:
+    """Start ``pageheat workload`` (behind ``prefix``: numactl, a cgroup shell) and read its truth.
+
+    ``timeout`` is a deadline, not a wait: in a lab VM (QEMU without KVM, the checkout read
+    over 9p) the first Python start imports numpy and pydantic at emulation speed, measured
+    84 s on deb-6.12; on the host it takes about 0.6 s."""
     truth = tmp / f"truth-{time.monotonic_ns()}.json"
     proc = subprocess.Popen([*prefix, *PAGEHEAT, "workload", "--truth", str(truth), *args])
     deadline = time.monotonic() + timeout

@@ -31,7 +31,7 @@ MGLRU_SOURCES = [s for s in TRUTH_SOURCES if s.startswith("mglru")]
 
 def start_workload(tmp: Path, *args: str, prefix: Sequence[str] = ()) -> Truth:
     # python + numpy start-up is slow under TCG
-    return conftest.start_workload(tmp, *args, prefix=prefix, timeout=120)
+    return conftest.start_workload(tmp, *args, prefix=prefix)
 
 
 def snapshot(t: Truth, source: str, scans: int = 3, aging: str = "1s",
