@@ -85,7 +85,7 @@ def take(source: Source, pid: int, aging: float, scans: int,
     }
     # Truncated harvests summed over the scans, and what the latest one could not monitor:
     # nothing resident or cut short vanishes silently (see exporter/serve/sanity.py).
-    out["truncations"] = {r: sum(h.truncations.by_reason()[r] for h in harvests)
+    out["truncations"] = {r: sum(getattr(h.truncations, r) for h in harvests)
                           for r in TRUNCATION_REASONS}
     out["unmonitored_pages"] = harvests[-1].unmonitored.nonzero() if harvests else {}
     for reason, n in out["truncations"].items():
