@@ -234,6 +234,26 @@ def test_zombie_leader_is_aged_and_read_through_a_live_thread(ptwalk_ok, zl_exe)
 
 
 @pytest.mark.kind3
+def test_is_running_on_real_processes(zl_exe) -> None:
+    """A zombie leader whose thread lives is running; a child that exited and is not yet reaped
+    (/proc/PID still reads, state Z) is not: serve says the latter exited."""
+    from pageheat.kernel import procfs
+    with zombie_leader(zl_exe, 16, 4) as z:
+        assert procfs.is_running(z.pid, procfs.read_start_time(z.pid))
+    child = subprocess.Popen(["sleep", "60"])
+    try:
+        start = procfs.read_start_time(child.pid)
+        assert procfs.is_running(child.pid, start)
+        os.kill(child.pid, signal.SIGKILL)
+        wait_for(lambda: state(child.pid) == "Z", 10, "the child a zombie")
+        assert not procfs.is_running(child.pid, start)
+    finally:
+        child.kill()
+        child.wait()
+    assert not procfs.is_running(child.pid, start)
+
+
+@pytest.mark.kind3
 def test_zombie_leader_is_selected_by_rss_and_comm_and_followed(ptwalk_ok, zl_exe, tmp_path) -> None:
     from pageheat.config import Targets
     from pageheat.kernel import procfs

@@ -405,3 +405,23 @@ def test_render_draws_names_as_they_are(tmp_path: Path) -> None:
     assert Image.open(out).size == (render.FIGSIZE[0] * render.DPI, render.FIGSIZE[1] * render.DPI)
     text = render.terminal(render.Data(1, procfs.shown(data.comm), heat, idle, 4.0), color=False)
     assert "\x0c" not in text and "job-$\\x$\\x0c" in text
+
+
+@pytest.mark.kind3
+def test_is_running_is_false_from_the_moment_a_process_begins_to_exit(proc: Path) -> None:
+    """An exiting process leaves the selection (its rss drops to 0) while /proc/PID still reads:
+    serve must say it exited, not that it is no longer selected (kernel/exit.c: do_exit() sets
+    PF_EXITING, then drops the mm, then the task is a zombie until reaped)."""
+    assert procfs.is_running(4, 1000, proc)
+    assert not procfs.is_running(4, 999, proc)  # the pid now names another process
+    assert not procfs.is_running(4242, 1000, proc)  # gone
+    assert not procfs.is_running(10, 1000, proc)  # stat already empty
+    s = proc / "4" / "stat"
+    s.write_text(s.read_text().replace(" 106 ", f" {106 | procfs.PF_EXITING} ", 1))
+    assert not procfs.is_running(4, 1000, proc)
+    z = proc / "5" / "stat"
+    z.write_text(z.read_text().replace(") S ", ") Z ", 1))
+    assert not procfs.is_running(5, 1000, proc)
+    add_process(proc / "5" / "task", 5, "postgres", 0)
+    add_process(proc / "5" / "task", 50, "postgres", 1)  # a zombie leader with a live thread
+    assert procfs.is_running(5, 1000, proc)

@@ -30,6 +30,9 @@ PROC = Path("/proc")
 # include/linux/proc_ns.h: the initial PID namespace's inode number, fixed since Linux 3.8.
 INIT_PID_NS_INO = 0xEFFFFFFC
 PF_KTHREAD = 0x00200000  # include/linux/sched.h, task flags (field 9 of /proc/PID/stat)
+# include/linux/sched.h: set by exit_signals() at the start of do_exit() (kernel/exit.c), before
+# exit_mm() drops the task's mm. A task with it is leaving, though its state is not yet Z.
+PF_EXITING = 0x00000004
 DEAD_STATES = frozenset("ZXx")  # zombie, dead: no mm any more
 
 
@@ -180,10 +183,25 @@ def pid_exists(pid: int, proc: Path = PROC) -> bool:
 
 
 def _alive(d: Path) -> bool:
+    """The task of ``d`` neither is a zombie nor has begun to exit."""
     try:
-        return parse_stat(_read(d / "stat")).state not in DEAD_STATES
+        stat = parse_stat(_read(d / "stat"))
     except (FileNotFoundError, ProcessLookupError, ValueError):
         return False
+    return stat.state not in DEAD_STATES and not stat.flags & PF_EXITING
+
+
+def is_running(pid: int, start_time: int, proc: Path = PROC) -> bool:
+    """Process ``pid`` is still the one that started at ``start_time`` (clock ticks) and one of
+    its threads is neither a zombie nor exiting. False from the moment it begins to exit, while
+    /proc/PID still reads (exiting, then a zombie until its parent reaps it), and once it is
+    gone or the pid is reused."""
+    try:
+        if read_start_time(pid, proc) != start_time:
+            return False
+    except (OSError, ValueError):
+        return False
+    return _alive(task_dir(pid, proc))
 
 
 def task_dir(pid: int, proc: Path = PROC) -> Path:

@@ -202,8 +202,9 @@ class Daemon:
         for pid, t in list(self._targets.items()):
             known = t.proc
             if pid not in wanted or wanted[pid].start_time != known.start_time:
-                alive = _same_process(pid, known.start_time)
-                self._drop(pid, "no longer selected" if alive else "exited")
+                # an exiting process leaves the selection (its rss drops to 0) before /proc/PID goes
+                running = procfs.is_running(pid, known.start_time)
+                self._drop(pid, "no longer selected" if running else "exited")
             elif wanted[pid].comm != known.comm:
                 self._rename(pid, wanted[pid])
             elif wanted[pid].cgroup != known.cgroup:  # moved to another cgroup: same history
