@@ -36,7 +36,7 @@ PF_EXITING = 0x00000004
 DEAD_STATES = frozenset("ZXx")  # zombie, dead: no mm any more
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: a process can have 65,530 mappings (vm.max_map_count)
 class Mapping:
     start: int
     end: int
@@ -84,25 +84,44 @@ def parse_maps(data: bytes) -> list[Mapping]:
     other byte. A line is ``START-END PERMS OFFSET DEV INODE`` and one space, then, for a named
     mapping, padding spaces and the name (which may itself contain spaces)."""
     out = []
+    # Many mappings share their permissions and name (a library's segments, anonymous
+    # memory): each distinct one is decoded once and the str shared.
+    strings: dict[bytes, str] = {}
+
+    def text(b: bytes) -> str:
+        s = strings.get(b)
+        if s is None:
+            s = strings[b] = decode(b)
+        return s
+
     for line in data.split(b"\n"):
         if not line:
             continue
         parts = line.split(b" ", 5)
         lo, _, hi = parts[0].partition(b"-")
         name = parts[5].lstrip(b" ") if len(parts) > 5 else b""
-        out.append(Mapping(int(lo, 16), int(hi, 16), decode(parts[1]), decode(name)))
+        out.append(Mapping(int(lo, 16), int(hi, 16), text(parts[1]), text(name)))
     return out
 
 
-def read_maps(pid: int, proc: Path = PROC) -> list[Mapping]:
-    """The process's mappings; read through a live thread when the leader is a zombie.
-    Empty for a kernel thread or a process that has exited."""
+def _maps_bytes(pid: int, proc: Path) -> bytes:
     data = _read(proc / str(pid) / "maps")
     if not data:
         d = task_dir(pid, proc)
         if d != proc / str(pid):
             data = _read(d / "maps")
-    return parse_maps(data)
+    return data
+
+
+def read_maps(pid: int, proc: Path = PROC) -> list[Mapping]:
+    """The process's mappings; read through a live thread when the leader is a zombie.
+    Empty for a kernel thread or a process that has exited."""
+    return parse_maps(_maps_bytes(pid, proc))
+
+
+def count_maps(pid: int, proc: Path = PROC) -> int:
+    """How many mappings the process has (read_maps's length, without parsing them)."""
+    return _maps_bytes(pid, proc).count(b"\n")
 
 
 def read_comm(pid: int, proc: Path = PROC) -> str:
