@@ -22,7 +22,7 @@ KIND_TYPE = {VmaKind.ANON: PageType.ANON, VmaKind.FILE: PageType.FILE,
 
 def reference(vmas: np.ndarray, tables: np.ndarray, raw: np.ndarray, nodes: NodeMap) -> dict:
     """One page at a time, from the bit definitions in bpf/ptwalk.h."""
-    out: dict[str, list] = {k: [] for k in ("vpn", "accessed", "node", "type", "thp", "vma")}
+    out: dict[str, list] = {k: [] for k in ("vpn", "accessed", "node", "type", "thp", "vma", "pfn")}
     for t, rec in enumerate(tables):
         v = int(rec["vma"])
         kind = VmaKind(int(vmas["kind"][v]))
@@ -46,10 +46,13 @@ def reference(vmas: np.ndarray, tables: np.ndarray, raw: np.ndarray, nodes: Node
             out["type"].append(int(ptype))
             out["thp"].append(huge)
             out["vma"].append(v)
+            out["pfn"].append(pfn)
     return out
 
 
-def synthetic(rng: np.random.Generator, n_tables: int, dense: bool) -> tuple[np.ndarray, ...]:
+def synthetic(rng: np.random.Generator, n_tables: int, layout: str) -> tuple[np.ndarray, ...]:
+    """layout: "dense" (every page present), "partial" (half the bits of random words),
+    "sparse" (a few pages per table in one or two words, as 60,000 small mappings give)."""
     kinds = [VmaKind.ANON, VmaKind.FILE, VmaKind.FILE, VmaKind.SHMEM, VmaKind.SHMEM, VmaKind.HEAP]
     vmas = np.zeros(len(kinds), dtype=pagetable._VMA)
     vmas["kind"] = kinds
@@ -60,8 +63,16 @@ def synthetic(rng: np.random.Generator, n_tables: int, dense: bool) -> tuple[np.
     tables["vma"] = np.sort(rng.integers(0, len(kinds), n_tables))
     words = lambda: rng.integers(0, 1 << 63, size=(n_tables, 8), dtype=np.uint64) * np.uint64(2) \
         + rng.integers(0, 2, size=(n_tables, 8), dtype=np.uint64)  # noqa: E731
-    present = np.full((n_tables, 8), ~np.uint64(0)) if dense else words()
-    if not dense:
+    if layout == "dense":
+        present = np.full((n_tables, 8), ~np.uint64(0))
+    elif layout == "partial":
+        present = words()
+    else:
+        present = np.zeros((n_tables, 8), np.uint64)
+        at = rng.integers(0, 8, n_tables)
+        present[np.arange(n_tables), at] = np.uint64(3) << rng.integers(0, 62, n_tables).astype(np.uint64)
+        present[::5, 7] |= np.uint64(1) << np.uint64(63)  # the last page of a table
+    if layout != "dense":
         present[0] = 0
         present[1, 3:] = ~np.uint64(0)
     huge = rng.random(n_tables) < 0.2
@@ -74,16 +85,17 @@ def synthetic(rng: np.random.Generator, n_tables: int, dense: bool) -> tuple[np.
     return vmas, tables, raw
 
 
-@pytest.mark.parametrize("dense", [True, False])
+@pytest.mark.parametrize("layout", ["dense", "partial", "sparse"])
 @pytest.mark.parametrize("nodes", [ONE_NODE, TWO_NODES], ids=["one-node", "two-nodes"])
-def test_decode_matches_reference(dense: bool, nodes: NodeMap) -> None:
+def test_decode_matches_reference(layout: str, nodes: NodeMap) -> None:
     rng = np.random.default_rng(13)
-    vmas, tables, raw = synthetic(rng, 40, dense)
+    vmas, tables, raw = synthetic(rng, 40, layout)
     want = reference(vmas, tables, raw, nodes)
     got = pagetable._pages(vmas, tables, raw, nodes, pagetable._Buffers())
     assert len(got) == len(want["vpn"]) > 0
+    assert got.pfn is not None
     for field, dtype in (("vpn", np.uint64), ("accessed", bool), ("node", np.int16),
-                         ("type", np.uint8), ("thp", bool), ("vma", np.int32)):
+                         ("type", np.uint8), ("thp", bool), ("vma", np.int32), ("pfn", np.uint64)):
         arr = getattr(got, field)
         assert arr.dtype == dtype, field
         assert arr.tolist() == want[field], field
@@ -93,13 +105,13 @@ def test_decode_matches_reference(dense: bool, nodes: NodeMap) -> None:
 
 
 def test_no_tables_no_pages() -> None:
-    vmas, tables, raw = synthetic(np.random.default_rng(1), 3, True)
+    vmas, tables, raw = synthetic(np.random.default_rng(1), 3, "dense")
     got = pagetable._pages(vmas, tables[:0], raw[:0], ONE_NODE, pagetable._Buffers())
     assert len(got) == 0 and got.vpn.dtype == np.uint64
 
 
 def test_buffers_are_reused_only_when_released() -> None:
-    vmas, tables, raw = synthetic(np.random.default_rng(2), 8, True)
+    vmas, tables, raw = synthetic(np.random.default_rng(2), 8, "dense")
     buffers = pagetable._Buffers()
     first = pagetable._pages(vmas, tables, raw, ONE_NODE, buffers)
     kept = first.vpn.copy()

@@ -296,11 +296,16 @@ class PageTableScan:
             return
         try:
             status = procfs.read_status_kib(pid, ("VmPTE", "AnonHugePages", "FilePmdMapped"))
-            n_maps = len(procfs.read_maps(pid))
+            n_maps = procfs.count_maps(pid)
         except (FileNotFoundError, ProcessLookupError) as e:
             raise TargetGone(pid) from e
-        # Size the buffers from what the kernel says the page tables take, before the first scan.
-        need = _Capacity(vmas=n_maps + 64, tables=status["VmPTE"] // 4 + n_maps * 2 + 64
+        # Size the buffers from what the kernel says the page tables take, before the first
+        # scan: a table record per PTE page or huge PMD, and one per mapping for the tables
+        # that several small mappings share. A mapping that straddles a 2 MiB boundary adds
+        # one more; where that overflows, the first scan grows them exactly (see _scan). Each
+        # record is 216 bytes of mapped BPF array: 2 per mapping made a 60,000-mapping
+        # process cost 32 MiB.
+        need = _Capacity(vmas=n_maps + 64, tables=status["VmPTE"] // 4 + n_maps + 64
                          + (status["AnonHugePages"] + status["FilePmdMapped"]) // 2048)
         if not self._cap.covers(need.vmas, need.tables):
             self._reload(_grow(self._cap, need))
@@ -319,8 +324,9 @@ class PageTableScan:
         vmas, tables, raw, counters = self._scan(pid)
         if len(vmas) == 0:
             raise TargetGone(pid)  # exited (a zombie has no mm left to walk)
-        names = self._names(pid, vmas)
         pages = _pages(vmas, tables, raw, self._nodes, self._buffers)
+        del tables, raw  # views of the BPF maps (see _scan): none may outlive this call
+        names = self._names(pid, vmas)
         truncations = Truncations(step_limit=counters.pop("step_limit_vmas"),
                                   read_error=counters.pop("read_errors"))
         report = ScanReport(truncations, unmonitored_pages(vmas), counters)
@@ -388,7 +394,9 @@ class PageTableScan:
         return names
 
     def _scan(self, pid: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, int]]:
-        """Run the iterator; grow the buffers and scan again if anything did not fit."""
+        """Run the iterator; grow the buffers and scan again if anything did not fit. The
+        tables and raw arrays returned are views of the BPF maps: valid until the next scan
+        or reload, and never to be kept (an mmap cannot close while a view lives)."""
         for _ in range(4):
             st = self._state
             st["target_tgid"] = pid
@@ -409,8 +417,11 @@ class PageTableScan:
             if not counters["dropped_vmas"] and not counters["dropped_tables"]:
                 n_v, n_t = counters["n_vmas"], counters["n_tables"]
                 raw = self._raw[:n_t] if self._copy_raw else self._raw[:0]
-                # Copies: the next scan (of any target) reuses the buffers.
-                return self._vmas[:n_v].copy(), self._tables[:n_t].copy(), raw.copy(), counters
+                # The VMAs are copied (Vmas keeps views of them; the next scan of any target
+                # reuses the buffers). The tables and raw PTEs are views, decoded by harvest()
+                # before anything scans again: copying them cost 216 bytes per table (4 KiB
+                # more with raw PTEs), the peak of a sparse layout.
+                return self._vmas[:n_v].copy(), self._tables[:n_t], raw, counters
             need = _Capacity(self._cap.vmas + counters["dropped_vmas"],
                              self._cap.tables + counters["dropped_tables"])
             del st  # no view of the old maps may survive their unmapping
@@ -460,8 +471,10 @@ def _vma_table(vmas: np.ndarray, names: list[str]) -> Vmas:
 
 
 def _unpack(words: np.ndarray) -> np.ndarray:
-    """(n, 8) uint64 bitmaps -> (n * 512,) bool, bit i of table t at t * 512 + i."""
-    b = np.ascontiguousarray(words).view(np.uint8).reshape(len(words), 64)
+    """uint64 bitmap words, any shape -> (words.size * 64,) bool, bit b of word w at
+    w * 64 + b. A table's 8 words are its 512 pages in order, so for (n, 8) tables bit i of
+    table t lands at t * 512 + i."""
+    b = np.ascontiguousarray(words).view(np.uint8).reshape(-1, 8)
     return np.unpackbits(b, axis=1, bitorder="little").reshape(-1).view(bool)
 
 
@@ -488,30 +501,38 @@ def _pages(vmas: np.ndarray, tables: np.ndarray, raw: np.ndarray, nodes: NodeMap
     """Per-table bitmaps -> per-page arrays, all in numpy, no per-table Python.
 
     Where every table is full (the usual case for a dense heap) the padded (table, column)
-    layout is the result and nothing is compressed; otherwise per-page values are computed
-    padded and compressed with the present mask. Per-table attributes are repeated once per
+    layout is the result and nothing is compressed; otherwise only the bitmap words with a
+    present page are unpacked and compressed with the present mask, so that transients grow
+    with the present words, not with 512 pages per table. Per-table attributes are repeated once per
     present page (1-byte repeats are memset-fast). VMAs arrive in address order and each
     table once per VMA, so vpn comes out sorted.
     """
     buf = buffers or _Buffers()
     n = len(tables)
-    present_w = np.ascontiguousarray(tables["present"])
-    per_table = np.bitwise_count(present_w).sum(axis=1, dtype=np.int64)
+    per_table = np.bitwise_count(tables["present"]).sum(axis=1, dtype=np.int64)
     total = int(per_table.sum())
-    present = None if total == n * 512 else _unpack(present_w)
+    if total == n * 512:
+        live = present = None
+    else:
+        # Only the words with a present page are gathered and unpacked: a sparse layout
+        # (60,000 small mappings, a table each) costs per present word, not per table.
+        live = np.nonzero(tables["present"])  # (table, word) pairs, in address order
+        present = _unpack(tables["present"][live])
 
     def per_page(bits: np.ndarray) -> np.ndarray:
-        b = _unpack(bits)
-        return b if present is None else b[present]
+        """A (n, 8) bitmap field -> one bool per present page."""
+        return _unpack(bits) if live is None else _unpack(bits[live])[present]
 
-    base = (tables["addr"] >> _PAGE_SHIFT)[:, None]
-    if present is None:
+    base = tables["addr"] >> _PAGE_SHIFT
+    position = None  # each page's index in the (table, column) layout, where not all present
+    if live is None:
         vpn = buf.get("vpn", total, np.uint64)
-        np.add(base, _COLUMNS, out=vpn.reshape(n, 512))
+        np.add(base[:, None], _COLUMNS, out=vpn.reshape(n, 512))
     else:
-        padded = buf.get("padded", n * 512, np.uint64)  # scratch: never handed out
-        np.add(base, _COLUMNS, out=padded.reshape(n, 512))
-        vpn = padded[present]
+        bit = np.flatnonzero(present)
+        word = bit >> 6
+        position = (live[0][word] << 9) | (live[1][word] << 6) | (bit & 63)
+        vpn = base[position >> 9] + (position & 511).astype(np.uint64)
     accessed = per_page(tables["accessed"])
     huge_t = (tables["flags"] & TableFlag.HUGE) != 0
     vma_t = tables["vma"].astype(np.int32)
@@ -523,10 +544,10 @@ def _pages(vmas: np.ndarray, tables: np.ndarray, raw: np.ndarray, nodes: NodeMap
     # those tables' written bits are looked at.
     cow_t = ((vmas["flags"][vma_t] & VmaFlag.SHARED) == 0) & (
         (kind_t == VmaKind.FILE) | (kind_t == VmaKind.SHMEM))
-    if cow_t.any():
-        written = np.where(cow_t[:, None], tables["written"], np.uint64(0))
-        if written.any():
-            ptype[per_page(written)] = PageType.ANON
+    if cow_t.any() and tables["written"][cow_t].any():
+        written = per_page(tables["written"])
+        written &= np.repeat(cow_t, per_table)
+        ptype[written] = PageType.ANON
 
     # Frame numbers: the PMD's for a THP, else the PTE's (raw tables are copied only when NUMA
     # or the cgroup aggregates need them: ``copy_raw``).
@@ -536,7 +557,7 @@ def _pages(vmas: np.ndarray, tables: np.ndarray, raw: np.ndarray, nodes: NodeMap
         huge_pfn = np.repeat((tables["pmd"] & _PHYS_MASK) >> _PAGE_SHIFT, per_table) + col
         if len(raw):
             entries = raw.reshape(-1)
-            pte_pfn = ((entries if present is None else entries[present]) & _PHYS_MASK) >> _PAGE_SHIFT
+            pte_pfn = ((entries if position is None else entries[position]) & _PHYS_MASK) >> _PAGE_SHIFT
         else:
             pte_pfn = huge_pfn
         pfn = np.where(huge, huge_pfn, pte_pfn).astype(np.uint64)
