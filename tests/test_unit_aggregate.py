@@ -11,6 +11,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
+from pageheat.model import aggregate
 from pageheat.model.aggregate import (
     IDLE_BOUNDS,
     N_TYPES,
@@ -248,19 +249,38 @@ def view_dicts(view) -> dict:
     return {"idle": idle, "idle_seconds": idle_s, "resident": res, "cum": cum}
 
 
-def test_update_matches_page_by_page_reference_over_many_harvests() -> None:
+@pytest.mark.parametrize("layout", ["mixed", "mixed-per-page", "dense"])
+def test_update_matches_page_by_page_reference_over_many_harvests(
+        layout: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """mixed: random nodes and types, mappings that are not whole 64-page blocks, a random
+    15% of pages not resident (per-page: the idle statistics counted page by page, as when
+    combos x epochs outgrow BY_EPOCH_MAX); dense: one (node, type) and whole blocks, resident
+    in whole blocks that come and go (the update's fast paths), in several small chunks."""
     rng = np.random.default_rng(7)
-    vmas = vmas_of((0x10000, 300, "/usr/lib/libx.so"), (0x20000, 200, "[heap]", VmaKind.HEAP),
-                   (0x7ff00, 100, ""))
+    if layout == "mixed-per-page":
+        monkeypatch.setattr(aggregate, "BY_EPOCH_MAX", 0)
+        layout = "mixed"
+    if layout == "mixed":
+        vmas = vmas_of((0x10000, 300, "/usr/lib/libx.so"), (0x20000, 200, "[heap]", VmaKind.HEAP),
+                       (0x7ff00, 100, ""))
+    else:
+        vmas = vmas_of((0x10000, 320, "/usr/lib/libx.so"), (0x20000, 256, "[heap]", VmaKind.HEAP),
+                       (0x7ff00, 128, ""))
+        monkeypatch.setattr(aggregate, "CHUNK", 128)  # several chunks, each whole blocks
     universe = np.array(mapped_vpns(vmas))
-    node_of = dict(zip(universe.tolist(), rng.integers(0, 2, len(universe)).tolist(), strict=True))
-    type_of = dict(zip(universe.tolist(), rng.integers(0, N_TYPES, len(universe)).tolist(), strict=True))
+    n_nodes, n_types = (2, N_TYPES) if layout == "mixed" else (1, 1)
+    node_of = dict(zip(universe.tolist(), rng.integers(0, n_nodes, len(universe)).tolist(), strict=True))
+    type_of = dict(zip(universe.tolist(), rng.integers(0, n_types, len(universe)).tolist(), strict=True))
     state = TargetState(42, "x", n_bins=6, cold_after=30.0)
     ref = RefTarget(cold_after=30.0)
     # Irregular times so ages fall on, between and beyond the bucket bounds (1 s and 2 s exactly).
     times = [100.0, 101.0, 102.0, 104.5, 110.0, 150.0, 200.0, 900.0, 5000.0, 5001.0]
     for k, t in enumerate(times):
-        resident = universe[rng.random(len(universe)) < (1.0 if k < 3 else 0.85)]
+        if layout == "mixed":
+            resident = universe[rng.random(len(universe)) < (1.0 if k < 3 else 0.85)]
+        else:  # whole blocks leave and come back; the same ones for two harvests in a row
+            keep = np.random.default_rng(k // 2).random(len(universe) // 64) < (1.0 if k < 3 else 0.8)
+            resident = universe[np.repeat(keep, 64)]
         accessed = rng.random(len(resident)) < 0.3
         pages = pages_of(vmas, resident.tolist(), accessed.tolist(),
                          [node_of[v] for v in resident.tolist()], [type_of[v] for v in resident.tolist()])

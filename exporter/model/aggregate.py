@@ -37,6 +37,7 @@ NEVER = 1  # resident, never seen accessed since it became resident
 FIRST_EPOCH = 2
 MAX_EPOCH = np.iinfo(np.uint16).max
 CHUNK = 1 << 16  # pages per numpy pass: bounds the per-page transients (~3 MiB)
+BY_EPOCH_MAX = 1 << 18  # (node, type) combos x epochs in use: counted per epoch up to this (2 MiB)
 
 
 def mapping_label(name: str) -> str:
@@ -71,7 +72,9 @@ class Bins:
         return np.clip(b, 0, self.n - 1)
 
     def outside(self, vpn: np.ndarray) -> int:
-        return int(np.count_nonzero((vpn < self.edges[0]) | (vpn >= self.edges[-1])))
+        """How many of the sorted uint64 ``vpn`` lie outside the bins (two binary searches)."""
+        below = int(np.searchsorted(vpn, self.edges[0], side="left"))
+        return below + len(vpn) - int(np.searchsorted(vpn, self.edges[-1], side="left"))
 
 
 def _binned_vmas(vmas: Vmas) -> np.ndarray:
@@ -295,7 +298,12 @@ class PageHistory:
         the new blocks, so pages that left the resident set lose their history."""
         parts = []
         for lo in range(0, len(vpn), CHUNK):
-            blk = vpn[lo:lo + CHUNK] >> np.uint64(BLOCK_SHIFT)
+            chunk = vpn[lo:lo + CHUNK]
+            first, last = chunk[0] >> np.uint64(BLOCK_SHIFT), chunk[-1] >> np.uint64(BLOCK_SHIFT)
+            if int(chunk[-1] - chunk[0]) == len(chunk) - 1:  # contiguous: every block between
+                parts.append(np.arange(first, last + np.uint64(1), dtype=np.uint64))
+                continue
+            blk = chunk >> np.uint64(BLOCK_SHIFT)
             parts.append(blk[np.concatenate(([True], blk[1:] != blk[:-1]))])
         # vpn is sorted, so the blocks are too: drop repeats where chunks meet. (Not np.unique:
         # numpy 2.3+ hashes, 7 ms for 16 k sorted keys here, 1.7 s for 1 M.)
@@ -408,6 +416,11 @@ class TargetState:
         resident = np.zeros(nk * nb, dtype=np.int64)
         idle_cold = np.zeros(nk * nbk * 2, dtype=np.int64)  # [combo, bucket, cold]
         idle_seconds = np.zeros(nk)
+        # Pages per (combo, epoch value), from which the idle histogram, coldness and idle
+        # seconds come per epoch: one pass over the pages instead of one per statistic. Only
+        # while that table is small (a few combos, epochs not yet renumbered); else per page.
+        per_epoch = nk * m <= BY_EPOCH_MAX
+        by_epoch = np.zeros(nk * m if per_epoch else 0, dtype=np.int64)
         promoted = np.zeros(nk * nbk, dtype=np.int64)
         promoted_seconds = np.zeros(nk)
         never_by_vma = np.zeros(len(h.vmas), dtype=np.int64)
@@ -416,24 +429,43 @@ class TargetState:
         for lo in range(0, len(p), CHUNK):
             sl = slice(lo, lo + CHUNK)
             vpn, accessed = p.vpn[sl], p.accessed[sl]
-            # Row of each page: pages are sorted, so rows only step up where the block changes.
-            blk = vpn >> np.uint64(BLOCK_SHIFT)
-            starts = np.flatnonzero(blk[1:] != blk[:-1]) + 1
-            row0 = int(np.searchsorted(hist.keys, blk[0]))
-            row = np.repeat(np.arange(row0, row0 + len(starts) + 1),
-                            np.diff(starts, prepend=0, append=len(vpn)))
-            idx = row * BLOCK + (vpn & np.uint64(BLOCK - 1)).astype(np.intp)
-            if same_blocks:
-                prev = old_flat[idx]
-            elif len(old):
-                orow = old_row[row]
-                prev = old_flat[np.maximum(orow, 0) * BLOCK + (idx & (BLOCK - 1))]
+            row0 = int(np.searchsorted(hist.keys, vpn[0] >> np.uint64(BLOCK_SHIFT)))
+            off0 = int(vpn[0] & np.uint64(BLOCK - 1))
+            # Contiguous pages (dense memory, the usual case) have contiguous slots: their
+            # blocks are consecutive rows, so the gathers and the scatter are slices.
+            window = None
+            if int(vpn[-1] - vpn[0]) == len(vpn) - 1:
+                window = slice(row0 * BLOCK + off0, row0 * BLOCK + off0 + len(vpn))
+            if window is not None and same_blocks:
+                prev = old_flat[window]
+            elif window is not None and len(old):
+                orow = old_row[row0:row0 + (off0 + len(vpn) + BLOCK - 1) // BLOCK]
+                prev = old[np.maximum(orow, 0)]
                 prev[orow < 0] = ABSENT
-            else:
+                prev = prev.reshape(-1)[off0:off0 + len(vpn)]
+            elif window is not None:
                 prev = np.zeros(len(vpn), dtype=np.uint16)
+            else:
+                # Row of each page: pages are sorted, so rows only step up where the block changes.
+                blk = vpn >> np.uint64(BLOCK_SHIFT)
+                starts = np.flatnonzero(blk[1:] != blk[:-1]) + 1
+                row = np.repeat(np.arange(row0, row0 + len(starts) + 1),
+                                np.diff(starts, prepend=0, append=len(vpn)))
+                idx = row * BLOCK + (vpn & np.uint64(BLOCK - 1)).astype(np.intp)
+                if same_blocks:
+                    prev = old_flat[idx]
+                elif len(old):
+                    orow = old_row[row]
+                    prev = old_flat[np.maximum(orow, 0) * BLOCK + (idx & (BLOCK - 1))]
+                    prev[orow < 0] = ABSENT
+                else:
+                    prev = np.zeros(len(vpn), dtype=np.uint16)
             val = np.where(prev == ABSENT, np.uint16(NEVER), prev)
             val[accessed] = epoch
-            new_flat[idx] = val
+            if window is not None:
+                new_flat[window] = val
+            else:
+                new_flat[idx] = val
 
             key: np.ndarray | int = 0
             if not uniform:
@@ -441,10 +473,15 @@ class TargetState:
                 if lut is not None:
                     key = lut[key]
             flat = _sorted_bins(bins, vpn)
-            flat += key * nb
+            if isinstance(key, np.ndarray):
+                flat += key * nb
+            if per_epoch:
+                by_epoch += np.bincount(val if isinstance(key, int) else key * m + val, minlength=nk * m)
+            else:
+                idle_cold += np.bincount(code_now[val] + key * (2 * nbk), minlength=nk * nbk * 2)
+                idle_seconds += np.bincount(key, weights=age_now[val], minlength=nk)
             acc_now += np.bincount(flat[accessed], minlength=nk * nb)
             resident += np.bincount(flat, minlength=nk * nb)
-            idle_cold += np.bincount(code_now[val] + key * (2 * nbk), minlength=nk * nbk * 2)
             never_by_vma += np.bincount(p.vma[sl][val == NEVER], minlength=len(h.vmas))
             # Promotions: accessed now, resident at the previous harvest (prev != ABSENT).
             was = prev[accessed]
@@ -454,12 +491,16 @@ class TargetState:
                 pkey = key[accessed][back]
                 promoted += np.bincount(bucket_prev[was] + pkey * nbk, minlength=nk * nbk)
                 promoted_seconds += np.bincount(pkey, weights=age_prev[was], minlength=nk)
-                idle_seconds += np.bincount(key, weights=age_now[val], minlength=nk)
             else:
-                promoted += np.bincount(bucket_prev[was] + key * nbk, minlength=nk * nbk)
-                promoted_seconds[key] += float(age_prev[was].sum())
-                idle_seconds[key] += float(age_now[val].sum())
+                promoted += np.bincount(bucket_prev[was], minlength=nbk)
+                promoted_seconds[0] += float(age_prev[was].sum())
 
+        if per_epoch:
+            by_epoch = by_epoch.reshape(nk, m)
+            for k in np.flatnonzero(by_epoch.any(axis=1)):  # per combo and epoch, not per page
+                idle_cold[k * nbk * 2:(k + 1) * nbk * 2] = np.bincount(
+                    code_now, weights=by_epoch[k], minlength=nbk * 2).astype(np.int64)
+            idle_seconds = by_epoch @ age_now
         idle_cold = idle_cold.reshape(nk, nbk, 2)
         idle = idle_cold.sum(axis=2).reshape(-1)
         cold = int(idle_cold[:, :, 1].sum())
