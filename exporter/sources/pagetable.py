@@ -529,10 +529,16 @@ def _pages(vmas: np.ndarray, tables: np.ndarray, raw: np.ndarray, nodes: NodeMap
         vpn = buf.get("vpn", total, np.uint64)
         np.add(base[:, None], _COLUMNS, out=vpn.reshape(n, 512))
     else:
+        # Each live word's first page, repeated once per present page in it, plus the bit.
+        per_word = np.bitwise_count(tables["present"][live]).astype(np.intp)
         bit = np.flatnonzero(present)
-        word = bit >> 6
-        position = (live[0][word] << 9) | (live[1][word] << 6) | (bit & 63)
-        vpn = base[position >> 9] + (position & 511).astype(np.uint64)
+        bit &= 63
+        bit = bit.view(np.uint64)
+        first = base[live[0]] + (live[1].astype(np.uint64) << np.uint64(6))
+        vpn = np.repeat(first, per_word)
+        vpn += bit
+        if len(raw):
+            position = np.repeat(live[0] * 512 + live[1] * 64, per_word) + bit.astype(np.intp)
     accessed = per_page(tables["accessed"])
     huge_t = (tables["flags"] & TableFlag.HUGE) != 0
     vma_t = tables["vma"].astype(np.int32)
@@ -541,13 +547,16 @@ def _pages(vmas: np.ndarray, tables: np.ndarray, raw: np.ndarray, nodes: NodeMap
     vma = np.repeat(vma_t, per_table)
     ptype = np.repeat(_KIND_TYPE[kind_t], per_table)
     # In private file/shmem mappings, written pages are anonymous copy-on-write copies: only
-    # those tables' written bits are looked at.
+    # those tables' written bits are looked at, and only those tables are unpacked.
     cow_t = ((vmas["flags"][vma_t] & VmaFlag.SHARED) == 0) & (
         (kind_t == VmaKind.FILE) | (kind_t == VmaKind.SHMEM))
-    if cow_t.any() and tables["written"][cow_t].any():
-        written = per_page(tables["written"])
-        written &= np.repeat(cow_t, per_table)
-        ptype[written] = PageType.ANON
+    cow = np.flatnonzero(cow_t & tables["written"].any(axis=1))
+    if len(cow):
+        written = _unpack(tables["written"][cow])[_unpack(tables["present"][cow])]
+        count = per_table[cow]
+        first = np.cumsum(per_table)[cow] - count  # each table's first page in the arrays
+        page = np.repeat(first - (np.cumsum(count) - count), count) + np.arange(int(count.sum()))
+        ptype[page[written]] = PageType.ANON
 
     # Frame numbers: the PMD's for a THP, else the PTE's (raw tables are copied only when NUMA
     # or the cgroup aggregates need them: ``copy_raw``).
