@@ -70,6 +70,7 @@ def test_missing_config_file(tmp_path) -> None:
 
 
 @pytest.mark.kernel
+@pytest.mark.least_privilege
 def test_without_capabilities_says_what_is_missing(ptwalk_ok, workload) -> None:
     t = workload("--size", "16MiB")
     r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",

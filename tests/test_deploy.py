@@ -136,6 +136,7 @@ def test_systemd_analyze_verify(tmp_path):
 
 
 @pytest.mark.kernel
+@pytest.mark.least_privilege
 def test_unit_capabilities_run_ptwalk(ptwalk_ok, workload):
     """Exactly the unit's capabilities, as the unit grants them (root without the rest:
     noroot securebits, bounding set, ambient set, no_new_privs), run a real snapshot."""

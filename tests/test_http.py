@@ -284,8 +284,9 @@ def test_address_in_use_is_an_error_and_binds_nothing(views) -> None:
 # -- basic auth and /healthz --------------------------------------------------------------------
 @pytest.mark.kind5
 def test_healthz_is_the_only_path_without_credentials(views) -> None:
-    """The documented choice (README, Security): /healthz answers without credentials, for
-    liveness probes; every other path, the landing page and unknown paths too, asks for them."""
+    """The documented choice (README, Configuration, "TLS and basic auth"): /healthz answers
+    without credentials, for liveness probes; every other path, the landing page and unknown
+    paths too, asks for them."""
     user, password = "alice", "s3cret"
     web = WebConfig(users={user: bcrypt.hashpw(password.encode(), bcrypt.gensalt(4))})
     api = {"/api/v1/heat": lambda q: asyncio.sleep(0, {"ok": 1})}

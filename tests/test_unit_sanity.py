@@ -66,6 +66,28 @@ def test_truncations_counted_and_logged_once(caplog) -> None:
     assert sum("harvest incomplete" in r.message for r in caplog.records) == 2
 
 
+@pytest.mark.kind1
+def test_untrusted_comm_is_escaped_in_log_lines(caplog) -> None:
+    """A comm is untrusted bytes from /proc: control characters and U+2028 (a line break to
+    many log viewers) come out escaped as procfs.shown() escapes them, never raw."""
+    from pageheat.kernel.procfs import shown
+
+    comm = "job\n\x1b[2J\u2028x"
+    stats = Stats()
+    s = Sanity(stats)
+    n = MIN_PAGES * 4
+    with caplog.at_level(logging.WARNING, "pageheat"):
+        s.check(harvest(10, 1, truncations=Truncations(step_limit=1)), comm)
+        for _ in range(SUSPECT_HARVESTS):
+            s.check(harvest(n, n), comm)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2  # the truncation and the aging that clears nothing
+    for line in lines:
+        assert f"pid 42 ({shown(comm)})" in line
+        assert not any(c in line for c in "\n\x1b\u2028")
+    assert stats.unmonitored[42][0] == comm  # the label value is the name as it is
+
+
 def test_mglru_aging_without_a_new_generation() -> None:
     stats = Stats()
     s = Sanity(stats)

@@ -91,7 +91,8 @@ def test_basic_auth_over_tls(secured):
     assert get(s, "/api/v1/targets")[0] == 401
     assert get(s, "/")[0] == 401
     assert get(s, "/no/such/path")[0] == 401  # not 404: unknown paths say nothing without credentials
-    # Liveness probes need no credentials (the documented choice: README, Security).
+    # Liveness probes need no credentials (the documented choice: README, Configuration,
+    # "TLS and basic auth").
     assert get(s, "/healthz")[0] == 200
     assert get(s, "/", USER, PASSWORD)[0] == 200
 

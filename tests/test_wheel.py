@@ -43,6 +43,12 @@ def without_build_tools(cmd: list[str]) -> list[str]:
     return [unshare, "--mount", "--propagation", "private", "--", "sh", "-c", HIDE_TOOLS, "sh", *cmd]
 
 
+def head() -> str:
+    """The checkout's commit, what the wheel's pageheat_build_info{revision} must say."""
+    return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+
+
 def clean_env(venv: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("PYTHON", "PAGEHEAT_", "VIRTUAL_ENV"))}
@@ -80,6 +86,9 @@ def test_wheel_carries_bpf_objects_licence_and_extras(wheel):
         meta = email.parser.Parser().parsestr(z.read(info).decode())
         licence = next(n for n in names if n.endswith(".dist-info/licenses/LICENSE"))
         assert "GNU GENERAL PUBLIC LICENSE" in z.read(licence).decode()
+        # setup.py's build hook records the commit; the checkout's tree has no REVISION file.
+        assert z.read("pageheat/REVISION").decode().strip() == head()
+    assert not (ROOT / "exporter" / "REVISION").exists()
     assert meta["License-Expression"] == "GPL-2.0-only"
     requires = meta.get_all("Requires-Dist")
     unconditional = {r.split(">")[0].split("=")[0].strip().lower() for r in requires if "extra ==" not in r}
@@ -132,6 +141,13 @@ def test_wheel_in_fresh_venv_without_clang(ptwalk_ok, wheel, workload, tmp_path)
         "print(pageheat.__file__); sys.exit(1 if found or ran else 0)"))
     assert probe.returncode == 0, probe.stdout + probe.stderr
     assert probe.stdout.strip().startswith(str(venv)), probe.stdout
+
+    # pageheat_build_info{revision} of the installed wheel: the commit it was built from, with
+    # no checkout to ask (it runs from the venv, in a temporary directory).
+    r = run(str(venv / "bin/python"), "-c",
+            "from pageheat import buildinfo; print(buildinfo.labels('ptwalk')['revision'])")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == head()
 
     r = run(str(venv / "bin/pageheat"), "doctor", "--json")
     assert r.returncode == 0, r.stderr

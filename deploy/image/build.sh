@@ -21,6 +21,8 @@ py=${PYTHON:-python3}
 version=$("$py" -c 'import sys, tomllib; print(tomllib.load(open(sys.argv[1], "rb"))["project"]["version"])' \
   "$root/pyproject.toml")
 tag=localhost/pageheat:$version
+# The commit the image is built from: its label, and what its pageheat_build_info must say.
+rev=$(git -C "$root" rev-parse HEAD 2>/dev/null || echo unknown)
 archive=$out/pageheat-$version.oci.tar
 start=$(date +%s)
 
@@ -93,9 +95,14 @@ rm -rf "$rootfs/tmp/wheels" "$rootfs/root/.cache"
 find "$rootfs/opt/pageheat/lib" -type d \( -name tests -o -name testing \) -path '*/numpy/*' -prune \
   -exec rm -rf {} +
 ln -s /opt/pageheat/bin/pageheat "$rootfs/usr/local/bin/pageheat"
-# Smoke test in the chroot: the package imports and finds its BPF objects (no kernel needed).
-"${inroot[@]}" /opt/pageheat/bin/python -c \
-  'from pageheat.sources.objects import object_path; print("bpf objects:", object_path("ptwalk"))'
+# Smoke test in the chroot: the package imports, finds its BPF objects (no kernel needed) and
+# knows the commit it was built from (setup.py's build hook writes pageheat/REVISION).
+smoke=$("${inroot[@]}" /opt/pageheat/bin/python -c \
+  'from pageheat.sources.objects import object_path; from pageheat.buildinfo import revision
+print("bpf objects:", object_path("ptwalk")); print("revision:", revision())')
+echo "$smoke"
+got=${smoke##*revision: }
+[ "$got" = "$rev" ] || { echo "build.sh: the image's pageheat says revision $got, the checkout is at $rev" >&2; exit 1; }
 
 # --- 3. commit and save --------------------------------------------------------------------------
 ctr=$(buildah from --quiet scratch)
@@ -111,7 +118,7 @@ buildah config \
   --label org.opencontainers.image.title=pageheat \
   --label org.opencontainers.image.version="$version" \
   --label org.opencontainers.image.licenses=GPL-2.0-only \
-  --label org.opencontainers.image.revision="$(git -C "$root" rev-parse HEAD 2>/dev/null || echo unknown)" \
+  --label org.opencontainers.image.revision="$rev" \
   "$ctr"
 old=$(buildah images --quiet --noheading "$tag" 2>/dev/null || true)
 buildah commit --quiet --rm "$ctr" "$tag" >/dev/null

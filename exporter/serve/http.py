@@ -246,7 +246,7 @@ class HttpServer:
         text = "text/plain; charset=utf-8"
         if method not in ("GET", "HEAD"):
             return 405, [("Content-Type", text), ("Allow", "GET, HEAD")], b"method not allowed\n"
-        if path == HEALTHZ:  # open on purpose: see README, "Security"
+        if path == HEALTHZ:  # open on purpose: README, Configuration, "TLS and basic auth"
             return 200, [("Content-Type", text)], b"ok\n"
         # bcrypt is slow on purpose: check off the event loop, so scrapes and scheduling go on.
         loop = asyncio.get_running_loop()

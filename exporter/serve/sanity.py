@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+from pageheat.kernel.procfs import shown
 from pageheat.serve.stats import Stats
 from pageheat.sources.base import Harvest
 
@@ -46,12 +47,15 @@ class Sanity:
         self._targets: dict[int, _Target] = {}
 
     def check(self, h: Harvest, comm: str) -> None:
+        """``comm``: the target's name as read from /proc (untrusted: exported as a label
+        value as it is, escaped with ``procfs.shown`` in log lines)."""
         t = self._targets.setdefault(h.pid, _Target())
         for reason, n in h.truncations.by_reason().items():
             if n:
                 self.stats.truncations[reason] += n
                 self._once(t, f"truncated:{reason}", "pid %d (%s): harvest incomplete: %d %s "
-                           "(counted in pageheat_walk_truncations_total)", h.pid, comm, n, reason)
+                           "(counted in pageheat_walk_truncations_total)", h.pid, shown(comm), n,
+                           reason)
         self.stats.unmonitored[h.pid] = (comm, h.unmonitored.nonzero())
 
         resident, accessed = len(h.pages), int(h.pages.accessed.sum())
@@ -74,7 +78,7 @@ class Sanity:
     def _ineffective(self, t: _Target, pid: int, comm: str, reason: str, what: str) -> None:
         self.stats.aging_ineffective[reason] += 1
         self._once(t, f"aging:{reason}", "pid %d (%s): %s (counted in "
-                   "pageheat_aging_ineffective_total)", pid, comm, what)
+                   "pageheat_aging_ineffective_total)", pid, shown(comm), what)
 
     @staticmethod
     def _once(t: _Target, key: str, msg: str, *args: object) -> None:
