@@ -251,8 +251,9 @@ def _serve(args: argparse.Namespace) -> int:
     launched: Launched | None = None
     try:
         # Frame numbers let a cgroup count a page its processes share once (exporter/model/fleet.py).
-        source = open_source(cfg.source,
-                             cfg.source_options(pfns=cfg.targets.all or bool(cfg.targets.cgroups)))
+        # lazy_pages: the aggregator decodes each harvest a chunk at a time (SourceOptions).
+        source = open_source(cfg.source, cfg.source_options(
+            pfns=cfg.targets.all or bool(cfg.targets.cgroups), lazy_pages=True))
         from pageheat.serve.daemon import Daemon
 
         if cmd:

@@ -257,9 +257,9 @@ class Config(BaseSettings):
         """The first listen address."""
         return self.listen_addresses[0]
 
-    def source_options(self, pfns: bool = False) -> SourceOptions:
-        """The settings a source is opened with (``pfns``: see SourceOptions)."""
-        return SourceOptions(self.tlb_flush, self.mglru_aging, pfns, self.bpf_dir)
+    def source_options(self, pfns: bool = False, lazy_pages: bool = False) -> SourceOptions:
+        """The settings a source is opened with (``pfns``, ``lazy_pages``: see SourceOptions)."""
+        return SourceOptions(self.tlb_flush, self.mglru_aging, pfns, self.bpf_dir, lazy_pages)
 
     @property
     def targets_configured(self) -> bool:

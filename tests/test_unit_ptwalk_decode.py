@@ -125,3 +125,68 @@ def test_buffers_are_reused_only_when_released() -> None:
     third = pagetable._pages(vmas, tables, raw, ONE_NODE, buffers)
     assert third.vpn.__array_interface__["data"][0] == address  # released: reused
     assert np.array_equal(third.vpn, kept)
+
+
+@pytest.mark.parametrize("layout", ["dense", "partial", "sparse"])
+def test_table_pages_answer_as_the_decoded_pages_do(layout: str) -> None:
+    """TablePages (decoded a chunk at a time, for serve) against the Pages of the same tables:
+    every PageSet question, and every chunk size down to one table."""
+    rng = np.random.default_rng(5)
+    vmas, tables, _ = synthetic(rng, 40, layout)
+    tables["flags"] = 0  # ptwalk marks huge PMDs with full present bitmaps; not at issue here
+    tables[3] = tables[2]  # two VMAs' tables of the same 2 MiB region: a word can be both's
+    tables["vma"][3] = min(int(tables["vma"][2]) + 1, len(vmas) - 1)
+    tables["present"][2, 4:] = 0
+    tables["present"][3, :4] = 0
+    tables["present"][3, 4] &= ~np.uint64(1)
+    want = pagetable._pages(vmas, tables, pagetable._NO_RAW, ONE_NODE)
+    for n in (512, 700, 5000, 1 << 16):
+        got = pagetable.TablePages(vmas, tables.copy(), ONE_NODE)
+        assert len(got) == len(want)
+        parts = list(got.chunks(n))
+        assert all(0 < len(part) <= n for part in parts)
+        for field in ("vpn", "accessed", "node", "type", "thp", "vma"):
+            joined = np.concatenate([getattr(part, field) for part in parts])
+            assert np.array_equal(joined, getattr(want, field)), (field, n)
+        assert np.array_equal(got.blocks(6), want.blocks(6))
+        assert got.count_accessed() == want.count_accessed()
+        assert got.node_type_range() == want.node_type_range()
+        addr = [int(a) >> 12 for a in tables["addr"]]
+        for lo, hi in ((0, 1 << 40), (addr[5] + 100, addr[30] + 7), (addr[0] + 511, addr[0] + 513)):
+            assert got.count_outside(lo, hi) == want.count_outside(lo, hi), (lo, hi)
+        assert got.pfn is None
+        assert np.array_equal(got.vpn, want.vpn)  # a field read decodes the whole target
+        assert np.array_equal(np.concatenate([p.vpn for p in got.chunks(n)]), want.vpn)
+
+
+def test_aggregate_of_table_pages_equals_that_of_decoded_pages(monkeypatch: pytest.MonkeyPatch) -> None:
+    """serve's aggregator fed TablePages (in several chunks) gives the views it gives for the
+    Pages of the same tables, harvest after harvest, as resident sets and accesses change."""
+    from pageheat.model import aggregate
+    from pageheat.sources.base import Harvest, Vmas
+
+    monkeypatch.setattr(aggregate, "CHUNK", 1024)
+    rng = np.random.default_rng(11)
+    vmas, tables, _ = synthetic(rng, 40, "partial")
+    tables["flags"] = 0
+    # One mapping per synthetic VMA record, side by side over the tables' span.
+    span = np.linspace(int(tables["addr"][0]), int(tables["addr"][-1]) + (2 << 20), len(vmas) + 1)
+    edges = (span.astype(np.uint64) >> np.uint64(12)) << np.uint64(12)
+    v = Vmas(edges[:-1], edges[1:], vmas["kind"].astype(np.uint8), np.ones(len(vmas), bool),
+             ["/lib/a.so", "", "/data/f", "", "/dev/shm/x", "[heap]"])
+    lazy_state, whole_state = (aggregate.TargetState(1, "x", 8, 30.0) for _ in range(2))
+    for k, t in enumerate([10.0, 11.0, 13.5, 40.0, 41.0]):
+        if k:
+            tables["present"] &= rng.integers(0, 1 << 63, tables["present"].shape, dtype=np.uint64) | \
+                np.uint64(0xFFFF_FFFF_0000_0000)
+            tables["accessed"] = rng.integers(0, 1 << 63, tables["present"].shape, dtype=np.uint64)
+            tables["accessed"] &= tables["present"]
+        lazy = pagetable.TablePages(vmas, tables.copy(), ONE_NODE)
+        whole = pagetable._pages(vmas, tables, pagetable._NO_RAW, ONE_NODE)
+        a = lazy_state.update(Harvest(1, t, lazy, v, 0.0, 0.0), 1.0)
+        b = whole_state.update(Harvest(1, t, whole, v, 0.0, 0.0), 1.0)
+        assert a.combos == b.combos and a.rebins == b.rebins
+        for field in ("accessed_cum", "resident", "idle", "idle_seconds", "promoted", "promoted_seconds"):
+            assert np.array_equal(getattr(a, field), getattr(b, field)), (field, k)
+        assert (a.never_accessed, a.wss_pages, a.resident_pages, a.cold_pages) == \
+            (b.never_accessed, b.wss_pages, b.resident_pages, b.cold_pages)

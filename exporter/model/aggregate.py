@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass, field
 
 import numpy as np
-from pageheat.sources.base import PAGE_TYPE_NAMES, Harvest, LruGenerations, Pages, VmaKind, Vmas
+from pageheat.sources.base import PAGE_TYPE_NAMES, Harvest, LruGenerations, PageSet, VmaKind, Vmas
 
 # le bounds of pageheat_idle_pages, in seconds; never-accessed pages count only in +Inf.
 IDLE_BOUNDS = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, math.inf)
@@ -292,23 +292,11 @@ class PageHistory:
             return np.zeros(len(vpn), dtype=np.uint16)
         return np.where(found, self.epochs[row, off], ABSENT).astype(np.uint16)
 
-    def relayout(self, vpn: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The blocks of a new resident set (sorted unique ``vpn``); the previous epochs array
-        and, per new block, its row there (-1: new block). ``epochs`` becomes all ABSENT over
-        the new blocks, so pages that left the resident set lose their history."""
-        parts = []
-        for lo in range(0, len(vpn), CHUNK):
-            chunk = vpn[lo:lo + CHUNK]
-            first, last = chunk[0] >> np.uint64(BLOCK_SHIFT), chunk[-1] >> np.uint64(BLOCK_SHIFT)
-            if int(chunk[-1] - chunk[0]) == len(chunk) - 1:  # contiguous: every block between
-                parts.append(np.arange(first, last + np.uint64(1), dtype=np.uint64))
-                continue
-            blk = chunk >> np.uint64(BLOCK_SHIFT)
-            parts.append(blk[np.concatenate(([True], blk[1:] != blk[:-1]))])
-        # vpn is sorted, so the blocks are too: drop repeats where chunks meet. (Not np.unique:
-        # numpy 2.3+ hashes, 7 ms for 16 k sorted keys here, 1.7 s for 1 M.)
-        keys = np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint64)
-        keys = keys[np.concatenate(([True], keys[1:] != keys[:-1]))] if len(keys) else keys
+    def relayout(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The blocks of a new resident set (sorted unique uint64 ``keys``, vpn >> BLOCK_SHIFT:
+        PageSet.blocks); the previous epochs array and, per new block, its row there (-1: new
+        block). ``epochs`` becomes all ABSENT over the new blocks, so pages that left the
+        resident set lose their history."""
         old_keys, old = self.keys, self.epochs
         if len(old_keys):
             idx = np.minimum(np.searchsorted(old_keys, keys), len(old_keys) - 1)
@@ -376,7 +364,7 @@ class TargetState:
         bins = self.bins
         hist = self.history
         epoch = hist.begin(now, self.last_time)
-        old, old_row = hist.relayout(p.vpn)
+        old, old_row = hist.relayout(p.blocks(BLOCK_SHIFT, CHUNK))
 
         # Per-epoch tables (not per page): idle age now and at the previous harvest, their
         # buckets, and whether the age makes a page cold; each page looks its epoch up there.
@@ -396,18 +384,18 @@ class TargetState:
 
         # The (node, type) combos present, as keys (node + 1) * N_TYPES + type, in key order;
         # pages are counted by their index there (node ids can be large and sparse).
-        kmax = (int(p.node.max()) + 2) * N_TYPES if len(p) else N_TYPES
-        uniform = len(p) and p.node.min() == p.node.max() and p.type.min() == p.type.max()
+        node_lo, node_hi, type_lo, type_hi = p.node_type_range() if len(p) else (0, 0, 0, 0)
+        kmax = (node_hi + 2) * N_TYPES if len(p) else N_TYPES
+        uniform = len(p) and node_lo == node_hi and type_lo == type_hi
         lut = None
         if uniform:  # one (node, type) for the whole harvest (the usual case): no per-page keys
-            slot_key = np.array([(int(p.node[0]) + 1) * N_TYPES + int(p.type[0])])
+            slot_key = np.array([(node_lo + 1) * N_TYPES + type_lo])
         elif kmax <= 8 * N_TYPES:  # a few nodes: one slot per possible key
             slot_key = np.arange(kmax)
         else:  # large node ids: one slot per key present (an extra pass to find them)
             seen = np.zeros(kmax, dtype=np.int64)
-            for lo in range(0, len(p), CHUNK):
-                sl = slice(lo, lo + CHUNK)
-                seen += np.bincount((p.node[sl].astype(np.intp) + 1) * N_TYPES + p.type[sl], minlength=kmax)
+            for part in p.chunks(CHUNK):
+                seen += np.bincount((part.node.astype(np.intp) + 1) * N_TYPES + part.type, minlength=kmax)
             slot_key = np.flatnonzero(seen)
             lut = np.full(kmax, -1, dtype=np.intp)
             lut[slot_key] = np.arange(len(slot_key))
@@ -426,9 +414,10 @@ class TargetState:
         never_by_vma = np.zeros(len(h.vmas), dtype=np.int64)
         same_blocks = len(old) == len(hist.keys) and np.array_equal(old_row, np.arange(len(old_row)))
         old_flat, new_flat = old.reshape(-1), hist.epochs.reshape(-1)
-        for lo in range(0, len(p), CHUNK):
-            sl = slice(lo, lo + CHUNK)
-            vpn, accessed = p.vpn[sl], p.accessed[sl]
+        for part in p.chunks(CHUNK):
+            if not len(part):
+                continue
+            vpn, accessed = part.vpn, part.accessed
             row0 = int(np.searchsorted(hist.keys, vpn[0] >> np.uint64(BLOCK_SHIFT)))
             off0 = int(vpn[0] & np.uint64(BLOCK - 1))
             # Contiguous pages (dense memory, the usual case) have contiguous slots: their
@@ -469,7 +458,7 @@ class TargetState:
 
             key: np.ndarray | int = 0
             if not uniform:
-                key = (p.node[sl].astype(np.intp) + 1) * N_TYPES + p.type[sl]
+                key = (part.node.astype(np.intp) + 1) * N_TYPES + part.type
                 if lut is not None:
                     key = lut[key]
             flat = _sorted_bins(bins, vpn)
@@ -482,7 +471,7 @@ class TargetState:
                 idle_seconds += np.bincount(key, weights=age_now[val], minlength=nk)
             acc_now += np.bincount(flat[accessed], minlength=nk * nb)
             resident += np.bincount(flat, minlength=nk * nb)
-            never_by_vma += np.bincount(p.vma[sl][val == NEVER], minlength=len(h.vmas))
+            never_by_vma += np.bincount(part.vma[val == NEVER], minlength=len(h.vmas))
             # Promotions: accessed now, resident at the previous harvest (prev != ABSENT).
             was = prev[accessed]
             back = was != ABSENT
@@ -546,25 +535,25 @@ class TargetState:
             pid=self.pid, comm=self.comm, time=now, combos=combos, bins=bins,
             rebins=self.rebins, accessed_cum=cum, resident=res, idle=idl, idle_seconds=idl_s,
             never_accessed=dict(never_accessed), harvests=self.harvests, interval=interval,
-            wss_pages=int(np.count_nonzero(p.accessed)), resident_pages=len(p),
+            wss_pages=p.count_accessed(), resident_pages=len(p),
             cold_pages=cold, lru_gen=lru_generations(h.lru_gen), period=period,
             promoted=prom, promoted_seconds=prom_s,
         )
 
-    def _layout_changed(self, vmas: Vmas, p: Pages) -> bool:
+    def _layout_changed(self, vmas: Vmas, p: PageSet) -> bool:
         assert self.bins is not None
-        return needs_rebin(self.bins, vmas, p.vpn)
+        edges = self.bins.edges
+        return needs_rebin(self.bins, vmas, p.count_outside(int(edges[0]), int(edges[-1])), len(p))
 
 
-def needs_rebin(bins: Bins, vmas: Vmas, vpn: np.ndarray, n_pages: int | None = None) -> bool:
+def needs_rebin(bins: Bins, vmas: Vmas, outside: int, n_pages: int) -> bool:
     """Whether ``bins`` no longer fit the layout: the mapped size of the binned mappings in
     ``vmas`` changed by more than REBIN_SIZE_FACTOR, or more than REBIN_OUTSIDE_FRACTION of
-    the ``n_pages`` resident pages (default: len(vpn)) lie outside them. vpn: uint64, the
-    resident pages that count as outside when they are (top's zoom passes only its own)."""
+    the ``n_pages`` resident pages lie outside them (``outside`` of them: Bins.outside, or
+    PageSet.count_outside; top's zoom counts only its own)."""
     sel = _binned_vmas(vmas)
     mapped = int(((vmas.end[sel] - vmas.start[sel]) >> np.uint64(12)).sum())
     old = max(bins.mapped_pages, 1)
     if not (1 / REBIN_SIZE_FACTOR <= mapped / old <= REBIN_SIZE_FACTOR):
         return True
-    n = len(vpn) if n_pages is None else n_pages
-    return bins.outside(vpn) > REBIN_OUTSIDE_FRACTION * max(n, 1)
+    return outside > REBIN_OUTSIDE_FRACTION * max(n_pages, 1)

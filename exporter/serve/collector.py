@@ -317,7 +317,8 @@ class PageheatCollector(Collector):
 
     def _self_metrics(self, n_targets: int) -> Iterator[Metric]:
         s = self.stats
-        for name, hist, what in (("pageheat_harvest_duration_seconds", s.harvest, "reading the bits"),
+        for name, hist, what in (("pageheat_harvest_duration_seconds", s.harvest,
+                                  "reading the bits, decoding and aggregating them"),
                                  ("pageheat_aging_duration_seconds", s.aging, "aging")):
             h = HistogramMetricFamily(name, f"CPU time per target cycle spent {what}.")
             h.add_metric([], hist.buckets(), hist.total)

@@ -58,7 +58,7 @@ class Sanity:
                            reason)
         self.stats.unmonitored[h.pid] = (comm, h.unmonitored.nonzero())
 
-        resident, accessed = len(h.pages), int(h.pages.accessed.sum())
+        resident, accessed = len(h.pages), h.pages.count_accessed()
         if resident > MIN_PAGES and accessed == resident:
             t.all_accessed_streak += 1
             if t.all_accessed_streak == SUSPECT_HARVESTS:

@@ -38,7 +38,7 @@ class Stats:
     pages_scanned: int = 0
     overruns: int = 0  # cycles whose CPU cost exceeded their interval
     errors: Counter[str] = field(default_factory=lambda: Counter(dict.fromkeys(ERROR_KINDS, 0)))
-    cpu_usage: float = 0.0  # fraction of one CPU spent on harvest + aging, smoothed
+    cpu_usage: float = 0.0  # fraction of one CPU spent on harvest + aging + aggregation, smoothed
     series_exported: int = 0
     series_dropped: int = 0
     targets_dropped: int = 0

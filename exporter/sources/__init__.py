@@ -49,12 +49,16 @@ class MglruAging(StrEnum):
 class SourceOptions:
     """What a source is opened with, from the Config (``tlb_flush``, ``mglru_aging``,
     ``bpf_dir``). ``pfns``: ptwalk also reads each page's frame number (Pages.pfn), for
-    per-cgroup numbers that count a shared page once; the mglru sources ignore it."""
+    per-cgroup numbers that count a shared page once; the mglru sources ignore it.
+    ``lazy_pages``: ptwalk hands out its harvests' pages as per-table bitmaps that the reader
+    decodes a chunk at a time (pagetable.TablePages), for the daemon, whose aggregator never
+    needs every page at once; its harvest_seconds then leave the decode out."""
 
     tlb_flush: TlbFlush = TlbFlush.AUTO
     mglru_aging: MglruAging = MglruAging.ACTIVE
     pfns: bool = False
     bpf_dir: Path | None = None  # None: the package's own bpf/ folder
+    lazy_pages: bool = False
 
 
 DEFAULT_OPTIONS = SourceOptions()
@@ -76,7 +80,7 @@ def _open_ptwalk(o: SourceOptions) -> Source:
     from pageheat.sources.ptwalk import PtwalkSource
 
     _need_capabilities("ptwalk")
-    return PtwalkSource(tlb_flush=o.tlb_flush, pfns=o.pfns, bpf_dir=o.bpf_dir)
+    return PtwalkSource(tlb_flush=o.tlb_flush, pfns=o.pfns, bpf_dir=o.bpf_dir, lazy_pages=o.lazy_pages)
 
 
 def _open_mglru_fexit(o: SourceOptions) -> Source:

@@ -16,6 +16,7 @@ import mmap
 import os
 import secrets
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from pageheat.kernel.numa import NodeMap
 from pageheat.sources.base import (
     UNMONITORED_REASONS,
     Pages,
+    PageSet,
     PageType,
     SourceError,
     TargetGone,
@@ -317,14 +319,18 @@ class PageTableScan:
             raise
         self._targets[pid] = _Target(link, need)
 
-    def harvest(self, pid: int) -> tuple[Pages, Vmas, ScanReport]:
+    def harvest(self, pid: int, lazy: bool = False) -> tuple[PageSet, Vmas, ScanReport]:
         """One scan of an attached ``pid``, decoded: its pages, its mappings, the scan's
         report (truncations, unmonitored pages, counters). The Pages arrays may reuse the
-        memory of an earlier harvest's that nobody holds any more (see _Buffers)."""
+        memory of an earlier harvest's that nobody holds any more (see _Buffers). ``lazy``:
+        the pages as TablePages (decoded when read) where no frame numbers are read."""
         vmas, tables, raw, counters = self._scan(pid)
         if len(vmas) == 0:
             raise TargetGone(pid)  # exited (a zombie has no mm left to walk)
-        pages = _pages(vmas, tables, raw, self._nodes, self._buffers)
+        if lazy and not len(raw) and self._nodes.single is not None:
+            pages: PageSet = TablePages(vmas, tables.copy(), self._nodes)
+        else:
+            pages = _pages(vmas, tables, raw, self._nodes, self._buffers)
         del tables, raw  # views of the BPF maps (see _scan): none may outlive this call
         names = self._names(pid, vmas)
         truncations = Truncations(step_limit=counters.pop("step_limit_vmas"),
@@ -476,6 +482,98 @@ def _unpack(words: np.ndarray) -> np.ndarray:
     table t lands at t * 512 + i."""
     b = np.ascontiguousarray(words).view(np.uint8).reshape(-1, 8)
     return np.unpackbits(b, axis=1, bitorder="little").reshape(-1).view(bool)
+
+
+class TablePages:
+    """A harvest's pages as the scan's per-table bitmaps (base.PageSet): what the daemon's
+    aggregator reads a chunk at a time, so that no per-page array of the whole target is
+    ever held (base.Pages costs 17 bytes per page; the tables, 216 bytes per 512 pages).
+    Reading a field (``vpn``, ``accessed``, ...) decodes the whole target once and keeps it,
+    for callers that want every page (top, tests). Single-node, without frame numbers only
+    (``pfn`` is None): where PFNs are read the raw PTEs cost more than the arrays saved.
+
+    vmas, tables: copies of the scan's _VMA and _TABLE records; nodes.single is set.
+    """
+
+    def __init__(self, vmas: np.ndarray, tables: np.ndarray, nodes: NodeMap) -> None:
+        assert nodes.single is not None
+        self._vmas, self._tables, self._nodes = vmas, tables, nodes
+        self._per_table = np.bitwise_count(tables["present"]).sum(axis=1, dtype=np.int64)
+        self._total = int(self._per_table.sum())
+        self._whole: Pages | None = None
+        self.pfn = None
+
+    def __len__(self) -> int:
+        return self._total
+
+    def _decode(self, lo: int = 0, hi: int | None = None) -> Pages:
+        t = self._tables[lo:hi]
+        return _pages(self._vmas, t, _NO_RAW, self._nodes)
+
+    def _all(self) -> Pages:
+        if self._whole is None:
+            self._whole = self._decode()
+        return self._whole
+
+    vpn = property(lambda self: self._all().vpn)
+    accessed = property(lambda self: self._all().accessed)
+    node = property(lambda self: self._all().node)
+    type = property(lambda self: self._all().type)
+    thp = property(lambda self: self._all().thp)
+    vma = property(lambda self: self._all().vma)
+
+    def chunks(self, n: int) -> Iterator[Pages]:
+        """Runs of whole tables, each at most ``n`` pages (``n`` >= 512), decoded one at a time."""
+        if self._whole is not None:
+            yield from self._whole.chunks(n)
+            return
+        ends = np.cumsum(self._per_table)
+        lo = 0
+        while lo < len(self._tables):
+            hi = max(int(np.searchsorted(ends, (ends[lo - 1] if lo else 0) + n, side="right")), lo + 1)
+            part = self._decode(lo, hi)
+            if len(part):
+                yield part
+            lo = hi
+
+    def blocks(self, shift: int, chunk: int = 0) -> np.ndarray:
+        """One block per 64-page bitmap word with a present page (shift 6: BLOCK_SHIFT);
+        no per-page transients, so no ``chunk``."""
+        assert shift == 6  # a bitmap word is 64 pages, 64-page aligned (tables are 2 MiB)
+        t, w = np.nonzero(self._tables["present"])
+        blk = (self._tables["addr"][t] >> np.uint64(_PAGE_SHIFT + 6)) + w.astype(np.uint64)
+        # Two VMAs sharing a 2 MiB region have a table each: a word can be theirs both.
+        return blk[np.concatenate(([True], blk[1:] != blk[:-1]))] if len(blk) else blk
+
+    def count_outside(self, lo: int, hi: int) -> int:
+        """Tables wholly outside [lo, hi) count whole; the few that straddle it are decoded."""
+        first = self._tables["addr"] >> _PAGE_SHIFT
+        inside = (first >= np.uint64(lo)) & (first + np.uint64(512) <= np.uint64(hi))
+        apart = (first + np.uint64(512) <= np.uint64(lo)) | (first >= np.uint64(hi))
+        n = int(self._per_table[apart].sum())
+        for i in np.flatnonzero(~inside & ~apart & (self._per_table > 0)).tolist():
+            n += self._decode(i, i + 1).count_outside(lo, hi)
+        return n
+
+    def count_accessed(self) -> int:
+        return int(np.bitwise_count(self._tables["accessed"] & self._tables["present"]).sum())
+
+    def node_type_range(self) -> tuple[int, int, int, int]:
+        """The node is the single one; the types come from the tables' VMA kinds, and anon
+        too where a private file/shmem table has written pages (copy-on-write copies)."""
+        live = self._per_table > 0
+        vma_t = self._tables["vma"][live].astype(np.intp)
+        kind_t = self._vmas["kind"][vma_t].astype(np.uint8)
+        types = _KIND_TYPE[kind_t]
+        cow_t = ((self._vmas["flags"][vma_t] & VmaFlag.SHARED) == 0) & (
+            (kind_t == VmaKind.FILE) | (kind_t == VmaKind.SHMEM))
+        if (cow_t & self._tables["written"][live].any(axis=1)).any():
+            types = np.append(types, np.uint8(PageType.ANON))
+        node = int(self._nodes.single)  # type: ignore[arg-type]
+        return node, node, int(types.min()), int(types.max())
+
+
+_NO_RAW = np.zeros((0, 512), dtype="<u8")
 
 
 class _Buffers:

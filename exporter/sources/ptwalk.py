@@ -28,9 +28,10 @@ class PtwalkSource(PageTableScan):
 
     def __init__(self, obj: Path | None = None, nodes: NodeMap | None = None,
                  tlb_flush: TlbFlush | str = TlbFlush.AUTO, check_young: bool | None = None,
-                 pfns: bool = False, bpf_dir: Path | None = None) -> None:
+                 pfns: bool = False, bpf_dir: Path | None = None, lazy_pages: bool = False) -> None:
         # See _age and TlbFlush.wanted (the Config passes its tlb_flush).
         self.tlb_flush = TlbFlush(tlb_flush).wanted(procfs.soft_dirty_tracking)
+        self.lazy_pages = lazy_pages  # see SourceOptions
         super().__init__(obj, nodes, check_young, pfns, bpf_dir)
 
     def attach(self, pid: int) -> None:
@@ -55,7 +56,7 @@ class PtwalkSource(PageTableScan):
 
     def cycle(self, pid: int) -> Harvest:
         t0 = cpu_time()
-        pages, vmas, report = self.harvest(pid)
+        pages, vmas, report = self.harvest(pid, lazy=self.lazy_pages)
         now = time.monotonic()
         t1 = cpu_time()
         self._age(pid)

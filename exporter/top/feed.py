@@ -184,7 +184,8 @@ class LocalFeed:
         b = self.bins
         # The aggregator's re-bin rule, over the zoomed range's mappings and pages.
         if b is not None and key == self._bins_key and \
-                not needs_rebin(b, vmas, h.pages.vpn[self._in_zoom(h.pages.vpn, zoom)], len(h.pages)):
+                not needs_rebin(b, vmas, b.outside(h.pages.vpn[self._in_zoom(h.pages.vpn, zoom)]),
+                                len(h.pages)):
             return b
         self.bins = make_bins(vmas, n_bins) if len(vmas) else make_bins(h.vmas, n_bins)
         self._bins_key = key
