@@ -550,9 +550,10 @@ class TablePages:
         first = self._tables["addr"] >> _PAGE_SHIFT
         inside = (first >= np.uint64(lo)) & (first + np.uint64(512) <= np.uint64(hi))
         apart = (first + np.uint64(512) <= np.uint64(lo)) | (first >= np.uint64(hi))
+        straddle = ~inside & ~apart & (self._per_table > 0)
         n = int(self._per_table[apart].sum())
-        for i in np.flatnonzero(~inside & ~apart & (self._per_table > 0)).tolist():
-            n += self._decode(i, i + 1).count_outside(lo, hi)
+        if straddle.any():
+            n += _pages(self._vmas, self._tables[straddle], _NO_RAW, self._nodes).count_outside(lo, hi)
         return n
 
     def count_accessed(self) -> int:
