@@ -327,7 +327,10 @@ class PageTableScan:
         vmas, tables, raw, counters = self._scan(pid)
         if len(vmas) == 0:
             raise TargetGone(pid)  # exited (a zombie has no mm left to walk)
-        if lazy and not len(raw) and self._nodes.single is not None:
+        if lazy and not len(raw) and self._nodes.single is not None and \
+                _TABLE.itemsize * len(tables) < _PAGES_BYTES * _count(tables):
+            # The table records take less than the arrays would: dense memory, not a layout
+            # of many small mappings (a 216-byte record each for a page or two).
             pages: PageSet = TablePages(vmas, tables.copy(), self._nodes)
         else:
             pages = _pages(vmas, tables, raw, self._nodes, self._buffers)
@@ -575,6 +578,12 @@ class TablePages:
 
 
 _NO_RAW = np.zeros((0, 512), dtype="<u8")
+_PAGES_BYTES = 17  # per page in base.Pages without pfn: vpn 8, vma 4, node 2, accessed, type, thp
+
+
+def _count(tables: np.ndarray) -> int:
+    """Present pages in the tables."""
+    return int(np.bitwise_count(tables["present"]).sum())
 
 
 class _Buffers:
