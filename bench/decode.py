@@ -77,7 +77,7 @@ def measure(size: int, reps: int) -> dict:
                 scan_s, scanned = timed(lambda: src._scan(pid))
                 scan_young_s, _ = timed(lambda: src_young._scan(pid))
                 decode_s, (pages, _) = timed(lambda s=scanned: pagetable._decode(
-                    s[0], s[1], s[2], procfs.read_maps(pid), src._nodes))
+                    s[0], s[1], s[2], procfs.read_maps_table(pid), src._nodes))
                 harvest = src.cycle(pid).harvest_seconds
                 harvest_young = src_young.cycle(pid).harvest_seconds
                 pagemap_s, present = timed(lambda: pagemap_read(pid))

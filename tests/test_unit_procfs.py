@@ -425,3 +425,20 @@ def test_is_running_is_false_from_the_moment_a_process_begins_to_exit(proc: Path
     add_process(proc / "5" / "task", 5, "postgres", 0)
     add_process(proc / "5" / "task", 50, "postgres", 1)  # a zombie leader with a live thread
     assert procfs.is_running(5, 1000, proc)
+
+
+@pytest.mark.kind1
+def test_maps_table_is_read_maps_as_columns(tmp_path: Path) -> None:
+    names = [b"/usr/lib/x.so", b"", b"/tmp/a\x0cb", b"[heap]", b"/usr/lib/x.so", b"bad\xe5\x90"]
+    data = b"".join(maps_line(0x1000 * (2 * i + 1), 0x1000 * (2 * i + 2), n) for i, n in enumerate(names))
+    add_process(tmp_path, 10, "x", 1)
+    (tmp_path / "10" / "maps").write_bytes(data)
+    rows = procfs.read_maps(10, tmp_path)
+    table = procfs.read_maps_table(10, tmp_path)
+    assert len(table) == len(rows) == len(names)
+    assert table.start.dtype == table.end.dtype == np.uint64
+    columns = zip(table.start.tolist(), table.end.tolist(), table.perms, table.names, strict=True)
+    assert list(columns) == [(m.start, m.end, m.perms, m.name) for m in rows]
+    assert table.names[0] is table.names[4]  # equal names are one str
+    assert procfs.count_maps(10, tmp_path) == len(names)
+    assert len(procfs.parse_maps_table(b"")) == 0

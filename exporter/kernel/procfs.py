@@ -22,9 +22,13 @@ tests/test_realworld_proc.py (every page of the region found, every mapping name
 from __future__ import annotations
 
 import errno
+import io
 import os
+from array import array
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 PROC = Path("/proc")
 # include/linux/proc_ns.h: the initial PID namespace's inode number, fixed since Linux 3.8.
@@ -78,14 +82,29 @@ def _read(path: Path) -> bytes:
         return f.read()
 
 
-def parse_maps(data: bytes) -> list[Mapping]:
-    """/proc/PID/maps bytes -> mappings. Only ``\\n`` ends a line: the kernel escapes a newline
-    in a file name (as ``\\012``, fs/proc/task_mmu.c ``seq_file_path(m, file, "\\n")``) but no
+@dataclass(frozen=True)
+class MapsTable:
+    """/proc/PID/maps as columns, in the file's (address) order: start, end uint64 arrays;
+    perms, names: one str per mapping, equal ones shared (a process can have 65,530
+    mappings, vm.max_map_count: one object per line and field would cost ~10 MiB)."""
+
+    start: np.ndarray
+    end: np.ndarray
+    perms: list[str]
+    names: list[str]
+
+    def __len__(self) -> int:
+        return len(self.start)
+
+
+def parse_maps_table(data: bytes) -> MapsTable:
+    """/proc/PID/maps bytes -> MapsTable. Only ``\n`` ends a line: the kernel escapes a newline
+    in a file name (as ``\012``, fs/proc/task_mmu.c ``seq_file_path(m, file, "\n")``) but no
     other byte. A line is ``START-END PERMS OFFSET DEV INODE`` and one space, then, for a named
     mapping, padding spaces and the name (which may itself contain spaces)."""
-    out = []
-    # Many mappings share their permissions and name (a library's segments, anonymous
-    # memory): each distinct one is decoded once and the str shared.
+    starts, ends = array("Q"), array("Q")
+    perms: list[str] = []
+    names: list[str] = []
     strings: dict[bytes, str] = {}
 
     def text(b: bytes) -> str:
@@ -94,14 +113,25 @@ def parse_maps(data: bytes) -> list[Mapping]:
             s = strings[b] = decode(b)
         return s
 
-    for line in data.split(b"\n"):
+    for line in io.BytesIO(data):  # binary lines end at b"\n" only, one at a time
+        line = line.removesuffix(b"\n")
         if not line:
             continue
         parts = line.split(b" ", 5)
         lo, _, hi = parts[0].partition(b"-")
-        name = parts[5].lstrip(b" ") if len(parts) > 5 else b""
-        out.append(Mapping(int(lo, 16), int(hi, 16), text(parts[1]), text(name)))
-    return out
+        starts.append(int(lo, 16))
+        ends.append(int(hi, 16))
+        perms.append(text(parts[1]))
+        names.append(text(parts[5].lstrip(b" ") if len(parts) > 5 else b""))
+    return MapsTable(np.frombuffer(starts, dtype=np.uint64).copy(),
+                     np.frombuffer(ends, dtype=np.uint64).copy(), perms, names)
+
+
+def parse_maps(data: bytes) -> list[Mapping]:
+    """/proc/PID/maps bytes -> one Mapping per line (see parse_maps_table)."""
+    t = parse_maps_table(data)
+    return [Mapping(s, e, p, n) for s, e, p, n in zip(t.start.tolist(), t.end.tolist(), t.perms,
+                                                      t.names, strict=True)]
 
 
 def _maps_bytes(pid: int, proc: Path) -> bytes:
@@ -117,6 +147,11 @@ def read_maps(pid: int, proc: Path = PROC) -> list[Mapping]:
     """The process's mappings; read through a live thread when the leader is a zombie.
     Empty for a kernel thread or a process that has exited."""
     return parse_maps(_maps_bytes(pid, proc))
+
+
+def read_maps_table(pid: int, proc: Path = PROC) -> MapsTable:
+    """read_maps as columns (MapsTable)."""
+    return parse_maps_table(_maps_bytes(pid, proc))
 
 
 def count_maps(pid: int, proc: Path = PROC) -> int:

@@ -395,7 +395,7 @@ class PageTableScan:
         if t.names is not None and t.layout is not None and np.array_equal(t.layout, layout):
             return t.names
         try:
-            maps = procfs.read_maps(pid)
+            maps = procfs.read_maps_table(pid)
         except (FileNotFoundError, ProcessLookupError) as e:
             raise TargetGone(pid) from e
         names, exact = _names(vmas, maps)
@@ -459,19 +459,23 @@ def _hint(errno: int | None) -> str:
 
 
 def _decode(vmas: np.ndarray, tables: np.ndarray, raw: np.ndarray,
-            maps: list[procfs.Mapping], nodes: NodeMap) -> tuple[Pages, Vmas]:
+            maps: procfs.MapsTable, nodes: NodeMap) -> tuple[Pages, Vmas]:
     """Per-table bitmaps -> per-page arrays, and the mappings named from ``maps``."""
     return _pages(vmas, tables, raw, nodes), _vma_table(vmas, _names(vmas, maps)[0])
 
 
-def _names(vmas: np.ndarray, maps: list[procfs.Mapping]) -> tuple[list[str], bool]:
+def _names(vmas: np.ndarray, maps: procfs.MapsTable) -> tuple[list[str], bool]:
     """Each scanned VMA's name in /proc/PID/maps ("" where maps has no such VMA), and whether
     every VMA was found with the same bounds: maps is read after the scan, and a layout that
-    changed in between must not be remembered."""
-    by_start = {m.start: m for m in maps}
-    found = [by_start.get(s) for s in vmas["start"].tolist()]
-    exact = all(m is not None and m.end == e for m, e in zip(found, vmas["end"].tolist(), strict=True))
-    return [m.name if m else "" for m in found], exact
+    changed in between must not be remembered. Both lists are in address order."""
+    start = vmas["start"]
+    if not len(maps):
+        return [""] * len(start), not len(start)
+    at = np.minimum(np.searchsorted(maps.start, start), len(maps) - 1)
+    found = maps.start[at] == start
+    exact = bool(found.all() and np.array_equal(maps.end[at], vmas["end"]))
+    names = maps.names
+    return [names[i] if f else "" for i, f in zip(at.tolist(), found.tolist(), strict=True)], exact
 
 
 def _vma_table(vmas: np.ndarray, names: list[str]) -> Vmas:
