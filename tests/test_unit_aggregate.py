@@ -249,7 +249,7 @@ def view_dicts(view) -> dict:
     return {"idle": idle, "idle_seconds": idle_s, "resident": res, "cum": cum}
 
 
-@pytest.mark.parametrize("layout", ["mixed", "mixed-per-page", "dense"])
+@pytest.mark.parametrize("layout", ["mixed", "mixed-per-page", "dense", "dense-per-page"])
 def test_update_matches_page_by_page_reference_over_many_harvests(
         layout: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """mixed: random nodes and types, mappings that are not whole 64-page blocks, a random
@@ -257,9 +257,9 @@ def test_update_matches_page_by_page_reference_over_many_harvests(
     combos x epochs outgrow BY_EPOCH_MAX); dense: one (node, type) and whole blocks, resident
     in whole blocks that come and go (the update's fast paths), in several small chunks."""
     rng = np.random.default_rng(7)
-    if layout == "mixed-per-page":
+    if layout.endswith("-per-page"):
         monkeypatch.setattr(aggregate, "BY_EPOCH_MAX", 0)
-        layout = "mixed"
+        layout = layout.removesuffix("-per-page")
     if layout == "mixed":
         vmas = vmas_of((0x10000, 300, "/usr/lib/libx.so"), (0x20000, 200, "[heap]", VmaKind.HEAP),
                        (0x7ff00, 100, ""))

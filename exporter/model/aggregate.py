@@ -468,7 +468,10 @@ class TargetState:
                 by_epoch += np.bincount(val if isinstance(key, int) else key * m + val, minlength=nk * m)
             else:
                 idle_cold += np.bincount(code_now[val] + key * (2 * nbk), minlength=nk * nbk * 2)
-                idle_seconds += np.bincount(key, weights=age_now[val], minlength=nk)
+                if isinstance(key, np.ndarray):
+                    idle_seconds += np.bincount(key, weights=age_now[val], minlength=nk)
+                else:  # one combo (nk is 1): never past BY_EPOCH_MAX, but correct if it were
+                    idle_seconds[key] += float(age_now[val].sum())
             acc_now += np.bincount(flat[accessed], minlength=nk * nb)
             resident += np.bincount(flat, minlength=nk * nb)
             never_by_vma += np.bincount(part.vma[val == NEVER], minlength=len(h.vmas))
