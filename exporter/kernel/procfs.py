@@ -98,8 +98,8 @@ class MapsTable:
 
 
 def parse_maps_table(data: bytes) -> MapsTable:
-    """/proc/PID/maps bytes -> MapsTable. Only ``\n`` ends a line: the kernel escapes a newline
-    in a file name (as ``\012``, fs/proc/task_mmu.c ``seq_file_path(m, file, "\n")``) but no
+    """/proc/PID/maps bytes -> MapsTable. Only ``\\n`` ends a line: the kernel escapes a newline
+    in a file name (as ``\\012``, fs/proc/task_mmu.c ``seq_file_path(m, file, "\\n")``) but no
     other byte. A line is ``START-END PERMS OFFSET DEV INODE`` and one space, then, for a named
     mapping, padding spaces and the name (which may itself contain spaces)."""
     starts, ends = array("Q"), array("Q")
