@@ -63,3 +63,28 @@ def test_views_identities_frames_stay_in_step() -> None:
             p.kill()
             p.wait()
         d._worker.shutdown()
+
+
+def test_published_view_has_the_interval_the_budget_set() -> None:
+    """A harvest that costs more than the CPU budget allows stretches the target's interval:
+    the view published after it (pageheat_aging_interval_seconds, /api aging_interval_s)
+    says the interval now in effect, not the one before."""
+
+    class Costly(_FakeSource):
+        def cycle(self, pid: int) -> Harvest:
+            h = super().cycle(pid)
+            return Harvest(h.pid, h.time, h.pages, h.vmas, 0.5, 0.0)  # 0.5 s of CPU a cycle
+
+    p = subprocess.Popen(["sleep", "30"])
+    cfg = Config(targets={"pids": [p.pid], "top_rss": 0})
+    d = Daemon(cfg, Costly())  # type: ignore[arg-type]
+    try:
+        d._discover()
+        d._cycle(p.pid)
+        interval = d._targets[p.pid].interval
+        assert interval > cfg.aging  # stretched by the budget
+        assert d.views[p.pid].interval == interval
+    finally:
+        p.kill()
+        p.wait()
+        d._worker.shutdown()

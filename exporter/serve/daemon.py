@@ -317,6 +317,8 @@ class Daemon:
             self.stats.overruns += 1
         t.cost = budget.smooth(t.cost, cost)
         self._replan()
+        # The view says the interval now in effect (the replan may have stretched it).
+        view = dataclasses.replace(view, interval=t.interval)
         p = self._published.get(pid, Published(identity(t.proc.cgroup, t.proc.comm)))
         self._publish(pid, dataclasses.replace(p, view=view, frames=f if f is not None else p.frames))
         # Keep to the schedule without drifting, but never queue up missed cycles.

@@ -326,6 +326,7 @@ class PageTableScan:
         the pages as TablePages (decoded when read) where no frame numbers are read."""
         vmas, tables, raw, counters = self._scan(pid)
         if len(vmas) == 0:
+            del tables, raw  # views of the BPF maps: not to be kept by the traceback
             raise TargetGone(pid)  # exited (a zombie has no mm left to walk)
         if lazy and not len(raw) and self._nodes.single is not None and \
                 _TABLE.itemsize * len(tables) < _PAGES_BYTES * _count(tables):
