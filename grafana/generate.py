@@ -289,7 +289,8 @@ def exporter_dashboard() -> dashboard.Dashboard:
                 q(f"histogram_quantile(0.99, sum by (instance, le) "
                   f"(rate(pageheat_aging_duration_seconds_bucket{{{i}}}[$__rate_interval])))",
                   "{{instance}} aging p99", ref="C")],
-                "s", "CPU time per target cycle spent reading and aggregating the bits, and aging.").height(9).span(12))
+                "s", "CPU time per target cycle spent reading and aggregating the bits, and aging.")
+            .height(9).span(12))
             .with_panel(timeseries("CPU usage and budget", [
                 q(f"pageheat_cpu_usage_ratio{{{i}}}", "{{instance}} usage"),
                 q(f"pageheat_cpu_budget_ratio{{{i}}}", "{{instance}} budget", ref="B")],
