@@ -72,6 +72,27 @@ def test_rodata_refuses_unknown_names_and_overflow() -> None:
     BpfObject(path, rodata={"max_vmas": (1 << 32) - 1}, load=False).close()
 
 
+def test_use_after_close_is_an_error_not_a_fault() -> None:
+    """libbpf takes a NULL object or link as a valid one and faults in the caller's process
+    (bpf_object__find_map_by_name walks obj->maps): after close, every lookup is an EBADF."""
+    import errno
+
+    from pageheat.kernel.libbpf import Link
+
+    obj = BpfObject(object_path("ptwalk"), load=False)
+    obj.close()
+    obj.close()  # idempotent
+    for use in (lambda: obj.map_fd("tables"), lambda: obj.max_entries("vmas"),
+                lambda: obj.attach("scan"), lambda: obj.btf):
+        with pytest.raises(LibbpfError, match="used after close") as e:
+            use()
+        assert e.value.errno == errno.EBADF
+    link = Link(0)
+    link.destroy()
+    with pytest.raises(LibbpfError, match="after destroy"):
+        link.create_iter()
+
+
 def shifted(dtype: np.dtype, field: str, by: int) -> np.dtype:
     """``dtype`` with ``field`` moved ``by`` bytes (and the struct grown to hold it)."""
     names = list(dtype.names)

@@ -186,6 +186,8 @@ class Link:
 
     @property
     def fd(self) -> int:
+        if not self.ptr:  # bpf_link__fd would read a NULL link
+            raise LibbpfError("BPF link used after destroy", errno.EBADF)
         return lib().bpf_link__fd(self.ptr)
 
     def create_iter(self) -> int:
@@ -249,7 +251,7 @@ class BpfObject:
     @property
     def btf(self) -> Btf:
         """The object's own BTF (its types, not the kernel's); valid until close()."""
-        ptr = lib().bpf_object__btf(self._obj)
+        ptr = lib().bpf_object__btf(self._live())
         if not ptr:
             raise LibbpfError(f"{self.path.name} has no BTF", errno.ENOENT)
         return Btf(ptr, self.path.name)
@@ -274,14 +276,21 @@ class BpfObject:
                                   errno.EINVAL) from None
             C.memmove(base + var.offset, data, var.size)
 
+    def _live(self) -> int:
+        """The bpf_object pointer; LibbpfError (EBADF) once closed. libbpf's lookups take a
+        NULL object as a valid one and fault (bpf_object__next_map reads obj->maps)."""
+        if not self._obj:
+            raise LibbpfError(f"{self.path.name}: used after close", errno.EBADF)
+        return self._obj
+
     def _map(self, name: str) -> int:
-        ptr = lib().bpf_object__find_map_by_name(self._obj, name.encode())
+        ptr = lib().bpf_object__find_map_by_name(self._live(), name.encode())
         if not ptr:
             raise LibbpfError(f"no map named {name!r}", 2)
         return ptr
 
     def _prog(self, name: str) -> int:
-        ptr = lib().bpf_object__find_program_by_name(self._obj, name.encode())
+        ptr = lib().bpf_object__find_program_by_name(self._live(), name.encode())
         if not ptr:
             raise LibbpfError(f"no program named {name!r}", 2)
         return ptr
