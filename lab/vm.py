@@ -42,6 +42,7 @@ from lab import kernels
 LAB_DIR = Path(__file__).resolve().parent
 GUEST_INIT = LAB_DIR / "guest-init.sh"
 TIMEOUT_RC = 124  # like timeout(1)
+VNG_NO_STATUS_RC = 255  # vng: the guest gave no exit status
 
 # Host variables the guest needs to find the same Python/venv and project knobs.
 PASSTHROUGH_ENV = ("PATH", "VIRTUAL_ENV", "PYTHONPATH", "LANG", "LC_ALL", "LC_CTYPE", "HOME", "TERM")
@@ -65,6 +66,20 @@ class VmResult:
     def output(self) -> str:
         """stdout then stderr: handy for assertion messages."""
         return self.stdout + ("\n--- stderr ---\n" + self.stderr if self.stderr else "")
+
+    @property
+    def died(self) -> bool:
+        """The guest ended without an exit status: the kernel panicked or QEMU died. vng
+        returns 255 then (virtme/commands/run.py); a command's own status reaches us as is."""
+        return self.returncode == VNG_NO_STATUS_RC and not self.timed_out
+
+    def tail(self, chars: int = 6000) -> str:
+        """The ends of both streams, for assertion messages: stderr carries the guest
+        kernel's console, where a panic or an oops says why a guest died."""
+        why = "the guest died without an exit status (kernel panic or QEMU exit); " \
+              "its console is below\n" if self.died else ""
+        return (f"{why}{self.stdout[-chars // 2:]}\n--- stderr (guest stderr and kernel console) ---\n"
+                f"{self.stderr[-chars // 2:]}")
 
 
 def vng_binary() -> str | None:
@@ -113,7 +128,9 @@ def vng_command(
     vng = vng_binary()
     if vng is None:
         raise FileNotFoundError("vng not found: pip install virtme-ng")
-    argv = [vng, "-r", str(vmlinuz), "--disable-kvm", "--user", "root"]
+    # --verbose: the kernel console goes to stderr (vng otherwise boots "quiet loglevel=0"
+    # and a guest that panics leaves no trace); ~35 kB per boot.
+    argv = [vng, "-r", str(vmlinuz), "--disable-kvm", "--verbose", "--user", "root"]
     argv += ["--cpus", str(cpus), "--memory", memory, "--cwd", cwd]
     for node in numa or ():
         argv += ["--numa", node]

@@ -149,15 +149,15 @@ def vm(request: pytest.FixtureRequest) -> Outcome:
 
 def test_guest_suite_passes(vm: Outcome) -> None:
     g = vm.guest
-    assert not g.vm.timed_out, f"{vm.run}: VM timed out\n{g.vm.output[-6000:]}"
-    assert g.tests, f"{vm.run}: no guest test report\n{g.vm.output[-6000:]}"
+    assert not g.vm.timed_out, f"{vm.run}: VM timed out\n{g.vm.tail()}"
+    assert g.tests, f"{vm.run}: no guest test report\n{g.vm.tail()}"
     assert g.failures == 0 and g.errors == 0 and g.skipped == 0, (
-        f"{vm.run}: failed {g.failed_names}, skipped {g.skipped}\n{g.vm.output[-8000:]}")
-    assert g.vm.returncode == 0, g.vm.output[-6000:]
+        f"{vm.run}: failed {g.failed_names}, skipped {g.skipped}\n{g.vm.tail(8000)}")
+    assert g.vm.returncode == 0, g.vm.tail()
 
 
 def test_guest_recorded_results(vm: Outcome) -> None:
-    assert vm.results, f"{vm.run}: the guest recorded nothing\n{vm.guest.vm.output[-4000:]}"
+    assert vm.results, f"{vm.run}: the guest recorded nothing\n{vm.guest.vm.tail(4000)}"
     bad = [r for r in vm.results if r["result"] == "FAIL" and r["test"] != "guest-failure"]
     assert not bad, bad
 
