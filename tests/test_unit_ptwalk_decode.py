@@ -151,6 +151,12 @@ def test_table_pages_answer_as_the_decoded_pages_do(layout: str) -> None:
         assert np.array_equal(got.blocks(6), want.blocks(6))
         assert got.count_accessed() == want.count_accessed()
         assert got.node_type_range() == want.node_type_range()
+        resident, accessed = got.per_vma(len(vmas))
+        assert resident.tolist() == [int((want.vma == j).sum()) for j in range(len(vmas))]
+        assert accessed.tolist() == [int((want.accessed & (want.vma == j)).sum())
+                                     for j in range(len(vmas))]
+        assert all(np.array_equal(a, b) for a, b in zip(want.per_vma(len(vmas)), (resident, accessed),
+                                                        strict=True))
         addr = [int(a) >> 12 for a in tables["addr"]]
         for lo, hi in ((0, 1 << 40), (addr[5] + 100, addr[30] + 7), (addr[0] + 511, addr[0] + 513)):
             assert got.count_outside(lo, hi) == want.count_outside(lo, hi), (lo, hi)

@@ -58,8 +58,7 @@ def take(source: Source, pid: int, aging: float, scans: int,
 
     vmas: dict[tuple[int, int], _VmaRow] = {}
     for i, h in enumerate(harvests):
-        per_vma_resident = np.bincount(h.pages.vma, minlength=len(h.vmas))
-        per_vma_accessed = np.bincount(h.pages.vma[h.pages.accessed], minlength=len(h.vmas))
+        per_vma_resident, per_vma_accessed = h.pages.per_vma(len(h.vmas))
         for j in range(len(h.vmas)):
             key = (int(h.vmas.start[j]), int(h.vmas.end[j]))
             row = vmas.get(key)

@@ -52,7 +52,8 @@ class SourceOptions:
     per-cgroup numbers that count a shared page once; the mglru sources ignore it.
     ``lazy_pages``: ptwalk hands out its harvests' pages as per-table bitmaps that the reader
     decodes a chunk at a time (pagetable.TablePages), for the daemon, whose aggregator never
-    needs every page at once; its harvest_seconds then leave the decode out."""
+    needs every page at once, and snapshot, whose per-mapping counts are table popcounts;
+    its harvest_seconds then leave the decode out."""
 
     tlb_flush: TlbFlush = TlbFlush.AUTO
     mglru_aging: MglruAging = MglruAging.ACTIVE

@@ -127,6 +127,11 @@ class Pages:
     def count_accessed(self) -> int:
         return int(np.count_nonzero(self.accessed))
 
+    def per_vma(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """(resident, accessed): int64 pages of each of the ``n`` mappings (Vmas order)."""
+        return (np.bincount(self.vma, minlength=n).astype(np.int64),
+                np.bincount(self.vma[self.accessed], minlength=n).astype(np.int64))
+
     def node_type_range(self) -> tuple[int, int, int, int]:
         """(lowest node, highest node, lowest type, highest type) of the pages; not for none."""
         return (int(self.node.min()), int(self.node.max()), int(self.type.min()),
@@ -150,6 +155,7 @@ class PageSet(Protocol):
     def blocks(self, shift: int, chunk: int = ...) -> np.ndarray: ...
     def count_outside(self, lo: int, hi: int) -> int: ...
     def count_accessed(self) -> int: ...
+    def per_vma(self, n: int) -> tuple[np.ndarray, np.ndarray]: ...
     def node_type_range(self) -> tuple[int, int, int, int]: ...
 
 

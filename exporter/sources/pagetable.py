@@ -567,6 +567,16 @@ class TablePages:
     def count_accessed(self) -> int:
         return int(np.bitwise_count(self._tables["accessed"] & self._tables["present"]).sum())
 
+    def per_vma(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Per-mapping counts from each table's popcounts: nothing decoded (a table is one
+        VMA's, see _pages)."""
+        vma = self._tables["vma"].astype(np.intp)
+        accessed = np.bitwise_count(self._tables["accessed"] & self._tables["present"]).sum(
+            axis=1, dtype=np.int64)
+        # float64 weights: exact for counts below 2**53.
+        return (np.bincount(vma, weights=self._per_table, minlength=n).astype(np.int64),
+                np.bincount(vma, weights=accessed, minlength=n).astype(np.int64))
+
     def node_type_range(self) -> tuple[int, int, int, int]:
         """The node is the single one; the types come from the tables' VMA kinds, and anon
         too where a private file/shmem table has written pages (copy-on-write copies)."""
