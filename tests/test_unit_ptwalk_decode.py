@@ -196,3 +196,16 @@ def test_aggregate_of_table_pages_equals_that_of_decoded_pages(monkeypatch: pyte
             assert np.array_equal(getattr(a, field), getattr(b, field)), (field, k)
         assert (a.never_accessed, a.wss_pages, a.resident_pages, a.cold_pages) == \
             (b.never_accessed, b.wss_pages, b.resident_pages, b.cold_pages)
+
+
+def test_table_pages_only_where_the_records_are_smaller_than_the_arrays() -> None:
+    """serve's lazy pages: a dense layout (512 pages a 216-byte record) is kept as tables, a
+    sparse one (a page or two a record, as 60,000 small mappings give) is decoded."""
+    for layout, lazy in (("dense", True), ("sparse", False)):
+        vmas, tables, _ = synthetic(np.random.default_rng(3), 40, layout)
+        got = pagetable.TablePages.if_smaller(vmas, tables, ONE_NODE)
+        pages = pagetable._pages(vmas, tables, pagetable._NO_RAW, ONE_NODE)
+        assert (pagetable._TABLE.itemsize * len(tables) < pagetable._PAGES_BYTES * len(pages)) is lazy
+        assert (got is not None) is lazy, layout
+        if got is not None:
+            assert got._tables is not tables and len(got) == len(pages)

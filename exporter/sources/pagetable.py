@@ -328,13 +328,9 @@ class PageTableScan:
         if len(vmas) == 0:
             del tables, raw  # views of the BPF maps: not to be kept by the traceback
             raise TargetGone(pid)  # exited (a zombie has no mm left to walk)
-        if lazy and not len(raw) and self._nodes.single is not None and \
-                _TABLE.itemsize * len(tables) < _PAGES_BYTES * _count(tables):
-            # The table records take less than the arrays would: dense memory, not a layout
-            # of many small mappings (a 216-byte record each for a page or two).
-            pages: PageSet = TablePages(vmas, tables.copy(), self._nodes)
-        else:
-            pages = _pages(vmas, tables, raw, self._nodes, self._buffers)
+        lazy_pages = TablePages.if_smaller(vmas, tables, self._nodes) \
+            if lazy and not len(raw) and self._nodes.single is not None else None
+        pages: PageSet = lazy_pages or _pages(vmas, tables, raw, self._nodes, self._buffers)
         del tables, raw  # views of the BPF maps (see _scan): none may outlive this call
         names = self._names(pid, vmas)
         truncations = Truncations(step_limit=counters.pop("step_limit_vmas"),
@@ -503,24 +499,34 @@ class TablePages:
     vmas, tables: copies of the scan's _VMA and _TABLE records; nodes.single is set.
     """
 
-    def __init__(self, vmas: np.ndarray, tables: np.ndarray, nodes: NodeMap) -> None:
+    def __init__(self, vmas: np.ndarray, tables: np.ndarray, nodes: NodeMap,
+                 per_table: np.ndarray | None = None) -> None:
         assert nodes.single is not None
         self._vmas, self._tables, self._nodes = vmas, tables, nodes
-        self._per_table = np.bitwise_count(tables["present"]).sum(axis=1, dtype=np.int64)
+        self._per_table = _present_per_table(tables) if per_table is None else per_table
         self._total = int(self._per_table.sum())
         self._whole: Pages | None = None
         self.pfn = None
 
+    @classmethod
+    def if_smaller(cls, vmas: np.ndarray, tables: np.ndarray, nodes: NodeMap) -> TablePages | None:
+        """TablePages of a copy of ``tables`` (views of the BPF maps may be passed) where the
+        records take less memory than Pages would: dense memory, not a layout of many small
+        mappings (a 216-byte record each for a page or two). None otherwise."""
+        per_table = _present_per_table(tables)
+        if _TABLE.itemsize * len(tables) >= _PAGES_BYTES * int(per_table.sum()):
+            return None
+        return cls(vmas, tables.copy(), nodes, per_table)
+
     def __len__(self) -> int:
         return self._total
 
-    def _decode(self, lo: int = 0, hi: int | None = None) -> Pages:
-        t = self._tables[lo:hi]
-        return _pages(self._vmas, t, _NO_RAW, self._nodes)
+    def _decode(self, tables: np.ndarray) -> Pages:
+        return _pages(self._vmas, tables, _NO_RAW, self._nodes)
 
     def _all(self) -> Pages:
         if self._whole is None:
-            self._whole = self._decode()
+            self._whole = self._decode(self._tables)
         return self._whole
 
     vpn = property(lambda self: self._all().vpn)
@@ -539,7 +545,7 @@ class TablePages:
         lo = 0
         while lo < len(self._tables):
             hi = max(int(np.searchsorted(ends, (ends[lo - 1] if lo else 0) + n, side="right")), lo + 1)
-            part = self._decode(lo, hi)
+            part = self._decode(self._tables[lo:hi])
             if len(part):
                 yield part
             lo = hi
@@ -561,7 +567,7 @@ class TablePages:
         straddle = ~inside & ~apart & (self._per_table > 0)
         n = int(self._per_table[apart].sum())
         if straddle.any():
-            n += _pages(self._vmas, self._tables[straddle], _NO_RAW, self._nodes).count_outside(lo, hi)
+            n += self._decode(self._tables[straddle]).count_outside(lo, hi)
         return n
 
     def count_accessed(self) -> int:
@@ -596,9 +602,9 @@ _NO_RAW = np.zeros((0, 512), dtype="<u8")
 _PAGES_BYTES = 17  # per page in base.Pages without pfn: vpn 8, vma 4, node 2, accessed, type, thp
 
 
-def _count(tables: np.ndarray) -> int:
-    """Present pages in the tables."""
-    return int(np.bitwise_count(tables["present"]).sum())
+def _present_per_table(tables: np.ndarray) -> np.ndarray:
+    """int64 present pages of each _TABLE record."""
+    return np.bitwise_count(tables["present"]).sum(axis=1, dtype=np.int64)
 
 
 class _Buffers:
@@ -632,7 +638,7 @@ def _pages(vmas: np.ndarray, tables: np.ndarray, raw: np.ndarray, nodes: NodeMap
     """
     buf = buffers or _Buffers()
     n = len(tables)
-    per_table = np.bitwise_count(tables["present"]).sum(axis=1, dtype=np.int64)
+    per_table = _present_per_table(tables)
     total = int(per_table.sum())
     if total == n * 512:
         live = present = None
