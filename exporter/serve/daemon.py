@@ -76,13 +76,6 @@ class _Refused:
     next_try: float = 0.0
 
 
-def _same_process(pid: int, start_time: int) -> bool:
-    try:
-        return procfs.read_start_time(pid) == start_time
-    except (OSError, ValueError):
-        return False
-
-
 def worker_priority(priority: str) -> None:
     """Lower the calling thread's CPU priority (Linux: policies and nice values are per
     thread, and pid 0 means the calling thread). "idle": SCHED_IDLE, which the scheduler
@@ -210,7 +203,7 @@ class Daemon:
             elif wanted[pid].cgroup != known.cgroup:  # moved to another cgroup: same history
                 t.proc = wanted[pid]
         now = time.monotonic()
-        for pid in [p for p, r in self._refused.items() if not _same_process(p, r.start_time)]:
+        for pid in [p for p, r in self._refused.items() if not procfs.is_running(p, r.start_time)]:
             del self._refused[pid]  # that process is gone: one that reuses the pid starts afresh
         for pid, proc in wanted.items():
             refused = self._refused.get(pid)
