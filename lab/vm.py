@@ -43,6 +43,10 @@ LAB_DIR = Path(__file__).resolve().parent
 GUEST_INIT = LAB_DIR / "guest-init.sh"
 TIMEOUT_RC = 124  # like timeout(1)
 VNG_NO_STATUS_RC = 255  # vng: the guest gave no exit status
+# How the kernel's console begins a report of fatal trouble (lib/bug.c, kernel/panic.c,
+# arch/x86/kernel/dumpstack.c, mm/oom_kill.c).
+KERNEL_REPORTS = ("Kernel panic", "BUG:", "Oops:", "general protection fault",
+                  "Out of memory")
 
 # Host variables the guest needs to find the same Python/venv and project knobs.
 PASSTHROUGH_ENV = ("PATH", "VIRTUAL_ENV", "PYTHONPATH", "LANG", "LC_ALL", "LC_CTYPE", "HOME", "TERM")
@@ -75,11 +79,15 @@ class VmResult:
 
     def tail(self, chars: int = 6000) -> str:
         """The ends of both streams, for assertion messages: stderr carries the guest
-        kernel's console, where a panic or an oops says why a guest died."""
+        kernel's console, where a panic or an oops says why a guest died; the console is
+        shown from the kernel's first such report, if any."""
         why = "the guest died without an exit status (kernel panic or QEMU exit); " \
               "its console is below\n" if self.died else ""
+        err = self.stderr
+        first = min((i for i in map(err.find, KERNEL_REPORTS) if i >= 0), default=-1)
+        err = err[err.rfind("\n", 0, first) + 1:][:chars // 2] if first >= 0 else err[-chars // 2:]
         return (f"{why}{self.stdout[-chars // 2:]}\n--- stderr (guest stderr and kernel console) ---\n"
-                f"{self.stderr[-chars // 2:]}")
+                f"{err}")
 
 
 def vng_binary() -> str | None:

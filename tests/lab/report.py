@@ -37,7 +37,8 @@ def _cell(rows: list[dict]) -> str:
 def render(data: dict) -> str:
     res = data["results"]
     failures = [r for r in res if r["test"] == "guest-failure"]
-    res = [r for r in res if r["test"] != "guest-failure"]
+    deaths = [r for r in res if r["test"] == "guest-died"]
+    res = [r for r in res if r["test"] not in ("guest-failure", "guest-died")]
     kernels = []
     for r in res:
         k = (r["kernel"], r["uname"])
@@ -70,6 +71,12 @@ def render(data: dict) -> str:
     if failures:
         out += ["", "## Guest tests that failed", ""]
         out += [f"- {r['run']}: `{r['source']}`" for r in failures]
+    if deaths:
+        out += ["", "## Guests that died and were rerun once", "",
+                "The guest ended without an exit status (kernel panic or QEMU exit); the table "
+                "above is the rerun's. The dead guest's last console lines:", ""]
+        for r in deaths:
+            out += [f"- {r['run']}:", "", "```", r.get("console", "").strip(), "```"]
     out += ["", "## Measurements", "",
             "| run | test | source | detail |", "| --- | --- | --- | --- |"]
     for r in res:

@@ -1,0 +1,36 @@
+"""lab/vm.py's reading of a guest's end, on synthetic outputs: a guest that died (vng's 255,
+no exit status) against one whose command failed or timed out, and the console shown from
+the kernel's own first report of trouble. A real panic: tests/lab/test_lab.py."""
+
+from __future__ import annotations
+
+from lab.vm import TIMEOUT_RC, VNG_NO_STATUS_RC, VmResult
+
+
+def test_died_is_no_exit_status_only() -> None:
+    assert VmResult(VNG_NO_STATUS_RC, "", "", 1.0).died
+    assert not VmResult(1, "", "", 1.0).died
+    assert not VmResult(139, "", "Segmentation fault\n", 1.0).died  # the command's own status
+    assert not VmResult(TIMEOUT_RC, "", "", 1.0, timed_out=True).died
+
+
+def test_tail_shows_the_kernel_report_not_the_boot_log() -> None:
+    boot = "".join(f"[{i:5d}.0] boot line {i}\n" for i in range(2000))
+    trace = "".join(f"[ 5.{i}] trace {i}\n" for i in range(50))
+    console = boot + "[ 5.0] BUG: kernel NULL pointer dereference, address: 0\n" + trace + \
+        "[ 5.9] Kernel panic - not syncing: Fatal exception\n"
+    t = VmResult(VNG_NO_STATUS_RC, "test_x PASSED\n", console, 1.0).tail()
+    assert t.startswith("the guest died without an exit status")
+    assert "test_x PASSED" in t
+    shown = t.split("--- stderr (guest stderr and kernel console) ---\n", 1)[1]
+    assert shown.startswith("[ 5.0] BUG: kernel NULL pointer dereference")
+    assert "trace 49" in shown and "Kernel panic" in shown and "boot line" not in shown
+
+
+def test_tail_without_a_kernel_report_is_the_end_of_both_streams() -> None:
+    out = "".join(f"out {i}\n" for i in range(1000))
+    err = "".join(f"err {i}\n" for i in range(1000))
+    t = VmResult(1, out, err, 1.0).tail(2000)
+    assert not t.startswith("the guest died")
+    assert t.split("\n--- stderr")[0].endswith("out 999\n") and t.endswith("err 999\n")
+    assert "out 0\n" not in t and "err 0\n" not in t
