@@ -4,9 +4,12 @@ For each target size one workload process is populated (1% hot, 1% warm, the res
 then REPS rounds each time, interleaved so that they share the machine's noise:
   scan          ptwalk's BPF iterator run (PtwalkSource._scan), PG_young off;
   scan+young    the same with the PG_young check (what a host running a DAMON kdamond pays);
-  decode        bitmaps -> Pages/Vmas (pagetable._decode, including reading /proc/PID/maps);
+  decode        bitmaps -> Pages/Vmas (pagetable._decode, including reading /proc/PID/maps),
+                what a harvest cost before snapshot read its counts from the tables;
   harvest       what `snapshot` reports as harvest_ms: a whole cycle minus its aging, PG_young
-                off and on;
+                off and on, with the source as snapshot opens it (lazy pages);
+  counts        snapshot's per-mapping counts of that harvest (PageSet.per_vma), outside
+                harvest_ms; "harvest+counts" adds them back;
   pagemap       the kernel's /proc/PID/pagemap read of every mapping.
 Times are CPU time of this thread (user + kernel). Prints a Markdown table; ratios are per
 round, then the median (min-max) of the rounds.
@@ -66,8 +69,9 @@ def measure(size: int, reps: int) -> dict:
                     raise RuntimeError("workload failed")
                 time.sleep(0.1)
             json.loads(truth.read_text())
-            src = PtwalkSource(check_young=False)
-            src_young = PtwalkSource(check_young=True)
+            # As `pageheat snapshot` opens it (cli._snapshot: lazy_pages).
+            src = PtwalkSource(check_young=False, lazy_pages=True)
+            src_young = PtwalkSource(check_young=True, lazy_pages=True)
             src.attach(wl.pid)
             src_young.attach(wl.pid)
             pid = wl.pid
@@ -78,11 +82,14 @@ def measure(size: int, reps: int) -> dict:
                 scan_young_s, _ = timed(lambda: src_young._scan(pid))
                 decode_s, (pages, _) = timed(lambda s=scanned: pagetable._decode(
                     s[0], s[1], s[2], procfs.read_maps_table(pid), src._nodes))
-                harvest = src.cycle(pid).harvest_seconds
+                h = src.cycle(pid)
+                harvest = h.harvest_seconds
+                counts_s, _ = timed(lambda h=h: h.pages.per_vma(len(h.vmas)))
                 harvest_young = src_young.cycle(pid).harvest_seconds
                 pagemap_s, present = timed(lambda: pagemap_read(pid))
                 rows.append({"pages": len(pages), "pagemap_present": present, "scan": scan_s,
                              "scan_young": scan_young_s, "decode": decode_s, "harvest": harvest,
+                             "counts": counts_s, "harvest_counts": harvest + counts_s,
                              "harvest_young": harvest_young, "pagemap": pagemap_s,
                              "young_usable": src_young.young_flag_usable})
             src.close()
@@ -110,15 +117,16 @@ def main() -> int:
     print(f"Machine: {os.cpu_count()} CPUs, {model}, kernel {platform.release()}, kdamond state: "
           f"{damon}; date {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
           f"{a.reps} rounds per size, median (min-max); command: {' '.join(sys.argv)}\n")
-    keys = ("scan", "scan_young", "decode", "harvest", "harvest_young", "pagemap")
+    keys = ("scan", "scan_young", "decode", "harvest", "counts", "harvest_young", "pagemap")
     print("| target | pages | " + " | ".join(f"{k} (ms)" for k in keys)
-          + " | harvest / pagemap | harvest+young / pagemap | decode ns/page |")
+          + " | harvest / pagemap | harvest+counts / pagemap | harvest+young / pagemap "
+          "| decode ns/page |")
     print("|---|---|" + "---|" * (len(keys) + 3))
     for r in results:
         rows = r["rows"]
         cells = [med([row[k] * 1e3 for row in rows], "{:.2f}") for k in keys]
         ratios = [med([row[k] / row["pagemap"] for row in rows], "{:.2f}")
-                  for k in ("harvest", "harvest_young")]
+                  for k in ("harvest", "harvest_counts", "harvest_young")]
         per = med([row["decode"] / row["pages"] * 1e9 for row in rows], "{:.1f}")
         label = f"{r['size'] / (1 << 30):g} GiB"
         print(f"| {label} | {rows[0]['pages']} | {' | '.join(cells)} | {' | '.join(ratios)} | {per} |")
