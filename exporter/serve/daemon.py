@@ -49,6 +49,9 @@ class _Target:
     due: float  # monotonic time of its next cycle
     cost: float | None = None  # smoothed CPU seconds per cycle (harvest + aging); None: no cycle yet
     errors: int = 0  # harvests that failed in a row
+    # Most pages one harvest found: whether dropping it calls for memory.trim (its last view
+    # may be of an exiting process whose memory is mostly gone already).
+    peak_pages: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,6 +153,7 @@ class Daemon:
         return {pid: p.frames for pid, p in self._published.items() if p.frames is not None}
 
     async def run(self, stop: asyncio.Event) -> None:
+        memory.one_arena()  # before the harvest thread's first allocation: see serve/memory.py
         addresses = self.cfg.listen_addresses
         await self.http.start(addresses)
         where = ", ".join(f"{host}:{port}" for (host, _), port in zip(addresses, self.http.ports,
@@ -295,6 +299,7 @@ class Daemon:
                 t.due = time.monotonic() + t.interval
             return
         t.errors = 0
+        t.peak_pages = max(t.peak_pages, len(h.pages))
         self._refused.pop(pid, None)
         self.sanity.check(h, t.proc.comm)
         started = cpu_time()
@@ -345,9 +350,8 @@ class Daemon:
         self.source.detach(pid)
         self.sanity.forget(pid)
         t = self._targets.pop(pid, None)
-        view = self._published.get(pid, Published(None)).view
         self._published = {p: r for p, r in self._published.items() if p != pid}
-        if view is not None and memory.worth_trimming(view.resident_pages):
+        if t is not None and memory.worth_trimming(t.peak_pages):
             memory.trim()  # its history and the source's arrays were freed: give the pages back
         if t is not None:
             log.info("stopped following pid %d (%s): %s", pid, shown(t.proc.comm), why)
