@@ -10,7 +10,7 @@ venv's python, so their comm is ``phwl``), which serve selects by ``targets.comm
 RSS is sampled every 0.5 s; "warm" and "after" are medians of --settle seconds of samples.
 
     sudo .venv/bin/python bench/rss_return.py [--sizes 1GiB,4GiB,16GiB] [--small 64MiB]
-        [--settle 15] [--cycles 10] [--root CHECKOUT]
+        [--settle 15] [--cycles 10] [--root BEFORE --root AFTER]
 """
 
 from __future__ import annotations
@@ -126,19 +126,21 @@ def main() -> int:
     ap.add_argument("--small", default="64MiB")
     ap.add_argument("--settle", type=float, default=15.0, help="seconds of RSS samples per median")
     ap.add_argument("--cycles", type=int, default=10, help="harvests of a process before measuring")
-    ap.add_argument("--root", type=Path, default=Path(__file__).resolve().parent.parent)
+    ap.add_argument("--root", type=Path, action="append",
+                    help="checkout whose serve is measured (repeatable, each size in turn; "
+                         "default: this one)")
     ap.add_argument("--port", type=int, default=19476)
     a = ap.parse_args()
-    rows = [measure(a.root, parse_size(s), parse_size(a.small), a.settle, a.cycles, a.port)
-            for s in a.sizes.split(",")]
+    roots = a.root or [Path(__file__).resolve().parent.parent]
+    rows = [(root, measure(root, parse_size(s), parse_size(a.small), a.settle, a.cycles, a.port))
+            for s in a.sizes.split(",") for root in roots]
     print(f"Machine: {os.cpu_count()} CPUs, kernel {platform.release()}; date "
-          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; command: {' '.join(sys.argv)}; "
-          f"serve from {a.root}\n")
-    print("| large target | serve RSS, small target only (before) | during | VmHWM | after the "
-          "large one left | after / before |")
-    print("|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['size'] >> 30} GiB | {r['warm_kib'] / 1024:.1f} MiB | "
+          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; command: {' '.join(sys.argv)}\n")
+    print("| large target | serve from | serve RSS, small target only (before) | during | VmHWM "
+          "| after the large one left | after / before |")
+    print("|---|---|---|---|---|---|---|")
+    for root, r in rows:
+        print(f"| {r['size'] >> 30} GiB | {root} | {r['warm_kib'] / 1024:.1f} MiB | "
               f"{r['during_kib'] / 1024:.1f} MiB | {r['hwm_kib'] / 1024:.1f} MiB | "
               f"{r['after_kib'] / 1024:.1f} MiB | {r['after_kib'] / r['warm_kib']:.3f} |")
     return 0

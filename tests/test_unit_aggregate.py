@@ -326,7 +326,12 @@ def test_page_that_leaves_and_returns_starts_a_fresh_history() -> None:
     vmas = vmas_of((0x1000, 4, ""))
     state = TargetState(1, "x", n_bins=2, cold_after=10.0)
     state.update(harvest(vmas, pages_of(vmas, [0x1000, 0x1001], [1, 1]), 0.0), 1.0)
+    epochs = state.history.epochs
     state.update(harvest(vmas, pages_of(vmas, [0x1000], [0]), 1.0), 1.0)  # 0x1001 swapped out
+    # The same block: its history was updated in place, and the page that left is ABSENT there.
+    assert state.history.epochs is epochs
+    assert state.history.lookup(np.array([0x1000, 0x1001], dtype=np.uint64)).tolist() == [
+        aggregate.FIRST_EPOCH, aggregate.ABSENT]
     view = state.update(harvest(vmas, pages_of(vmas, [0x1000, 0x1001, 0x1002], [0, 0, 0]), 3.0), 1.0)
     # 0x1000: idle 3 s (le=5); 0x1001 and 0x1002: never seen accessed since they became resident.
     assert int(view.idle[0][IDLE_BOUNDS.index(5.0)]) == 1
