@@ -330,7 +330,8 @@ class PageTableScan:
             raise TargetGone(pid)  # exited (a zombie has no mm left to walk)
         lazy_pages = TablePages.if_smaller(vmas, tables, self._nodes) \
             if lazy and not len(raw) and self._nodes.single is not None else None
-        pages: PageSet = lazy_pages or _pages(vmas, tables, raw, self._nodes, self._buffers)
+        pages: PageSet = lazy_pages if lazy_pages is not None else \
+            _pages(vmas, tables, raw, self._nodes, self._buffers)
         del tables, raw  # views of the BPF maps (see _scan): none may outlive this call
         names = self._names(pid, vmas)
         truncations = Truncations(step_limit=counters.pop("step_limit_vmas"),
