@@ -121,7 +121,7 @@ def main() -> int:
     print("| target | pages | " + " | ".join(f"{k} (ms)" for k in keys)
           + " | harvest / pagemap | harvest+counts / pagemap | harvest+young / pagemap "
           "| decode ns/page |")
-    print("|---|---|" + "---|" * (len(keys) + 3))
+    print("|---|---|" + "---|" * (len(keys) + 4))
     for r in results:
         rows = r["rows"]
         cells = [med([row[k] * 1e3 for row in rows], "{:.2f}") for k in keys]

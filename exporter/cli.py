@@ -361,8 +361,8 @@ def _snapshot(args: argparse.Namespace) -> int:
         raise UsageError("--aging must be at least 100ms")
     pid = _process_of(args.pid)
     _check_access(pid)
-    # lazy_pages: the per-mapping counts come from the scan's per-table popcounts; only
-    # --pages decodes pages.
+    # lazy_pages: where ptwalk hands out TablePages (see SourceOptions), the per-mapping
+    # counts come from the scan's per-table popcounts, and only --pages decodes pages.
     source = open_source(cfg.source, cfg.source_options(lazy_pages=True))
     try:
         result = take(source, pid, args.aging, args.scans, args.range, args.pages)

@@ -45,8 +45,8 @@ TIMEOUT_RC = 124  # like timeout(1)
 VNG_NO_STATUS_RC = 255  # vng: the guest gave no exit status
 # How the kernel's console begins a report of fatal trouble (lib/bug.c, kernel/panic.c,
 # arch/x86/kernel/dumpstack.c, mm/oom_kill.c).
-KERNEL_REPORTS = ("Kernel panic", "BUG:", "Oops:", "general protection fault",
-                  "Out of memory")
+KERNEL_REPORTS = ("Kernel panic", "BUG:", "Oops:", "kernel BUG at", "invalid opcode",
+                  "Unable to handle kernel", "general protection fault", "Out of memory")
 
 # Host variables the guest needs to find the same Python/venv and project knobs.
 PASSTHROUGH_ENV = ("PATH", "VIRTUAL_ENV", "PYTHONPATH", "LANG", "LC_ALL", "LC_CTYPE", "HOME", "TERM")
@@ -85,7 +85,12 @@ class VmResult:
               "its console is below\n" if self.died else ""
         err = self.stderr
         first = min((i for i in map(err.find, KERNEL_REPORTS) if i >= 0), default=-1)
-        err = err[err.rfind("\n", 0, first) + 1:][:chars // 2] if first >= 0 else err[-chars // 2:]
+        if first >= 0:  # the first report, and the end (a later panic line, the last words)
+            err = err[err.rfind("\n", 0, first) + 1:]
+            if len(err) > chars // 2:
+                err = err[:chars // 4] + "\n[...]\n" + err[-chars // 4:]
+        else:
+            err = err[-chars // 2:]
         return (f"{why}{self.stdout[-chars // 2:]}\n--- stderr (guest stderr and kernel console) ---\n"
                 f"{err}")
 

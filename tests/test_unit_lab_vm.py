@@ -34,3 +34,15 @@ def test_tail_without_a_kernel_report_is_the_end_of_both_streams() -> None:
     assert not t.startswith("the guest died")
     assert t.split("\n--- stderr")[0].endswith("out 999\n") and t.endswith("err 999\n")
     assert "out 0\n" not in t and "err 0\n" not in t
+
+
+def test_tail_of_a_long_report_keeps_its_head_and_its_end() -> None:
+    """An oops longer than the space: its first line (what went wrong) and the console's end
+    (the panic it led to) are both shown; so are report headers of older kernels."""
+    trace = "".join(f"[ 7.{i:04d}] frame {i}\n" for i in range(2000))
+    console = "boot\n" * 100 + "[ 7.0] kernel BUG at mm/rmap.c:1234!\n[ 7.0] invalid opcode: 0000\n" + \
+        trace + "[ 9.0] Kernel panic - not syncing: Fatal exception\n"
+    shown = VmResult(VNG_NO_STATUS_RC, "", console, 1.0).tail(4000).split("kernel console) ---\n")[1]
+    assert shown.startswith("[ 7.0] kernel BUG at mm/rmap.c:1234!")
+    assert shown.rstrip().endswith("Kernel panic - not syncing: Fatal exception")
+    assert "[...]" in shown and "boot" not in shown and len(shown) < 2200

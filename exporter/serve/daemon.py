@@ -351,10 +351,13 @@ class Daemon:
         self.sanity.forget(pid)
         t = self._targets.pop(pid, None)
         self._published = {p: r for p, r in self._published.items() if p != pid}
-        if t is not None and memory.worth_trimming(t.peak_pages):
+        if t is None:
+            return
+        log.info("stopped following pid %d (%s): %s", pid, shown(t.proc.comm), why)
+        big = memory.worth_trimming(t.peak_pages)
+        del t  # its history goes with it, before the trim
+        if big:
             memory.trim()  # its history and the source's arrays were freed: give the pages back
-        if t is not None:
-            log.info("stopped following pid %d (%s): %s", pid, shown(t.proc.comm), why)
 
     def _close(self) -> None:
         for pid in list(self._targets):

@@ -4,8 +4,10 @@
 (malloc/malloc.c, mtrim: systrim for the main arena alone), so the free memory at the top
 of the harvest thread's own arena stayed resident after a large target left
 (bench/rss_return.py: 7-14 MiB after a 4 or 16 GiB target). With one arena for every
-thread (serve has two that allocate: the event loop and the harvest worker, which never
-allocate at the same time for long), all of it can be trimmed.
+thread (the event loop, the harvest worker, and the HTTP executor's threads that check
+passwords and encode /metrics), all of it can be trimmed; they share the arena's lock, which
+bench/harvest.py did not show as CPU (it does not scrape while it measures). Only threads that
+have no arena yet are affected: serve calls it before its first harvest and first request.
 
 numpy returns its big arrays with munmap, but everything smaller than glibc's mmap threshold
 (128 KiB, raised dynamically up to 32 MiB once large blocks were freed: mallopt(3)) stays in
