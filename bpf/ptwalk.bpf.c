@@ -233,8 +233,15 @@ struct bits_ctx {
  * and keep the information in PG_young; clear_refs clears PG_young too, so "Accessed bit or
  * PG_young" means "accessed since our last aging" even while DAMON runs. PG_young exists on
  * 64-bit kernels with CONFIG_PAGE_IDLE_FLAG (selected by DAMON and IDLE_PAGE_TRACKING).
- * The flag is per folio: for a PTE-mapped page of a large folio it does not say which page
- * was used, so only single-page folios (and whole PMD-mapped THPs, whole_folio) count.
+ *
+ * The flag is per folio, not per mapping, so it only speaks for us where the folio has no
+ * other mapping:
+ * - DAMON's rmap walk (damon_folio_mkold, mm/damon/ops-common.c) sets PG_young when *any*
+ *   mapping's PTE was young. A libc page another process uses would look accessed by ours,
+ *   so a folio mapped more than once is not counted (young_flag_shared says how many were
+ *   left out). Its Accessed bit, when set, still counts: that one is ours alone.
+ * - For a PTE-mapped page of a large folio it does not say which page was used, so only
+ *   single-page folios (and whole PMD-mapped THPs, whole_folio) count.
  */
 /*
  * page->flags became a memdesc_flags_t struct in 6.18 ("mm: introduce memdesc_flags_t");
@@ -249,26 +256,60 @@ struct page___ulong {
 	unsigned long flags;
 } __attribute__((preserve_access_index));
 
+/*
+ * A large folio's mapcount in one value (minus one, like page->_mapcount) since 6.10
+ * ("mm: track mapcount of large folios in single value"). Older kernels kept it in
+ * _entire_mapcount plus _nr_pages_mapped; there a PMD-mapped folio's PG_young is not used.
+ */
+struct folio___large_mapcount {
+	atomic_t _large_mapcount;
+} __attribute__((preserve_access_index));
+
+/* The 32-bit field at byte offset off of a struct page read into w (off < 64). */
+static __always_inline __s32 page_s32(const __u64 *w, __u32 off)
+{
+	return (__s32)(w[(off / 8) & 7] >> ((off % 8) * 8));
+}
+
 static __always_inline int folio_young(struct ptwalk_state *st, __u64 entry, int whole_folio)
 {
-	__u64 w[2] = {}, page, flags = 0;
+	__u64 w[8] = {}, page, flags = 0;
 	__u32 off_flags = bpf_core_field_exists(struct page___memdesc, flags) ?
 			  bpf_core_field_offset(struct page___memdesc, flags) :
 			  bpf_core_field_offset(struct page___ulong, flags);
 	__u32 off_head = bpf_core_field_offset(struct page, compound_head);
+	__u32 off_map = bpf_core_field_offset(struct page, _mapcount);
+	__s32 mapcount;
 
-	if (!bpf_core_enum_value_exists(enum pageflags, PG_young) || off_flags > 8 || off_head > 8)
+	if (!bpf_core_enum_value_exists(enum pageflags, PG_young) || off_flags > 56 ||
+	    off_head > 56 || off_map > 60 || bpf_core_type_size(struct page) > sizeof(w))
 		return 0;
 	page = st->vmemmap_base + ((entry & PHYS_MASK) >> PAGE_SHIFT) * bpf_core_type_size(struct page);
+	/* One read of the whole struct page (64 bytes, one cache line): the flags, the head
+	 * pointer and the mapcount cost what the flags alone would. */
 	if (bpf_probe_read_kernel(w, sizeof(w), (void *)page))
 		return 0;
-	flags = w[off_flags / 8 & 1];
+	flags = w[(off_flags / 8) & 7];
 	/* A tail page's compound_head is its head page's address plus one. */
-	if (w[off_head / 8 & 1] & 1)
+	if (w[(off_head / 8) & 7] & 1)
 		return 0;
-	if (!whole_folio && (flags >> bpf_core_enum_value(enum pageflags, PG_head)) & 1)
+	if (!((flags >> bpf_core_enum_value(enum pageflags, PG_young)) & 1))
 		return 0;
-	return (flags >> bpf_core_enum_value(enum pageflags, PG_young)) & 1;
+	if ((flags >> bpf_core_enum_value(enum pageflags, PG_head)) & 1) {
+		if (!whole_folio || !bpf_core_field_exists(struct folio___large_mapcount, _large_mapcount))
+			return 0;
+		if (bpf_probe_read_kernel(&mapcount, sizeof(mapcount), (void *)(page +
+				bpf_core_field_offset(struct folio___large_mapcount, _large_mapcount))))
+			return 0;
+	} else {
+		mapcount = page_s32(w, off_map);
+	}
+	/* Both count mappings minus one: 0 is "mapped once", by the entry we are reading. */
+	if (mapcount != 0) {
+		st->young_flag_shared++;
+		return 0;
+	}
+	return 1;
 }
 
 struct young_ctx {

@@ -102,8 +102,15 @@ def test_kubelet_cgroups_identity_aggregates_and_churn(ptwalk_ok, tmp_path: Path
                 # pid churn: one of a's processes exits, a's series stay; b's last exits, b's go
                 stop_process(wa1.proc)
                 stop_process(wb.proc)
-                wait_for(lambda: not series(serve.metrics(), "pageheat_cgroup_resident_bytes",
-                                            cgroup=b.path), 10, "b's series gone")
+
+                def both_exits_seen() -> bool:
+                    # Each exit is noticed on its own (at that process's next harvest or the
+                    # next discovery): wb's may come first.
+                    text = serve.metrics()
+                    return (not series(text, "pageheat_cgroup_resident_bytes", cgroup=b.path)
+                            and not series(text, "pageheat_process_info", pid=str(wa1.pid)))
+
+                wait_for(both_exits_seen, 10, "b's series and wa1's gone")
                 text = serve.metrics()
                 assert not series(text, "pageheat_process_info", pid=str(wb.pid))
                 assert not series(text, "pageheat_cgroup_working_set_bytes", cgroup=b.path)
@@ -115,6 +122,9 @@ def test_kubelet_cgroups_identity_aggregates_and_churn(ptwalk_ok, tmp_path: Path
                 # a's promotion counter keeps wa1's counts: it never goes down while a lives
                 [after] = series(text, "pageheat_cgroup_promoted_bytes_bucket", cgroup=a.path, le="+Inf")
                 assert after.value >= promoted_a
+            except BaseException:
+                print(serve.log()[-4000:])  # what the daemon saw, in pytest's captured output
+                raise
             finally:
                 assert serve.stop() == 0
             log = serve.log()

@@ -49,8 +49,8 @@ _STATE = np.dtype([
     ("huge_zero_pfn", "<u8"), ("huge_probe_vaddr", "<u8"),
     ("n_vmas", "<u8"), ("n_tables", "<u8"), ("dropped_vmas", "<u8"), ("dropped_tables", "<u8"),
     ("read_errors", "<u8"), ("skipped_huge_pud", "<u8"), ("dup_vmas", "<u8"),
-    ("young_flag_hits", "<u8"), ("special_ptes", "<u8"), ("special_pmds", "<u8"),
-    ("step_limit_vmas", "<u8"),
+    ("young_flag_hits", "<u8"), ("young_flag_shared", "<u8"), ("special_ptes", "<u8"),
+    ("special_pmds", "<u8"), ("step_limit_vmas", "<u8"),
     ("last_mm", "<u8"), ("last_vm_end", "<u8"),
 ])
 _VMA = np.dtype([("start", "<u8"), ("end", "<u8"), ("kind", "<u4"), ("flags", "<u4"),
@@ -62,8 +62,8 @@ _TABLE = np.dtype([
 # The _STATE fields the walk counts into, read after each scan: the truncations become
 # ScanReport.truncations, the rest its free-form counters.
 _REPORTED = ("n_vmas", "n_tables", "dropped_vmas", "dropped_tables", "read_errors",
-             "skipped_huge_pud", "dup_vmas", "young_flag_hits", "special_ptes", "special_pmds",
-             "step_limit_vmas")
+             "skipped_huge_pud", "dup_vmas", "young_flag_hits", "young_flag_shared", "special_ptes",
+             "special_pmds", "step_limit_vmas")
 # Reset before each scan: the counts and the walk's resume point (the rest is set at load).
 _PER_SCAN = (*_REPORTED, "last_mm", "last_vm_end")
 
@@ -118,7 +118,7 @@ class ScanReport:
     truncations (step_limit, read_error), the mapped pages it could only count
     (Harvest.unmonitored), and free-form debug counters by _STATE field name (n_vmas,
     n_tables, dropped_vmas, dropped_tables, skipped_huge_pud, dup_vmas, young_flag_hits,
-    special_ptes, special_pmds; the mglru sources add theirs)."""
+    young_flag_shared, special_ptes, special_pmds; the mglru sources add theirs)."""
 
     truncations: Truncations
     unmonitored: Unmonitored
