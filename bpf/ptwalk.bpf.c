@@ -265,45 +265,37 @@ struct folio___large_mapcount {
 	atomic_t _large_mapcount;
 } __attribute__((preserve_access_index));
 
-/* The 32-bit field at byte offset off of a struct page read into w (off < 64). */
-static __always_inline __s32 page_s32(const __u64 *w, __u32 off)
-{
-	return (__s32)(w[(off / 8) & 7] >> ((off % 8) * 8));
-}
-
 static __always_inline int folio_young(struct ptwalk_state *st, __u64 entry, int whole_folio)
 {
-	__u64 w[8] = {}, page, flags = 0;
+	__u64 w[2] = {}, page, flags = 0;
 	__u32 off_flags = bpf_core_field_exists(struct page___memdesc, flags) ?
 			  bpf_core_field_offset(struct page___memdesc, flags) :
 			  bpf_core_field_offset(struct page___ulong, flags);
 	__u32 off_head = bpf_core_field_offset(struct page, compound_head);
-	__u32 off_map = bpf_core_field_offset(struct page, _mapcount);
+	__u64 off_map;
 	__s32 mapcount;
 
-	if (!bpf_core_enum_value_exists(enum pageflags, PG_young) || off_flags > 56 ||
-	    off_head > 56 || off_map > 60 || bpf_core_type_size(struct page) > sizeof(w))
+	if (!bpf_core_enum_value_exists(enum pageflags, PG_young) || off_flags > 8 || off_head > 8)
 		return 0;
 	page = st->vmemmap_base + ((entry & PHYS_MASK) >> PAGE_SHIFT) * bpf_core_type_size(struct page);
-	/* One read of the whole struct page (64 bytes, one cache line): the flags, the head
-	 * pointer and the mapcount cost what the flags alone would. */
 	if (bpf_probe_read_kernel(w, sizeof(w), (void *)page))
 		return 0;
-	flags = w[(off_flags / 8) & 7];
+	flags = w[off_flags / 8 & 1];
 	/* A tail page's compound_head is its head page's address plus one. */
-	if (w[(off_head / 8) & 7] & 1)
+	if (w[off_head / 8 & 1] & 1)
 		return 0;
 	if (!((flags >> bpf_core_enum_value(enum pageflags, PG_young)) & 1))
 		return 0;
+	/* Most idle pages stop above; the mapcount is read only for the young ones. */
 	if ((flags >> bpf_core_enum_value(enum pageflags, PG_head)) & 1) {
 		if (!whole_folio || !bpf_core_field_exists(struct folio___large_mapcount, _large_mapcount))
 			return 0;
-		if (bpf_probe_read_kernel(&mapcount, sizeof(mapcount), (void *)(page +
-				bpf_core_field_offset(struct folio___large_mapcount, _large_mapcount))))
-			return 0;
+		off_map = bpf_core_field_offset(struct folio___large_mapcount, _large_mapcount);
 	} else {
-		mapcount = page_s32(w, off_map);
+		off_map = bpf_core_field_offset(struct page, _mapcount);
 	}
+	if (bpf_probe_read_kernel(&mapcount, sizeof(mapcount), (void *)(page + off_map)))
+		return 0;
 	/* Both count mappings minus one: 0 is "mapped once", by the entry we are reading. */
 	if (mapcount != 0) {
 		st->young_flag_shared++;
