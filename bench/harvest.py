@@ -175,14 +175,14 @@ def timed(fn) -> tuple[float, object]:
     return time.thread_time() - t0, out
 
 
-def start_target(size: int, maps: int, tmp: Path) -> subprocess.Popen:
+def start_target(size: int, maps: int, tmp: Path, python: str = sys.executable) -> subprocess.Popen:
     """maps == 0: a ``pageheat workload`` of ``size`` bytes; else a process with ``maps``
-    mappings of 2 resident pages each. Returns once it is populated."""
+    mappings of 2 resident pages each; run by ``python``. Returns once it is populated."""
     truth = tmp / f"t-{time.monotonic_ns()}.json"
     if maps:
-        wl = subprocess.Popen([sys.executable, "-c", MANY_MAPS, str(maps), str(truth)])
+        wl = subprocess.Popen([python, "-c", MANY_MAPS, str(maps), str(truth)])
     else:
-        wl = subprocess.Popen([sys.executable, "-m", "pageheat", "workload", "--truth", str(truth),
+        wl = subprocess.Popen([python, "-m", "pageheat", "workload", "--truth", str(truth),
                                "--size", str(size), "--hot", "0.01", "--warm", "0.01"])
     while not truth.exists():
         if wl.poll() is not None:

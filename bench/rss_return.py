@@ -28,26 +28,19 @@ from pathlib import Path
 
 import requests
 from pageheat.config import parse_size
-from pageheat.serve import api
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harvest import api_targets, proc_status_kib, start_target  # noqa: E402
 
 NAME = "phwl"
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise KeyError("VmRSS")
 
 
 def targets(port: int) -> dict[int, int]:
     """pid -> harvests, as serve's JSON API lists them ({} while serve is not listening)."""
     try:
-        rows = api.decode_targets(requests.get(f"http://127.0.0.1:{port}{api.TARGETS_PATH}",
-                                               timeout=10).json())
+        return {r.pid: r.harvests for r in api_targets(port)}
     except requests.ConnectionError:
         return {}
-    return {r.pid: r.harvests for r in rows}
 
 
 def wait_for(what: str, cond, timeout: float = 180.0) -> None:
@@ -63,17 +56,9 @@ def sample(pid: int, seconds: float) -> int:
     v = []
     end = time.monotonic() + seconds
     while time.monotonic() < end:
-        v.append(rss_kib(pid))
+        v.append(proc_status_kib(pid, "VmRSS"))
         time.sleep(0.5)
     return int(statistics.median(v))
-
-
-def workload(py: Path, size: int, tmp: Path, tag: str) -> subprocess.Popen:
-    truth = tmp / f"{tag}.json"
-    p = subprocess.Popen([str(py), "-m", "pageheat", "workload", "--truth", str(truth),
-                          "--size", str(size), "--hot", "0.01", "--warm", "0.01"])
-    wait_for(f"workload {tag}", truth.exists)
-    return p
 
 
 def measure(root: Path, size: int, small: int, settle: float, cycles: int, port: int) -> dict:
@@ -93,12 +78,12 @@ def measure(root: Path, size: int, small: int, settle: float, cycles: int, port:
                                  stdout=log, stderr=log)
         procs = []
         try:
-            procs.append(workload(py, small, tmp, "small"))
+            procs.append(start_target(small, 0, tmp, str(py)))
             s = procs[0].pid
             wait_for("serve to follow the small process",
                      lambda: targets(port).get(s, 0) >= cycles)
             warm = sample(serve.pid, settle)
-            procs.append(workload(py, size, tmp, "large"))
+            procs.append(start_target(size, 0, tmp, str(py)))
             big = procs[1].pid
             wait_for("serve to follow the large process",
                      lambda: targets(port).get(big, 0) >= cycles, timeout=600)
@@ -107,9 +92,7 @@ def measure(root: Path, size: int, small: int, settle: float, cycles: int, port:
             procs[1].wait()
             wait_for("serve to drop the large process", lambda: big not in targets(port))
             after = sample(serve.pid, settle)
-            hwm = int(next(line.split()[1] for line in
-                           Path(f"/proc/{serve.pid}/status").read_text().splitlines()
-                           if line.startswith("VmHWM:")))
+            hwm = proc_status_kib(serve.pid, "VmHWM")
         finally:
             for p in procs:
                 p.terminate()

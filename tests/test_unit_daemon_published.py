@@ -88,3 +88,51 @@ def test_published_view_has_the_interval_the_budget_set() -> None:
         p.kill()
         p.wait()
         d._worker.shutdown()
+
+
+def test_drop_trims_after_a_target_that_was_once_large(monkeypatch) -> None:
+    """Dropping a target gives memory back (memory.trim) when it was ever large
+    (memory.TRIM_MIN_PAGES resident pages at one harvest), even if it had shrunk by its
+    last harvest; never after one that was always small."""
+    from pageheat.serve import memory
+
+    big = memory.TRIM_MIN_PAGES
+
+    class Shrinking(_FakeSource):
+        """``grows``'s first harvest has ``big`` pages, every other harvest 2."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.harvests: dict[int, int] = {}
+
+        def cycle(self, pid: int) -> Harvest:
+            n = big if pid == grows and not self.harvests.get(pid) else 2
+            self.harvests[pid] = self.harvests.get(pid, 0) + 1
+            vpn = np.arange(0x7f0000, 0x7f0000 + n, dtype=np.uint64)
+            pages = Pages(vpn, np.ones(n, bool), np.zeros(n, np.int16), np.zeros(n, np.uint8),
+                          np.zeros(n, bool), np.zeros(n, np.int32))
+            vmas = Vmas(np.array([0x7f0000 << 12], np.uint64),
+                        np.array([(0x7f0000 + big) << 12], np.uint64),
+                        np.zeros(1, np.uint8), np.ones(1, bool), [""])
+            return Harvest(pid, time.monotonic(), pages, vmas, 0.0, 0.0)
+
+    trims: list[int] = []
+    monkeypatch.setattr(memory, "trim", lambda: trims.append(1) or True)
+    procs = [subprocess.Popen(["sleep", "30"]) for _ in range(2)]
+    grows, small = (p.pid for p in procs)
+    d = Daemon(Config(targets={"pids": [grows, small], "top_rss": 0}), Shrinking())  # type: ignore[arg-type]
+    try:
+        d._discover()
+        for _ in range(2):  # large, then small again
+            d._cycle(grows)
+            d._cycle(small)
+        assert d.views[grows].resident_pages == 2  # shrunk by its last harvest
+        d._drop(small, "test")
+        assert trims == []
+        d._drop(grows, "test")
+        assert trims == [1]
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+        d._worker.shutdown()
