@@ -214,9 +214,11 @@ def test_serve_launches_command_in_its_own_cgroup(ptwalk_ok, memory_cgroups, tmp
 @pytest.mark.kernel
 def test_serve_keeps_running_after_the_command_exits(ptwalk_ok, memory_cgroups, tmp_path) -> None:
     port = free_port()
+    done = tmp_path / "done"  # the command runs until the test has looked at it, then exits
     serve = subprocess.Popen([*PAGEHEAT, "serve", "--config", str(only_launched(tmp_path)),
                               "--listen", f"127.0.0.1:{port}", "--cgroup", "own", "--",
-                              PAGEHEAT[0], "-c", "import time; time.sleep(3)"],
+                              PAGEHEAT[0], "-c", "import os, sys, time\n"
+                              "while not os.path.exists(sys.argv[1]): time.sleep(0.05)", str(done)],
                              stderr=subprocess.PIPE, text=True)
     try:
         wait_http(f"http://127.0.0.1:{port}/metrics")
@@ -228,6 +230,7 @@ def test_serve_keeps_running_after_the_command_exits(ptwalk_ok, memory_cgroups, 
         assert pid_series(port, child)
         cgdir = memory_cgroup_dir(child, memory_cgroups)
         assert cgdir.parent == memory_cgroups.parent
+        done.touch()
         while Path(f"/proc/{child}").exists() or cgdir.exists() or pid_series(port, child):
             assert serve.poll() is None, serve.stderr.read()
             assert time.monotonic() < deadline + 10, "the series or the cgroup outlived the command"

@@ -129,8 +129,15 @@ discovery_interval: 100ms
                 assert b"pageheat_targets" in body
         for p in procs:
             p.wait(30)
-        time.sleep(1.5)  # one discovery round after the last exit
-        metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+        # Every exit is noticed at that process's next harvest or the next discovery; the
+        # harvest worker runs at SCHED_IDLE, so on a busy machine that can take a while.
+        deadline = time.monotonic() + 30
+        while True:
+            metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+            if ("pageheat_targets 0.0" in metrics and 'comm="phshort"' not in metrics) \
+                    or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
         assert "pageheat_targets 0.0" in metrics, [x for x in metrics.splitlines() if "_targets" in x]
         assert 'comm="phshort"' not in metrics
         # The server closes the last scrape's socket just after the client has

@@ -396,6 +396,8 @@ def test_selected_process_that_cannot_be_followed_is_retried_with_back_off(ptwal
                             f"top_rss: 0}}\n", "--log-level", "debug", prefix=NO_CAP_PTRACE)
     try:
         serve.ready()
+        wait_for(lambda: sample(serve.metrics(), "pageheat_errors_total", kind="attach"), 30,
+                 "the first refusal")
         time.sleep(run_for / 2)
         first = sample(serve.metrics(), "pageheat_errors_total", kind="attach")
         time.sleep(run_for / 2)
@@ -429,14 +431,17 @@ def test_every_command_says_it_needs_the_host_pid_namespace(ptwalk_ok, mount_pro
 @pytest.mark.kind4
 def test_comm_follows_a_wrapper_that_execs(ptwalk_ok, tmp_path) -> None:
     real = os.path.basename(sys.executable)[:15]
-    script = ('sleep 1.5; exec "$0" -c "import sys, time; x = bytearray(16 << 20); '
-              'sys.stdin.read()"')
+    go = tmp_path / "exec"  # the wrapper execs once the test has seen it followed as sh
+    script = ('while [ ! -e "$1" ]; do sleep 0.05; done; '
+              'exec "$0" -c "import sys, time; x = bytearray(16 << 20); sys.stdin.read()"')
     serve = Serve(tmp_path, "aging: 200ms\ndiscovery_interval: 200ms\ntargets: {top_rss: 0}\n",
-                  command=("sh", "-c", script, sys.executable))
+                  command=("sh", "-c", script, sys.executable, str(go)))
     try:
         serve.ready()
         first = wait_for(serve.targets, 30, "the wrapper to be followed")
         pid = first[0]["pid"]
+        assert first[0]["comm"] == "sh", first
+        go.touch()
         wait_for(lambda: Path(f"/proc/{pid}/comm").read_text().strip() == real, 30, "the exec")
         wait_for(lambda: [t for t in serve.targets() if t["comm"] == real], 10,
                  "comm to follow the exec")

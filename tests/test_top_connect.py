@@ -26,8 +26,10 @@ def served(ptwalk_ok, workload, tmp_path: Path):
     t = workload("--size", "256MiB", "--layout", "contiguous", "--hot", "0.25", "--warm", "0")
     port = free_port()
     cfg = tmp_path / "pageheat.yml"
-    cfg.write_text(f"expose_addresses: true\nbins: 32\naging: 300ms\ntargets:\n  pids: [{t.pid}]\n"
-                   "  top_rss: 0\n")
+    # cpu_budget 1.0: the interval stays the 300 ms asked for (the test checks the feed's
+    # interval, not the budget's stretching of it).
+    cfg.write_text(f"expose_addresses: true\nbins: 32\naging: 300ms\ncpu_budget: 1.0\n"
+                   f"targets:\n  pids: [{t.pid}]\n  top_rss: 0\n")
     proc = subprocess.Popen([*PAGEHEAT, "serve", "--config", str(cfg), "--listen", f"127.0.0.1:{port}"],
                             stdout=open(tmp_path / "serve.log", "w"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -61,7 +63,7 @@ def test_heat_endpoint_and_remote_feed(served) -> None:
         assert time.monotonic() < deadline
         time.sleep(0.35)
         sample = feed.step(0.5)
-    assert feed.source_name == "ptwalk" and 0.2 < sample.interval < 2.0
+    assert feed.source_name == "ptwalk" and 0.2 < sample.interval < 3.0, sample.interval
     addrs = np.array([*sample.layout.addrs, t.start + t.size], dtype=np.uint64)
     hot_lo, hot_hi = t.start + int(t.hot[0]) * 4096, t.start + (int(t.hot[-1]) + 1) * 4096
     inside = (addrs[:-1] >= t.start) & (addrs[1:] <= t.start + t.size)
