@@ -238,8 +238,9 @@ struct bits_ctx {
  * other mapping:
  * - DAMON's rmap walk (damon_folio_mkold, mm/damon/ops-common.c) sets PG_young when *any*
  *   mapping's PTE was young. A libc page another process uses would look accessed by ours,
- *   so a folio mapped more than once is not counted (young_flag_shared says how many were
- *   left out). Its Accessed bit, when set, still counts: that one is ours alone.
+ *   so a folio mapped more than once (by anyone, us included) is not counted; neither is a
+ *   PMD-mapped THP where the kernel has no _large_mapcount. young_flag_shared says how many
+ *   were left out. Their Accessed bits, when set, still count: those are ours alone.
  * - For a PTE-mapped page of a large folio it does not say which page was used, so only
  *   single-page folios (and whole PMD-mapped THPs, whole_folio) count.
  */
@@ -288,8 +289,12 @@ static __always_inline int folio_young(struct ptwalk_state *st, __u64 entry, int
 		return 0;
 	/* Most idle pages stop above; the mapcount is read only for the young ones. */
 	if ((flags >> bpf_core_enum_value(enum pageflags, PG_head)) & 1) {
-		if (!whole_folio || !bpf_core_field_exists(struct folio___large_mapcount, _large_mapcount))
+		if (!whole_folio)
 			return 0;
+		if (!bpf_core_field_exists(struct folio___large_mapcount, _large_mapcount)) {
+			st->young_flag_shared++;	/* cannot tell: counted as if shared */
+			return 0;
+		}
 		off_map = bpf_core_field_offset(struct folio___large_mapcount, _large_mapcount);
 	} else {
 		off_map = bpf_core_field_offset(struct page, _mapcount);
@@ -526,6 +531,9 @@ static __noinline int huge_slot(struct ptwalk_state *st, struct table_rec *rec, 
 		/* A PMD-mapped THP: one Accessed bit for all 512 pages. */
 		int young = (pmd & _PAGE_ACCESSED) ||
 			    (check_young && st->vmemmap_base && folio_young(st, pmd, 1));
+
+		if (young && !(pmd & _PAGE_ACCESSED))
+			st->young_flag_hits++;
 
 		for (k = 0; k < 8; k++) {
 			__u64 m = range_mask(lo, hi, k);

@@ -100,8 +100,8 @@ struct ptwalk_state {
 	__u64 read_errors;
 	__u64 skipped_huge_pud;
 	__u64 dup_vmas;
-	__u64 young_flag_hits;	/* idle PTEs/PMDs counted as accessed for PG_young */
-	__u64 young_flag_shared;	/* PG_young left out: the folio is mapped more than once */
+	__u64 young_flag_hits;	/* idle PTEs and PMDs counted as accessed for PG_young */
+	__u64 young_flag_shared;	/* PG_young not counted: the folio may be mapped more than once */
 	__u64 special_ptes;	/* zero page and PFN-mapped PTEs in walked VMAs: not the process's */
 	__u64 special_pmds;	/* huge zero page (and special huge PMDs) in walked VMAs */
 	__u64 step_limit_vmas;	/* VMAs whose walk ran out of steps before their end */
