@@ -1,7 +1,7 @@
 """PG_young on pages another process uses: DAMON's physical-address monitoring clears the
 Accessed bits of every mapping of a page it samples and sets the page's PG_young if any of
 them was young (damon_folio_mkold, mm/damon/ops-common.c). ptwalk consults PG_young where
-DAMON runs; on a page mapped by several processes the flag does not say which one used it,
+DAMON runs; on a page mapped more than once the flag does not say which mapping was used,
 so ptwalk must not credit the page to the process it walks."""
 
 from __future__ import annotations
@@ -72,11 +72,10 @@ def _write(path: Path, value: object) -> None:
 
 @contextlib.contextmanager
 def own_kdamond(start: int, end: int) -> Iterator[None]:
-    """A DAMON kdamond monitoring the physical addresses [start, end), sampling every 1 ms
-    in at least 200 regions,
-    through the sysfs interface (Documentation/admin-guide/mm/damon/usage.rst); stopped and
-    removed on exit. DAMON runs one set of kdamonds: raises OSError (EBUSY) while another
-    one runs."""
+    """A DAMON kdamond monitoring the physical addresses [start, end), sampling every 1 ms in
+    at least 200 regions, through the sysfs interface
+    (Documentation/admin-guide/mm/damon/usage.rst); stopped and removed on exit. DAMON runs
+    one set of kdamonds: raises OSError (EBUSY) while another one runs."""
     from pageheat.kernel import procfs
 
     ctx = DAMON / "0" / "contexts" / "0"
