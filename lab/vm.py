@@ -45,6 +45,8 @@ TIMEOUT_RC = 124  # like timeout(1)
 VNG_NO_STATUS_RC = 255  # vng: the guest gave no exit status
 # How the kernel's console begins a report of fatal trouble (lib/bug.c, kernel/panic.c,
 # arch/x86/kernel/dumpstack.c, mm/oom_kill.c).
+# Between the guest's stdout and its console in VmResult.tail().
+CONSOLE_HEADER = "--- stderr (guest stderr and kernel console) ---\n"
 KERNEL_REPORTS = ("Kernel panic", "BUG:", "Oops:", "kernel BUG at", "invalid opcode",
                   "Unable to handle kernel", "general protection fault", "Out of memory")
 
@@ -91,8 +93,7 @@ class VmResult:
                 err = err[:chars // 4] + "\n[...]\n" + err[-chars // 4:]
         else:
             err = err[-chars // 2:]
-        return (f"{why}{self.stdout[-chars // 2:]}\n--- stderr (guest stderr and kernel console) ---\n"
-                f"{err}")
+        return f"{why}{self.stdout[-chars // 2:]}\n{CONSOLE_HEADER}{err}"
 
 
 def vng_binary() -> str | None:

@@ -185,26 +185,26 @@ def stop_group(proc: subprocess.Popen) -> None:
 _SKIP = ("[vdso]", "[vvar]", "[vvar_vclock]", "[vsyscall]")  # not walked by pageheat
 
 
+def frames_in(pid: int, start: int, size: int) -> np.ndarray:
+    """uint64 frame numbers of the present pages of [start, start + size) of the process, from
+    /proc/PID/pagemap (needs CAP_SYS_ADMIN for the frame numbers). Bit 63: present; bits
+    0-54: the frame number (Documentation/admin-guide/mm/pagemap.rst)."""
+    with open(f"/proc/{pid}/pagemap", "rb") as f:
+        e = np.frombuffer(os.pread(f.fileno(), size // 4096 * 8, start // 4096 * 8), dtype=np.uint64)
+    present = (e >> np.uint64(63)) & np.uint64(1) == 1
+    return e[present] & np.uint64((1 << 55) - 1)
+
+
 def resident_frames(pid: int) -> np.ndarray:
-    """uint64 frame numbers of every present page of the process, from /proc/PID/pagemap
-    (needs CAP_SYS_ADMIN for the frame numbers): the truth a frame-counting cgroup total
-    must equal. Bit 63: present; bits 0-54: the frame number (Documentation/admin-guide/mm/
-    pagemap.rst)."""
+    """uint64 frame numbers of every present page of the process (``frames_in`` over each
+    mapping pageheat walks): the truth a frame-counting cgroup total must equal."""
     out = []
-    maps = Path(f"/proc/{pid}/maps").read_text().splitlines()
-    fd = os.open(f"/proc/{pid}/pagemap", os.O_RDONLY)
-    try:
-        for line in maps:
-            fields = line.split()
-            if len(fields) > 5 and fields[5] in _SKIP:
-                continue
-            lo, hi = (int(x, 16) for x in fields[0].split("-"))
-            data = os.pread(fd, (hi - lo) // 4096 * 8, lo // 4096 * 8)
-            e = np.frombuffer(data, dtype=np.uint64)
-            present = (e >> np.uint64(63)) & np.uint64(1) == 1
-            out.append(e[present] & np.uint64((1 << 55) - 1))
-    finally:
-        os.close(fd)
+    for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
+        fields = line.split()
+        if len(fields) > 5 and fields[5] in _SKIP:
+            continue
+        lo, hi = (int(x, 16) for x in fields[0].split("-"))
+        out.append(frames_in(pid, lo, hi - lo))
     return np.concatenate(out) if out else np.zeros(0, np.uint64)
 
 

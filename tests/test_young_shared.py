@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import ROOT, need_kernel, stop_process
+from fleet_helpers import frames_in
 
 pytestmark = pytest.mark.kernel
 
@@ -27,15 +28,6 @@ SOURCE = ROOT / "tests" / "c" / "shared_pair.c"
 MIB = 64
 PAGES = MIB << 8  # 4 KiB pages per region
 HARVESTS = 8
-
-
-def _frames(pid: int, start: int, size: int) -> np.ndarray:
-    """PFNs of the present pages of [start, start + size) in pid (pagemap, root)."""
-    with open(f"/proc/{pid}/pagemap", "rb") as f:
-        f.seek((start >> 12) * 8)
-        entries = np.frombuffer(f.read((size >> 12) * 8), dtype="<u8")
-    present = (entries >> np.uint64(63)) & np.uint64(1) == 1
-    return entries[present] & np.uint64((1 << 55) - 1)
 
 
 @dataclass(frozen=True)
@@ -121,8 +113,8 @@ def kdamond_over(shared_pair: Pair) -> Iterator[str]:
         need_kernel("no DAMON sysfs interface (CONFIG_DAMON_SYSFS, CONFIG_DAMON_PADDR)")
     if (DAMON / "nr_kdamonds").read_text().strip() != "0":
         need_kernel("DAMON holds a stopped configuration of someone else's: left alone")
-    pfns = np.concatenate([_frames(shared_pair.parent, shared_pair.shared, MIB << 20),
-                           _frames(shared_pair.parent, shared_pair.own, MIB << 20)])
+    pfns = np.concatenate([frames_in(shared_pair.parent, shared_pair.shared, MIB << 20),
+                           frames_in(shared_pair.parent, shared_pair.own, MIB << 20)])
     assert len(pfns) == 2 * PAGES, "the pair's regions are not all resident"
     with own_kdamond(int(pfns.min()) << 12, (int(pfns.max()) + 1) << 12):
         yield "a kdamond of this test"

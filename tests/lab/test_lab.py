@@ -29,6 +29,7 @@ import pytest
 from conftest import need_kernel
 
 from lab.conftest_helpers import GuestPytest, guest_pytest, lab_unavailable_reason
+from lab.vm import CONSOLE_HEADER
 
 pytestmark = pytest.mark.kernel
 
@@ -149,7 +150,7 @@ def vm(request: pytest.FixtureRequest) -> Outcome:
             shutil.rmtree(g.vm.outdir, ignore_errors=True)
         g = boot(run)
         # The console from the kernel's first report on (tail() starts it there).
-        console_start = console.split("--- stderr (guest stderr and kernel console) ---\n", 1)[-1]
+        console_start = console.split(CONSOLE_HEADER, 1)[-1]
         results.append({"kernel": run.kernel, "uname": "", "test": "guest-died", "source": "",
                         "result": "rerun", "console": console_start[:1500]})
     if g.vm.outdir is not None:
