@@ -42,6 +42,11 @@ from lab import kernels
 LAB_DIR = Path(__file__).resolve().parent
 GUEST_INIT = LAB_DIR / "guest-init.sh"
 TIMEOUT_RC = 124  # like timeout(1)
+# One host thread for all vCPUs. Under multi-threaded TCG a vCPU could still run an int3 that
+# text_poke_bp (BPF trampolines, jump labels) had already removed: the guest oopsed, and died
+# or, when the oops hit with a page-table lock held, soft-locked until the timeout (README
+# Pitfalls). Single-threaded TCG runs one vCPU at a time, so code changes are seen at once.
+TCG_ACCEL = "tcg,thread=single"
 VNG_NO_STATUS_RC = 255  # vng: the guest gave no exit status
 # How the kernel's console begins a report of fatal trouble (lib/bug.c, kernel/panic.c,
 # arch/x86/kernel/dumpstack.c, mm/oom_kill.c).
@@ -146,6 +151,7 @@ def vng_command(
     # and a guest that panics leaves no trace); ~35 kB per boot.
     argv = [vng, "-r", str(vmlinuz), "--disable-kvm", "--verbose", "--user", "root"]
     argv += ["--cpus", str(cpus), "--memory", memory, "--cwd", cwd]
+    argv += ["--qemu-opts=-accel", f"--qemu-opts={TCG_ACCEL}"]
     for node in numa or ():
         argv += ["--numa", node]
     for d in rwdirs:

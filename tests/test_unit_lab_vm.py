@@ -1,10 +1,14 @@
-"""lab/vm.py's reading of a guest's end, on synthetic outputs: a guest that died (vng's 255,
+"""lab/vm.py's reading of a guest's end, on synthetic outputs (and the vng command line it builds): a guest that died (vng's 255,
 no exit status) against one whose command failed or timed out, and the console shown from
 the kernel's own first report of trouble. A real panic: tests/lab/test_lab.py."""
 
 from __future__ import annotations
 
-from lab.vm import TIMEOUT_RC, VNG_NO_STATUS_RC, VmResult
+from pathlib import Path
+
+import pytest
+
+from lab.vm import TCG_ACCEL, TIMEOUT_RC, VNG_NO_STATUS_RC, VmResult, vng_binary, vng_command
 
 
 def test_died_is_no_exit_status_only() -> None:
@@ -46,3 +50,15 @@ def test_tail_of_a_long_report_keeps_its_head_and_its_end() -> None:
     assert shown.startswith("[ 7.0] kernel BUG at mm/rmap.c:1234!")
     assert shown.rstrip().endswith("Kernel panic - not syncing: Fatal exception")
     assert "[...]" in shown and "boot" not in shown and len(shown) < 2200
+
+
+def test_guests_run_single_threaded_tcg(tmp_path: Path) -> None:
+    """vng hands QEMU ``-accel tcg,thread=single`` (lab/README.md Pitfalls: an int3 of kernel
+    text patching, still run by another vCPU under multi-threaded TCG, killed or hung guests)."""
+    if vng_binary() is None:
+        pytest.fail("vng not found: pip install virtme-ng (the lab's own requirement)")
+    argv = vng_command(tmp_path / "vmlinuz", tmp_path / "run.sh", memory="2G", cpus=2, numa=None,
+                       cwd=str(tmp_path), rwdirs=[])
+    assert TCG_ACCEL == "tcg,thread=single"
+    i = argv.index("--qemu-opts=-accel")
+    assert argv[i + 1] == f"--qemu-opts={TCG_ACCEL}" and argv.index("--") > i + 1

@@ -171,7 +171,8 @@ def vm(request: pytest.FixtureRequest) -> Outcome:
 
 def test_guest_suite_passes(vm: Outcome) -> None:
     g = vm.guest
-    assert not g.vm.timed_out, f"{vm.run}: VM timed out\n{g.vm.tail()}"
+    # A hung guest's first kernel report (a soft lockup's stack) is what says why: show more.
+    assert not g.vm.timed_out, f"{vm.run}: VM timed out\n{g.vm.tail(24000)}"
     assert g.tests, f"{vm.run}: no guest test report\n{g.vm.tail()}"
     assert g.failures == 0 and g.errors == 0 and g.skipped == 0, (
         f"{vm.run}: failed {g.failed_names}, skipped {g.skipped}\n{g.vm.tail(8000)}")
