@@ -80,3 +80,49 @@ def test_errors_do_not_show_the_password() -> None:
     with pytest.raises(ConnectError) as err:
         e.get_json("/api/v1/heat", timeout=2)
     assert "topsecret" not in str(err.value) and "\n" not in str(err.value)
+
+
+def test_redirects_are_refused_and_the_credentials_go_nowhere_else() -> None:
+    """A server that answers with a redirect (to another port, as an attacker's host would be)
+    gets a one-line ConnectError; the redirect's target never sees a request, so never the
+    Authorization header (urllib would copy it into the redirected request)."""
+    import http.server
+    import threading
+
+    seen: list[dict[str, str]] = []
+
+    class Target(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(dict(self.headers))
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    target = http.server.HTTPServer(("127.0.0.1", 0), Target)
+
+    class Redirector(Target):
+        def do_GET(self) -> None:
+            self.send_response(302)
+            self.send_header("Location", f"http://127.0.0.1:{target.server_port}/steal")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    redirector = http.server.HTTPServer(("127.0.0.1", 0), Redirector)
+    for server in (target, redirector):
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        e = Endpoint.parse(f"http://alice:s3cret@127.0.0.1:{redirector.server_port}", env={})
+        with pytest.raises(ConnectError) as err:
+            e.get_json("/api/v1/targets", timeout=5)
+        msg = str(err.value)
+        assert "302" in msg and "not followed" in msg and "\n" not in msg
+        assert f"http://127.0.0.1:{target.server_port}/steal" in msg
+        assert "s3cret" not in msg
+        assert seen == []
+    finally:
+        for server in (target, redirector):
+            server.shutdown()
+            server.server_close()

@@ -255,6 +255,19 @@ class ConnectError(ValueError):
     """The server cannot be reached or refuses us: one line, without the password."""
 
 
+class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
+    """``pageheat serve`` never redirects. Following a redirect would send the Authorization
+    header wherever its Location points, another host or plain http included: urllib copies
+    a request's headers into the redirected one (``HTTPRedirectHandler.redirect_request``)."""
+
+    def redirect_request(self, req: urllib.request.Request, fp: object, code: int, msg: str,
+                         headers: object, newurl: str) -> None:
+        where = urlsplit(newurl)  # shown without a user or password it may carry
+        shown = urlunsplit((where.scheme, where.netloc.rpartition("@")[2], where.path, "", ""))
+        raise ConnectError(f"HTTP {code}: the server redirects to {shown}; not followed, "
+                           f"so that the credentials go nowhere else (connect to that URL instead)")
+
+
 @dataclass(frozen=True)
 class Endpoint:
     """A running ``pageheat serve``: where, and how to authenticate to it.
@@ -320,9 +333,13 @@ class Endpoint:
         req = urllib.request.Request(self.base + path)
         if self.authorization:
             req.add_header("Authorization", self.authorization)
+        opener = urllib.request.build_opener(_RefuseRedirects,
+                                             urllib.request.HTTPSHandler(context=self.context))
         try:
-            with urllib.request.urlopen(req, timeout=timeout, context=self.context) as r:
+            with opener.open(req, timeout=timeout) as r:
                 return json.load(r)
+        except ConnectError:
+            raise
         except urllib.error.HTTPError as e:
             if e.code == 401:
                 raise ConnectError(f"401 Unauthorized: wrong or missing credentials ({CREDENTIALS_HINT})"
