@@ -28,8 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
-GROUPS = ["asyncio", "numpy", "uvloop", "yaml", "prometheus_client", "h11", "pydantic.main", "pydantic_settings",
-          "pageheat.config", "pageheat.serve.daemon"]
+GROUPS = ["asyncio", "numpy", "uvloop", "yaml", "prometheus_client", "h11", "pydantic.main",
+          "pydantic_settings", "pageheat.config", "pageheat.serve.daemon"]
 
 IMPORTS = r"""
 import importlib, sys

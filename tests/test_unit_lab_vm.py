@@ -1,6 +1,7 @@
-"""lab/vm.py's reading of a guest's end, on synthetic outputs (and the vng command line it builds): a guest that died (vng's 255,
+"""lab/vm.py's reading of a guest's end, on synthetic outputs: a guest that died (vng's 255,
 no exit status) against one whose command failed or timed out, and the console shown from
-the kernel's own first report of trouble. A real panic: tests/lab/test_lab.py."""
+the kernel's own first report of trouble; and the vng command line it builds. A real panic:
+tests/lab/test_lab.py."""
 
 from __future__ import annotations
 

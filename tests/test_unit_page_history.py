@@ -367,3 +367,21 @@ def test_bin_labels_match_the_per_mapping_reference(seed: int) -> None:
         bins = make_bins(vmas, nbins)
         sel = _binned_vmas(vmas)
         assert _bin_labels(vmas, sel, bins.edges) == _ref_bin_labels(vmas, sel, bins.edges)
+
+
+def test_add_per_run_is_bincount_of_the_flagged() -> None:
+    """Per-mapping counts from runs of a sorted index agree with bincount of the flagged pages,
+    with mappings that have no page in between, at the ends, and a flag that is all False."""
+    from pageheat.model.aggregate import _add_per_run
+
+    rng = np.random.default_rng(4)
+    for n, n_vmas in ((1, 1), (50, 3), (5000, 400), (3000, 20)):
+        index = np.sort(rng.integers(2, n_vmas + 2, n)).astype(np.int32)  # vmas 0, 1 and gaps empty
+        for flag in (rng.random(n) < 0.3, np.zeros(n, dtype=bool), np.ones(n, dtype=bool)):
+            out = np.full(n_vmas + 4, 7, dtype=np.int64)
+            _add_per_run(out, index, flag)
+            want = 7 + np.bincount(index[flag], minlength=n_vmas + 4)
+            np.testing.assert_array_equal(out, want)
+    out = np.zeros(3, dtype=np.int64)
+    _add_per_run(out, np.zeros(0, dtype=np.int32), np.zeros(0, dtype=bool))
+    assert not out.any()

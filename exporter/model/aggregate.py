@@ -321,6 +321,20 @@ def _sorted_bins(bins: Bins, vpn: np.ndarray) -> np.ndarray:
     return np.clip(b, 0, bins.n - 1, out=b)
 
 
+def _add_per_run(out: np.ndarray, index: np.ndarray, flag: np.ndarray) -> None:
+    """``out += np.bincount(index[flag], minlength=len(out))`` for a non-decreasing ``index``
+    (pages in address order, their mapping's index): a sum per run of equal indices, without
+    gathering the flagged pages. out: int64; index: integer; flag: bool, as long as index."""
+    if not len(index):
+        return
+    lo, hi = int(index[0]), int(index[-1])
+    starts = np.searchsorted(index, np.arange(lo, hi + 1))
+    sums = np.add.reduceat(flag.view(np.uint8), starts, dtype=np.int64)
+    # reduceat gives the element at a start for an empty run (the next start is the same).
+    sums[np.diff(starts, append=len(index)) == 0] = 0
+    out[lo:hi + 1] += sums
+
+
 class TargetState:
     """Everything pageheat remembers about one process between harvests."""
 
@@ -475,7 +489,11 @@ class TargetState:
 
             key: np.ndarray | int = 0
             if not uniform:
-                key = (part.node.astype(np.intp) + 1) * N_TYPES + part.type
+                key = part.type.astype(np.intp)
+                if node_lo == node_hi:  # one node (the usual case): no per-page node pass
+                    key += (node_lo + 1) * N_TYPES
+                else:
+                    key += (part.node.astype(np.intp) + 1) * N_TYPES
                 if lut is not None:
                     key = lut[key]
             flat = _sorted_bins(bins, vpn)
@@ -491,7 +509,7 @@ class TargetState:
                     idle_seconds[key] += float(age_now[val].sum())
             acc_now += np.bincount(flat[accessed], minlength=nk * nb)
             resident += np.bincount(flat, minlength=nk * nb)
-            never_by_vma += np.bincount(part.vma[val == NEVER], minlength=len(h.vmas))
+            _add_per_run(never_by_vma, part.vma, val == NEVER)
             # Promotions: accessed now, resident at the previous harvest (prev != ABSENT).
             was = prev[accessed]
             back = was != ABSENT
