@@ -133,7 +133,8 @@ def parser() -> argparse.ArgumentParser:
 
     t = add("top", help="live terminal heatmap of one process")
     t.add_argument("--pid", type=_pid, help="follow this process")
-    t.add_argument("--connect", metavar="URL", help="follow a running `pageheat serve` (http://HOST:PORT)")
+    t.add_argument("--connect", metavar="URL",
+                   help="follow a running `pageheat serve` (http[s]://HOST:PORT; redirects are not followed)")
     t.add_argument("--connect-user", metavar="USER",
                    help="basic auth user for --connect (or USER:PASSWORD@ in the URL)")
     t.add_argument("--connect-password-file", metavar="FILE",

@@ -82,7 +82,8 @@ def test_errors_do_not_show_the_password() -> None:
     assert "topsecret" not in str(err.value) and "\n" not in str(err.value)
 
 
-def test_redirects_are_refused_and_the_credentials_go_nowhere_else() -> None:
+@pytest.mark.parametrize("code", [301, 302, 303, 307, 308])
+def test_redirects_are_refused_and_the_credentials_go_nowhere_else(code: int) -> None:
     """A server that answers with a redirect (to another port, as an attacker's host would be)
     gets a one-line ConnectError; the redirect's target never sees a request, so never the
     Authorization header (urllib would copy it into the redirected request)."""
@@ -105,7 +106,7 @@ def test_redirects_are_refused_and_the_credentials_go_nowhere_else() -> None:
 
     class Redirector(Target):
         def do_GET(self) -> None:
-            self.send_response(302)
+            self.send_response(code)
             self.send_header("Location", f"http://127.0.0.1:{target.server_port}/steal")
             self.send_header("Content-Length", "0")
             self.end_headers()
@@ -118,7 +119,7 @@ def test_redirects_are_refused_and_the_credentials_go_nowhere_else() -> None:
         with pytest.raises(ConnectError) as err:
             e.get_json("/api/v1/targets", timeout=5)
         msg = str(err.value)
-        assert "302" in msg and "not followed" in msg and "\n" not in msg
+        assert f"HTTP {code}" in msg and "not followed" in msg and "\n" not in msg
         assert f"http://127.0.0.1:{target.server_port}/steal" in msg
         assert "s3cret" not in msg
         assert seen == []

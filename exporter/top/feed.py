@@ -19,6 +19,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import NoReturn
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import numpy as np
@@ -261,11 +262,11 @@ class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
     a request's headers into the redirected one (``HTTPRedirectHandler.redirect_request``)."""
 
     def redirect_request(self, req: urllib.request.Request, fp: object, code: int, msg: str,
-                         headers: object, newurl: str) -> None:
+                         headers: object, newurl: str) -> NoReturn:
         where = urlsplit(newurl)  # shown without a user or password it may carry
         shown = urlunsplit((where.scheme, where.netloc.rpartition("@")[2], where.path, "", ""))
-        raise ConnectError(f"HTTP {code}: the server redirects to {shown}; not followed, "
-                           f"so that the credentials go nowhere else (connect to that URL instead)")
+        raise ConnectError(f"HTTP {code}: the server redirects to {shown}; not followed, so that "
+                           f"the credentials go nowhere else (connect to that URL if you trust it)")
 
 
 @dataclass(frozen=True)
@@ -338,7 +339,7 @@ class Endpoint:
         try:
             with opener.open(req, timeout=timeout) as r:
                 return json.load(r)
-        except ConnectError:
+        except ConnectError:  # a refused redirect; a ValueError, so not the clause below
             raise
         except urllib.error.HTTPError as e:
             if e.code == 401:
