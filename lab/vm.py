@@ -42,17 +42,19 @@ from lab import kernels
 LAB_DIR = Path(__file__).resolve().parent
 GUEST_INIT = LAB_DIR / "guest-init.sh"
 TIMEOUT_RC = 124  # like timeout(1)
-# One host thread for all vCPUs. Under multi-threaded TCG a vCPU could still run an int3 that
-# text_poke_bp (BPF trampolines, jump labels) had already removed: the guest oopsed, and died
-# or, when the oops hit with a page-table lock held, soft-locked until the timeout (README
-# Pitfalls). Single-threaded TCG runs one vCPU at a time, so code changes are seen at once.
+# One host thread for all vCPUs. Guests under multi-threaded TCG died of an int3 that
+# text_poke_bp (BPF trampolines, jump labels) puts in and takes out again, apparently still
+# run by another vCPU; one hung on a page-table lock, which the same oops would leave held
+# (README Pitfalls). Single-threaded TCG runs one vCPU at a time, so a code change is seen by
+# the next one that runs.
 TCG_ACCEL = "tcg,thread=single"
 VNG_NO_STATUS_RC = 255  # vng: the guest gave no exit status
-# How the kernel's console begins a report of fatal trouble (lib/bug.c, kernel/panic.c,
-# arch/x86/kernel/dumpstack.c, mm/oom_kill.c).
 # Between the guest's stdout and its console in VmResult.tail().
 CONSOLE_HEADER = "--- stderr (guest stderr and kernel console) ---\n"
-KERNEL_REPORTS = ("Kernel panic", "BUG:", "Oops:", "kernel BUG at", "invalid opcode",
+# How the kernel's console begins a report of fatal trouble (lib/bug.c, kernel/panic.c,
+# arch/x86/kernel/dumpstack.c, mm/oom_kill.c). "[#1]" is the first die() header on every
+# version: 6.1 prints "int3: 0000 [#1] PREEMPT SMP", later ones "Oops: int3: 0000 [#1] ...".
+KERNEL_REPORTS = ("Kernel panic", "BUG:", "Oops:", "[#1]", "kernel BUG at", "invalid opcode",
                   "Unable to handle kernel", "general protection fault", "Out of memory")
 
 # Host variables the guest needs to find the same Python/venv and project knobs.
@@ -151,6 +153,7 @@ def vng_command(
     # and a guest that panics leaves no trace); ~35 kB per boot.
     argv = [vng, "-r", str(vmlinuz), "--disable-kvm", "--verbose", "--user", "root"]
     argv += ["--cpus", str(cpus), "--memory", memory, "--cwd", cwd]
+    # "=": the value starts with "-". vng adds no accelerator of its own with --disable-kvm.
     argv += ["--qemu-opts=-accel", f"--qemu-opts={TCG_ACCEL}"]
     for node in numa or ():
         argv += ["--numa", node]

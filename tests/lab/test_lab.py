@@ -171,8 +171,9 @@ def vm(request: pytest.FixtureRequest) -> Outcome:
 
 def test_guest_suite_passes(vm: Outcome) -> None:
     g = vm.guest
-    # A hung guest's first kernel report (a soft lockup's stack) is what says why: show more.
-    assert not g.vm.timed_out, f"{vm.run}: VM timed out\n{g.vm.tail(24000)}"
+    # A hung guest's first kernel report and the stacks after it say why: 24,000 characters of
+    # console (tail gives half of its budget to stdout).
+    assert not g.vm.timed_out, f"{vm.run}: VM timed out\n{g.vm.tail(48000)}"
     assert g.tests, f"{vm.run}: no guest test report\n{g.vm.tail()}"
     assert g.failures == 0 and g.errors == 0 and g.skipped == 0, (
         f"{vm.run}: failed {g.failed_names}, skipped {g.skipped}\n{g.vm.tail(8000)}")
