@@ -375,7 +375,7 @@ def test_add_per_run_is_bincount_of_the_flagged() -> None:
     from pageheat.model.aggregate import _add_per_run
 
     rng = np.random.default_rng(4)
-    for n, n_vmas in ((1, 1), (50, 3), (5000, 400), (3000, 20)):
+    for n, n_vmas in ((1, 1), (50, 3), (5000, 400), (3000, 20), (200, 150)):  # long and short runs
         index = np.sort(rng.integers(2, n_vmas + 2, n)).astype(np.int32)  # vmas 0, 1 and gaps empty
         for flag in (rng.random(n) < 0.3, np.zeros(n, dtype=bool), np.ones(n, dtype=bool)):
             out = np.full(n_vmas + 4, 7, dtype=np.int64)

@@ -328,6 +328,9 @@ def _add_per_run(out: np.ndarray, index: np.ndarray, flag: np.ndarray) -> None:
     if not len(index):
         return
     lo, hi = int(index[0]), int(index[-1])
+    if (hi - lo + 1) * 8 > len(index):  # short runs (many small mappings): a search per run costs more
+        out += np.bincount(index[flag], minlength=len(out))
+        return
     starts = np.searchsorted(index, np.arange(lo, hi + 1))
     sums = np.add.reduceat(flag.view(np.uint8), starts, dtype=np.int64)
     # reduceat gives the element at a start for an empty run (the next start is the same).
