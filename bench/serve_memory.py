@@ -27,12 +27,16 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from pageheat.config import parse_size
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harvest import free_port, start_target  # noqa: E402
 
 GROUPS = ["asyncio", "numpy", "uvloop", "yaml", "prometheus_client", "h11", "pydantic.main",
           "pydantic_settings", "pageheat.config", "pageheat.serve.daemon"]
@@ -154,24 +158,12 @@ def bpf_load() -> dict[str, int]:
     return r["kinds"]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def serve(size: str, seconds: float, imports_split: dict[str, int]) -> None:
     ns: dict = {}
     exec(HELPERS, ns)  # status() and kinds(), as the children have them
     with tempfile.TemporaryDirectory() as tmp:
-        truth = Path(tmp) / "truth.json"
-        wl = subprocess.Popen([sys.executable, "-m", "pageheat", "workload", "--truth", str(truth),
-                               "--size", size, "--hot", "0.01", "--warm", "0.01"])
+        wl = start_target(parse_size(size), 0, Path(tmp))  # populated when it returns
         try:
-            while not truth.exists():
-                if wl.poll() is not None:
-                    raise SystemExit("workload failed")
-                time.sleep(0.1)
             log = open(Path(tmp) / "serve.log", "w+")
             sv = subprocess.Popen([sys.executable, "-m", "pageheat", "serve", "--pid", str(wl.pid),
                                    "--aging", "1s", "--cpu-budget", "1.0",
