@@ -3,7 +3,9 @@
 For each target size one workload process is populated (1% hot, 1% warm, the rest idle),
 then REPS rounds each time, interleaved so that they share the machine's noise:
   scan          ptwalk's BPF iterator run (PtwalkSource._scan), PG_young off;
-  scan+young    the same with the PG_young check (what a host running a DAMON kdamond pays);
+  scan+young    the same with the PG_young check (what a host running a DAMON kdamond pays),
+                reading struct page by plain loads where the kernel has bpf_rdonly_cast;
+  scan+young(probe)  the same by bpf_probe_read_kernel, the path of kernels before 6.2;
   decode        bitmaps -> Pages/Vmas (pagetable._decode, including reading /proc/PID/maps),
                 what a harvest cost before snapshot read its counts from the tables;
   harvest       what `snapshot` reports as harvest_ms: a whole cycle minus its aging, PG_young
@@ -72,14 +74,22 @@ def measure(size: int, reps: int) -> dict:
             # As `pageheat snapshot` opens it (cli._snapshot: lazy_pages).
             src = PtwalkSource(check_young=False, lazy_pages=True)
             src_young = PtwalkSource(check_young=True, lazy_pages=True)
+            direct_page_read = pagetable.direct_page_read
+            pagetable.direct_page_read = lambda: False
+            try:
+                src_probe = PtwalkSource(check_young=True)
+            finally:
+                pagetable.direct_page_read = direct_page_read
             src.attach(wl.pid)
             src_young.attach(wl.pid)
+            src_probe.attach(wl.pid)
             pid = wl.pid
             rows = []
             for _ in range(reps):
                 time.sleep(0.3)
                 scan_s, scanned = timed(lambda: src._scan(pid))
                 scan_young_s, _ = timed(lambda: src_young._scan(pid))
+                scan_probe_s, _ = timed(lambda: src_probe._scan(pid))
                 decode_s, (pages, _) = timed(lambda s=scanned: pagetable._decode(
                     s[0], s[1], s[2], procfs.read_maps_table(pid), src._nodes))
                 h = src.cycle(pid)
@@ -88,12 +98,15 @@ def measure(size: int, reps: int) -> dict:
                 harvest_young = src_young.cycle(pid).harvest_seconds
                 pagemap_s, present = timed(lambda: pagemap_read(pid))
                 rows.append({"pages": len(pages), "pagemap_present": present, "scan": scan_s,
-                             "scan_young": scan_young_s, "decode": decode_s, "harvest": harvest,
+                             "scan_young": scan_young_s, "scan_probe": scan_probe_s,
+                             "decode": decode_s, "harvest": harvest,
                              "counts": counts_s, "harvest_counts": harvest + counts_s,
                              "harvest_young": harvest_young, "pagemap": pagemap_s,
-                             "young_usable": src_young.young_flag_usable})
+                             "young_usable": src_young.young_flag_usable,
+                             "young_direct": src_young.young_flag_direct})
             src.close()
             src_young.close()
+            src_probe.close()
         finally:
             wl.terminate()
             wl.wait()
@@ -117,21 +130,26 @@ def main() -> int:
     print(f"Machine: {os.cpu_count()} CPUs, {model}, kernel {platform.release()}, kdamond state: "
           f"{damon}; date {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
           f"{a.reps} rounds per size, median (min-max); command: {' '.join(sys.argv)}\n")
-    keys = ("scan", "scan_young", "decode", "harvest", "counts", "harvest_young", "pagemap")
+    keys = ("scan", "scan_young", "scan_probe", "decode", "harvest", "counts", "harvest_young", "pagemap")
     print("| target | pages | " + " | ".join(f"{k} (ms)" for k in keys)
           + " | harvest / pagemap | harvest+counts / pagemap | harvest+young / pagemap "
-          "| decode ns/page |")
-    print("|---|---|" + "---|" * (len(keys) + 4))
+          "| decode ns/page | PG_young ns/page | PG_young (probe) ns/page |")
+    print("|---|---|" + "---|" * (len(keys) + 6))
     for r in results:
         rows = r["rows"]
         cells = [med([row[k] * 1e3 for row in rows], "{:.2f}") for k in keys]
         ratios = [med([row[k] / row["pagemap"] for row in rows], "{:.2f}")
                   for k in ("harvest", "harvest_counts", "harvest_young")]
         per = med([row["decode"] / row["pages"] * 1e9 for row in rows], "{:.1f}")
+        young = [med([(row[k] - row["scan"]) / row["pages"] * 1e9 for row in rows], "{:.1f}")
+                 for k in ("scan_young", "scan_probe")]
         label = f"{r['size'] / (1 << 30):g} GiB"
-        print(f"| {label} | {rows[0]['pages']} | {' | '.join(cells)} | {' | '.join(ratios)} | {per} |")
+        print(f"| {label} | {rows[0]['pages']} | {' | '.join(cells)} | {' | '.join(ratios)} "
+              f"| {per} | {' | '.join(young)} |")
     if not all(row["young_usable"] for r in results for row in r["rows"]):
         print("\nPG_young could not be consulted (struct page array not found): scan_young = scan.")
+    elif not all(row["young_direct"] for r in results for row in r["rows"]):
+        print("\nNo bpf_rdonly_cast in this kernel: scan_young is the probe-read path too.")
     return 0
 
 

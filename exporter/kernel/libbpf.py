@@ -120,15 +120,22 @@ def _load_lib() -> C.CDLL:
 _lib: C.CDLL | None = None
 _log: collections.deque[str] = collections.deque(maxlen=200)
 _libc = C.CDLL(None)
-_libc.vsnprintf.argtypes = [C.c_char_p, C.c_size_t, C.c_char_p, C.c_void_p]
+_libc.vasprintf.argtypes = [C.POINTER(C.c_void_p), C.c_char_p, C.c_void_p]
+_libc.free.argtypes = [C.c_void_p]
 
 
 @_PRINT_FN
 def _on_print(level: int, fmt: bytes, args: int) -> int:
     # libbpf hands us printf arguments as a va_list; on x86-64 that is a pointer we can pass on.
-    buf = C.create_string_buffer(1024)
-    _libc.vsnprintf(buf, len(buf), fmt, args)
-    _log.append(buf.value.decode(errors="replace").rstrip("\n"))
+    # vasprintf, not a fixed buffer: the verifier's log comes as one message of up to megabytes,
+    # and its end (the rejected instruction) is the part that matters.
+    out = C.c_void_p()
+    if _libc.vasprintf(C.byref(out), fmt, args) < 0:
+        return 0
+    try:
+        _log.append(C.string_at(out).decode(errors="replace").rstrip("\n"))
+    finally:
+        _libc.free(out)
     return 0
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from pageheat.kernel import procfs
+from pageheat.kernel import procfs, vmlinux
 from pageheat.kernel.libbpf import BpfObject, BtfMismatch, LibbpfError, Link
 from pageheat.kernel.numa import NodeMap
 from pageheat.sources.base import (
@@ -156,9 +156,12 @@ class PageTableScan:
                  bpf_dir: Path | None = None) -> None:
         self._path = obj or object_path("ptwalk", bpf_dir)
         self._nodes = nodes or NodeMap.from_sysfs()
-        # PG_young costs a struct page read per idle page (~45 ns here), so by default only
-        # when DAMON, the usual other Accessed-bit consumer, is running.
+        # PG_young costs a struct page read per idle page, so by default only when DAMON, the
+        # usual other Accessed-bit consumer, is running. Where the kernel allows it the read
+        # is a plain load, ~11 ns per idle page here against ~39 by bpf_probe_read_kernel
+        # (docs/BENCHMARKS.md).
         self._check_young = procfs.damon_running() if check_young is None else check_young
+        self._direct_page_read = self._check_young and direct_page_read()
         # PFNs are needed to tell nodes apart, and (``pfns``) to count a page shared by several
         # processes of a cgroup once (exporter/model/fleet.py); otherwise the raw PTE copy is skipped.
         self._copy_raw = pfns or self._nodes.single is None
@@ -176,6 +179,7 @@ class PageTableScan:
         # Fixed for the life of the loaded object (a capacity change reloads it).
         rodata = {"max_vmas": self._cap.vmas, "max_tables": self._cap.tables, "max_raw": n_raw,
                   "copy_raw": int(self._copy_raw), "check_young": int(self._check_young),
+                  "direct_page_read": int(self._direct_page_read),
                   "probe_max_gib": (self._nodes.max_pfn << 12 >> 30) + 2}
         try:
             obj = BpfObject(self._path, max_entries=max_entries, rodata=rodata)
@@ -255,6 +259,11 @@ class PageTableScan:
         if rc != FindBase.OK:
             what = FindBase(rc).name if rc in list(FindBase) else str(rc)
             raise SourceError(f"ptwalk: find_base failed ({what})")
+
+    @property
+    def young_flag_direct(self) -> bool:
+        """PG_young is read by plain loads (bpf_rdonly_cast), not a helper call per page."""
+        return self._direct_page_read
 
     @property
     def young_flag_usable(self) -> bool:
@@ -448,6 +457,12 @@ def _grow(cap: _Capacity, need: _Capacity) -> _Capacity:
     """At least what is needed, with room for growth, never smaller than before."""
     return _Capacity(max(cap.vmas, need.vmas + need.vmas // 4),
                      max(cap.tables, need.tables + need.tables // 4))
+
+
+def direct_page_read() -> bool:
+    """The kernel has bpf_rdonly_cast (6.2+), so ptwalk can read struct page by plain loads
+    (young_candidates in bpf/ptwalk.bpf.c)."""
+    return bool(vmlinux.kernel_functions(["bpf_rdonly_cast"]))
 
 
 def _hint(errno: int | None) -> str:
