@@ -181,6 +181,13 @@ def test_bins_of_matches_reference_and_clamps_outside_pages_to_end_bins() -> Non
     outside = sum(1 for v in probe if v < edges[0] or v >= edges[-1])
     assert outside == 5
     assert bins.outside(np.array(probe, np.uint64)) == outside
+    # Per-bin counts of a sorted chunk, from the edges alone (TargetState.update's one-combo
+    # chunks): the same as counting each page's bin, the pages outside in the end bins.
+    counts = [0] * bins.n
+    for v in probe:
+        counts[ref_bin(edges, v)] += 1
+    assert aggregate._sorted_bin_counts(bins, np.array(probe, np.uint64)).tolist() == counts
+    assert aggregate._sorted_bin_counts(bins, np.array([], np.uint64)).tolist() == [0] * bins.n
 
 
 def test_make_bins_without_mapped_pages_is_empty_but_valid() -> None:
@@ -249,20 +256,25 @@ def view_dicts(view) -> dict:
     return {"idle": idle, "idle_seconds": idle_s, "resident": res, "cum": cum}
 
 
-@pytest.mark.parametrize("layout", ["mixed", "mixed-per-page", "dense", "dense-per-page"])
+@pytest.mark.parametrize("layout", ["mixed", "mixed-per-page", "dense", "dense-per-page",
+                                    "per-mapping", "per-mapping-per-page"])
 def test_update_matches_page_by_page_reference_over_many_harvests(
         layout: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """mixed: random nodes and types, mappings that are not whole 64-page blocks, a random
     15% of pages not resident (per-page: the idle statistics counted page by page, as when
     combos x epochs outgrow BY_EPOCH_MAX); dense: one (node, type) and whole blocks, resident
-    in whole blocks that come and go (the update's fast paths), in several small chunks."""
+    in whole blocks that come and go (the update's fast paths), in several small chunks;
+    per-mapping: as mixed, but each mapping's pages on one node and of one type, in chunks
+    that mostly hold one mapping (counted per chunk, not per page) and sometimes two."""
     rng = np.random.default_rng(7)
     if layout.endswith("-per-page"):
         monkeypatch.setattr(aggregate, "BY_EPOCH_MAX", 0)
         layout = layout.removesuffix("-per-page")
-    if layout == "mixed":
+    if layout in ("mixed", "per-mapping"):
         vmas = vmas_of((0x10000, 300, "/usr/lib/libx.so"), (0x20000, 200, "[heap]", VmaKind.HEAP),
                        (0x7ff00, 100, ""))
+        if layout == "per-mapping":
+            monkeypatch.setattr(aggregate, "CHUNK", 100)
     else:
         vmas = vmas_of((0x10000, 320, "/usr/lib/libx.so"), (0x20000, 256, "[heap]", VmaKind.HEAP),
                        (0x7ff00, 128, ""))
@@ -271,12 +283,16 @@ def test_update_matches_page_by_page_reference_over_many_harvests(
     n_nodes, n_types = (2, N_TYPES) if layout == "mixed" else (1, 1)
     node_of = dict(zip(universe.tolist(), rng.integers(0, n_nodes, len(universe)).tolist(), strict=True))
     type_of = dict(zip(universe.tolist(), rng.integers(0, n_types, len(universe)).tolist(), strict=True))
+    if layout == "per-mapping":
+        of_vma = np.searchsorted(vmas.start, universe * np.uint64(PAGE), side="right") - 1
+        node_of = dict(zip(universe.tolist(), (of_vma % 2).tolist(), strict=True))
+        type_of = dict(zip(universe.tolist(), ((of_vma + 1) % N_TYPES).tolist(), strict=True))
     state = TargetState(42, "x", n_bins=6, cold_after=30.0)
     ref = RefTarget(cold_after=30.0)
     # Irregular times so ages fall on, between and beyond the bucket bounds (1 s and 2 s exactly).
     times = [100.0, 101.0, 102.0, 104.5, 110.0, 150.0, 200.0, 900.0, 5000.0, 5001.0]
     for k, t in enumerate(times):
-        if layout == "mixed":
+        if layout in ("mixed", "per-mapping"):
             resident = universe[rng.random(len(universe)) < (1.0 if k < 3 else 0.85)]
         else:  # whole blocks leave and come back; the same ones for two harvests in a row
             keep = np.random.default_rng(k // 2).random(len(universe) // 64) < (1.0 if k < 3 else 0.8)

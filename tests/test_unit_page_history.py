@@ -12,6 +12,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
+from pageheat.model import aggregate
 from pageheat.model.aggregate import (
     BLOCK,
     IDLE_BOUNDS,
@@ -171,14 +172,23 @@ def test_newly_resident_pages_are_not_promotions() -> None:
 # --- against the page-by-page model ------------------------------------------------------------
 
 
-def test_random_pattern_with_stretched_intervals_matches_the_model() -> None:
+@pytest.mark.parametrize("combos", ["per-page", "per-mapping"])
+def test_random_pattern_with_stretched_intervals_matches_the_model(
+        combos: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Irregular harvest times (a stretched interval is just a longer gap: epochs are consecutive,
-    times are not), pages entering and leaving, several nodes and types."""
+    times are not), pages entering and leaving, several nodes and types: drawn per page, or
+    one node and type per mapping in small chunks, most of them of one mapping."""
     rng = np.random.default_rng(3)
+    specs = ((0x10000, 700), (0x20000, 300), (0x7ff00, 100))
     vmas = vmas_of((0x10000, 700, "/usr/lib/libx.so"), (0x20000, 300, "[heap]"), (0x7ff00, 100, ""))
-    universe = [v for s, n in ((0x10000, 700), (0x20000, 300), (0x7ff00, 100)) for v in range(s, s + n)]
+    universe = [v for s, n in specs for v in range(s, s + n)]
     node = {v: int(rng.integers(-1, 2)) for v in universe}
     ptype = {v: int(rng.integers(0, N_TYPES)) for v in universe}
+    if combos == "per-mapping":
+        monkeypatch.setattr(aggregate, "CHUNK", 150)
+        for i, (s, n) in enumerate(specs):
+            node.update({v: i % 2 - 1 for v in range(s, s + n)})
+            ptype.update({v: (i + 1) % N_TYPES for v in range(s, s + n)})
     state, ref = TargetState(1, "x", n_bins=8, cold_after=30.0), Ref(30.0)
     times = [0.0, 1.0, 2.0, 6.5, 7.5, 67.5, 68.0, 400.0, 401.0, 4500.0, 4501.25, 4502.0]
     for k, t in enumerate(times):

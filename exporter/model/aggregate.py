@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass, field
 
 import numpy as np
-from pageheat.sources.base import PAGE_TYPE_NAMES, Harvest, LruGenerations, PageSet, VmaKind, Vmas
+from pageheat.sources.base import PAGE_TYPE_NAMES, Harvest, LruGenerations, Pages, PageSet, VmaKind, Vmas
 
 # le bounds of pageheat_idle_pages, in seconds; never-accessed pages count only in +Inf.
 IDLE_BOUNDS = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, math.inf)
@@ -321,6 +321,30 @@ def _sorted_bins(bins: Bins, vpn: np.ndarray) -> np.ndarray:
     return np.clip(b, 0, bins.n - 1, out=b)
 
 
+def _sorted_bin_counts(bins: Bins, vpn: np.ndarray) -> np.ndarray:
+    """``np.bincount(_sorted_bins(bins, vpn), minlength=bins.n)`` for sorted ``vpn``, from the
+    bin edges' positions alone: int64 [bins.n], no per-page array."""
+    c = np.diff(np.searchsorted(vpn, bins.edges, side="left"), prepend=0, append=len(vpn))
+    out = c[1:-1].copy()  # c[0]: pages below the first edge, c[-1]: at or above the last
+    out[0] += c[0]
+    out[-1] += c[-1]
+    return out
+
+
+def _chunk_key(part: Pages, node_lo: int, node_hi: int, lut: np.ndarray | None) -> int | np.ndarray:
+    """The (node, type) slot of each page of ``part`` (TargetState.update), or one int when
+    all its pages share one: a chunk of one mapping, the usual case. intp array otherwise."""
+    node = node_lo if node_lo == node_hi else None
+    if node is None and part.node.min() == part.node.max():
+        node = int(part.node[0])
+    if node is not None and part.type.min() == part.type.max():
+        k = (node + 1) * N_TYPES + int(part.type[0])
+        return k if lut is None else int(lut[k])
+    key = part.type.astype(np.intp)
+    key += (node + 1) * N_TYPES if node is not None else (part.node.astype(np.intp) + 1) * N_TYPES
+    return key if lut is None else lut[key]
+
+
 def _add_per_run(out: np.ndarray, index: np.ndarray, flag: np.ndarray) -> None:
     """``out += np.bincount(index[flag], minlength=len(out))`` for a non-decreasing ``index``
     (pages in address order, their mapping's index): a sum per run of equal indices, without
@@ -477,7 +501,7 @@ class TargetState:
                     prev[orow < 0] = ABSENT
                 else:
                     prev = np.zeros(len(vpn), dtype=np.uint16)
-            val = np.where(prev == ABSENT, np.uint16(NEVER), prev)
+            val = np.maximum(prev, np.uint16(NEVER))  # ABSENT (0) becomes NEVER (1)
             val[accessed] = epoch
             if window is not None:
                 if in_place:
@@ -490,29 +514,36 @@ class TargetState:
                     cursor = int(idx[-1]) + 1
                 new_flat[idx] = val
 
-            key: np.ndarray | int = 0
-            if not uniform:
-                key = part.type.astype(np.intp)
-                if node_lo == node_hi:  # one node (the usual case): no per-page node pass
-                    key += (node_lo + 1) * N_TYPES
+            key = 0 if uniform else _chunk_key(part, node_lo, node_hi, lut)
+            never_counted = False
+            if isinstance(key, int):
+                # One combo in the chunk: its slices of the counts, and the resident pages per
+                # bin from where the bin edges fall in the sorted vpn, not a bin per page.
+                resident[key * nb:(key + 1) * nb] += _sorted_bin_counts(bins, vpn)
+                acc_now[key * nb:(key + 1) * nb] += np.bincount(_sorted_bins(bins, vpn[accessed]),
+                                                                minlength=nb)
+                if per_epoch:
+                    per_value = np.bincount(val, minlength=m)
+                    by_epoch[key * m:(key + 1) * m] += per_value
+                    if part.vma[0] == part.vma[-1]:  # one mapping: its never-accessed pages too
+                        never_by_vma[part.vma[0]] += per_value[NEVER]
+                        never_counted = True
                 else:
-                    key += (part.node.astype(np.intp) + 1) * N_TYPES
-                if lut is not None:
-                    key = lut[key]
-            flat = _sorted_bins(bins, vpn)
-            if isinstance(key, np.ndarray):
-                flat += key * nb
-            if per_epoch:
-                by_epoch += np.bincount(val if isinstance(key, int) else key * m + val, minlength=nk * m)
-            else:
-                idle_cold += np.bincount(code_now[val] + key * (2 * nbk), minlength=nk * nbk * 2)
-                if isinstance(key, np.ndarray):
-                    idle_seconds += np.bincount(key, weights=age_now[val], minlength=nk)
-                else:  # one combo (nk is 1): never past BY_EPOCH_MAX, but correct if it were
+                    idle_cold[key * 2 * nbk:(key + 1) * 2 * nbk] += np.bincount(code_now[val],
+                                                                                minlength=2 * nbk)
                     idle_seconds[key] += float(age_now[val].sum())
-            acc_now += np.bincount(flat[accessed], minlength=nk * nb)
-            resident += np.bincount(flat, minlength=nk * nb)
-            _add_per_run(never_by_vma, part.vma, val == NEVER)
+            else:
+                flat = _sorted_bins(bins, vpn)
+                flat += key * nb
+                acc_now += np.bincount(flat[accessed], minlength=nk * nb)
+                resident += np.bincount(flat, minlength=nk * nb)
+                if per_epoch:
+                    by_epoch += np.bincount(key * m + val, minlength=nk * m)
+                else:
+                    idle_cold += np.bincount(code_now[val] + key * (2 * nbk), minlength=nk * nbk * 2)
+                    idle_seconds += np.bincount(key, weights=age_now[val], minlength=nk)
+            if not never_counted:
+                _add_per_run(never_by_vma, part.vma, val == NEVER)
             # Promotions: accessed now, resident at the previous harvest (prev != ABSENT).
             was = prev[accessed]
             back = was != ABSENT
@@ -522,8 +553,8 @@ class TargetState:
                 promoted += np.bincount(bucket_prev[was] + pkey * nbk, minlength=nk * nbk)
                 promoted_seconds += np.bincount(pkey, weights=age_prev[was], minlength=nk)
             else:
-                promoted += np.bincount(bucket_prev[was], minlength=nbk)
-                promoted_seconds[0] += float(age_prev[was].sum())
+                promoted[key * nbk:(key + 1) * nbk] += np.bincount(bucket_prev[was], minlength=nbk)
+                promoted_seconds[key] += float(age_prev[was].sum())
 
         if in_place:
             new_flat[cursor:] = ABSENT

@@ -576,14 +576,18 @@ class TablePages:
         return blk[np.concatenate(([True], blk[1:] != blk[:-1]))] if len(blk) else blk
 
     def count_outside(self, lo: int, hi: int) -> int:
-        """Tables wholly outside [lo, hi) count whole; the few that straddle it are decoded."""
+        """Tables wholly outside [lo, hi) count whole; in the few that straddle it, the present
+        bits outside are counted (a [tables, 512] mask: decoding them cost ~0.2 ms a harvest)."""
         first = self._tables["addr"] >> _PAGE_SHIFT
         inside = (first >= np.uint64(lo)) & (first + np.uint64(512) <= np.uint64(hi))
         apart = (first + np.uint64(512) <= np.uint64(lo)) | (first >= np.uint64(hi))
         straddle = ~inside & ~apart & (self._per_table > 0)
         n = int(self._per_table[apart].sum())
         if straddle.any():
-            n += self._decode(self._tables[straddle]).count_outside(lo, hi)
+            t = self._tables[straddle]
+            vpn = (t["addr"] >> _PAGE_SHIFT).astype(np.int64)[:, None] + np.arange(512)
+            present = _unpack(t["present"]).reshape(len(t), 512)
+            n += int(np.count_nonzero(present & ((vpn < lo) | (vpn >= hi))))
         return n
 
     def count_accessed(self) -> int:
