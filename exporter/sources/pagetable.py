@@ -537,8 +537,8 @@ class TablePages:
     def __len__(self) -> int:
         return self._total
 
-    def _decode(self, tables: np.ndarray) -> Pages:
-        return _pages(self._vmas, tables, _NO_RAW, self._nodes)
+    def _decode(self, tables: np.ndarray, attrs: _TableAttrs | None = None) -> Pages:
+        return _pages(self._vmas, tables, _NO_RAW, self._nodes, attrs=attrs)
 
     def _all(self) -> Pages:
         if self._whole is None:
@@ -558,10 +558,11 @@ class TablePages:
             yield from self._whole.chunks(n)
             return
         ends = np.cumsum(self._per_table)
+        attrs = _TableAttrs.of(self._vmas, self._tables)  # once, not per chunk
         lo = 0
         while lo < len(self._tables):
             hi = max(int(np.searchsorted(ends, (ends[lo - 1] if lo else 0) + n, side="right")), lo + 1)
-            part = self._decode(self._tables[lo:hi])
+            part = self._decode(self._tables[lo:hi], attrs[lo:hi])
             if len(part):
                 yield part
             lo = hi
@@ -645,8 +646,33 @@ class _Buffers:
         return a[:n]
 
 
+@dataclass(frozen=True)
+class _TableAttrs:
+    """What each _TABLE record says of all its pages, one value per record."""
+
+    per_table: np.ndarray  # int64: present pages
+    huge: np.ndarray  # bool: a PMD-mapped THP
+    vma: np.ndarray  # int32: the VMA's index
+    ptype: np.ndarray  # uint8: PageType of its pages, before copy-on-write copies
+    cow: np.ndarray  # bool: private file/shmem with written pages (copy-on-write candidates)
+
+    @classmethod
+    def of(cls, vmas: np.ndarray, tables: np.ndarray) -> _TableAttrs:
+        vma_t = tables["vma"].astype(np.int32)
+        kind_t = vmas["kind"].astype(np.uint8)[vma_t]
+        # In private file/shmem mappings, written pages are anonymous copy-on-write copies:
+        # only those tables' written bits are looked at, and only those tables are unpacked.
+        cow_t = ((vmas["flags"][vma_t] & VmaFlag.SHARED) == 0) & (
+            (kind_t == VmaKind.FILE) | (kind_t == VmaKind.SHMEM))
+        return cls(_present_per_table(tables), (tables["flags"] & TableFlag.HUGE) != 0, vma_t,
+                   _KIND_TYPE[kind_t], cow_t & tables["written"].any(axis=1))
+
+    def __getitem__(self, s: slice) -> _TableAttrs:
+        return _TableAttrs(self.per_table[s], self.huge[s], self.vma[s], self.ptype[s], self.cow[s])
+
+
 def _pages(vmas: np.ndarray, tables: np.ndarray, raw: np.ndarray, nodes: NodeMap,
-           buffers: _Buffers | None = None) -> Pages:
+           buffers: _Buffers | None = None, attrs: _TableAttrs | None = None) -> Pages:
     """Per-table bitmaps -> per-page arrays, all in numpy, no per-table Python.
 
     Where every table is full (the usual case for a dense heap) the padded (table, column)
@@ -658,7 +684,8 @@ def _pages(vmas: np.ndarray, tables: np.ndarray, raw: np.ndarray, nodes: NodeMap
     """
     buf = buffers or _Buffers()
     n = len(tables)
-    per_table = _present_per_table(tables)
+    attrs = attrs or _TableAttrs.of(vmas, tables)  # TablePages passes its chunk's slice
+    per_table = attrs.per_table
     total = int(per_table.sum())
     if total == n * 512:
         live = present = None
@@ -689,17 +716,10 @@ def _pages(vmas: np.ndarray, tables: np.ndarray, raw: np.ndarray, nodes: NodeMap
         if len(raw):
             position = np.repeat(live[0] * 512 + live[1] * 64, per_word) + bit.astype(np.intp)
     accessed = per_page(tables["accessed"])
-    huge_t = (tables["flags"] & TableFlag.HUGE) != 0
-    vma_t = tables["vma"].astype(np.int32)
-    kind_t = vmas["kind"].astype(np.uint8)[vma_t]
-    huge = np.repeat(huge_t, per_table)
-    vma = np.repeat(vma_t, per_table)
-    ptype = np.repeat(_KIND_TYPE[kind_t], per_table)
-    # In private file/shmem mappings, written pages are anonymous copy-on-write copies: only
-    # those tables' written bits are looked at, and only those tables are unpacked.
-    cow_t = ((vmas["flags"][vma_t] & VmaFlag.SHARED) == 0) & (
-        (kind_t == VmaKind.FILE) | (kind_t == VmaKind.SHMEM))
-    cow = np.flatnonzero(cow_t & tables["written"].any(axis=1))
+    huge = np.repeat(attrs.huge, per_table)
+    vma = np.repeat(attrs.vma, per_table)
+    ptype = np.repeat(attrs.ptype, per_table)
+    cow = np.flatnonzero(attrs.cow)
     if len(cow):
         written = _unpack(tables["written"][cow])[_unpack(tables["present"][cow])]
         count = per_table[cow]
