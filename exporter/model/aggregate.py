@@ -520,8 +520,7 @@ class TargetState:
                 # One combo in the chunk: its slices of the counts, and the resident pages per
                 # bin from where the bin edges fall in the sorted vpn, not a bin per page.
                 resident[key * nb:(key + 1) * nb] += _sorted_bin_counts(bins, vpn)
-                acc_now[key * nb:(key + 1) * nb] += np.bincount(_sorted_bins(bins, vpn[accessed]),
-                                                                minlength=nb)
+                acc_now[key * nb:(key + 1) * nb] += _sorted_bin_counts(bins, vpn[accessed])
                 if per_epoch:
                     per_value = np.bincount(val, minlength=m)
                     by_epoch[key * m:(key + 1) * m] += per_value

@@ -522,6 +522,7 @@ class TablePages:
         self._per_table = _present_per_table(tables) if per_table is None else per_table
         self._total = int(self._per_table.sum())
         self._whole: Pages | None = None
+        self._attrs: _TableAttrs | None = None
         self.pfn = None
 
     @classmethod
@@ -536,6 +537,11 @@ class TablePages:
 
     def __len__(self) -> int:
         return self._total
+
+    def _table_attrs(self) -> _TableAttrs:
+        if self._attrs is None:
+            self._attrs = _TableAttrs.of(self._vmas, self._tables)
+        return self._attrs
 
     def _decode(self, tables: np.ndarray, attrs: _TableAttrs | None = None) -> Pages:
         return _pages(self._vmas, tables, _NO_RAW, self._nodes, attrs=attrs)
@@ -558,7 +564,7 @@ class TablePages:
             yield from self._whole.chunks(n)
             return
         ends = np.cumsum(self._per_table)
-        attrs = _TableAttrs.of(self._vmas, self._tables)  # once, not per chunk
+        attrs = self._table_attrs()  # once, not per chunk
         lo = 0
         while lo < len(self._tables):
             hi = max(int(np.searchsorted(ends, (ends[lo - 1] if lo else 0) + n, side="right")), lo + 1)
@@ -607,13 +613,10 @@ class TablePages:
     def node_type_range(self) -> tuple[int, int, int, int]:
         """The node is the single one; the types come from the tables' VMA kinds, and anon
         too where a private file/shmem table has written pages (copy-on-write copies)."""
-        live = self._per_table > 0
-        vma_t = self._tables["vma"][live].astype(np.intp)
-        kind_t = self._vmas["kind"][vma_t].astype(np.uint8)
-        types = _KIND_TYPE[kind_t]
-        cow_t = ((self._vmas["flags"][vma_t] & VmaFlag.SHARED) == 0) & (
-            (kind_t == VmaKind.FILE) | (kind_t == VmaKind.SHMEM))
-        if (cow_t & self._tables["written"][live].any(axis=1)).any():
+        attrs = self._table_attrs()
+        live = attrs.per_table > 0
+        types = attrs.ptype[live]
+        if attrs.cow[live].any():
             types = np.append(types, np.uint8(PageType.ANON))
         node = int(self._nodes.single)  # type: ignore[arg-type]
         return node, node, int(types.min()), int(types.max())
