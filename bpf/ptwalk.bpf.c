@@ -360,6 +360,9 @@ static __always_inline __u64 young_candidates_of(struct bits_ctx *c, __u64 k, __
  */
 static __always_inline __u64 young_candidates(struct bits_ctx *c, __u64 k, __u64 maybe)
 {
+	/* No PG_young (no CONFIG_PAGE_IDLE_FLAG): nothing to read, as in folio_young. */
+	if (!bpf_core_enum_value_exists(enum pageflags, PG_young))
+		return 0;
 	if (bpf_core_field_exists(struct page___memdesc, flags))
 		return young_candidates_of(c, k, maybe, 1);
 	return young_candidates_of(c, k, maybe, 0);

@@ -328,20 +328,30 @@ def test_sorted_bins_agree_with_bins_of_inside_outside_and_on_repeated_edges() -
         np.testing.assert_array_equal(_sorted_bins(bins, vpn), bins.of(vpn))
 
 
-def test_large_sparse_node_ids_are_counted_by_the_combos_present() -> None:
+@pytest.mark.parametrize("combos", ["per-page", "per-mapping"])
+def test_large_sparse_node_ids_are_counted_by_the_combos_present(
+        combos: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Accumulators are sized by the (node, type) pairs present, not by the largest node id
-    (CXL memory nodes can have large ids)."""
+    (CXL memory nodes can have large ids). per-mapping: each mapping on one node, two
+    neighbouring anonymous ones on the same, in chunks that hold one of them, both, or a
+    mapping of another pair."""
     rng = np.random.default_rng(9)
-    vmas = vmas_of((0x1000, 200, ""), (0x3000, 100, "/f"))
-    universe = list(range(0x1000, 0x1000 + 200)) + list(range(0x3000, 0x3000 + 100))
+    specs = ((0x1000, 200, ""), (0x1200, 60, ""), (0x3000, 100, "/f"))
+    vmas = vmas_of(*specs)
+    universe = [v for start, n, _ in specs for v in range(start, start + n)]
     node = {v: (900 if v % 7 == 0 else 0) for v in universe}
     ptype = {v: (1 if v >= 0x3000 else 0) for v in universe}
+    want_combos = {(0, 0), (0, 1), (900, 0), (900, 1)}
+    if combos == "per-mapping":
+        monkeypatch.setattr(aggregate, "CHUNK", 120)
+        node = {v: (0 if v >= 0x3000 else 900) for v in universe}
+        want_combos = {(900, 0), (0, 1)}
     state, ref = TargetState(1, "x", n_bins=4, cold_after=5.0), Ref(5.0)
     for t in (0.0, 1.0, 9.0):
         accessed = {v: bool(rng.random() < 0.4) for v in universe}
         view, want = run(state, ref, vmas, accessed, t, node=node, ptype=ptype)
         check(view, want)
-    assert set(view.combos) == {(0, 0), (0, 1), (900, 0), (900, 1)}
+    assert set(view.combos) == want_combos
 
 
 def _ref_bin_labels(vmas: Vmas, sel: np.ndarray, edges: np.ndarray) -> tuple[str, ...]:

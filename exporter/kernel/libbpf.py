@@ -130,7 +130,8 @@ def _on_print(level: int, fmt: bytes, args: int) -> int:
     # vasprintf, not a fixed buffer: the verifier's log comes as one message of up to megabytes,
     # and its end (the rejected instruction) is the part that matters.
     out = C.c_void_p()
-    if _libc.vasprintf(C.byref(out), fmt, args) < 0:
+    if _libc.vasprintf(C.byref(out), fmt, args) < 0:  # out of memory: the bare format, then
+        _log.append(fmt.decode(errors="replace").rstrip("\n"))
         return 0
     try:
         _log.append(C.string_at(out).decode(errors="replace").rstrip("\n"))

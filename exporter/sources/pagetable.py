@@ -158,7 +158,7 @@ class PageTableScan:
         self._nodes = nodes or NodeMap.from_sysfs()
         # PG_young costs a struct page read per idle page, so by default only when DAMON, the
         # usual other Accessed-bit consumer, is running. Where the kernel allows it the read
-        # is a plain load, ~11 ns per idle page here against ~39 by bpf_probe_read_kernel
+        # is a plain load, ~10 ns per idle page here against ~38 by bpf_probe_read_kernel
         # (docs/BENCHMARKS.md).
         self._check_young = procfs.damon_running() if check_young is None else check_young
         self._direct_page_read = self._check_young and direct_page_read()
