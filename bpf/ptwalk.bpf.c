@@ -326,10 +326,11 @@ extern void *bpf_rdonly_cast(const void *obj__ign, __u32 btf_id__k) __ksym __wea
 
 /*
  * Of the 64 entries of word k, those in maybe whose struct page has PG_young set: a superset
- * of what folio_young accepts (it reads the same flags word), for it to decide. One plain load per entry,
- * in a straight loop, so the CPU overlaps the cache misses on struct page that dominate this
- * check; a helper call per page (bpf_probe_read_kernel) left it ~40 ns per idle page.
- * Branch-free: an entry outside maybe reads the struct page of the lowest one in maybe instead.
+ * of what folio_young accepts (it reads the same flags word), for it to decide. One plain
+ * load per entry, in a straight loop, so the CPU overlaps the cache misses on struct page
+ * that dominate this check; a helper call per page (bpf_probe_read_kernel) left it ~40 ns
+ * per idle page. Branch-free: an entry outside maybe reads the struct page of the lowest
+ * one in maybe instead.
  */
 static __always_inline __u64 young_candidates_of(struct bits_ctx *c, __u64 k, __u64 maybe,
 						   int memdesc)
