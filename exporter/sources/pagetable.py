@@ -540,7 +540,7 @@ class TablePages:
 
     def _table_attrs(self) -> _TableAttrs:
         if self._attrs is None:
-            self._attrs = _TableAttrs.of(self._vmas, self._tables)
+            self._attrs = _TableAttrs.of(self._vmas, self._tables, self._per_table)
         return self._attrs
 
     def _decode(self, tables: np.ndarray, attrs: _TableAttrs | None = None) -> Pages:
@@ -660,14 +660,18 @@ class _TableAttrs:
     cow: np.ndarray  # bool: private file/shmem with written pages (copy-on-write candidates)
 
     @classmethod
-    def of(cls, vmas: np.ndarray, tables: np.ndarray) -> _TableAttrs:
+    def of(cls, vmas: np.ndarray, tables: np.ndarray,
+           per_table: np.ndarray | None = None) -> _TableAttrs:
+        """``per_table``: the present counts, where the caller has them already."""
         vma_t = tables["vma"].astype(np.int32)
         kind_t = vmas["kind"].astype(np.uint8)[vma_t]
         # In private file/shmem mappings, written pages are anonymous copy-on-write copies:
         # only those tables' written bits are looked at, and only those tables are unpacked.
         cow_t = ((vmas["flags"][vma_t] & VmaFlag.SHARED) == 0) & (
             (kind_t == VmaKind.FILE) | (kind_t == VmaKind.SHMEM))
-        return cls(_present_per_table(tables), (tables["flags"] & TableFlag.HUGE) != 0, vma_t,
+        if per_table is None:
+            per_table = _present_per_table(tables)
+        return cls(per_table, (tables["flags"] & TableFlag.HUGE) != 0, vma_t,
                    _KIND_TYPE[kind_t], cow_t & tables["written"].any(axis=1))
 
     def __getitem__(self, s: slice) -> _TableAttrs:
@@ -687,7 +691,8 @@ def _pages(vmas: np.ndarray, tables: np.ndarray, raw: np.ndarray, nodes: NodeMap
     """
     buf = buffers or _Buffers()
     n = len(tables)
-    attrs = attrs or _TableAttrs.of(vmas, tables)  # TablePages passes its chunk's slice
+    if attrs is None:  # TablePages passes its chunk's slice
+        attrs = _TableAttrs.of(vmas, tables)
     per_table = attrs.per_table
     total = int(per_table.sum())
     if total == n * 512:
