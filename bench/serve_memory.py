@@ -9,9 +9,11 @@ its RSS over time on one target, split by kind of mapping.
    pydantic_settings imported after a pydantic model was built (a first model already loads
    ``importlib.metadata``, for pydantic's plugins).
 2. BPF load: a fresh interpreter with serve's imports opens the ptwalk source; VmRSS and
-   VmHWM before and after. libbpf parses the kernel's BTF (/sys/kernel/btf/vmlinux) to load
-   an object with CO-RE relocations or an iterator; the buffers are freed after the load, so
-   only VmHWM keeps them.
+   VmHWM before and after. Then the same with only what serve has imported when it opens
+   its source (``pageheat.cli``; the daemon, prometheus_client among it, comes after).
+   libbpf parses the kernel's BTF (/sys/kernel/btf/vmlinux) to load an object with CO-RE
+   relocations or an iterator; the buffers are freed after the load, so only VmHWM keeps
+   them.
 3. serve: ``pageheat serve --pid P --aging 1s --cpu-budget 1.0`` on a ``pageheat workload``
    of --size; VmRSS and VmHWM sampled every 10 ms: the first time VmHWM exceeds VmRSS by
    2 MiB (the load's freed buffers), and the end. At the end, serve's RSS by kind of mapping
@@ -111,6 +113,19 @@ after = status()
 print(json.dumps({"before": before, "after": after, "kinds": split}))
 """
 
+# What serve has imported when it opens its source (cli._serve imports the daemon after):
+# the load's peak sits on top of this, not of every import.
+LOAD_AS_SERVE = HELPERS + r"""
+import json, sys
+import pageheat.cli
+from pageheat.sources.ptwalk import PtwalkSource
+before = status()
+src = PtwalkSource()
+after = status()
+print(json.dumps({"before": before, "after": after, "asyncio": "asyncio" in sys.modules,
+                  "prometheus_client": "prometheus_client" in sys.modules}))
+"""
+
 
 def mib(kib: float) -> str:
     return f"{kib / 1024:.1f}"
@@ -155,6 +170,12 @@ def bpf_load() -> dict[str, int]:
     print(f"| + PtwalkSource() (BPF object loaded) | {mib(after['VmRSS'])} | {mib(after['VmHWM'])} |")
     print(f"| freed during the load (VmHWM after - VmRSS after) | | "
           f"{mib(after['VmHWM'] - after['VmRSS'])} |")
+    s = json.loads(child(LOAD_AS_SERVE))
+    print(f"| serve's imports when it opens its source (pageheat.cli; asyncio "
+          f"{'in' if s['asyncio'] else 'not in'}, prometheus_client "
+          f"{'in' if s['prometheus_client'] else 'not in'}) | {mib(s['before']['VmRSS'])} | "
+          f"{mib(s['before']['VmHWM'])} |")
+    print(f"| + PtwalkSource() | {mib(s['after']['VmRSS'])} | {mib(s['after']['VmHWM'])} |")
     return r["kinds"]
 
 
