@@ -388,6 +388,52 @@ static long young_bit(__u64 b, struct young_ctx *y)
 	return 0;
 }
 
+/*
+ * Is the page of this present PTE anonymous (PageAnon: folio->mapping has PAGE_MAPPING_ANON,
+ * KSM pages included)? What smaps counts as Anonymous. In a private file mapping that is a
+ * copy-on-write copy even when its PTE no longer says it was written: fork() and mprotect()
+ * write-protect it (RELRO in every dynamically linked process), and since 6.6 x86 moves Dirty
+ * to the software _PAGE_SAVED_DIRTY bit when it does (pte_wrprotect, "x86/mm: Start actually
+ * marking _PAGE_SAVED_DIRTY"); KSM and a swap-in map it clean.
+ */
+static __always_inline int page_anon(struct ptwalk_state *st, __u64 entry)
+{
+	__u32 off_head = bpf_core_field_offset(struct page, compound_head);
+	__u32 off_mapping = bpf_core_field_offset(struct page, mapping);
+	__u64 page, head = 0, mapping = 0;
+
+	page = st->vmemmap_base + ((entry & PHYS_MASK) >> PAGE_SHIFT) * bpf_core_type_size(struct page);
+	if (bpf_probe_read_kernel(&head, sizeof(head), (void *)(page + off_head)))
+		return 0;
+	/* A tail page's compound_head is its head page's address plus one: the folio's mapping. */
+	if (head & 1)
+		page = head - 1;
+	if (bpf_probe_read_kernel(&mapping, sizeof(mapping), (void *)(page + off_mapping)))
+		return 0;
+	return mapping & 1;	/* PAGE_MAPPING_ANON */
+}
+
+struct anon_ctx {
+	__u64 *pt;
+	struct ptwalk_state *st;
+	__u64 word;
+	__u64 maybe;	/* mapped, neither writable nor dirty, in a private file/shmem VMA */
+	__u64 anon;
+};
+
+static long anon_bit(__u64 b, struct anon_ctx *x)
+{
+	__u64 e;
+
+	if (b >= 64 || x->word >= 8 || !x->pt || !x->st || !(x->maybe >> b))
+		return 1;
+	e = x->pt[x->word * 64 + b];
+	/* PRESENT only: a PROTNONE entry's PFN is stored inverted (L1TF), and it is rare here. */
+	if (((x->maybe >> b) & 1) && (e & 1) && page_anon(x->st, e))
+		x->anon |= 1ULL << b;
+	return 0;
+}
+
 /* Word k (entries 64k..64k+63) of a PTE table into the record's bitmaps. */
 static long table_word(__u64 k, struct bits_ctx *c)
 {
@@ -773,6 +819,8 @@ int scan(struct bpf_iter__task_vma *ctx)
 	rec->start = w.vm_start;
 	rec->end = w.vm_end;
 	rec->kind = classify(vma, BPF_CORE_READ(vma, vm_flags), &flags);
+	/* Branch-free: a private file VMA without an anon_vma has no COW copies (anon_pass). */
+	flags |= (__u32)!!BPF_CORE_READ(vma, anon_vma) * VMA_F_ANON_VMA;
 	rec->flags = flags;
 	rec->unmonitored = 0;
 	rec->ident = (__u64)BPF_CORE_READ(vma, vm_file);
@@ -942,4 +990,72 @@ int find_base(void *ctx)
 	find_huge_zero(st, c.pgd);
 	find_vmemmap(t, st);
 	return FIND_BASE_OK;
+}
+
+/*
+ * The anon_pass program: after a scan, "written" gains the anonymous copies of private
+ * file/shmem VMAs that neither RW nor Dirty shows (page_anon). A program of its own, run by
+ * userspace with BPF_PROG_TEST_RUN right after the scan: inside the walk the extra branch
+ * took the scan past the verifier's 1M-instruction limit. It reads each such table again
+ * through the direct map; a table freed in between reads as whatever the page holds then,
+ * which can only retype a page of that table, never add or drop one.
+ */
+struct anon_pass_ctx {
+	struct ptwalk_state *st;
+	struct table_rec *rec;
+	__u64 *pt;
+};
+
+static long anon_word(__u64 k, struct anon_pass_ctx *c)
+{
+	struct anon_ctx x = {};
+
+	if (k >= 8 || !c->rec || !c->st || !c->pt)
+		return 1;
+	x.maybe = c->rec->present[k] & ~c->rec->written[k];
+	if (!x.maybe)
+		return 0;
+	x.pt = c->pt;
+	x.st = c->st;
+	x.word = k;
+	bpf_loop(64, anon_bit, &x, 0);
+	c->rec->written[k] |= x.anon;
+	c->st->anon_cow_checks += __builtin_popcountll(x.maybe);
+	return 0;
+}
+
+static long anon_table(__u64 i, struct anon_pass_ctx *c)
+{
+	__u32 slot = i, zero = 0, v;
+	struct vma_rec *vr;
+
+	if (!c->st)
+		return 1;
+	c->rec = bpf_map_lookup_elem(&tables, &slot);
+	if (!c->rec || (c->rec->flags & TABLE_F_HUGE))
+		return 0;
+	v = c->rec->vma;
+	vr = bpf_map_lookup_elem(&vmas, &v);
+	if (!vr || (vr->kind != VMA_FILE && vr->kind != VMA_SHMEM) ||
+	    (vr->flags & (VMA_F_SHARED | VMA_F_ANON_VMA)) != VMA_F_ANON_VMA)
+		return 0;
+	c->pt = bpf_map_lookup_elem(&scratch, &zero);
+	if (!c->pt)
+		return 1;
+	if (bpf_probe_read_kernel(c->pt, PTRS * 8,
+				  (void *)(c->st->direct_map_base + (c->rec->pmd & PHYS_MASK))))
+		return 0;
+	bpf_loop(8, anon_word, c, 0);
+	return 0;
+}
+
+SEC("raw_tp")
+int anon_pass(void *ctx)
+{
+	struct anon_pass_ctx c = { .st = get_state() };
+
+	if (!c.st || !c.st->vmemmap_base || !c.st->direct_map_base)
+		return 0;
+	bpf_loop(c.st->n_tables, anon_table, &c, 0);
+	return 0;
 }

@@ -30,6 +30,7 @@ enum vma_flag {
 	VMA_F_PFNMAP = 1U << 3,		/* VM_PFNMAP or VM_IO: device memory, no struct page */
 	VMA_F_VDSO = 1U << 4,
 	VMA_F_NOACCESS = 1U << 5,	/* no VM_READ, VM_WRITE or VM_EXEC: "---" in maps */
+	VMA_F_ANON_VMA = 1U << 6,	/* has an anon_vma: may hold anonymous pages */
 };
 
 /* table_rec.flags bits */
@@ -70,7 +71,7 @@ struct table_rec {
 	__u32 flags;
 	__u64 present[8];
 	__u64 accessed[8];
-	__u64 written[8];	/* PTE writable or dirty: in a private file VMA, an anon COW copy */
+	__u64 written[8];	/* in a private file/shmem VMA: an anon COW copy (RW, Dirty or PageAnon) */
 };
 
 /*
@@ -105,6 +106,7 @@ struct ptwalk_state {
 	__u64 special_ptes;	/* zero page and PFN-mapped PTEs in walked VMAs: not the process's */
 	__u64 special_pmds;	/* huge zero page (and special huge PMDs) in walked VMAs */
 	__u64 step_limit_vmas;	/* VMAs whose walk ran out of steps before their end */
+	__u64 anon_cow_checks;	/* private file/shmem PTEs whose struct page was asked PageAnon */
 	__u64 last_mm;
 	__u64 last_vm_end;
 };

@@ -10,6 +10,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -329,4 +330,62 @@ def test_serve_resident_pages_agree_with_smaps(ptwalk_ok, hugetlb_pages, layout,
         assert m[("pageheat_walk_truncations_total", "reason=step_limit")] == 0
         assert ("pageheat_aging_ineffective_total", "reason=all_accessed") in m
     finally:
+        stop_process(proc)
+
+
+# Private file mappings of one 16-page file, every page of the first three written (each
+# write makes an anonymous copy-on-write copy): A stays writable; B is made read-only
+# (mprotect, as the loader does to RELRO); C is written then the process forks (fork
+# write-protects the parent's copies); R is only read (the file's own pages). Prints the four
+# start addresses, then waits for stdin to close.
+COW_TARGET = r"""
+import ctypes, mmap, os, sys
+PAGES = 16
+size = PAGES * 4096
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+os.write(fd, b"f" * size)
+libc = ctypes.CDLL(None, use_errno=True)
+maps = [mmap.mmap(fd, size, flags=mmap.MAP_PRIVATE) for _ in range(4)]
+starts = [ctypes.addressof(ctypes.c_char.from_buffer(m)) for m in maps]
+for m in maps[:3]:
+    for p in range(PAGES):
+        m[p * 4096] = 1
+for p in range(PAGES):
+    _ = maps[3][p * 4096]
+if libc.mprotect(ctypes.c_void_p(starts[1]), ctypes.c_size_t(size), 1):  # PROT_READ
+    raise OSError(ctypes.get_errno(), "mprotect")
+if os.fork() == 0:
+    sys.stdin.read()
+    os._exit(0)
+print(" ".join(hex(s) for s in starts), flush=True)
+sys.stdin.read()
+"""
+
+
+@pytest.mark.kind2
+def test_copy_on_write_copies_are_anon_however_their_pte_reads(ptwalk_ok, tmp_path) -> None:
+    """A private file mapping's written pages are anonymous copies (smaps: Anonymous) also
+    where the PTE no longer says written: after mprotect(PROT_READ) or fork() the kernel
+    write-protects them, and x86 since 6.6 moves their Dirty bit to a software bit. Each
+    page's type must be what /proc/kpageflags says of its frame (KPF_ANON)."""
+    proc = subprocess.Popen([sys.executable, "-c", COW_TARGET, str(tmp_path / "cow.dat")],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline() if proc.stdout else ""
+        assert line, f"the target exited with {proc.wait(5)}"
+        starts = [int(x, 16) for x in line.split()]
+        lo, hi = min(starts), max(starts) + 16 * 4096
+        snap = snapshot(proc.pid, "--pages", "--range", f"{lo:#x}-{hi:#x}", scans=1)
+        got = {int(p["addr"], 16): p["type"] for p in snap["pages"]}
+        want = {}
+        for start in starts:
+            for addr in range(start, start + 16 * 4096, 4096):
+                want[addr] = "anon" if kpageflags(pagemap_pfn(proc.pid, addr)) >> 12 & 1 else "file"
+        assert {a: got.get(a) for a in want} == want
+        # The truth has both kinds, and the write-protected copies are among the anon ones.
+        kinds = [[want[s + p * 4096] for p in range(16)] for s in starts]
+        assert kinds == [["anon"] * 16] * 3 + [["file"] * 16], kinds
+    finally:
+        if proc.stdin:
+            proc.stdin.close()
         stop_process(proc)

@@ -50,7 +50,7 @@ _STATE = np.dtype([
     ("n_vmas", "<u8"), ("n_tables", "<u8"), ("dropped_vmas", "<u8"), ("dropped_tables", "<u8"),
     ("read_errors", "<u8"), ("skipped_huge_pud", "<u8"), ("dup_vmas", "<u8"),
     ("young_flag_hits", "<u8"), ("young_flag_shared", "<u8"), ("special_ptes", "<u8"),
-    ("special_pmds", "<u8"), ("step_limit_vmas", "<u8"),
+    ("special_pmds", "<u8"), ("step_limit_vmas", "<u8"), ("anon_cow_checks", "<u8"),
     ("last_mm", "<u8"), ("last_vm_end", "<u8"),
 ])
 _VMA = np.dtype([("start", "<u8"), ("end", "<u8"), ("kind", "<u4"), ("flags", "<u4"),
@@ -63,7 +63,7 @@ _TABLE = np.dtype([
 # ScanReport.truncations, the rest its free-form counters.
 _REPORTED = ("n_vmas", "n_tables", "dropped_vmas", "dropped_tables", "read_errors",
              "skipped_huge_pud", "dup_vmas", "young_flag_hits", "young_flag_shared", "special_ptes",
-             "special_pmds", "step_limit_vmas")
+             "special_pmds", "step_limit_vmas", "anon_cow_checks")
 # Reset before each scan: the counts and the walk's resume point (the rest is set at load).
 _PER_SCAN = (*_REPORTED, "last_mm", "last_vm_end")
 
@@ -77,6 +77,7 @@ class VmaFlag(enum.IntFlag):
     PFNMAP = 1 << 3
     VDSO = 1 << 4
     NOACCESS = 1 << 5
+    ANON_VMA = 1 << 6  # has an anon_vma: may hold anonymous pages
 
 
 class TableFlag(enum.IntFlag):
@@ -409,6 +410,20 @@ class PageTableScan:
         t.layout, t.names = (layout.copy(), names) if exact else (None, None)
         return names
 
+    def _mark_cow_anon(self, vmas: np.ndarray) -> None:
+        """Mark as written the anonymous copy-on-write pages of private file/shmem mappings
+        whose PTE is neither writable nor dirty (fork, mprotect, RELRO, KSM, a swap-in): the
+        anon_pass program asks their struct page (PageAnon), what smaps counts as Anonymous.
+        Needs the struct page array (4-level paging); without it RW or Dirty decide alone."""
+        if not self._state["vmemmap_base"][0]:
+            return
+        # Only a VMA with an anon_vma can hold anonymous pages (anon_vma_prepare() on the
+        # first copy-on-write fault, or anon_vma_fork()): libraries' text is left alone.
+        cow = ((vmas["kind"] == VmaKind.FILE) | (vmas["kind"] == VmaKind.SHMEM)) & (
+            (vmas["flags"] & (VmaFlag.SHARED | VmaFlag.ANON_VMA)) == VmaFlag.ANON_VMA)
+        if cow.any():
+            self._obj.test_run("anon_pass")  # type: ignore[union-attr]
+
     def _scan(self, pid: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, int]]:
         """Run the iterator; grow the buffers and scan again if anything did not fit. The
         tables and raw arrays returned are views of the BPF maps: valid until the next scan
@@ -429,6 +444,8 @@ class PageTableScan:
                 raise TargetGone(pid) from e
             finally:
                 os.close(fd)
+            if not st["dropped_vmas"][0] and not st["dropped_tables"][0]:
+                self._mark_cow_anon(self._vmas[:int(st["n_vmas"][0])])
             counters = {k: int(st[k][0]) for k in _REPORTED}
             if not counters["dropped_vmas"] and not counters["dropped_tables"]:
                 n_v, n_t = counters["n_vmas"], counters["n_tables"]
