@@ -436,6 +436,38 @@ def test_rebin_when_too_many_pages_lie_outside_the_bins(n_outside: int, rebinned
         assert v2.bins.outside(np.array(vpns, np.uint64)) == 0
 
 
+@pytest.mark.parametrize(("n_moved", "rebinned"), [(10, False), (11, True)])
+def test_rebin_when_pages_land_in_a_gap_inside_the_bins(n_moved: int, rebinned: bool) -> None:
+    """A mapping unmapped and a same-size one mapped in the gap between the others (or an
+    exec's new layout): the bins' span and the mapped size are unchanged, but the pages there
+    were in no bin's share. Resident per bin after the rebin is the new layout split evenly."""
+    state = TargetState(1, "x", n_bins=4, cold_after=10.0)
+    _one_harvest(state, vmas_of((0x1000, 100, ""), (0x9000, 20, "")), 1.0, list(range(0x1000, 0x1064)))
+    vmas = vmas_of((0x1000, 100, ""), (0x5000, 20, ""))  # the second one moved into the gap
+    vpns = list(range(0x1000, 0x1000 + 100 - n_moved)) + list(range(0x5000, 0x5000 + n_moved))
+    assert (n_moved > REBIN_OUTSIDE_FRACTION * len(vpns)) == rebinned  # the rule, by construction
+    v2 = _one_harvest(state, vmas, 2.0, vpns)
+    assert v2.rebins == int(rebinned)
+    if rebinned:
+        mapped = mapped_vpns(vmas)  # 120 pages, four bins of 30 in address order
+        want = Counter(mapped.index(v) * 4 // len(mapped) for v in vpns)
+        assert [int(v2.resident.sum(axis=0)[b]) for b in range(4)] == [want[b] for b in range(4)]
+
+
+def test_uncovered_pages_matches_a_page_by_page_count() -> None:
+    rng = np.random.default_rng(7)
+    for _ in range(200):
+        cuts = np.sort(rng.choice(400, size=2 * int(rng.integers(0, 6)), replace=False)).astype(np.uint64)
+        ranges = cuts.reshape(-1, 2)  # sorted, disjoint, possibly adjacent
+        covered = {v for lo, hi in ranges.tolist() for v in range(lo, hi)}
+        start = rng.integers(0, 420, size=8).astype(np.uint64)
+        end = start + rng.integers(0, 60, size=8).astype(np.uint64)
+        got = aggregate.uncovered_pages(ranges, start, end)
+        want = [sum(v not in covered for v in range(a, b))
+                for a, b in zip(start.tolist(), end.tolist(), strict=True)]
+        assert got.tolist() == want
+
+
 def test_no_rebin_when_mapped_size_halves_exactly() -> None:
     state = TargetState(1, "x", n_bins=4, cold_after=10.0)
     _one_harvest(state, vmas_of((0x1000, 100, "")), 1.0)

@@ -22,7 +22,7 @@ IDLE_BOUNDS = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 360
 N_TYPES = len(PAGE_TYPE_NAMES)
 
 # Re-bin when the mapped size changes by more than this factor, or when more than this
-# fraction of resident pages lies outside the current bins.
+# fraction of resident pages lies outside the mappings the current bins were made from.
 REBIN_SIZE_FACTOR = 2.0
 REBIN_OUTSIDE_FRACTION = 0.10
 
@@ -58,12 +58,16 @@ class Bins:
 
     edges: uint64 vpn boundaries, N + 1 of them; bin i is [edges[i], edges[i+1]).
     labels: the main mapping name(s) of each bin. bytes: mapped bytes inside each bin.
+    ranges: uint64 [M, 2] vpn [start, end) of the mappings binned, in address order: a page
+    that lands outside them later (a mapping moved into a gap, an exec) is in no bin's
+    share, only in the bin whose span holds the gap.
     """
 
     edges: np.ndarray
     labels: tuple[str, ...]
     bytes: np.ndarray
     mapped_pages: int
+    ranges: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), dtype=np.uint64))
 
     @property
     def n(self) -> int:
@@ -107,7 +111,26 @@ def make_bins(vmas: Vmas, n: int) -> Bins:
     edges = np.maximum.accumulate(edges)
     bin_bytes = np.diff(off) * 4096
     labels = _bin_labels(vmas, sel, edges)
-    return Bins(edges, labels, bin_bytes, total)
+    return Bins(edges, labels, bin_bytes, total, np.stack([start, end], axis=1))
+
+
+def uncovered_pages(ranges: np.ndarray, start: np.ndarray, end: np.ndarray) -> np.ndarray:
+    """int64 pages of each [start, end) (uint64 vpn arrays) that no range of ``ranges``
+    (uint64 [M, 2] vpn [start, end), sorted, disjoint: Bins.ranges) covers. Per range, not
+    per page: a search per bound."""
+    size = (end - start).astype(np.int64)
+    if not len(ranges):
+        return size
+    lo, hi = ranges[:, 0].astype(np.int64), ranges[:, 1].astype(np.int64)
+    below = np.concatenate(([0], np.cumsum(hi - lo)))  # pages of the ranges before range i
+
+    def covered_below(x: np.ndarray) -> np.ndarray:  # pages of the ranges below each vpn x
+        x = x.astype(np.int64)
+        i = np.searchsorted(lo, x, side="right") - 1
+        j = np.maximum(i, 0)
+        return np.where(i >= 0, below[j] + np.clip(x - lo[j], 0, hi[j] - lo[j]), 0)
+
+    return size - (covered_below(end) - covered_below(start))
 
 
 def _bin_labels(vmas: Vmas, sel: np.ndarray, edges: np.ndarray) -> tuple[str, ...]:
@@ -619,7 +642,21 @@ class TargetState:
     def _layout_changed(self, vmas: Vmas, p: PageSet) -> bool:
         assert self.bins is not None
         edges = self.bins.edges
-        return needs_rebin(self.bins, vmas, p.count_outside(int(edges[0]), int(edges[-1])), len(p))
+        if needs_rebin(self.bins, vmas, p.count_outside(int(edges[0]), int(edges[-1])), len(p)):
+            return True
+        # Inside the bins' span but outside what was binned: a mapping that moved into a gap
+        # between the old ones, or an exec's new layout. Per mapping: the share of its span
+        # that is new, times its resident pages (exact unless a mapping is partly new).
+        if not len(self.bins.ranges):  # bins made without them (no mapped pages then)
+            return False
+        sel = _binned_vmas(vmas)
+        start, end = vmas.start[sel] >> np.uint64(12), vmas.end[sel] >> np.uint64(12)
+        new = uncovered_pages(self.bins.ranges, start, end)
+        if not new.any():
+            return False
+        resident = p.per_vma(len(vmas))[0][sel]
+        moved = float((resident * new / np.maximum(end - start, 1).astype(np.int64)).sum())
+        return moved > REBIN_OUTSIDE_FRACTION * max(len(p), 1)
 
 
 def needs_rebin(bins: Bins, vmas: Vmas, outside: int, n_pages: int) -> bool:
