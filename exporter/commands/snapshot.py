@@ -17,6 +17,8 @@ from pageheat.sources.base import (
     TRUNCATION_REASONS,
     VMA_KIND_NAMES,
     Harvest,
+    Pages,
+    PageSet,
     Source,
     TargetGone,
 )
@@ -37,46 +39,48 @@ def take(source: Source, pid: int, aging: float, scans: int,
     """The snapshot of ``scans`` harvests ``aging`` seconds apart, as the JSON object the
     command prints. A process that exits is normal: the scans made so far, ``exited`` true.
     ``pages`` with ``addr_range`` (start, end addresses): every page in it, per scan. Raises
-    SourceError and OSError from the source."""
+    SourceError and OSError from the source. Each harvest is summed up as it comes and then
+    dropped (only the range's pages of it are kept, for ``pages``): memory does not grow
+    with ``scans`` beyond the per-mapping counts the output holds."""
     try:
         source.attach(pid)
     except TargetGone:  # exited before the first aging: no scans
         return _exited_before_attach(pid, source.name, aging)
-    harvests: list[Harvest] = []
+    vmas: dict[tuple[int, int], _VmaRow] = {}
+    harvest_ms: list[float] = []
+    aging_cost_ms: list[float] = []
+    truncations = dict.fromkeys(TRUNCATION_REASONS, 0)
+    unmonitored: dict[str, int] = {}
+    in_range: list[Pages] = []
     exited = False
     started = time.monotonic()
     try:
         for i in range(scans):
             time.sleep(max(0.0, started + (i + 1) * aging - time.monotonic()))
             try:
-                harvests.append(source.cycle(pid))
+                h = source.cycle(pid)
             except TargetGone:
                 exited = True  # normal: report the scans we have
                 break
+            _add_scan(vmas, h, i)
+            harvest_ms.append(round(h.harvest_seconds * 1000, 3))
+            aging_cost_ms.append(round(h.aging_seconds * 1000, 3))
+            for r in TRUNCATION_REASONS:
+                truncations[r] += getattr(h.truncations, r)
+            unmonitored = h.unmonitored.nonzero()
+            if pages and addr_range is not None:
+                in_range.append(_range_pages(h.pages, addr_range))
+            del h
     finally:
         source.detach(pid)
-
-    vmas: dict[tuple[int, int], _VmaRow] = {}
-    for i, h in enumerate(harvests):
-        per_vma_resident, per_vma_accessed = h.pages.per_vma(len(h.vmas))
-        for j in range(len(h.vmas)):
-            key = (int(h.vmas.start[j]), int(h.vmas.end[j]))
-            row = vmas.get(key)
-            if row is None:
-                row = vmas[key] = _VmaRow(h.vmas.names[j], VMA_KIND_NAMES[h.vmas.kind[j]],
-                                          accessed=[0] * i)
-            row.resident = int(per_vma_resident[j])
-            row.accessed.append(int(per_vma_accessed[j]))
-        for row in vmas.values():
-            row.accessed.extend([0] * (i + 1 - len(row.accessed)))
 
     out: dict = {
         "pid": pid,
         "source": source.name,
         "aging_ms": round(aging * 1000, 3),
-        "scans": len(harvests),
-        "harvest_ms": [round(h.harvest_seconds * 1000, 3) for h in harvests],
-        "aging_cost_ms": [round(h.aging_seconds * 1000, 3) for h in harvests],
+        "scans": len(harvest_ms),
+        "harvest_ms": harvest_ms,
+        "aging_cost_ms": aging_cost_ms,
         "exited": exited,
         "vmas": [{"start": hex(s), "end": hex(e), "name": r.name, "kind": r.kind,
                   "resident": r.resident, "accessed": r.accessed}
@@ -84,15 +88,30 @@ def take(source: Source, pid: int, aging: float, scans: int,
     }
     # Truncated harvests summed over the scans, and what the latest one could not monitor:
     # nothing resident or cut short vanishes silently (see exporter/serve/sanity.py).
-    out["truncations"] = {r: sum(getattr(h.truncations, r) for h in harvests)
-                          for r in TRUNCATION_REASONS}
-    out["unmonitored_pages"] = harvests[-1].unmonitored.nonzero() if harvests else {}
+    out["truncations"] = truncations
+    out["unmonitored_pages"] = unmonitored
     for reason, n in out["truncations"].items():
         if n:
             log.warning("pid %d: %d harvest truncations (%s)", pid, n, reason)
     if pages and addr_range is not None:
-        out["pages"] = _pages_in_range(harvests, addr_range)
+        out["pages"] = _pages_in_range(in_range)
     return out
+
+
+def _add_scan(vmas: dict[tuple[int, int], _VmaRow], h: Harvest, i: int) -> None:
+    """Scan ``i``'s per-mapping counts into ``vmas`` (a mapping seen first at scan i gets 0
+    for the scans before; one gone gets 0 from then on)."""
+    per_vma_resident, per_vma_accessed = h.pages.per_vma(len(h.vmas))
+    for j in range(len(h.vmas)):
+        key = (int(h.vmas.start[j]), int(h.vmas.end[j]))
+        row = vmas.get(key)
+        if row is None:
+            row = vmas[key] = _VmaRow(h.vmas.names[j], VMA_KIND_NAMES[h.vmas.kind[j]],
+                                      accessed=[0] * i)
+        row.resident = int(per_vma_resident[j])
+        row.accessed.append(int(per_vma_accessed[j]))
+    for row in vmas.values():
+        row.accessed.extend([0] * (i + 1 - len(row.accessed)))
 
 
 def _exited_before_attach(pid: int, source: str, aging: float) -> dict:
@@ -103,24 +122,26 @@ def _exited_before_attach(pid: int, source: str, aging: float) -> dict:
             "aging_cost_ms": [], "exited": True, "vmas": []}
 
 
-def _pages_in_range(harvests: list[Harvest], addr_range: tuple[int, int]) -> list[dict]:
+def _range_pages(p: PageSet, addr_range: tuple[int, int]) -> Pages:
+    """The pages of ``p`` in [start, end) addresses, copied out of the harvest's arrays."""
     lo, hi = np.uint64(addr_range[0] >> 12), np.uint64((addr_range[1] + 4095) >> 12)
-    picked = []
-    for h in harvests:
-        sel = (h.pages.vpn >= lo) & (h.pages.vpn < hi)
-        picked.append(sel)
-    all_vpn = np.unique(np.concatenate([h.pages.vpn[s] for h, s in zip(harvests, picked, strict=True)])
-                        if harvests else np.zeros(0, np.uint64))
+    sel = (p.vpn >= lo) & (p.vpn < hi)
+    return Pages(p.vpn[sel], p.accessed[sel], p.node[sel], p.type[sel], p.thp[sel], p.vma[sel])
+
+
+def _pages_in_range(scans: list[Pages]) -> list[dict]:
+    """Every page of any scan, in address order, with its accessed flag in each scan."""
+    all_vpn = np.unique(np.concatenate([p.vpn for p in scans])) if scans else np.zeros(0, np.uint64)
     n = len(all_vpn)
-    scans = np.zeros((n, len(harvests)), dtype=np.uint8)
+    accessed = np.zeros((n, len(scans)), dtype=np.uint8)
     node = np.full(n, -1, dtype=np.int16)
     ptype = np.zeros(n, dtype=np.uint8)
     thp = np.zeros(n, dtype=bool)
-    for i, (h, sel) in enumerate(zip(harvests, picked, strict=True)):
-        idx = np.searchsorted(all_vpn, h.pages.vpn[sel])
-        scans[idx, i] = h.pages.accessed[sel]
-        node[idx], ptype[idx], thp[idx] = h.pages.node[sel], h.pages.type[sel], h.pages.thp[sel]
+    for i, p in enumerate(scans):
+        idx = np.searchsorted(all_vpn, p.vpn)
+        accessed[idx, i] = p.accessed
+        node[idx], ptype[idx], thp[idx] = p.node, p.type, p.thp
     return [{"addr": hex(int(v) << 12), "scans": s, "node": int(nd), "type": PAGE_TYPE_NAMES[t],
              "thp": bool(th)}
-            for v, s, nd, t, th in zip(all_vpn.tolist(), scans.tolist(), node.tolist(),
+            for v, s, nd, t, th in zip(all_vpn.tolist(), accessed.tolist(), node.tolist(),
                                        ptype.tolist(), thp.tolist(), strict=True)]
