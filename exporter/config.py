@@ -20,6 +20,7 @@ be read). ``describe`` turns a ValidationError into one line.
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import math
 import os
 import re
@@ -109,14 +110,36 @@ def parse_size(value: Any) -> int:
     return size
 
 
+# A host name (RFC 1123 labels) or an IPv4 address; IPv6 goes in brackets.
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOST_NAME = re.compile(rf"{_LABEL}(\.{_LABEL})*\.?")
+
+
 def parse_listen(value: str) -> tuple[str, int]:
-    """'HOST:PORT', ':PORT' or '[v6]:PORT' -> (host, port); an empty host is 0.0.0.0."""
+    """'HOST:PORT', ':PORT' or '[v6]:PORT' -> (host, port); an empty host is 0.0.0.0. HOST is
+    a host name or an IPv4 address; an IPv6 address must be in brackets (a zone is allowed:
+    [fe80::1%eth0]). Raises ValueError naming what is wrong."""
     if not isinstance(value, str):
         raise ValueError(f"expected HOST:PORT, got {value!r}")
     host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"expected HOST:PORT, got {value!r}")
-    return host.strip("[]") or "0.0.0.0", int(port)
+    if not sep or not port.isascii() or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"expected HOST:PORT with a port from 1 to 65535, got {value!r}")
+    if host.startswith("[") or host.endswith("]"):
+        inner = host[1:-1] if host.startswith("[") and host.endswith("]") else None
+        try:
+            if inner is None:
+                raise ValueError
+            ipaddress.IPv6Address(inner.partition("%")[0])
+        except ValueError:
+            raise ValueError(f"expected [IPv6]:PORT, got {value!r}") from None
+        return inner, int(port)
+    if ":" in host:
+        raise ValueError(f"expected HOST:PORT, got {value!r} "
+                         "(an IPv6 address goes in brackets: [::1]:PORT)")
+    if host and not _HOST_NAME.fullmatch(host):
+        raise ValueError(f"expected HOST:PORT, got {value!r}: {host!r} is not a host name "
+                         "or address")
+    return host or "0.0.0.0", int(port)
 
 
 def _lower(value: Any) -> Any:
@@ -231,8 +254,13 @@ class Config(BaseSettings):
     @field_validator("listen")
     @classmethod
     def _host_port(cls, v: str | list[str]) -> str | list[str]:
+        seen: dict[tuple[str, int], str] = {}
         for one in [v] if isinstance(v, str) else v:
-            parse_listen(one)
+            key = parse_listen(one)
+            if key in seen:
+                also = "" if one == seen[key] else f" (as {seen[key]!r})"
+                raise ValueError(f"{one!r} is listed twice{also}")
+            seen[key] = one
         if isinstance(v, list) and not v:
             raise ValueError("expected at least one HOST:PORT")
         return v

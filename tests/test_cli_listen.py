@@ -40,3 +40,24 @@ def test_serve_on_two_addresses_with_a_telemetry_path(ptwalk_ok, workload, how: 
             assert e.value.code == 404
     finally:
         stop_process(serve)
+
+
+@pytest.mark.kernel
+def test_an_address_that_cannot_be_bound_is_named_in_one_line(ptwalk_ok, workload) -> None:
+    """A port another listener holds, and a host name that does not resolve: one line that
+    names the address, exit 1, and nothing left listening."""
+    import socket
+    import subprocess
+
+    t = workload("--size", "16MiB")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for address in (f"127.0.0.1:{port}", f"nosuchhost.invalid:{free_port()}"):
+            r = subprocess.run([*PAGEHEAT, "serve", "--pid", str(t.pid), "--web.listen-address", address,
+                                "--log.level", "error"], env=clean_env(), capture_output=True, text=True,
+                               timeout=60)
+            assert r.returncode == 1, r.stderr
+            lines = r.stderr.strip().splitlines()
+            assert len(lines) == 1 and lines[0].startswith(f"pageheat: cannot listen on {address}: "), lines

@@ -113,10 +113,25 @@ def test_listen_host_port(listen: str, host_port: tuple[str, int]) -> None:
     assert Config(listen=listen).host_port == host_port
 
 
-@pytest.mark.parametrize("listen", ["localhost", "host:", "host:0", "host:65536", "host:http", "host:-1"])
+@pytest.mark.parametrize("listen", ["localhost", "host:", "host:0", "host:65536", "host:http", "host:-1",
+                                    "::1:80", "x y:80", "a..b:1", "-a:1", "host:\u0663"])
 def test_listen_rejects(listen: str) -> None:
     with pytest.raises(ValidationError, match="HOST:PORT"):
         Config(listen=listen)
+
+
+@pytest.mark.parametrize("listen", ["[::1]:19480:80", "[::1:80", "[nothex]:1", "[]:1"])
+def test_listen_rejects_a_bad_bracketed_address(listen: str) -> None:
+    with pytest.raises(ValidationError, match=r"\[IPv6\]:PORT"):
+        Config(listen=listen)
+
+
+def test_listen_takes_an_ipv6_zone_and_refuses_one_address_twice() -> None:
+    assert Config(listen="[fe80::1%eth0]:80").host_port == ("fe80::1%eth0", 80)
+    with pytest.raises(ValidationError, match="listed twice"):
+        Config(listen=["127.0.0.1:1", "[::1]:2", "127.0.0.1:1"])
+    with pytest.raises(ValidationError, match="listed twice"):
+        Config(listen=[":3", "0.0.0.0:3"])  # the same address, spelt two ways
 
 
 def test_comm_regex_must_compile() -> None:

@@ -125,9 +125,15 @@ class HttpServer:
             raise ValueError("no listen address")
         try:
             for host, port in addresses:
-                self._servers.append(await asyncio.start_server(
-                    self._connection, host, port, ssl=self.web.ssl_context,
-                    limit=MAX_HEADER_BYTES))
+                try:
+                    self._servers.append(await asyncio.start_server(
+                        self._connection, host, port, ssl=self.web.ssl_context,
+                        limit=MAX_HEADER_BYTES))
+                except OSError as e:  # gaierror included: name the address, not just errno
+                    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+                    err = OSError(f"cannot listen on {where}: {e.strerror or e}")
+                    err.errno = e.errno  # the message without the "[Errno N]" prefix
+                    raise err from e
         except BaseException:
             await self.stop()
             raise
