@@ -360,14 +360,38 @@ def check_environment(environ: Mapping[str, str]) -> None:
                           f"{ENV_PREFIX}<FIELD> or {ENV_PREFIX}<FIELD>__<SUBFIELD>")
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in one mapping: PyYAML keeps the last
+    one silently, so `aging:` written twice would half-apply a config. Keys merged in with
+    `<<` are not in the mapping's own nodes and may still be overridden."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, yaml.Mark] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                first = seen.get(key)
+            except TypeError:  # unhashable: SafeLoader reports it
+                continue
+            if first is not None:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} given twice (first at line {first.line + 1})",
+                    key_node.start_mark)
+            seen[key] = key_node.start_mark
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml(path: Path, what: str = "config") -> dict[str, Any]:
     """A YAML file whose top level is a mapping with string keys (an empty file is {}).
 
     Raises OSError if it cannot be read, ConfigError naming the file, line and column for a
-    syntax error, and ConfigError for anything that is not such a mapping."""
+    syntax error or a key given twice, and ConfigError for anything that is not such a
+    mapping."""
     data = path.read_bytes()
     try:
-        loaded = yaml.safe_load(data)
+        loaded = yaml.load(data, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
@@ -435,6 +459,7 @@ def describe(e: ValidationError, what: str = "bad configuration", echo: bool = T
         msg = err["msg"].removeprefix("Value error, ")
         value = err.get("input")
         got = f" (got {value!r})" if echo and isinstance(value, str | int | float) \
-            and len(repr(value)) <= 40 and err["type"] != "missing" and str(value) not in msg else ""
+            and len(repr(value)) <= 40 and err["type"] != "missing" and str(value) not in msg \
+            and repr(value) not in msg else ""
         parts.append(f"{loc}: {msg}{got}")
     return f"{what}: " + "; ".join(" ".join(p.split()) for p in parts)

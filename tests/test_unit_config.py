@@ -410,6 +410,25 @@ def test_yaml_syntax_error_names_file_line_and_column(tmp_path: Path, text: str)
     assert "\n" not in msg
 
 
+@pytest.mark.parametrize(("text", "where", "key", "first"), [
+    ("aging: 1s\nbins: 8\naging: 2s\n", "3:1", "aging", 1),
+    ("targets:\n  top_rss: 3\n  top_rss: 4\n", "3:3", "top_rss", 2),
+])
+def test_a_key_given_twice_is_refused_with_both_lines(tmp_path: Path, text: str, where: str,
+                                                       key: str, first: int) -> None:
+    f = tmp_path / "c.yml"
+    f.write_text(text)
+    with pytest.raises(ConfigError, match=rf"^config {re.escape(str(f))}:{where}: .*key '{key}' given "
+                                          rf"twice \(first at line {first}\)$"):
+        load(f, {})
+
+
+def test_merge_keys_may_still_be_overridden(tmp_path: Path) -> None:
+    f = tmp_path / "c.yml"
+    f.write_text("base: &b {top_rss: 3, min_rss: 1MiB}\ntargets:\n  <<: *b\n  top_rss: 5\n")
+    assert read_yaml(f)["targets"] == {"top_rss": 5, "min_rss": "1MiB"}
+
+
 @pytest.mark.parametrize("text", ["- a\n- b\n", "just a string\n", "1: 2\n", "42\n"])
 def test_yaml_that_is_not_a_mapping_of_names(tmp_path: Path, text: str) -> None:
     f = tmp_path / "c.yml"
@@ -448,3 +467,11 @@ def test_effective_settings_round_trip(tmp_path: Path, monkeypatch: pytest.Monke
     again.write_text(c.effective())
     monkeypatch.delenv("PAGEHEAT_TLB_FLUSH")
     assert load(again, {}) == c
+
+
+@pytest.mark.parametrize("value", ["1\udcffs", "nope"])
+def test_a_bad_value_is_shown_once(value: str) -> None:
+    with pytest.raises(ValidationError) as e:
+        Config(aging=value)
+    msg = describe(e.value)
+    assert msg.count(repr(value)) == 1, msg

@@ -144,10 +144,41 @@ def test_load_tls_with_absolute_paths_and_client_certs(tmp_path: Path) -> None:
     assert w.ssl_context is not None and w.ssl_context.verify_mode == ssl.CERT_REQUIRED
 
 
-def test_load_tls_missing_cert_is_oserror(tmp_path: Path) -> None:
+@pytest.mark.parametrize("missing", ["cert_file", "key_file", "client_ca_file"])
+def test_load_tls_names_the_file_that_is_missing(tmp_path: Path, missing: str) -> None:
+    d = tls_dir(tmp_path)
+    files = {"cert_file": "certs/cert.pem", "key_file": "certs/key.pem", "client_ca_file": "certs/cert.pem"}
+    files[missing] = "certs/nope.pem"
+    f = d / "web.yml"
+    f.write_text("tls_server_config:\n  client_auth_type: RequireAndVerifyClientCert\n"
+                 + "".join(f"  {k}: {v}\n" for k, v in files.items()))
+    with pytest.raises(ValueError, match=rf"^tls_server_config\.{missing} {d}/certs/nope\.pem: No such file"):
+        WebConfig.load(f)
+
+
+def test_load_tls_key_of_another_certificate_is_named(tmp_path: Path) -> None:
+    d = tls_dir(tmp_path)
+    (d / "certs/other.pem").write_text("not a key\n")
+    f = d / "web.yml"
+    f.write_text("tls_server_config:\n  cert_file: certs/cert.pem\n  key_file: certs/other.pem\n")
+    with pytest.raises(ValueError, match="cert_file .*cert.pem with key_file .*other.pem: "):
+        WebConfig.load(f)
+
+
+@pytest.mark.parametrize("user", ["a:b", ""])
+def test_load_refuses_a_user_basic_auth_cannot_send(tmp_path: Path, user: str) -> None:
     f = tmp_path / "web.yml"
-    f.write_text("tls_server_config:\n  cert_file: nope.pem\n  key_file: nope.key\n")
-    with pytest.raises(OSError):
+    f.write_text(f"basic_auth_users:\n  '{user}': {hashed('x')}\n")
+    with pytest.raises(ValueError, match="cannot log in"):
+        WebConfig.load(f)
+
+
+def test_load_refuses_a_user_given_twice(tmp_path: Path) -> None:
+    from pageheat.config import ConfigError
+
+    f = tmp_path / "web.yml"
+    f.write_text(f"basic_auth_users:\n  u: {hashed('x')}\n  u: {hashed('y')}\n")
+    with pytest.raises(ConfigError, match=r"web.yml:3:3: .*key 'u' given twice \(first at line 2\)"):
         WebConfig.load(f)
 
 

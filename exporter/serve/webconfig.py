@@ -31,6 +31,19 @@ class WebConfigFile(BaseModel):
     basic_auth_users: dict[str, str] = {}
 
 
+
+def _readable(base: Path, name: str, path: Path) -> Path:
+    """``path`` (relative to the web config's folder) if it can be opened; else ValueError
+    naming the field and the file, so a missing key is not reported as a missing cert."""
+    full = base / path
+    try:
+        with open(full, "rb"):
+            pass
+    except OSError as e:
+        raise ValueError(f"tls_server_config.{name} {full}: {e.strerror or e}") from None
+    return full
+
+
 @dataclass
 class WebConfig:
     ssl_context: ssl.SSLContext | None = None
@@ -54,15 +67,27 @@ class WebConfig:
             if t.min_version not in versions:
                 raise ValueError(f"min_version {t.min_version!r}: expected one of {', '.join(versions)}")
             ctx.minimum_version = versions[t.min_version]
-            ctx.load_cert_chain(base / t.cert_file, base / t.key_file)
+            cert, key = _readable(base, "cert_file", t.cert_file), _readable(base, "key_file", t.key_file)
+            try:
+                ctx.load_cert_chain(cert, key)
+            except ssl.SSLError as e:  # not PEM, or a key that is not the certificate's
+                raise ValueError(f"tls_server_config: cert_file {cert} with key_file {key}: "
+                                 f"{e.reason or e}") from None
             if t.client_auth_type == "RequireAndVerifyClientCert":
                 if not t.client_ca_file:
                     raise ValueError("client_auth_type RequireAndVerifyClientCert needs client_ca_file")
                 ctx.verify_mode = ssl.CERT_REQUIRED
-                ctx.load_verify_locations(base / t.client_ca_file)
+                ca = _readable(base, "client_ca_file", t.client_ca_file)
+                try:
+                    ctx.load_verify_locations(ca)
+                except ssl.SSLError as e:
+                    raise ValueError(f"tls_server_config.client_ca_file {ca}: {e.reason or e}") from None
             elif t.client_auth_type != "NoClientCert":
                 raise ValueError(f"unsupported client_auth_type {t.client_auth_type!r}")
         for user, hashed in spec.basic_auth_users.items():
+            if ":" in user or not user:  # the Authorization header is "user:password" (RFC 7617)
+                raise ValueError(f"basic_auth_users: user name {user!r} cannot log in over basic "
+                                 "auth (empty, or contains ':')")
             if not re.fullmatch(r"\$2[abxy]\$\d\d\$[./A-Za-z0-9]{53}", hashed):
                 raise ValueError(f"basic_auth_users.{user}: not a bcrypt hash")
         return cls(ctx, {u: h.encode() for u, h in spec.basic_auth_users.items()})
