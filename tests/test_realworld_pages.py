@@ -389,3 +389,47 @@ def test_copy_on_write_copies_are_anon_however_their_pte_reads(ptwalk_ok, tmp_pa
         if proc.stdin:
             proc.stdin.close()
         stop_process(proc)
+
+
+# Waits for a line on stdin, then execs a new Python that prints "exec'd" and waits again.
+EXECS = r"""
+import os, sys
+print("ready", flush=True)
+sys.stdin.readline()
+os.execv(sys.executable, [sys.executable, "-c",
+                          "import sys; print(\"exec'd\", flush=True); sys.stdin.read()"])
+"""
+
+
+def test_an_exec_is_a_new_address_space_and_the_history_starts_again(ptwalk_ok) -> None:
+    """ptwalk's harvests name the target's address space: the same from one harvest to the
+    next, another after an exec, so the aggregator drops the old program's page history."""
+    from pageheat.model.aggregate import TargetState
+    from pageheat.sources.ptwalk import PtwalkSource
+
+    proc = subprocess.Popen([sys.executable, "-c", EXECS], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    src = PtwalkSource()
+    try:
+        assert proc.stdout and proc.stdin and proc.stdout.readline() == "ready\n"
+        src.attach(proc.pid)
+        state = TargetState(proc.pid, "python", n_bins=8, cold_after=30.0)
+        first = src.cycle(proc.pid)
+        second = src.cycle(proc.pid)
+        state.update(first, 1.0)
+        state.update(second, 1.0)
+        assert first.address_space and first.address_space == second.address_space
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline() == "exec'd\n"
+        after = src.cycle(proc.pid)
+        assert after.address_space and after.address_space != first.address_space
+        view = state.update(after, 1.0)
+        assert view.rebins == 1
+        # The new program's pages have no past: none was promoted from an idle age it never had.
+        assert int(view.promoted.sum()) == 0
+    finally:
+        src.close()
+        if proc.stdin:
+            proc.stdin.close()
+        stop_process(proc)

@@ -338,6 +338,32 @@ def test_never_accessed_pages_count_only_in_the_inf_idle_bucket() -> None:
     assert int(view.idle[0][1:-1].sum()) == 0
 
 
+@pytest.mark.parametrize("exec_between", [False, True])
+def test_an_exec_starts_a_fresh_history_at_the_same_addresses(exec_between: bool) -> None:
+    """Pages of the new program at the old program's addresses have no past: after an exec
+    (another address space) the view is what a fresh state makes of the same harvest."""
+    from dataclasses import replace
+
+    vmas = vmas_of((0x1000, 8, ""))
+    vpns = list(range(0x1000, 0x1008))
+    state = TargetState(1, "x", n_bins=2, cold_after=30.0)
+    state.update(replace(harvest(vmas, pages_of(vmas, vpns, [1] * 8), 1.0), address_space=0xA), 1.0)
+    state.update(replace(harvest(vmas, pages_of(vmas, vpns, [0] * 8), 50.0), address_space=0xA), 1.0)
+    after = replace(harvest(vmas, pages_of(vmas, vpns, [1] * 2 + [0] * 6), 51.0),
+                    address_space=0xB if exec_between else 0xA)
+    view = state.update(after, 1.0)
+    if exec_between:
+        fresh = TargetState(1, "x", n_bins=2, cold_after=30.0)
+        fresh.update(replace(after, time=50.0, pages=pages_of(vmas, vpns, [0] * 8)), 1.0)
+        want = fresh.update(after, 1.0)
+        assert view.rebins == 1
+        assert view.idle.tolist() == want.idle.tolist() and view.cold_pages == want.cold_pages
+        assert int(view.promoted[0].sum()) == 0  # nothing was idle before: it did not exist
+    else:  # the same program: six pages idle since t=1, two promoted after 49 s of idleness
+        assert view.rebins == 0 and view.cold_pages == 6
+        assert int(view.promoted[0].sum()) == 2
+
+
 def test_page_that_leaves_and_returns_starts_a_fresh_history() -> None:
     vmas = vmas_of((0x1000, 4, ""))
     state = TargetState(1, "x", n_bins=2, cold_after=10.0)

@@ -397,8 +397,9 @@ class TargetState:
         self.comm = comm
         self.n_bins = n_bins
         self.cold_after = cold_after
-        # Epochs older than both the largest finite idle bound and cold_after may be merged.
-        self.history = PageHistory(max(IDLE_BOUNDS[-2], cold_after), max_epoch)
+        self.max_epoch = max_epoch
+        self.history = self._new_history()
+        self.address_space: int | None = None  # Harvest.address_space of the last harvest
         self.bins: Bins | None = None
         self.rebins = 0
         self.harvests = 0
@@ -409,6 +410,10 @@ class TargetState:
         self._names: list[str] | None = None  # the mapping names _label_of was made for
         self._label_of = np.zeros(0, dtype=np.intp)
         self._label_names: list[str] = []
+
+    def _new_history(self) -> PageHistory:
+        # Epochs older than both the largest finite idle bound and cold_after may be merged.
+        return PageHistory(max(IDLE_BOUNDS[-2], self.cold_after), self.max_epoch)
 
     def _labels(self, names: list[str]) -> tuple[np.ndarray, list[str]]:
         """intp label index of each mapping, and the labels (``mapping_label``). Per mapping
@@ -429,6 +434,16 @@ class TargetState:
     def update(self, h: Harvest, interval: float) -> TargetView:
         p = h.pages
         now = h.time
+        if h.address_space is not None and self.address_space not in (None, h.address_space):
+            # An exec: a new program in the same process. Its pages are new (never seen
+            # accessed, whatever address they share with the old program's), and its layout
+            # gets new bins. The cumulative counters go on: it is the same process.
+            self.history = self._new_history()
+            if self.bins is not None:
+                self.rebins += 1
+                self.bins = None
+        if h.address_space is not None:
+            self.address_space = h.address_space
         if self.bins is None or self._layout_changed(h.vmas, p):
             if self.bins is not None:
                 self.rebins += 1

@@ -267,8 +267,9 @@ class Daemon:
 
     def _rename(self, pid: int, proc: targets.Process) -> None:
         """The process changed its comm (an exec, or prctl(PR_SET_NAME)): the same process, so
-        its history stays, but its series carry the new comm from the next scrape on and
-        those with the old one go away."""
+        its counters go on, but its series carry the new comm from the next scrape on and
+        those with the old one go away. An exec's new address space starts a new page
+        history and new bins in the aggregator (Harvest.address_space), comm or not."""
         t = self._targets[pid]
         log.info("pid %d is now %s (was %s)", pid, shown(proc.comm), shown(t.proc.comm))
         t.proc = proc

@@ -250,6 +250,11 @@ class Harvest:
     # Generations the kernel added to the target's memcg since the last harvest (mglru
     # sources, by anyone); None: not known (no lru_gen read, or not an mglru source).
     generations_added: int | None = None
+    # An opaque identity of the target's address space at this harvest (ptwalk's scan: its
+    # mm_struct's address; kept in memory, never exported). Another one than at the last
+    # harvest means the process exec'd: its old pages' history means nothing for the new
+    # program's. None: the source cannot tell.
+    address_space: int | None = None
 
 
 class Source(Protocol):

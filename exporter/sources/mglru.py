@@ -277,7 +277,8 @@ class YoungPagesSource:
         self._dropped_seen = dropped
         return Harvest(pid, now, pages, vmas, t2 - t1, t1 - t0, counters, lru_gen,
                        truncations=truncations, unmonitored=report.unmonitored,
-                       aging_writes=writes, generations_added=added)
+                       aging_writes=writes, generations_added=added,
+                       address_space=report.address_space)
 
     def detach(self, pid: int) -> None:
         if getattr(self, "_scan", None) is not None:

@@ -124,6 +124,7 @@ class ScanReport:
     truncations: Truncations
     unmonitored: Unmonitored
     counters: dict[str, int]
+    address_space: int | None = None  # Harvest.address_space
 
 
 @dataclass
@@ -346,7 +347,9 @@ class PageTableScan:
         names = self._names(pid, vmas)
         truncations = Truncations(step_limit=counters.pop("step_limit_vmas"),
                                   read_error=counters.pop("read_errors"))
-        report = ScanReport(truncations, unmonitored_pages(vmas), counters)
+        # The mm_struct the walk visited (the scan's last_mm): valid until the next scan.
+        report = ScanReport(truncations, unmonitored_pages(vmas), counters,
+                            address_space=int(self._state["last_mm"][0]) or None)
         return pages, _vma_table(vmas, names), report
 
     def detach(self, pid: int) -> None:

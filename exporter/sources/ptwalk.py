@@ -62,7 +62,8 @@ class PtwalkSource(PageTableScan):
         self._age(pid)
         t2 = cpu_time()
         return Harvest(pid, now, pages, vmas, t1 - t0, t2 - t1, report.counters,
-                       truncations=report.truncations, unmonitored=report.unmonitored)
+                       truncations=report.truncations, unmonitored=report.unmonitored,
+                       address_space=report.address_space)
 
     def _age(self, pid: int) -> None:
         """Clear the Accessed bits. x86 does not flush the TLB when clearing them, and a CPU
