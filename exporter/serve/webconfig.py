@@ -31,7 +31,6 @@ class WebConfigFile(BaseModel):
     basic_auth_users: dict[str, str] = {}
 
 
-
 def _readable(base: Path, name: str, path: Path) -> Path:
     """``path`` (relative to the web config's folder) if it can be opened; else ValueError
     naming the field and the file, so a missing key is not reported as a missing cert."""
