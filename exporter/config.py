@@ -410,12 +410,21 @@ def read_yaml(path: Path, what: str = "config") -> dict[str, Any]:
     return loaded
 
 
+# Config fields that name files: relative in a config file, relative to that file's folder
+# (from the environment or a flag, relative to the working directory, as any command's).
+_FILE_PATHS = ("web_config_file", "bpf_dir")
+
+
 def load(path: Path | None, overrides: dict[str, Any]) -> Config:
     """Defaults < the file (if any) < the environment < command-line ``overrides``.
 
     ``overrides["pids"]`` names exactly the processes to follow (no top-N, no regex).
     Raises ValidationError, ConfigError or OSError (see the module docstring)."""
     data = read_yaml(path) if path is not None else {}
+    if path is not None:  # a relative path in the file means next to the file, as Prometheus reads its own
+        for key in _FILE_PATHS:
+            if isinstance(data.get(key), str) and data[key] and not Path(data[key]).is_absolute():
+                data[key] = str(path.parent / data[key])
     init: dict[str, Any] = {}
     for key, value in overrides.items():
         if key == "pids":

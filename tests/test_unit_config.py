@@ -475,3 +475,16 @@ def test_a_bad_value_is_shown_once(value: str) -> None:
         Config(aging=value)
     msg = describe(e.value)
     assert msg.count(repr(value)) == 1, msg
+
+
+def test_relative_paths_in_a_config_file_are_next_to_the_file(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    d = tmp_path / "etc"
+    d.mkdir()
+    f = d / "pageheat.yml"
+    f.write_text(f"web_config_file: web.yml\nbpf_dir: {tmp_path}/objs\n")
+    monkeypatch.chdir(tmp_path)
+    c = load(f, {})
+    assert c.web_config_file == d / "web.yml"  # relative: the file's folder, not the cwd
+    assert c.bpf_dir == tmp_path / "objs"  # absolute: as written
+    assert load(f, {"web_config_file": "flag.yml"}).web_config_file == Path("flag.yml")  # flags: cwd
