@@ -117,3 +117,17 @@ def test_exported_with_every_reason_at_zero_and_unmonitored_per_target() -> None
         assert f'pageheat_aging_ineffective_total{{reason="{reason}"}} 0.0' in text
     s.forget(42)
     assert 42 not in stats.unmonitored
+
+
+def test_an_exec_starts_the_all_accessed_streak_again() -> None:
+    """A process that execs about once per harvest shows a fresh program each time, every
+    page of it just written: not a clear_refs that clears nothing."""
+    stats = Stats()
+    s = Sanity(stats)
+    n = MIN_PAGES * 4
+    for i in range(3 * SUSPECT_HARVESTS):
+        s.check(harvest(n, n, address_space=0x1000 + (i // (SUSPECT_HARVESTS - 1))), "exe")
+    assert stats.aging_ineffective["all_accessed"] == 0
+    for _ in range(SUSPECT_HARVESTS):  # the same program, every page accessed every time
+        s.check(harvest(n, n, address_space=0x9000), "exe")
+    assert stats.aging_ineffective["all_accessed"] == 1

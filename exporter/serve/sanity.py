@@ -36,6 +36,7 @@ MIN_PAGES = 64
 @dataclass
 class _Target:
     all_accessed_streak: int = 0
+    address_space: int | None = None  # Harvest.address_space of the last harvest
     flagged: set[str] = field(default_factory=set)  # reasons already logged for this target
 
 
@@ -58,6 +59,11 @@ class Sanity:
                            reason)
         self.stats.unmonitored[h.pid] = (comm, h.unmonitored.nonzero())
 
+        # An exec's first harvests find a new program that touched everything it has: no
+        # sign against aging, so its streak starts again.
+        if h.address_space is not None and t.address_space not in (None, h.address_space):
+            t.all_accessed_streak = 0
+        t.address_space = h.address_space if h.address_space is not None else t.address_space
         resident, accessed = len(h.pages), h.pages.count_accessed()
         if resident > MIN_PAGES and accessed == resident:
             t.all_accessed_streak += 1
