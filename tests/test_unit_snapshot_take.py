@@ -7,6 +7,7 @@ the snapshot against real processes is tested in tests/test_realworld_pages.py."
 from __future__ import annotations
 
 import weakref
+from dataclasses import replace
 
 import numpy as np
 from pageheat.commands.snapshot import take
@@ -64,3 +65,28 @@ def test_take_keeps_no_harvest_and_counts_each_scan() -> None:
     for p in out["pages"]:
         v = int(p["addr"], 16) >> 12
         assert p["scans"] == [int((v + i) % 3 == 0) for i in range(scans)]
+
+
+class UnmappingSource(ScriptedSource):
+    """Scan 0: both mappings; from scan 1 on the second is gone; scan 3 is another address
+    space (an exec) with the first mapping only."""
+
+    def cycle(self, pid: int) -> Harvest:
+        h = super().cycle(pid)
+        i = self.scan - 1
+        keep = slice(0, N) if i >= 1 else slice(None)
+        pages = Pages(h.pages.vpn[keep], h.pages.accessed[keep], h.pages.node[keep], h.pages.type[keep],
+                      h.pages.thp[keep], h.pages.vma[keep])
+        vmas = h.vmas if i == 0 else Vmas(h.vmas.start[:1], h.vmas.end[:1], h.vmas.kind[:1],
+                                          h.vmas.accessible[:1], h.vmas.names[:1])
+        return replace(h, pages=pages, vmas=vmas, address_space=0xA if i < 3 else 0xB)
+
+
+def test_a_mapping_gone_by_the_last_scan_is_not_resident() -> None:
+    out = take(UnmappingSource(), 1, 0.0, 5)
+    first, second = out["vmas"]
+    assert first["resident"] == N and first["mapped"]
+    assert second["resident"] == 0 and not second["mapped"]
+    assert second["accessed"][1:] == [0, 0, 0, 0] and second["accessed"][0] > 0
+    assert out["execs"] == 1
+    assert sum(v["resident"] for v in out["vmas"]) == N  # what the process holds at the end

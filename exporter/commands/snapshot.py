@@ -3,6 +3,11 @@
 The JSON layout is public API (scripts and checks depend on it): add fields, never rename.
 Scan i covers the interval between aging i-1 and aging i; aging 0 happens when the source
 attaches, so accesses made before the command started are not counted.
+
+Each mapping seen in any scan has a row: ``resident`` is its pages at the last scan (0 when
+it was gone by then: unmapped, moved, or left behind by an exec), ``mapped`` says whether it
+was still there, ``accessed`` has one count per scan (0 where it was not mapped). ``execs``
+counts the address spaces the process changed to during the snapshot (sources that can tell).
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ class _VmaRow:
     kind: str
     resident: int = 0
     accessed: list[int] = field(default_factory=list)
+    mapped: bool = True
 
 
 def take(source: Source, pid: int, aging: float, scans: int,
@@ -47,6 +53,8 @@ def take(source: Source, pid: int, aging: float, scans: int,
     except TargetGone:  # exited before the first aging: no scans
         return _exited_before_attach(pid, source.name, aging)
     vmas: dict[tuple[int, int], _VmaRow] = {}
+    address_space: int | None = None
+    execs = 0
     harvest_ms: list[float] = []
     aging_cost_ms: list[float] = []
     truncations = dict.fromkeys(TRUNCATION_REASONS, 0)
@@ -63,6 +71,9 @@ def take(source: Source, pid: int, aging: float, scans: int,
                 exited = True  # normal: report the scans we have
                 break
             _add_scan(vmas, h, i)
+            if h.address_space is not None:
+                execs += address_space not in (None, h.address_space)
+                address_space = h.address_space
             harvest_ms.append(round(h.harvest_seconds * 1000, 3))
             aging_cost_ms.append(round(h.aging_seconds * 1000, 3))
             for r in TRUNCATION_REASONS:
@@ -82,8 +93,9 @@ def take(source: Source, pid: int, aging: float, scans: int,
         "harvest_ms": harvest_ms,
         "aging_cost_ms": aging_cost_ms,
         "exited": exited,
+        "execs": execs,
         "vmas": [{"start": hex(s), "end": hex(e), "name": r.name, "kind": r.kind,
-                  "resident": r.resident, "accessed": r.accessed}
+                  "resident": r.resident, "mapped": r.mapped, "accessed": r.accessed}
                  for (s, e), r in sorted(vmas.items())],
     }
     # Truncated harvests summed over the scans, and what the latest one could not monitor:
@@ -100,15 +112,17 @@ def take(source: Source, pid: int, aging: float, scans: int,
 
 def _add_scan(vmas: dict[tuple[int, int], _VmaRow], h: Harvest, i: int) -> None:
     """Scan ``i``'s per-mapping counts into ``vmas`` (a mapping seen first at scan i gets 0
-    for the scans before; one gone gets 0 from then on)."""
+    for the scans before; one gone gets 0 from then on, resident 0 and mapped false)."""
     per_vma_resident, per_vma_accessed = h.pages.per_vma(len(h.vmas))
+    for row in vmas.values():
+        row.resident, row.mapped = 0, False  # until this scan finds it again
     for j in range(len(h.vmas)):
         key = (int(h.vmas.start[j]), int(h.vmas.end[j]))
         row = vmas.get(key)
         if row is None:
             row = vmas[key] = _VmaRow(h.vmas.names[j], VMA_KIND_NAMES[h.vmas.kind[j]],
                                       accessed=[0] * i)
-        row.resident = int(per_vma_resident[j])
+        row.resident, row.mapped = int(per_vma_resident[j]), True
         row.accessed.append(int(per_vma_accessed[j]))
     for row in vmas.values():
         row.accessed.extend([0] * (i + 1 - len(row.accessed)))
