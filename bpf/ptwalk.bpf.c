@@ -267,6 +267,12 @@ struct folio___large_mapcount {
 	atomic_t _large_mapcount;
 } __attribute__((preserve_access_index));
 
+/* Address of the struct page of a PTE's or PMD's frame, in the array find_base found. */
+static __always_inline __u64 struct_page_of(struct ptwalk_state *st, __u64 entry)
+{
+	return st->vmemmap_base + ((entry & PHYS_MASK) >> PAGE_SHIFT) * bpf_core_type_size(struct page);
+}
+
 static __always_inline int folio_young(struct ptwalk_state *st, __u64 entry, int whole_folio)
 {
 	__u64 w[2] = {}, page, flags = 0;
@@ -279,7 +285,7 @@ static __always_inline int folio_young(struct ptwalk_state *st, __u64 entry, int
 
 	if (!bpf_core_enum_value_exists(enum pageflags, PG_young) || off_flags > 8 || off_head > 8)
 		return 0;
-	page = st->vmemmap_base + ((entry & PHYS_MASK) >> PAGE_SHIFT) * bpf_core_type_size(struct page);
+	page = struct_page_of(st, entry);
 	if (bpf_probe_read_kernel(w, sizeof(w), (void *)page))
 		return 0;
 	flags = w[off_flags / 8 & 1];
@@ -402,7 +408,7 @@ static __always_inline int page_anon(struct ptwalk_state *st, __u64 entry)
 	__u32 off_mapping = bpf_core_field_offset(struct page, mapping);
 	__u64 page, head = 0, mapping = 0;
 
-	page = st->vmemmap_base + ((entry & PHYS_MASK) >> PAGE_SHIFT) * bpf_core_type_size(struct page);
+	page = struct_page_of(st, entry);
 	if (bpf_probe_read_kernel(&head, sizeof(head), (void *)(page + off_head)))
 		return 0;
 	/* A tail page's compound_head is its head page's address plus one: the folio's mapping. */

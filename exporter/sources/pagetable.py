@@ -448,18 +448,17 @@ class PageTableScan:
             finally:
                 os.close(fd)
             if not st["dropped_vmas"][0] and not st["dropped_tables"][0]:
-                self._mark_cow_anon(self._vmas[:int(st["n_vmas"][0])])
-            counters = {k: int(st[k][0]) for k in _REPORTED}
-            if not counters["dropped_vmas"] and not counters["dropped_tables"]:
-                n_v, n_t = counters["n_vmas"], counters["n_tables"]
+                n_v, n_t = int(st["n_vmas"][0]), int(st["n_tables"][0])
+                self._mark_cow_anon(self._vmas[:n_v])
+                counters = {k: int(st[k][0]) for k in _REPORTED}  # the pass's count included
                 raw = self._raw[:n_t] if self._copy_raw else self._raw[:0]
                 # The VMAs are copied (Vmas keeps views of them; the next scan of any target
                 # reuses the buffers). The tables and raw PTEs are views, decoded by harvest()
                 # before anything scans again: copying them cost 216 bytes per table (4 KiB
                 # more with raw PTEs), the peak of a sparse layout.
                 return self._vmas[:n_v].copy(), self._tables[:n_t], raw, counters
-            need = _Capacity(self._cap.vmas + counters["dropped_vmas"],
-                             self._cap.tables + counters["dropped_tables"])
+            need = _Capacity(self._cap.vmas + int(st["dropped_vmas"][0]),
+                             self._cap.tables + int(st["dropped_tables"][0]))
             del st  # no view of the old maps may survive their unmapping
             self._targets[pid].need = need
             self._reload(_grow(self._cap, need))
