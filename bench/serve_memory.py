@@ -103,26 +103,17 @@ r4 = status()["VmRSS"]
 print(r1 - r0, r2 - r1, r4 - r3)
 """
 
+# argv[1]: what is imported before the load. pageheat.serve.daemon: all of serve's imports;
+# pageheat.cli: what serve has imported when it opens its source (the daemon comes after).
 LOAD = HELPERS + r"""
-import json
-import pageheat.serve.daemon
+import importlib, json, sys
+importlib.import_module(sys.argv[1])
 from pageheat.sources.ptwalk import PtwalkSource
 before, split = status(), kinds()
 src = PtwalkSource()
 after = status()
-print(json.dumps({"before": before, "after": after, "kinds": split}))
-"""
-
-# What serve has imported when it opens its source (cli._serve imports the daemon after):
-# the load's peak sits on top of this, not of every import.
-LOAD_AS_SERVE = HELPERS + r"""
-import json, sys
-import pageheat.cli
-from pageheat.sources.ptwalk import PtwalkSource
-before = status()
-src = PtwalkSource()
-after = status()
-print(json.dumps({"before": before, "after": after, "asyncio": "asyncio" in sys.modules,
+print(json.dumps({"before": before, "after": after, "kinds": split,
+                  "asyncio": "asyncio" in sys.modules,
                   "prometheus_client": "prometheus_client" in sys.modules}))
 """
 
@@ -162,7 +153,7 @@ def bpf_load() -> dict[str, int]:
     """Prints the load's table; returns the imports-only RSS split by kind of mapping."""
     import json
 
-    r = json.loads(child(LOAD))
+    r = json.loads(child(LOAD, "pageheat.serve.daemon"))
     before, after = r["before"], r["after"]
     print("| | VmRSS (MiB) | VmHWM (MiB) |")
     print("|---|---|---|")
@@ -170,7 +161,7 @@ def bpf_load() -> dict[str, int]:
     print(f"| + PtwalkSource() (BPF object loaded) | {mib(after['VmRSS'])} | {mib(after['VmHWM'])} |")
     print(f"| freed during the load (VmHWM after - VmRSS after) | | "
           f"{mib(after['VmHWM'] - after['VmRSS'])} |")
-    s = json.loads(child(LOAD_AS_SERVE))
+    s = json.loads(child(LOAD, "pageheat.cli"))
     print(f"| serve's imports when it opens its source (pageheat.cli; asyncio "
           f"{'in' if s['asyncio'] else 'not in'}, prometheus_client "
           f"{'in' if s['prometheus_client'] else 'not in'}) | {mib(s['before']['VmRSS'])} | "

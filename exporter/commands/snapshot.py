@@ -26,6 +26,7 @@ from pageheat.sources.base import (
     PageSet,
     Source,
     TargetGone,
+    exec_between,
 )
 
 log = logging.getLogger("pageheat")
@@ -71,9 +72,8 @@ def take(source: Source, pid: int, aging: float, scans: int,
                 exited = True  # normal: report the scans we have
                 break
             _add_scan(vmas, h, i)
-            if h.address_space is not None:
-                execs += address_space not in (None, h.address_space)
-                address_space = h.address_space
+            execs += exec_between(address_space, h.address_space)
+            address_space = h.address_space if h.address_space is not None else address_space
             harvest_ms.append(round(h.harvest_seconds * 1000, 3))
             aging_cost_ms.append(round(h.aging_seconds * 1000, 3))
             for r in TRUNCATION_REASONS:

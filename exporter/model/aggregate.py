@@ -15,7 +15,16 @@ import os
 from dataclasses import dataclass, field
 
 import numpy as np
-from pageheat.sources.base import PAGE_TYPE_NAMES, Harvest, LruGenerations, Pages, PageSet, VmaKind, Vmas
+from pageheat.sources.base import (
+    PAGE_TYPE_NAMES,
+    Harvest,
+    LruGenerations,
+    Pages,
+    PageSet,
+    VmaKind,
+    Vmas,
+    exec_between,
+)
 
 # le bounds of pageheat_idle_pages, in seconds; never-accessed pages count only in +Inf.
 IDLE_BOUNDS = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, math.inf)
@@ -434,7 +443,7 @@ class TargetState:
     def update(self, h: Harvest, interval: float) -> TargetView:
         p = h.pages
         now = h.time
-        if h.address_space is not None and self.address_space not in (None, h.address_space):
+        if exec_between(self.address_space, h.address_space):
             # An exec: a new program in the same process. Its pages are new (never seen
             # accessed, whatever address they share with the old program's), and its layout
             # gets new bins. The cumulative counters go on: it is the same process.

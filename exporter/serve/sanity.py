@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 from pageheat.kernel.procfs import shown
 from pageheat.serve.stats import Stats
-from pageheat.sources.base import Harvest
+from pageheat.sources.base import Harvest, exec_between
 
 log = logging.getLogger("pageheat")
 
@@ -61,7 +61,7 @@ class Sanity:
 
         # An exec's first harvests find a new program that touched everything it has: no
         # sign against aging, so its streak starts again.
-        if h.address_space is not None and t.address_space not in (None, h.address_space):
+        if exec_between(t.address_space, h.address_space):
             t.all_accessed_streak = 0
         t.address_space = h.address_space if h.address_space is not None else t.address_space
         resident, accessed = len(h.pages), h.pages.count_accessed()

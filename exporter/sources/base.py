@@ -257,6 +257,12 @@ class Harvest:
     address_space: int | None = None
 
 
+def exec_between(previous: int | None, current: int | None) -> bool:
+    """Whether two harvests' ``address_space`` values show an exec between them (None: the
+    source cannot tell, so no)."""
+    return previous is not None and current is not None and previous != current
+
+
 class Source(Protocol):
     name: str
 
