@@ -162,6 +162,12 @@ class HttpServer:
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._connections.add(writer)
         try:
+            # The TLS handshake is done (asyncio completes it before calling us): a verified
+            # client certificate without an allowed SAN is refused, as exporter-toolkit does.
+            if not self.web.client_allowed(writer.get_extra_info("peercert")):
+                log.warning("client certificate of %s: no subject alternative name in "
+                            "client_allowed_sans; connection closed", writer.get_extra_info("peername"))
+                return
             await self._serve(reader, writer)
         except asyncio.CancelledError:
             # Shutdown cancels requests in flight (one waiting for bcrypt, say). Python 3.11's
@@ -196,6 +202,7 @@ class HttpServer:
                 if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
                     return
             head_only = request is not None and request.method == b"HEAD"
+            headers.extend(self.web.headers)
             headers.append(("Content-Length", str(len(body))))
             if request is None:
                 headers.append(("Connection", "close"))
@@ -250,6 +257,8 @@ class HttpServer:
         url = urlsplit(request.target.decode("latin-1"))
         path = url.path
         text = "text/plain; charset=utf-8"
+        if not self.web.rate_limit.allow():  # before anything else, as exporter-toolkit's limiter
+            return 429, [("Content-Type", text)], b"too many requests\n"
         if method not in ("GET", "HEAD"):
             return 405, [("Content-Type", text), ("Allow", "GET, HEAD")], b"method not allowed\n"
         if path == HEALTHZ:  # open on purpose: README, Configuration, "TLS and basic auth"
