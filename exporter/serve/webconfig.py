@@ -101,14 +101,14 @@ class ResponseHeaders(BaseModel):
     @classmethod
     def _frame(cls, v: str) -> str:
         if v and v.lower() not in ("deny", "sameorigin"):
-            raise ValueError("X-Frame-Options: expected deny or sameorigin")
+            raise ValueError("expected deny or sameorigin")
         return v
 
     @field_validator("x_content_type_options")
     @classmethod
     def _nosniff(cls, v: str) -> str:
         if v and v.lower() != "nosniff":
-            raise ValueError("X-Content-Type-Options: expected nosniff")
+            raise ValueError("expected nosniff")
         return v
 
     def pairs(self) -> list[tuple[str, str]]:
@@ -208,7 +208,8 @@ def _ssl_context(t: TlsServerConfig, base: Path) -> ssl.SSLContext:
     except ssl.SSLError as e:  # not PEM, or a key that is not the certificate's
         what_cert = f"cert_file {cert}" if cert else "cert (inline)"
         what_key = f"key_file {key}" if key else "key (inline)"
-        raise ValueError(f"tls_server_config: {what_cert} with {what_key}: {e.reason or e}") from None
+        why = e.reason if e.reason and e.reason != "PEM_LIB" else "not PEM, or not this certificate's key"
+        raise ValueError(f"tls_server_config: {what_cert} with {what_key}: {why}") from None
 
     if t.client_auth_type in UNVERIFIED_CLIENT_AUTH:
         raise ValueError(f"client_auth_type {t.client_auth_type}: not supported (Python's ssl "
