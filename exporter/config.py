@@ -68,6 +68,12 @@ CONNECT_PASSWORD_ENV = "PAGEHEAT_CONNECT_PASSWORD"
 NOT_SETTINGS = frozenset({"PAGEHEAT_REQUIRE_KERNEL", "PAGEHEAT_UPDATE_SNAPSHOTS",
                           "PAGEHEAT_RENDER_DEMO", CONNECT_PASSWORD_ENV})
 NOT_SETTINGS_PREFIXES = ("PAGEHEAT_LAB_", "PAGEHEAT_KERNEL_", "PAGEHEAT_IMAGE_")
+# What kubelet puts in every container's environment for each Service of the namespace
+# (Kubernetes "Discovering services": {SVCNAME}_SERVICE_HOST, {SVCNAME}_SERVICE_PORT[_{PORT
+# NAME}] and the Docker-links {SVCNAME}_PORT[_{N}_{PROTO}[_PROTO|_PORT|_ADDR]]): a Service
+# named pageheat or pageheat-* is not a misspelt setting.
+_SERVICE_LINK = re.compile(r"PAGEHEAT(_[A-Z0-9_]+)?_(SERVICE_HOST|SERVICE_PORT(_[A-Z0-9_]+)?"
+                           r"|PORT(_[0-9]+_(TCP|UDP|SCTP)(_PROTO|_PORT|_ADDR)?)?)")
 
 
 class ConfigError(ValueError):
@@ -187,6 +193,9 @@ class Targets(BaseModel):
     @field_validator("comm_regex")
     @classmethod
     def _compiles(cls, v: str | None) -> str | None:
+        if v == "":  # would match every process, min_rss or not
+            raise ValueError("empty: it would match every process; to follow every process "
+                             "above min_rss, set targets.all")
         if v is not None:
             try:
                 re.compile(v)
@@ -198,8 +207,9 @@ class Targets(BaseModel):
 class Config(BaseSettings):
     """Every setting of pageheat (see the module docstring for where each comes from)."""
 
+    # An empty variable is an unset one (PAGEHEAT_BPF_DIR= would otherwise be ".").
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__",
-                                      extra="forbid")
+                                      extra="forbid", env_ignore_empty=True)
 
     # One HOST:PORT or a list of them (--web.listen-address is repeatable).
     listen: str | list[str] = f"0.0.0.0:{DEFAULT_PORT}"
@@ -352,7 +362,7 @@ def check_environment(environ: Mapping[str, str]) -> None:
     for key in environ:
         upper = key.upper()
         if not upper.startswith(ENV_PREFIX) or upper in known or upper in NOT_SETTINGS \
-                or upper.startswith(NOT_SETTINGS_PREFIXES):
+                or upper.startswith(NOT_SETTINGS_PREFIXES) or _SERVICE_LINK.fullmatch(upper):
             continue
         close = difflib.get_close_matches(upper, known, n=1)
         hint = f" (did you mean {close[0]}?)" if close else ""
@@ -438,8 +448,12 @@ def load(path: Path | None, overrides: dict[str, Any]) -> Config:
     except SettingsError as e:  # e.g. PAGEHEAT_TARGETS that is not JSON
         field = re.search(r'field "([^"]+)"', str(e))
         name = f"{ENV_PREFIX}{field.group(1).upper()}" if field else "a PAGEHEAT_* variable"
-        raise ConfigError(f"bad configuration: environment variable {name} is not valid JSON (nested "
-                          f"settings take JSON, or set {ENV_PREFIX}FIELD__SUBFIELD)") from None
+        # Name what was set: the field's own variable, or its FIELD__SUBFIELD ones (a list
+        # subfield takes JSON too).
+        names = sorted(k for k in os.environ if k.upper() == name or k.upper().startswith(name + "__"))
+        raise ConfigError(f"bad configuration: environment variable {', '.join(names) or name}: not "
+                          "valid JSON (nested settings and lists take JSON, e.g. "
+                          f"{ENV_PREFIX}TARGETS__PIDS='[1, 2]')") from None
     finally:
         _FILE.reset(token)
 

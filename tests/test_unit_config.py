@@ -454,8 +454,46 @@ def test_yaml_python_tags_are_refused(tmp_path: Path) -> None:
 @pytest.mark.kind5
 def test_bad_json_in_a_nested_environment_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PAGEHEAT_TARGETS", "{top_rss: 3")
-    with pytest.raises(ConfigError, match="PAGEHEAT_TARGETS is not valid JSON"):
+    with pytest.raises(ConfigError, match="variable PAGEHEAT_TARGETS: not valid JSON"):
         from_env()
+
+
+@pytest.mark.parametrize(("name", "value"), [("PAGEHEAT_TARGETS__CGROUPS", "/foo"),
+                                             ("PAGEHEAT_TARGETS__PIDS", "[42,")])
+def test_bad_json_in_a_subfield_variable_names_that_variable(monkeypatch: pytest.MonkeyPatch,
+                                                             name: str, value: str) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match=f"variable {name}: not valid JSON") as e:
+        from_env()
+    assert "PAGEHEAT_TARGETS:" not in str(e.value)
+
+
+# What kubelet sets for Services named pageheat and pageheat-metrics (service links).
+SERVICE_LINKS = {"PAGEHEAT_SERVICE_HOST": "10.96.0.10", "PAGEHEAT_SERVICE_PORT": "9476",
+                 "PAGEHEAT_SERVICE_PORT_METRICS": "9476", "PAGEHEAT_PORT": "tcp://10.96.0.10:9476",
+                 "PAGEHEAT_PORT_9476_TCP": "tcp://10.96.0.10:9476", "PAGEHEAT_PORT_9476_TCP_PROTO": "tcp",
+                 "PAGEHEAT_PORT_9476_TCP_PORT": "9476", "PAGEHEAT_PORT_9476_TCP_ADDR": "10.96.0.10",
+                 "PAGEHEAT_METRICS_SERVICE_HOST": "10.96.0.11", "PAGEHEAT_METRICS_PORT": "tcp://10.96.0.11:9476"}
+
+
+def test_kubernetes_service_links_are_not_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    check_environment(SERVICE_LINKS)
+    for k, v in SERVICE_LINKS.items():
+        monkeypatch.setenv(k, v)
+    assert from_env() == Config()
+
+
+@pytest.mark.parametrize(("name", "field"), [("PAGEHEAT_BPF_DIR", "bpf_dir"),
+                                             ("PAGEHEAT_WEB_CONFIG_FILE", "web_config_file"),
+                                             ("PAGEHEAT_TARGETS__COMM_REGEX", "targets")])
+def test_an_empty_variable_is_an_unset_one(monkeypatch: pytest.MonkeyPatch, name: str, field: str) -> None:
+    monkeypatch.setenv(name, "")
+    assert getattr(from_env(), field) == getattr(Config(), field)
+
+
+def test_an_empty_comm_regex_is_refused() -> None:
+    with pytest.raises(ValidationError, match=r"(?s)targets.comm_regex.*empty: it would match every process"):
+        Config(targets={"comm_regex": ""})
 
 
 def test_effective_settings_round_trip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
