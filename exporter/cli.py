@@ -43,6 +43,8 @@ def _range(text: str) -> tuple[int, int]:
         raise argparse.ArgumentTypeError(f"expected START-END in hex, got {text!r}") from None
     if not sep or end <= start:
         raise argparse.ArgumentTypeError(f"expected START-END with START < END, got {text!r}")
+    if end > 1 << 64:
+        raise argparse.ArgumentTypeError(f"expected addresses below 2^64, got {text!r}")
     return start, end
 
 
@@ -365,13 +367,24 @@ def _snapshot(args: argparse.Namespace) -> int:
     # lazy_pages: where ptwalk hands out TablePages (see SourceOptions), the per-mapping
     # counts come from the scan's per-table popcounts, and only --pages decodes pages.
     source = open_source(cfg.source, cfg.source_options(lazy_pages=True))
+    # SIGTERM as SIGINT: take() keeps the scans made so far and the JSON says "interrupted".
+    stopped_by: list[int] = []
+
+    def interrupt(signum: int, frame: object) -> None:
+        stopped_by.append(signum)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
     try:
         result = take(source, pid, args.aging, args.scans, args.range, args.pages)
     finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the JSON is written whole
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         source.close()
     json.dump(result, sys.stdout, separators=(",", ":"))
     sys.stdout.write("\n")
-    return 0
+    return 128 + stopped_by[0] if result.get("interrupted") and stopped_by else 0
 
 
 def _process_of(pid: int) -> int:

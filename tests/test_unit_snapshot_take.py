@@ -82,11 +82,60 @@ class UnmappingSource(ScriptedSource):
         return replace(h, pages=pages, vmas=vmas, address_space=0xA if i < 3 else 0xB)
 
 
+def accessed_in(first_vpn: int, scan: int) -> int:
+    """ScriptedSource's truth: pages of the mapping at first_vpn accessed in a scan."""
+    return sum((v + scan) % 3 == 0 for v in range(first_vpn, first_vpn + N))
+
+
 def test_a_mapping_gone_by_the_last_scan_is_not_resident() -> None:
     out = take(UnmappingSource(), 1, 0.0, 5)
-    first, second = out["vmas"]
-    assert first["resident"] == N and first["mapped"]
+    # The first mapping before the exec, the same addresses in the new program, the second.
+    old, new, second = out["vmas"]
+    assert (old["start"], old["name"]) == (new["start"], new["name"])
+    assert old["resident"] == 0 and not old["mapped"]
+    assert old["accessed"] == [accessed_in(BASE, i) for i in range(3)] + [0, 0]
+    assert new["resident"] == N and new["mapped"]
+    assert new["accessed"] == [0, 0, 0] + [accessed_in(BASE, i) for i in (3, 4)]
     assert second["resident"] == 0 and not second["mapped"]
-    assert second["accessed"][1:] == [0, 0, 0, 0] and second["accessed"][0] > 0
-    assert out["execs"] == 1
+    assert second["accessed"] == [accessed_in(BASE + 2 * N, 0), 0, 0, 0, 0]
+    assert out["execs"] == 1 and not out["interrupted"]
     assert sum(v["resident"] for v in out["vmas"]) == N  # what the process holds at the end
+
+
+class ReplacingSource(ScriptedSource):
+    """From scan 2 on, the second mapping is a file mapped over it at the same addresses
+    (MAP_FIXED), in the same address space."""
+
+    def cycle(self, pid: int) -> Harvest:
+        h = super().cycle(pid)
+        if self.scan - 1 < 2:
+            return h
+        kind = h.vmas.kind.copy()
+        kind[1] = VmaKind.FILE
+        return replace(h, vmas=replace(h.vmas, kind=kind, names=["", "/data/file"]))
+
+
+def test_a_mapping_replaced_at_the_same_addresses_is_a_row_of_its_own() -> None:
+    out = take(ReplacingSource(), 1, 0.0, 4)
+    first, anon, file = out["vmas"]
+    assert (anon["start"], anon["end"]) == (file["start"], file["end"])
+    assert (anon["name"], anon["kind"], anon["mapped"], anon["resident"]) == ("", "anon", False, 0)
+    assert (file["name"], file["kind"], file["mapped"], file["resident"]) == ("/data/file", "file", True, N)
+    assert anon["accessed"] == [accessed_in(BASE + 2 * N, i) for i in (0, 1)] + [0, 0]
+    assert file["accessed"] == [0, 0] + [accessed_in(BASE + 2 * N, i) for i in (2, 3)]
+    assert first["accessed"] == [accessed_in(BASE, i) for i in range(4)]
+
+
+class InterruptedSource(ScriptedSource):
+    """Ctrl-C (SIGINT) arrives during the fourth scan."""
+
+    def cycle(self, pid: int) -> Harvest:
+        if self.scan == 3:
+            raise KeyboardInterrupt
+        return super().cycle(pid)
+
+
+def test_an_interrupted_snapshot_keeps_its_scans() -> None:
+    out = take(InterruptedSource(), 1, 0.0, 10)
+    assert out["interrupted"] and not out["exited"] and out["scans"] == 3
+    assert out["vmas"][0]["accessed"] == [accessed_in(BASE, i) for i in range(3)]

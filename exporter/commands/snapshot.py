@@ -8,6 +8,10 @@ Each mapping seen in any scan has a row: ``resident`` is its pages at the last s
 it was gone by then: unmapped, moved, or left behind by an exec), ``mapped`` says whether it
 was still there, ``accessed`` has one count per scan (0 where it was not mapped). ``execs``
 counts the address spaces the process changed to during the snapshot (sources that can tell).
+A mapping is one row per (start, end, name, kind) and address space: one mapped over another
+at the same addresses (MAP_FIXED), or the same addresses after an exec, is a row of its own.
+``interrupted``: the command was stopped (SIGINT, SIGTERM) before its last scan; the scans
+made so far are there.
 """
 
 from __future__ import annotations
@@ -53,7 +57,7 @@ def take(source: Source, pid: int, aging: float, scans: int,
         source.attach(pid)
     except TargetGone:  # exited before the first aging: no scans
         return _exited_before_attach(pid, source.name, aging)
-    vmas: dict[tuple[int, int], _VmaRow] = {}
+    vmas: dict[_VmaKey, _VmaRow] = {}
     address_space: int | None = None
     execs = 0
     harvest_ms: list[float] = []
@@ -61,7 +65,7 @@ def take(source: Source, pid: int, aging: float, scans: int,
     truncations = dict.fromkeys(TRUNCATION_REASONS, 0)
     unmonitored: dict[str, int] = {}
     in_range: list[Pages] = []
-    exited = False
+    exited = interrupted = False
     started = time.monotonic()
     try:
         for i in range(scans):
@@ -71,8 +75,8 @@ def take(source: Source, pid: int, aging: float, scans: int,
             except TargetGone:
                 exited = True  # normal: report the scans we have
                 break
-            _add_scan(vmas, h, i)
             execs += exec_between(address_space, h.address_space)
+            _add_scan(vmas, h, i, execs)
             address_space = h.address_space if h.address_space is not None else address_space
             harvest_ms.append(round(h.harvest_seconds * 1000, 3))
             aging_cost_ms.append(round(h.aging_seconds * 1000, 3))
@@ -82,6 +86,8 @@ def take(source: Source, pid: int, aging: float, scans: int,
             if pages and addr_range is not None:
                 in_range.append(_range_pages(h.pages, addr_range))
             del h
+    except KeyboardInterrupt:  # SIGINT, or SIGTERM as the command maps it: keep what was read
+        interrupted = True
     finally:
         source.detach(pid)
 
@@ -93,10 +99,11 @@ def take(source: Source, pid: int, aging: float, scans: int,
         "harvest_ms": harvest_ms,
         "aging_cost_ms": aging_cost_ms,
         "exited": exited,
+        "interrupted": interrupted,
         "execs": execs,
         "vmas": [{"start": hex(s), "end": hex(e), "name": r.name, "kind": r.kind,
                   "resident": r.resident, "mapped": r.mapped, "accessed": r.accessed}
-                 for (s, e), r in sorted(vmas.items())],
+                 for (s, e, *_), r in sorted(vmas.items())],
     }
     # Truncated harvests summed over the scans, and what the latest one could not monitor:
     # nothing resident or cut short vanishes silently (see exporter/serve/sanity.py).
@@ -110,18 +117,24 @@ def take(source: Source, pid: int, aging: float, scans: int,
     return out
 
 
-def _add_scan(vmas: dict[tuple[int, int], _VmaRow], h: Harvest, i: int) -> None:
+# start, end, name, kind, and the number of execs before the scan that saw it.
+_VmaKey = tuple[int, int, str, str, int]
+
+
+def _add_scan(vmas: dict[_VmaKey, _VmaRow], h: Harvest, i: int, execs: int) -> None:
     """Scan ``i``'s per-mapping counts into ``vmas`` (a mapping seen first at scan i gets 0
-    for the scans before; one gone gets 0 from then on, resident 0 and mapped false)."""
+    for the scans before; one gone gets 0 from then on, resident 0 and mapped false).
+    ``execs``: the execs seen up to this scan, so that a mapping of the new program is not
+    the old one's row even at the same addresses."""
     per_vma_resident, per_vma_accessed = h.pages.per_vma(len(h.vmas))
     for row in vmas.values():
         row.resident, row.mapped = 0, False  # until this scan finds it again
     for j in range(len(h.vmas)):
-        key = (int(h.vmas.start[j]), int(h.vmas.end[j]))
+        name, kind = h.vmas.names[j], VMA_KIND_NAMES[h.vmas.kind[j]]
+        key = (int(h.vmas.start[j]), int(h.vmas.end[j]), name, kind, execs)
         row = vmas.get(key)
         if row is None:
-            row = vmas[key] = _VmaRow(h.vmas.names[j], VMA_KIND_NAMES[h.vmas.kind[j]],
-                                      accessed=[0] * i)
+            row = vmas[key] = _VmaRow(name, kind, accessed=[0] * i)
         row.resident, row.mapped = int(per_vma_resident[j]), True
         row.accessed.append(int(per_vma_accessed[j]))
     for row in vmas.values():
