@@ -248,7 +248,8 @@ def _serve(args: argparse.Namespace) -> int:
         return 0
     # Until the daemon's loop handles SIGTERM, turn it into SystemExit, so that the finally
     # below still stops a launched command and removes its cgroup.
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, _exit_on_sigterm)
     # The cgroup first: if it cannot be made, nothing has been started yet.
     cgroup = cgroups.create(cgroups.detect(), cmd[0]) if cmd and cfg.cgroup == "own" else None
     launched: Launched | None = None
@@ -288,6 +289,12 @@ def _serve_config(args: argparse.Namespace) -> config.Config:
         raise UsageError(f"config {args.config}: {e.strerror or e}") from e
 
 
+# What stops serve cleanly (its launched command stopped, its cgroup removed): TERM, and HUP
+# (a closed terminal, or `kill -HUP` out of habit: serve has nothing to reload) and USR1/USR2,
+# whose default action would kill it without that cleanup.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
+
+
 def _exit_on_sigterm(signum: int, frame: object) -> None:
     raise SystemExit(0)
 
@@ -316,7 +323,7 @@ def _run_daemon(daemon: Daemon) -> int:
     async def runner() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (*STOP_SIGNALS, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         await daemon.run(stop)
 

@@ -165,8 +165,11 @@ def only_launched(tmp_path: Path) -> Path:
 
 
 @pytest.mark.kernel
-@pytest.mark.parametrize("how", ["flag", "config"])
-def test_serve_launches_command_in_its_own_cgroup(ptwalk_ok, memory_cgroups, tmp_path, how) -> None:
+@pytest.mark.parametrize(("how", "sig"), [("flag", signal.SIGTERM), ("config", signal.SIGTERM),
+                                         ("flag", signal.SIGHUP), ("flag", signal.SIGUSR1)])
+def test_serve_launches_command_in_its_own_cgroup(ptwalk_ok, memory_cgroups, tmp_path, how, sig) -> None:
+    """... and stops it, and removes its cgroup, on TERM and on the signals whose default
+    action would kill serve without that (HUP, USR1)."""
     port = free_port()
     truth = tmp_path / "truth.json"
     cfg = only_launched(tmp_path)
@@ -198,7 +201,7 @@ def test_serve_launches_command_in_its_own_cgroup(ptwalk_ok, memory_cgroups, tmp
         assert (cgdir / "cgroup.procs").read_text().split() == [str(child)]
 
         start = time.monotonic()
-        serve.send_signal(signal.SIGTERM)
+        serve.send_signal(sig)
         assert serve.wait(10) == 0
         assert time.monotonic() - start < 5.0
         assert not Path(f"/proc/{child}").exists()  # terminated and reaped

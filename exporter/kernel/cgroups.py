@@ -34,7 +34,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from pageheat.kernel.procfs import decode
+from pageheat.kernel.procfs import decode, task_dir
 
 log = logging.getLogger("pageheat")
 
@@ -121,7 +121,7 @@ def cgroup_path(pid: int, proc: Path = PROC) -> str:
     """The process's cgroup v2 path (``0::/a/b``), relative to the cgroup2 root. Raises
     CgroupError when it is in no cgroup v2 hierarchy; FileNotFoundError or ProcessLookupError
     when the process is gone."""
-    path = parse_proc_cgroup(os.fsdecode((proc / str(pid) / "cgroup").read_bytes())).get("")
+    path = parse_proc_cgroup(os.fsdecode((task_dir(pid, proc) / "cgroup").read_bytes())).get("")
     if path is None:
         raise CgroupError(f"process {pid} is in no cgroup v2 hierarchy "
                           "(MGLRU debugfs names memcgs by their cgroup v2 path)")
@@ -313,9 +313,10 @@ def cgroup_of(text: str) -> str:
 
 
 def read_cgroup(pid: int, proc: Path = PROC) -> str:
-    """A process's cgroup path (see cgroup_of). Raises OSError (FileNotFoundError,
-    ProcessLookupError) when the process is gone."""
-    with open(proc / str(pid) / "cgroup", "rb") as f:
+    """A process's cgroup path (see cgroup_of), read through a live thread once its leader
+    has exited (procfs.task_dir: cgroup v1 shows an exited task in the root, /). Raises
+    OSError (FileNotFoundError, ProcessLookupError) when the process is gone."""
+    with open(task_dir(pid, proc) / "cgroup", "rb") as f:
         # A cgroup is a directory and may be any bytes; the path becomes a label value, which
         # must be UTF-8 (a surrogate-escaped name would make every scrape fail), so invalid
         # bytes become U+FFFD, as for every name read from /proc (procfs.decode).
