@@ -187,6 +187,10 @@ class Targets(BaseModel):
             if not pattern.startswith("/"):
                 raise ValueError(f"cgroup pattern {pattern!r} must start with / (a cgroup path "
                                  "as /proc/PID/cgroup shows it)")
+            if len(pattern) > 1 and pattern.endswith("/"):  # no cgroup path ends with /
+                raise ValueError(f"cgroup pattern {pattern!r} ends with / and would match "
+                                 f"nothing: {pattern.rstrip('/')} for the cgroup, "
+                                 f"{pattern.rstrip('/')}/** for its subtree")
             glob_regex(pattern)
         return v
 

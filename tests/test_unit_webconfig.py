@@ -35,11 +35,14 @@ def test_no_users_means_no_auth() -> None:
 
 def test_right_password_is_accepted(web: WebConfig) -> None:
     assert web.authorized(basic("alice", "s3cret"))
+    # The scheme is case-insensitive (RFC 9110 11.1), as Go's Request.BasicAuth takes it.
+    for scheme in ("basic", "BASIC", "bAsIc"):
+        assert web.authorized(scheme + basic("alice", "s3cret")[5:])
     assert web.authorized(basic("bob", "pa:ss"))  # only the first colon separates user and password
 
 
 @pytest.mark.parametrize("header", [
-    None, "", "Basic", "Basic ", "Bearer abc", "basic " + base64.b64encode(b"alice:s3cret").decode(),
+    None, "", "Basic", "Basic ", "Bearer abc", "Basicx " + base64.b64encode(b"alice:s3cret").decode(),
     "Basic !!!not-base64!!!", "Basic " + base64.b64encode(b"\xff\xfe:\xff").decode(), "Basic é",
     "Basic " + base64.b64encode(b"alice").decode(),
 ])

@@ -97,7 +97,9 @@ def glob_regex(pattern: str) -> re.Pattern[str]:
             body = pattern[i + 1:end]
             if body.startswith("!"):
                 body = "^" + body[1:]
-            out.append("[" + body.replace("\\", "\\\\") + "]")
+            # Escaped: a backslash, and what re may one day read as set operations ("[",
+            # "&&", "~~", "||": it warns about them today).
+            out.append("[" + re.sub(r"([\\\[&~|])", r"\\\1", body) + "]")
             i = end + 1
         else:
             out.append(re.escape(c))

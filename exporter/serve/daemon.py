@@ -156,8 +156,8 @@ class Daemon:
         memory.one_arena()  # before the harvest thread's first allocation: see serve/memory.py
         addresses = self.cfg.listen_addresses
         await self.http.start(addresses)
-        where = ", ".join(f"{host}:{port}" for (host, _), port in zip(addresses, self.http.ports,
-                                                                      strict=True))
+        where = ", ".join(f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+                          for (host, _), port in zip(addresses, self.http.ports, strict=True))
         log.info("serving %s on %s, source %s, aging %gs", self.cfg.telemetry_path, where,
                  self.source.name, self.cfg.aging)
         loop = asyncio.get_running_loop()

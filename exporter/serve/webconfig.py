@@ -354,10 +354,11 @@ class WebConfig:
         verified once is remembered (by a keyed digest, not in clear)."""
         if not self.users:
             return True
-        if not header or not header.startswith("Basic "):
+        scheme, _, token = (header or "").partition(" ")
+        if scheme.lower() != "basic":  # the scheme is case-insensitive (RFC 9110 11.1)
             return False
         try:
-            user, _, password = base64.b64decode(header[6:]).decode().partition(":")
+            user, _, password = base64.b64decode(token.strip(" "), validate=True).decode().partition(":")
         except ValueError:
             return False
         hashed = self.users.get(user)
