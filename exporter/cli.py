@@ -267,6 +267,7 @@ def _serve(args: argparse.Namespace) -> int:
             wanted = cfg.targets if cfg.targets_configured else Targets(top_rss=0)
             targets = wanted.model_copy(update={"pids": [*wanted.pids, launched.pid]})
             cfg = cfg.model_copy(update={"targets": targets})
+        _raise_fd_limit()  # after the launch: the command keeps the limit it was given
         return _run_daemon(Daemon(cfg, source, web))
     finally:
         if launched is not None:
@@ -297,6 +298,20 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:
     raise SystemExit(0)
+
+
+def _raise_fd_limit() -> None:
+    """The soft RLIMIT_NOFILE up to the hard one, as the Go runtime does for every exporter
+    since Go 1.19: systemd's soft default (1024) is what scrapers' connections and the
+    harvests share (serve caps connections at a quarter of it, see serve/http.py)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as e:  # a hard limit above fs.nr_open, say
+            logging.getLogger("pageheat").debug("RLIMIT_NOFILE stays at %d: %s", soft, e)
 
 
 def _command(remainder: list[str]) -> list[str]:

@@ -64,7 +64,7 @@ class Served:
 def serve(views: dict[int, TargetView], *, web: WebConfig | None = None, cached: bool = True,
           metrics_path: str = "/metrics", addresses: list[tuple[str, int]] | None = None,
           api: dict[str, Handler] | None = None, live: CollectorRegistry | None = None,
-          cfg: Config | None = None):
+          cfg: Config | None = None, max_connections: int | None = None):
     """Context manager: start the server on a loop thread, yield Served, stop it."""
     import contextlib
 
@@ -75,7 +75,8 @@ def serve(views: dict[int, TargetView], *, web: WebConfig | None = None, cached:
         registry = CollectorRegistry(auto_describe=False)
         registry.register(PageheatCollector(cfg_, lambda: s.views, Stats(), "synthetic"))
         s.server = HttpServer(registry, web or WebConfig(), api, metrics_path,
-                              generation=(lambda: s.generation) if cached else None, live=live)
+                              generation=(lambda: s.generation) if cached else None, live=live,
+                              max_connections=max_connections)
         loop = asyncio.new_event_loop()
         s.loop = loop
         thread = threading.Thread(target=loop.run_forever, daemon=True)

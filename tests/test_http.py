@@ -12,6 +12,7 @@ import base64
 import gzip
 import socket
 import threading
+import time
 import urllib.error
 import urllib.request
 
@@ -362,3 +363,32 @@ def test_accept_encoding_parsing(header: str, want: bool) -> None:
     from pageheat.serve.http import _accepts_gzip
 
     assert _accepts_gzip(header) is want
+
+
+def test_connections_past_the_limit_are_closed_and_counted(views, caplog) -> None:
+    """Idle keep-alive connections cannot use up serve's descriptors: past max_connections,
+    new ones are closed unanswered, counted, logged once; the open ones are still served."""
+    live = CollectorRegistry()
+    with serve(views, live=live, max_connections=8) as s:
+        held = [socket.create_connection(("127.0.0.1", s.server.port), timeout=10) for _ in range(8)]
+        try:
+            for c in held:  # each one answered, then kept open (keep-alive)
+                c.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+                assert c.recv(4096).startswith(b"HTTP/1.1 200 ")
+            for _ in range(3):
+                assert raw(s.server.port, b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n") == b""
+            assert caplog.text.count("the most serve keeps") == 1
+            held[0].sendall(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n")
+            assert held[0].recv(65536).startswith(b"HTTP/1.1 200 ")
+        finally:
+            for c in held:
+                c.close()
+        deadline = time.monotonic() + 10
+        while True:  # the server sees the closes
+            text = get(s.url + "/metrics")[2].decode()
+            if "pageheat_http_connections 1.0" in text:
+                break
+            assert time.monotonic() < deadline, text[-2000:]
+            time.sleep(0.05)
+        assert "pageheat_http_connections_refused_total 3.0" in text
+        assert "pageheat_http_max_connections 8.0" in text

@@ -15,6 +15,8 @@ import asyncio
 import html
 import json
 import logging
+import resource
+import time
 import zlib
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -25,6 +27,7 @@ import h11
 from pageheat import __version__
 from pageheat.serve.webconfig import WebConfig
 from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import choose_encoder
 
 log = logging.getLogger(__name__)
@@ -47,6 +50,18 @@ HEALTHZ = "/healthz"
 DOCS_URL = "https://github.com/pageheat/pageheat#readme"
 _EOF = b"# EOF\n"
 OPENMETRICS_MEDIA = "application/openmetrics-text"
+# Open connections at once, at most; more are closed as they come. Idle keep-alive connections
+# hold a descriptor each for IDLE_SECONDS: without a cap, a client could use up the process's
+# descriptors, and harvests (a BPF iterator, /proc files) would fail. A quarter of the soft
+# RLIMIT_NOFILE (serve raises it to the hard limit first, as Go programs do), at most this.
+MAX_CONNECTIONS = 1024
+REFUSED_LOG_SECONDS = 60.0  # one log line per this long while connections are refused
+
+
+def connection_limit() -> int:
+    """MAX_CONNECTIONS, or a quarter of the soft descriptor limit if that is lower (>= 16)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return MAX_CONNECTIONS if soft == resource.RLIM_INFINITY else max(16, min(MAX_CONNECTIONS, soft // 4))
 
 
 class BadRequest(ValueError):
@@ -102,7 +117,7 @@ class HttpServer:
     def __init__(self, registry: CollectorRegistry, web: WebConfig,
                  api: dict[str, Handler] | None = None, metrics_path: str = "/metrics", *,
                  generation: Callable[[], int] | None = None,
-                 live: CollectorRegistry | None = None) -> None:
+                 live: CollectorRegistry | None = None, max_connections: int | None = None) -> None:
         self.registry = registry
         self.web = web
         self.api = api or {}
@@ -117,6 +132,11 @@ class HttpServer:
         self._cache: dict[str, _Exposition] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._connections: set[asyncio.StreamWriter] = set()
+        self.max_connections = connection_limit() if max_connections is None else max_connections
+        self.refused = 0  # connections closed because max_connections were open
+        self._refused_logged = -REFUSED_LOG_SECONDS
+        if live is not None:
+            live.register(_ConnectionCollector(self))
 
     async def start(self, addresses: list[tuple[str, int]]) -> None:
         """Listen on every (host, port); port 0 picks a free one. Raises OSError (address in
@@ -160,6 +180,15 @@ class HttpServer:
 
     # -- connections -----------------------------------------------------------------------------
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if len(self._connections) >= self.max_connections:
+            self.refused += 1
+            now = time.monotonic()
+            if now - self._refused_logged >= REFUSED_LOG_SECONDS:
+                self._refused_logged = now
+                log.warning("%d connections open, the most serve keeps: closing new ones "
+                            "(pageheat_http_connections_refused_total)", len(self._connections))
+            writer.close()
+            return
         self._connections.add(writer)
         try:
             # The TLS handshake is done (asyncio completes it before calling us): a verified
@@ -338,6 +367,23 @@ class HttpServer:
         assert self.live is not None
         tail = encoder(self.live)  # ends with the EOF line itself (OpenMetrics)
         return entry.gzipped(tail) if gzip_ok else entry.text + tail
+
+
+class _ConnectionCollector:
+    """pageheat_http_connections{,_refused_total}: read at every scrape (the live registry)."""
+
+    def __init__(self, server: HttpServer) -> None:
+        self.server = server
+
+    def collect(self):
+        yield GaugeMetricFamily("pageheat_http_connections", "HTTP connections open now.",
+                                value=len(self.server._connections))
+        yield GaugeMetricFamily("pageheat_http_max_connections",
+                                "HTTP connections open at once, at most (more are closed).",
+                                value=self.server.max_connections)
+        yield CounterMetricFamily("pageheat_http_connections_refused",
+                                  "Connections closed unanswered because pageheat_http_max_connections "
+                                  "were open.", value=self.server.refused)
 
 
 def _negotiate(accept: str) -> tuple[Callable[[CollectorRegistry], bytes], str]:
