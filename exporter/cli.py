@@ -227,6 +227,10 @@ def _serve(args: argparse.Namespace) -> int:
     if cmd and shutil.which(cmd[0]) is None:
         raise UsageError(f"cannot run {cmd[0]}: no such executable")
     cfg = _serve_config(args)
+    if not args.config_check and (cgroupns := procfs.cgroup_namespace_problem()):
+        if cfg.targets.cgroups:  # nothing could ever be selected by them
+            raise SourceError(f"targets.cgroups: {cgroupns}")
+        logging.getLogger("pageheat").warning("%s", cgroupns)
     if cfg.targets.pids:  # each must name a process that can be followed, or serve does not start
         pids = list(dict.fromkeys(_process_of(p) for p in cfg.targets.pids))
         for pid in pids:

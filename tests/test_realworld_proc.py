@@ -480,3 +480,27 @@ def test_zombie_leader_is_in_its_threads_cgroup(zl_exe) -> None:
             assert cgroups.read_cgroup(z.pid) == truth
     finally:
         cgroups.remove(cg)
+
+
+@pytest.mark.kind4
+def test_a_cgroup_namespace_of_its_own_is_said(ptwalk_ok, tmp_path) -> None:
+    """unshare --cgroup: other processes' cgroups read as /../.. paths there. serve refuses
+    targets.cgroups (they could match nothing), warns otherwise; doctor warns."""
+    if shutil.which("unshare") is None:
+        need_kernel("unshare (util-linux) is missing")
+    ns = ["unshare", "--cgroup"]
+    # The truth this is about: inside, a process's own cgroup is the root of every hierarchy.
+    inside = subprocess.run([*ns, "cat", "/proc/self/cgroup"], capture_output=True, text=True,
+                            timeout=30).stdout
+    assert {line.rsplit(":", 1)[1] for line in inside.splitlines()} == {"/"}, inside
+    cfg = tmp_path / "c.yml"
+    cfg.write_text("targets: {cgroups: ['/system.slice/**']}\n")
+    r = subprocess.run([*ns, *PAGEHEAT, "serve", "--config", str(cfg), "--listen",
+                        f"127.0.0.1:{free_port()}"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "targets.cgroups: pageheat runs in a cgroup namespace of its own" \
+        in one_line_error(r), r.stderr
+    d = subprocess.run([*ns, *PAGEHEAT, "doctor", "--json"], capture_output=True, text=True, timeout=60)
+    got = json.loads(d.stdout)["cgroup_namespace"]
+    assert not got["ok"] and "--cgroupns=host" in got["detail"]
+    host = json.loads(run_pageheat("doctor", "--json").stdout)["cgroup_namespace"]
+    assert host == {"ok": True, "detail": "host"}

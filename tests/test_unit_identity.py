@@ -50,6 +50,10 @@ def test_kubelet_container_paths(path: str) -> None:
     (f"/kubepods/besteffort/pod{UID}/crio-conmon-{CID}", ("", UID)),  # its monitor, not it
     # a container path under a v1 hierarchy mounted below a container's root (docker in docker)
     (f"/docker/{CID}/kubepods/burstable/pod{UID}/{CID}", (CID, UID)),
+    # read in a pod's own cgroup namespace (cgroup v2 nodes): relative to that pod's cgroup
+    (f"/../../kubepods-burstable-pod{UID.replace('-', '_')}.slice/cri-containerd-{CID}.scope", (CID, UID)),
+    (f"/../../../besteffort/pod{UID}/{CID}", (CID, UID)),
+    ("/../../system.slice/memcached.service", ("", "")),
     # not containers
     ("/", ("", "")),
     ("/system.slice/memcached.service", ("", "")),

@@ -28,16 +28,20 @@ def run(as_json: bool = False, options: SourceOptions = DEFAULT_OPTIONS) -> int:
     vs = verdicts(options)
     usable = [v.source for v in vs if v.ok]
     namespace = procfs.pid_namespace_problem()
+    cgroupns = procfs.cgroup_namespace_problem()  # a warning: serve still works, its labels are off
     if as_json:
         json.dump({"kernel": platform.release(), "sources": [asdict(v) for v in vs],
                    "auto": usable[0] if usable and not namespace else None,
-                   "pid_namespace": {"ok": namespace is None, "detail": namespace or "host"}},
+                   "pid_namespace": {"ok": namespace is None, "detail": namespace or "host"},
+                   "cgroup_namespace": {"ok": cgroupns is None, "detail": cgroupns or "host"}},
                   sys.stdout)
         print()
     else:
         print(f"pageheat doctor: kernel {platform.release()} ({platform.machine()})")
         for v in vs:
             print(f"  {v.source:<12} {'yes' if v.ok else 'no ':<4} {v.detail}")
+        if cgroupns:
+            print(f"warning: {cgroupns}")
         if namespace:
             print(f"--source auto picks: nothing: {namespace}")
         else:

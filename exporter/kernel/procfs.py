@@ -33,6 +33,7 @@ import numpy as np
 PROC = Path("/proc")
 # include/linux/proc_ns.h: the initial PID namespace's inode number, fixed since Linux 3.8.
 INIT_PID_NS_INO = 0xEFFFFFFC
+INIT_CGROUP_NS_INO = 0xEFFFFFFB  # PROC_CGROUP_INIT_INO, include/linux/proc_ns.h
 PF_KTHREAD = 0x00200000  # include/linux/sched.h, task flags (field 9 of /proc/PID/stat)
 # include/linux/sched.h: set by exit_signals() at the start of do_exit() (kernel/exit.c), before
 # exit_mm() drops the task's mm. A task with it is leaving, though its state is not yet Z.
@@ -332,6 +333,26 @@ class ClearRefs:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+
+def cgroup_namespace_problem(proc: Path = PROC) -> str | None:
+    """None when pageheat sees the host's cgroup paths; else one line saying what it cannot do.
+
+    In a cgroup namespace of its own (docker and podman on cgroup v2 by default, ``unshare
+    --cgroup``), /proc/PID/cgroup gives other processes' paths relative to pageheat's own
+    cgroup (``/../../kubepods/...``, kernel/cgroup/cgroup.c, cgroup_path_ns): targets.cgroups
+    globs cannot match them, and the cgroup, pod_uid and container_id labels are not the
+    host's."""
+    try:
+        ino = os.stat(proc / "self/ns/cgroup").st_ino
+    except OSError:
+        return None  # no cgroup namespaces (kernels before 4.6): the host's paths
+    if ino == INIT_CGROUP_NS_INO:
+        return None
+    return ("pageheat runs in a cgroup namespace of its own: other processes' cgroups read as "
+            "paths relative to its own (/../..), so targets.cgroups cannot match them and cgroup "
+            "labels are not the host's (run it with docker/podman --cgroupns=host, or outside "
+            "unshare --cgroup)")
 
 
 def pid_namespace_problem(proc: Path = PROC) -> str | None:

@@ -53,7 +53,10 @@ def kubelet_ids(cgroup: str) -> tuple[str, str]:
     parts = [p for p in cgroup.split("/") if p]
     pod, container = "", ""
     for i, part in enumerate(parts):
-        in_kubepods = any(p == "kubepods" or p.startswith("kubepods.") or p.startswith("kubepods-")
+        # ".." above: a path relative to pageheat's own cgroup namespace (a pod's on cgroup
+        # v2 nodes, see procfs.cgroup_namespace_problem); kubepods may be above where it
+        # starts, and the pod's uid pattern is specific enough on its own.
+        in_kubepods = any(p in ("kubepods", "..") or p.startswith("kubepods.") or p.startswith("kubepods-")
                           for p in parts[:i])
         if not in_kubepods:
             continue
