@@ -22,6 +22,7 @@ tests/test_realworld_proc.py (every page of the region found, every mapping name
 from __future__ import annotations
 
 import errno
+import fcntl
 import io
 import os
 from array import array
@@ -295,21 +296,42 @@ def soft_dirty_tracking(smaps: Path = Path("/proc/self/smaps")) -> bool:
                for line in smaps.read_bytes().split(b"\n"))
 
 
+class TargetBusy(OSError):
+    """Another pageheat (or another tool that takes the same lock) ages the process."""
+
+
 class ClearRefs:
-    """``clear_refs`` of a process, written through a live thread.
+    """``clear_refs`` of a process, written through a live thread, held exclusively.
 
     Opened on ``task_dir(pid)``. Before each write it checks that the thread it goes through
     still lives, and reopens on another one if not: a write through a zombie leader succeeds
-    and ages nothing, a write through a thread that has gone fails with ESRCH. Raises
-    ProcessLookupError / FileNotFoundError when the process has exited, PermissionError when
-    its clear_refs may not be written.
+    and ages nothing, a write through a thread that has gone fails with ESRCH.
+
+    Two agers of one process clear each other's Accessed bits: each sees only what was
+    touched since the other's last write (measured: a second snapshot of a process another
+    one followed saw 0 of its 2,048 pages read every second). So ``/proc/PID/clear_refs``
+    itself is flock()ed for as long as this is open: the lock lives on that file's inode, so
+    it ends with the process (and never outlives a pid) and needs no file of pageheat's own.
+
+    Raises ProcessLookupError / FileNotFoundError when the process has exited, PermissionError
+    when its clear_refs may not be written, TargetBusy when another holder has it.
     """
 
     def __init__(self, pid: int, proc: Path = PROC) -> None:
         self.pid = pid
         self._proc = proc
         self.fd = -1
-        self._open()
+        self._lock = os.open(proc / str(pid) / "clear_refs", os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self._open()
+        except BlockingIOError:
+            os.close(self._lock)
+            raise TargetBusy(f"another pageheat already ages process {pid} (its clear_refs is "
+                             "locked): two would clear each other's Accessed bits") from None
+        except BaseException:
+            os.close(self._lock)
+            raise
 
     def _open(self) -> None:
         self.dir = task_dir(self.pid, self._proc)
@@ -333,6 +355,9 @@ class ClearRefs:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+        if self._lock >= 0:
+            os.close(self._lock)  # releases the flock
+            self._lock = -1
 
 
 def cgroup_namespace_problem(proc: Path = PROC) -> str | None:

@@ -1,0 +1,74 @@
+"""Two pageheats on one process would clear each other's Accessed bits (each seeing only what
+was touched since the other's last clear_refs write): the second one is refused, with one
+line, until the first lets go (procfs.ClearRefs' flock on /proc/PID/clear_refs)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+
+import pytest
+from conftest import PAGEHEAT, run_pageheat
+
+pytestmark = pytest.mark.kernel
+
+
+def test_a_second_source_is_refused_until_the_first_detaches(ptwalk_ok, workload) -> None:
+    from pageheat.kernel.procfs import TargetBusy
+    from pageheat.sources.ptwalk import PtwalkSource
+
+    t = workload("--size", "8MiB")
+    first, second = PtwalkSource(), PtwalkSource()
+    try:
+        first.attach(t.pid)
+        with pytest.raises(TargetBusy, match=f"another pageheat already ages process {t.pid}"):
+            second.attach(t.pid)
+        first.cycle(t.pid)  # the first goes on undisturbed
+        first.detach(t.pid)
+        second.attach(t.pid)
+        assert second.cycle(t.pid).pid == t.pid
+    finally:
+        first.close()
+        second.close()
+
+
+def test_snapshot_beside_a_snapshot_of_the_same_process(ptwalk_ok, workload) -> None:
+    """The truth: the workload reads its warm pages (half of 16 MiB) every second. The first
+    snapshot sees them in every scan; the second is refused instead of wiping them."""
+    t = workload("--size", "16MiB", "--hot", "0", "--warm", "0.5", "--warm-period", "1s")
+    first = subprocess.Popen([*PAGEHEAT, "snapshot", "--pid", str(t.pid), "--scans", "4", "--aging", "1s"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1.5)  # attached and aging
+        second = run_pageheat("snapshot", "--pid", str(t.pid), "--scans", "4", "--aging", "1s")
+        out, err = first.communicate(timeout=60)
+    finally:
+        first.kill()
+    assert second.returncode == 1 and second.stdout == ""
+    lines = [x for x in second.stderr.splitlines() if "level=" not in x]
+    assert lines == [f"pageheat: another pageheat already ages process {t.pid} (its clear_refs is "
+                     "locked): two would clear each other's Accessed bits"], second.stderr
+    snap = json.loads(out)
+    warm = (16 << 20 >> 12) // 2
+    big = max(snap["vmas"], key=lambda v: v["resident"])
+    assert all(n >= warm for n in big["accessed"][1:]), big["accessed"]  # nothing wiped
+
+
+def test_serve_follows_the_process_once_the_other_lets_go(ptwalk_ok, workload, tmp_path) -> None:
+    from realworld import Serve, wait_for
+
+    t = workload("--size", "8MiB")
+    snap = subprocess.Popen([*PAGEHEAT, "snapshot", "--pid", str(t.pid), "--scans", "3", "--aging", "1s"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1.0)  # the snapshot holds the process
+    serve = Serve(tmp_path, f"aging: 300ms\ndiscovery_interval: 300ms\ntargets: {{pids: [{t.pid}]}}\n")
+    try:
+        serve.ready()
+        wait_for(lambda: "another pageheat already ages" in serve.log(), 30, "serve to be refused")
+        assert snap.wait(30) == 0
+        wait_for(lambda: [x for x in serve.targets() if x["pid"] == t.pid], 60, "serve to follow it")
+    finally:
+        snap.kill()
+        assert serve.stop() == 0
+    assert f"following pid {t.pid}" in serve.log() and "Traceback" not in serve.log()
