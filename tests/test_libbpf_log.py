@@ -35,3 +35,16 @@ def test_verifier_log_keeps_its_end(tmp_path: Path) -> None:
     assert end - begin > 4096
     assert "invalid mem access 'scalar'" in log[begin:end]
     assert "processed" in log[begin:end]
+
+
+def test_libbpf_own_error_codes_are_named(tmp_path: Path) -> None:
+    """A file that is not an ELF object: libbpf's LIBBPF_ERRNO__FORMAT (4001), named by
+    libbpf_strerror, not "Unknown error 4001"."""
+    from pageheat.kernel.libbpf import BpfObject, LibbpfError
+
+    bad = tmp_path / "ptwalk.bpf.o"
+    bad.write_bytes(b"\x7fELF" + bytes(range(256)) * 8)
+    with pytest.raises(LibbpfError) as e:
+        BpfObject(bad)
+    assert e.value.errno == 4001  # LIBBPF_ERRNO__FORMAT
+    assert str(e.value).endswith(f"open {bad}: BPF object format invalid")

@@ -30,9 +30,22 @@ class LibbpfError(OSError):
     """A libbpf call failed. ``log`` holds libbpf's last messages (verifier output and such)."""
 
     def __init__(self, what: str, err: int, log: str = "") -> None:
-        super().__init__(err, f"{what}: {os.strerror(err)}")
+        super().__init__(err, f"{what}: {_strerror(err)}")
         self.what = what
         self.log = log
+
+
+LIBBPF_ERRNO_START = 4000  # libbpf's own error codes (enum libbpf_errno, libbpf.h) start here
+
+
+def _strerror(err: int) -> str:
+    """strerror, and libbpf_strerror for libbpf's own codes (4001 "Invalid ELF format" and
+    such, which os.strerror calls "Unknown error 4001")."""
+    if err < LIBBPF_ERRNO_START:
+        return os.strerror(err)
+    buf = C.create_string_buffer(128)
+    lib().libbpf_strerror(err, buf, len(buf))
+    return buf.value.decode(errors="replace") or os.strerror(err)
 
 
 class _TestRunOpts(C.Structure):
@@ -100,6 +113,7 @@ def _load_lib() -> C.CDLL:
         "bpf_iter_create": (C.c_int, [C.c_int]),
         "bpf_prog_test_run_opts": (C.c_int, [C.c_int, C.c_void_p]),
         "libbpf_set_print": (C.c_void_p, [_PRINT_FN]),
+        "libbpf_strerror": (C.c_int, [C.c_int, C.c_char_p, C.c_size_t]),
         "bpf_map__initial_value": (C.c_void_p, [C.c_void_p, C.POINTER(C.c_size_t)]),
         "bpf_object__btf": (C.c_void_p, [C.c_void_p]),
         "btf__parse_elf": (C.c_void_p, [C.c_char_p, C.c_void_p]),
