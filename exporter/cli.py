@@ -162,9 +162,18 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+# Commands whose result is their standard output: with it closed (`snapshot >&-`), Python's
+# sys.stdout is None and print() would drop everything without a word.
+PRINTS_RESULT = ("snapshot", "doctor", "render", "demo", "completion")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logs.setup(args.log_level, args.log_format)
+    if sys.stdout is None and args.command in PRINTS_RESULT:
+        if sys.stderr is not None:
+            print(f"pageheat: {args.command}: standard output is closed", file=sys.stderr)
+        return 2
     try:
         return _dispatch(args)
     except (ValidationError, UsageError, ConfigError) as e:

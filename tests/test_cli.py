@@ -263,3 +263,13 @@ def test_serve_cgroup_own_on_a_read_only_hierarchy(memory_cgroups, tmp_path) -> 
     assert line.startswith("pageheat: cannot create a memory cgroup: ")
     assert line.endswith(": Read-only file system")
     assert not marker.exists()  # nothing was started
+
+
+@pytest.mark.parametrize("args", [["doctor"], ["snapshot", "--pid", "1"], ["completion", "bash"]])
+def test_closed_standard_output_is_an_error(args: list[str]) -> None:
+    """`cmd >&-`: Python makes sys.stdout None and print() drops everything silently."""
+    import shlex
+
+    r = subprocess.run(["sh", "-c", " ".join(map(shlex.quote, [*PAGEHEAT, *args])) + " >&-"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and r.stderr.strip() == f"pageheat: {args[0]}: standard output is closed"
