@@ -504,3 +504,28 @@ def test_a_cgroup_namespace_of_its_own_is_said(ptwalk_ok, tmp_path) -> None:
     assert not got["ok"] and "--cgroupns=host" in got["detail"]
     host = json.loads(run_pageheat("doctor", "--json").stdout)["cgroup_namespace"]
     assert host == {"ok": True, "detail": "host"}
+
+
+@pytest.mark.kind4
+def test_a_process_refused_despite_cap_sys_ptrace_says_why(ptwalk_ok) -> None:
+    """Where the kernel refuses a process although pageheat has CAP_SYS_PTRACE (pid 1 on these
+    machines: it holds CAP_SYS_RESOURCE, outside our bounding set), the message names the
+    capabilities it holds that pageheat lacks, not CAP_SYS_PTRACE."""
+    from pageheat.kernel import capabilities
+
+    try:
+        Path("/proc/1/maps").read_bytes()
+        readable = True
+    except PermissionError:
+        readable = False
+    assert not capabilities.missing((capabilities.CAP_SYS_PTRACE,))
+    extra = capabilities.effective(Path("/proc/1/status"), b"CapPrm:") & ~capabilities.effective()
+    r = run_pageheat("snapshot", "--pid", "1", "--scans", "1")
+    if readable:  # a machine whose pid 1 nothing guards: it is followed like any other
+        assert r.returncode == 0 and json.loads(r.stdout)["pid"] == 1, r.stderr
+        return
+    assert r.returncode == 2 and r.stdout == ""
+    line = one_line_error(r)
+    assert "although pageheat has CAP_SYS_PTRACE" in line and "(needs CAP_SYS_PTRACE" not in line, line
+    if extra:
+        assert f"it holds capabilities pageheat lacks ({', '.join(capabilities.names(extra))})" in line

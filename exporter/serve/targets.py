@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pageheat.config import Targets
-from pageheat.kernel import cgroups, procfs
+from pageheat.kernel import capabilities, cgroups, procfs
 from pageheat.model import identity
 
 
@@ -123,6 +123,23 @@ def resolve(pid: int, proc: Path = procfs.PROC) -> tuple[int, str | None]:
     return tgid, note
 
 
+def _why_refused(pid: int, proc: Path) -> str:
+    """Why the kernel refuses a process to a pageheat that has CAP_SYS_PTRACE. A process may
+    be read without that capability when its permitted set is a subset of ours
+    (security/commoncap.c, cap_ptrace_access_check); otherwise CAP_SYS_PTRACE must be granted
+    in its user namespace, which an LSM can refuse. Measured on these machines: pid 1 holds
+    CAP_SYS_RESOURCE, outside pageheat's bounding set, and is refused."""
+    try:
+        extra = capabilities.effective(proc / str(pid) / "status", b"CapPrm:") & ~capabilities.effective()
+    except OSError:
+        extra = 0
+    if extra:
+        return (f"it holds capabilities pageheat lacks ({', '.join(capabilities.names(extra))}), "
+                "and the kernel did not let CAP_SYS_PTRACE make up for them (a security module, "
+                "or another user namespace): give pageheat those capabilities too")
+    return "a security module (SELinux, AppArmor, Landlock) or its user namespace refuses it"
+
+
 def check_access(pid: int, proc: Path = procfs.PROC) -> None:
     """Can this process be read and aged: its page-table layout (maps, which needs the right
     to ptrace-read it) and its clear_refs (writable by its owner only). Raises PidError."""
@@ -135,8 +152,13 @@ def check_access(pid: int, proc: Path = procfs.PROC) -> None:
         try:
             os.close(os.open(d / name, flags | os.O_CLOEXEC))
         except PermissionError as e:
-            need = "CAP_SYS_PTRACE" if name == "maps" else "CAP_DAC_OVERRIDE"
-            raise PidError(f"cannot follow process {pid} ({comm}): {d / name}: permission denied "
-                           f"(needs {need}, or to run as its user)") from e
+            cap = capabilities.CAP_SYS_PTRACE if name == "maps" else capabilities.CAP_DAC_OVERRIDE
+            need = capabilities.NAMES[cap]
+            if capabilities.missing((cap,)):
+                why = f"needs {need}, or to run as its user"
+            else:  # the capability did not do (kernel/ptrace.c __ptrace_may_access, cap_ptrace_access_check)
+                why = f"although pageheat has {need}: " + _why_refused(pid, proc)
+            raise PidError(f"cannot follow process {pid} ({comm}): {d / name}: permission "
+                           f"denied ({why})") from e
         except (FileNotFoundError, ProcessLookupError) as e:
             raise PidError(f"no such process: {pid} (it exited)") from e
