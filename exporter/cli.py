@@ -96,7 +96,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--config.check", dest="config_check", action="store_true",
                    help="validate the configuration (file, environment, flags, web config), print "
                         "the effective settings as YAML and exit")
-    s.add_argument("--pid", type=_pid, action="append", help="follow this process (repeatable)")
+    s.add_argument("--pid", type=_pid, action="append",
+                   help="follow this process (repeatable); only these: the configured targets "
+                        "selectors are replaced")
     s.add_argument("--web.listen-address", "--listen", dest="listen", action="append", metavar="HOST:PORT",
                    help=f"listen here (repeatable; default 0.0.0.0:{config.DEFAULT_PORT})")
     s.add_argument("--web.telemetry-path", dest="telemetry_path", metavar="PATH",
