@@ -136,3 +136,22 @@ def test_drop_trims_after_a_target_that_was_once_large(monkeypatch) -> None:
             p.kill()
             p.wait()
         d._worker.shutdown()
+
+
+def test_an_explicit_pid_gone_before_discovery_is_logged_once(caplog) -> None:
+    """`serve --pid P` where P exits between the start-up check and the first discovery:
+    serve goes on (an exit is normal), and says so once instead of following nothing silently."""
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # reaped: no /proc/PID
+    live = subprocess.Popen(["sleep", "30"])
+    d = Daemon(Config(targets={"pids": [gone.pid, live.pid], "top_rss": 0}), _FakeSource())  # type: ignore[arg-type]
+    try:
+        for _ in range(3):
+            d._discover()
+        assert sorted(d.identities) == [live.pid]
+        said = [r.getMessage() for r in caplog.records if "before it could be followed" in r.getMessage()]
+        assert said == [f"pid {gone.pid} exited before it could be followed"]
+    finally:
+        live.kill()
+        live.wait()
+        d._close()

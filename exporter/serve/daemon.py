@@ -110,6 +110,7 @@ class Daemon:
         self._targets: dict[int, _Target] = {}  # followed processes by pid
         self._refused: dict[int, _Refused] = {}  # selected but could not be followed
         self._pinned: dict[int, int] = {}  # explicit pid -> start_time of the process it named
+        self._gone_early: set[int] = set()  # explicit pids that exited before discovery saw them
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="harvest",
                                           initializer=worker_priority, initargs=(cfg.worker_priority,))
         self.registry = CollectorRegistry(auto_describe=False)
@@ -196,6 +197,10 @@ class Daemon:
             log.warning("target discovery failed: %s", e)
             return
         self._pin(wanted)
+        for pid in self.cfg.targets.pids:  # named explicitly, gone before it was ever followed
+            if pid not in self._pinned and pid not in wanted and pid not in self._gone_early:
+                self._gone_early.add(pid)
+                log.warning("pid %d exited before it could be followed", pid)
         for pid, t in list(self._targets.items()):
             known = t.proc
             if pid not in wanted or wanted[pid].start_time != known.start_time:
