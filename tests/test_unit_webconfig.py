@@ -329,7 +329,8 @@ def test_load_tls13_suites_and_server_preference_off(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("headers", "match"), [
     ("X-Frame-Options: allow-all", "expected deny or sameorigin"),
     ("X-Content-Type-Options: sniff", "expected nosniff"),
-    ('Content-Security-Policy: "a\\r\\nSet-Cookie: x=1"', "line breaks or control characters"),
+    ('Content-Security-Policy: "a\\r\\nSet-Cookie: x=1"', "printable ASCII: no line breaks"),
+    ("Content-Security-Policy: default-src 'self' é", "printable ASCII: no line breaks"),
 ])
 def test_load_refuses_bad_response_headers(tmp_path: Path, headers: str, match: str) -> None:
     f = tmp_path / "web.yml"
@@ -347,6 +348,9 @@ def test_load_rate_limit(tmp_path: Path) -> None:
         WebConfig.load(f)
     f.write_text("rate_limit:\n  interval: soon\n  burst: 1\n")
     with pytest.raises(ValidationError, match="not a duration"):
+        WebConfig.load(f)
+    f.write_text("rate_limit:\n  interval: 1s\n  burst: -1\n")
+    with pytest.raises(ValidationError, match="greater than or equal to 0"):
         WebConfig.load(f)
 
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
+from pageheat.config import Duration
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 # TLS 1.0 and 1.1 are deliberately refused, although the format allows them.
@@ -76,7 +77,8 @@ class TlsServerConfig(BaseModel):
     curve_preferences: list[str] = []
 
 
-_HEADER_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")  # RFC 9110 field-value: no CR, LF, NUL
+# RFC 9110 field-value without CR, LF, NUL; ASCII only, as h11 encodes header values.
+_HEADER_VALUE = re.compile(r"[\t\x20-\x7e]*")
 
 
 class ResponseHeaders(BaseModel):
@@ -94,7 +96,8 @@ class ResponseHeaders(BaseModel):
     @classmethod
     def _one_line(cls, v: str) -> str:
         if not _HEADER_VALUE.fullmatch(v):
-            raise ValueError("a header value cannot hold line breaks or control characters")
+            raise ValueError("a header value is printable ASCII: no line breaks, control "
+                             "characters or other scripts")
         return v
 
     @field_validator("x_frame_options")
@@ -127,15 +130,8 @@ class HttpServerConfig(BaseModel):
 class RateLimitConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    interval: Any = 0  # a duration (Go's "100ms", or seconds); 0: no limit
-    burst: int = 0
-
-    @field_validator("interval", mode="before")
-    @classmethod
-    def _duration(cls, v: Any) -> float:
-        from pageheat.config import parse_duration
-
-        return parse_duration(v)
+    interval: Duration = 0.0  # "100ms", "1s" or seconds; 0: no limit
+    burst: Annotated[int, Field(ge=0)] = 0
 
 
 class WebConfigFile(BaseModel):
