@@ -86,6 +86,8 @@ def test_app_over_connect(served) -> None:
                 await asyncio.sleep(0.05)
             st = app.status_text()
             assert f"pid {t.pid}" in st and "source ptwalk" in st and "(server)" in st
+            # The server reports one harvest + aging cost: no made-up "aging 0.0ms".
+            assert "cost " in st and "aging 0.0ms" not in st and "harvest " not in st
             await pilot.press("z")
             assert "no zoom over --connect" in app.status_text()
             await pilot.press("plus")

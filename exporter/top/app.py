@@ -321,7 +321,9 @@ class TopApp(App[int]):
             parts.append(f"aging {eff:.2f}s (server) x{agg} = {eff * agg:.2f}s/col")
         else:
             parts.append(f"aging {self.aging:.2f}s (eff {eff:.2f}s) x{agg} = {eff * agg:.2f}s/col")
-        if s is not None:
+        if s is not None and f.remote:  # the server reports one smoothed harvest + aging cost
+            parts.append(f"cost {ms(s.harvest_s)} (server)")
+        elif s is not None:
             parts.append(f"harvest {ms(s.harvest_s)} aging {ms(s.aging_s)}")
             parts.append(f"WSS {human_pages(s.wss_pages)} of {human_pages(s.resident_pages)}")
         parts.append(f"overlay {self.heatmap.overlay}")

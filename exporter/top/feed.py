@@ -453,6 +453,7 @@ class RemoteFeed:
             accessed=accessed_by.sum(axis=0) if len(combos) else np.zeros(nb, np.int64),
             resident=resident, node=node_dom, type=type_dom,
             idle=np.full(nb, np.nan), never=np.zeros(nb, np.int64),
+            # cost_s is harvest + aging together: the status line says so (TopApp.status_text).
             harvest_s=t.cost_s, aging_s=0.0, interval=(t.time - prev.time) / agings,
             wss_pages=t.wss_pages, resident_pages=t.resident_pages, cold_pages=t.cold_pages,
             mappings=mappings, agings=agings,
