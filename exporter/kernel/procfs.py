@@ -21,8 +21,10 @@ tests/test_realworld_proc.py (every page of the region found, every mapping name
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import fcntl
+import functools
 import io
 import os
 from array import array
@@ -358,6 +360,27 @@ class ClearRefs:
         if self._lock >= 0:
             os.close(self._lock)  # releases the flock
             self._lock = -1
+
+
+# kcmp(2) on x86_64 (arch/x86/entry/syscalls/syscall_64.tbl), the only architecture pageheat's
+# BPF objects are built for; include/uapi/linux/kcmp.h.
+_SYS_KCMP = 312 if os.uname().machine == "x86_64" else None
+_KCMP_VM = 1
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def same_address_space(a: int, b: int) -> bool:
+    """Whether processes ``a`` and ``b`` share one mm (clone(CLONE_VM) without CLONE_THREAD:
+    vfork children until they exec, some runtimes), by kcmp(2) KCMP_VM. False when it cannot
+    tell: no kcmp (CONFIG_KCMP, another architecture), a process gone, or not allowed (it
+    needs ptrace read access to both, as reading their maps does)."""
+    if _SYS_KCMP is None:
+        return False
+    return _libc().syscall(_SYS_KCMP, a, b, _KCMP_VM, 0, 0) == 0
 
 
 def cgroup_namespace_problem(proc: Path = PROC) -> str | None:

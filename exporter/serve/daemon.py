@@ -111,6 +111,7 @@ class Daemon:
         self._refused: dict[int, _Refused] = {}  # selected but could not be followed
         self._pinned: dict[int, int] = {}  # explicit pid -> start_time of the process it named
         self._gone_early: set[int] = set()  # explicit pids that exited before discovery saw them
+        self._shared: dict[int, int] = {}  # pid -> start_time, said to share a followed one's mm
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="harvest",
                                           initializer=worker_priority, initargs=(cfg.worker_priority,))
         self.registry = CollectorRegistry(auto_describe=False)
@@ -218,6 +219,8 @@ class Daemon:
             refused = self._refused.get(pid)
             if pid in self._targets or (refused and now < refused.next_try):
                 continue
+            if self._shares_address_space(pid, proc):
+                continue
             try:
                 self.source.attach(pid)
             except TargetGone:
@@ -234,6 +237,19 @@ class Daemon:
                      proc.rss_pages * 4096 >> 20,
                      f", after {refused.attempts} failed attempts" if refused else "")
         self._publish_identities()
+
+    def _shares_address_space(self, pid: int, proc: targets.Process) -> bool:
+        """Whether ``pid`` shares its mm with a followed process (clone(CLONE_VM)): aging one
+        ages both, so each would see only what was touched since the other's aging. It is
+        left to the one followed first, said once per process."""
+        twin = next((q for q in self._targets if procfs.same_address_space(pid, q)), None)
+        if twin is None:
+            return False
+        if self._shared.get(pid) != proc.start_time:
+            self._shared[pid] = proc.start_time
+            log.info("not following pid %d (%s): it shares its address space with pid %d "
+                     "(clone(CLONE_VM)), which is followed", pid, shown(proc.comm), twin)
+        return True
 
     def _publish_identities(self) -> None:
         """Every followed process's identity from its current comm and cgroup, and none for
