@@ -124,7 +124,11 @@ def test_cgroup_name_not_utf8_stays_a_valid_label(tmp_path, caplog) -> None:
     (tmp_path / "42").mkdir()
     (tmp_path / "42" / "cgroup").write_bytes(b"4:memory:" + raw + b"\n0::/\n")
     path = cgroups.read_cgroup(42, tmp_path)
-    assert path == raw.decode("utf-8", "replace")
+    assert path == "/job-\\xe5\\x90"
+    # Two cgroups whose names differ only in invalid bytes stay two (U+FFFD merged them).
+    (tmp_path / "43").mkdir()
+    (tmp_path / "43" / "cgroup").write_bytes(b"4:memory:/job-\x90\xe5\n")
+    assert cgroups.read_cgroup(43, tmp_path) != path
     views = {42: make_view(42, rss=100, seed=1)}
     ids = {42: identity.identity(path)}
     from pageheat.serve.collector import PageheatCollector

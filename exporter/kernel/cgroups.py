@@ -34,7 +34,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from pageheat.kernel.procfs import decode, task_dir
+from pageheat.kernel.procfs import task_dir
 
 log = logging.getLogger("pageheat")
 
@@ -318,6 +318,8 @@ def read_cgroup(pid: int, proc: Path = PROC) -> str:
     OSError (FileNotFoundError, ProcessLookupError) when the process is gone."""
     with open(task_dir(pid, proc) / "cgroup", "rb") as f:
         # A cgroup is a directory and may be any bytes; the path becomes a label value, which
-        # must be UTF-8 (a surrogate-escaped name would make every scrape fail), so invalid
-        # bytes become U+FFFD, as for every name read from /proc (procfs.decode).
-        return cgroup_of(decode(f.read()))
+        # must be UTF-8 (a surrogate-escaped name would make every scrape fail). Invalid bytes
+        # become \xNN escapes, not U+FFFD as other names from /proc (procfs.decode): the path
+        # is a key (pageheat_cgroup_* series sum per cgroup), and two cgroups whose names
+        # differ only in such bytes must stay two.
+        return cgroup_of(f.read().decode("utf-8", "backslashreplace"))
