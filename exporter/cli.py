@@ -15,7 +15,7 @@ import shutil
 import signal
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from pageheat import __version__, config, logs
 from pageheat.commands import doctor
@@ -80,9 +80,18 @@ def _listen(text: str) -> str:
     return text
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (argparse prints the whole usage first): bad input is
+    one line and exit 2, as everywhere else; --help has the usage. Its subcommands' parsers
+    are of this class too (add_subparsers uses the parent's class)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"pageheat: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+
 def parser() -> argparse.ArgumentParser:
     common = _common()
-    p = argparse.ArgumentParser(prog="pageheat", description=__doc__, parents=[common])
+    p = _Parser(prog="pageheat", description=__doc__, parents=[common])
     p.set_defaults(log_level="info", log_format="logfmt")
     p.add_argument("--version", action="version", version=f"pageheat {__version__}")
     sub = p.add_subparsers(dest="command", required=True)

@@ -273,3 +273,11 @@ def test_closed_standard_output_is_an_error(args: list[str]) -> None:
     r = subprocess.run(["sh", "-c", " ".join(map(shlex.quote, [*PAGEHEAT, *args])) + " >&-"],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and r.stderr.strip() == f"pageheat: {args[0]}: standard output is closed"
+
+
+@pytest.mark.parametrize("args", [["snapshot", "--pid", "abc"], ["serve", "--bins"], ["bogus"], []])
+def test_argument_errors_are_one_line(args: list[str]) -> None:
+    r = run_pageheat(*args)
+    assert r.returncode == 2 and r.stdout == ""
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("pageheat: ") and "--help)" in lines[0], r.stderr

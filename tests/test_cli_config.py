@@ -163,7 +163,8 @@ def test_log_level_after_other_subcommands(command: list[str]) -> None:
 def test_demo_rejects_bad_values_before_starting(args: list[str]) -> None:
     r = run_pageheat("demo", *args, env=clean_env(), timeout=60)
     assert r.returncode == 2 and "Traceback" not in r.stderr
-    assert r.stderr.strip().splitlines()[-1].startswith("pageheat demo: error: argument")
+    line = one_line_error(r)  # argparse's errors are one line too, without the usage
+    assert line.startswith("pageheat: argument") and line.endswith("(see pageheat demo --help)")
 
 
 def test_config_check_prints_the_exporter_flags(tmp_path: Path) -> None:
