@@ -167,6 +167,87 @@ def test_demo_rejects_bad_values_before_starting(args: list[str]) -> None:
     assert line.startswith("pageheat: argument") and line.endswith("(see pageheat demo --help)")
 
 
+@pytest.mark.parametrize(("listen", "url"), [
+    (":9100", "http://127.0.0.1:9100/metrics"), ("0.0.0.0:9100", "http://127.0.0.1:9100/metrics"),
+    ("[::]:9100", "http://[::1]:9100/metrics"), ("127.0.0.2:9100", "http://127.0.0.2:9100/metrics"),
+    ("[::1]:9100", "http://[::1]:9100/metrics"), ("localhost:9100", "http://localhost:9100/metrics"),
+    ("[fe80::1%eth0]:9100", "http://[fe80::1%25eth0]:9100/metrics"),
+])
+def test_demo_scrapes_an_address_it_can_connect_to(listen: str, url: str) -> None:
+    from pageheat.commands.demo import scrape_url
+
+    assert scrape_url(listen) == url
+
+
+def bind_error(host: str, port: int) -> str | None:
+    """What the kernel says when this host:port cannot be bound (None: it can)."""
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            return e.strerror
+    return None
+
+
+@pytest.mark.kernel
+@pytest.mark.kind5
+def test_demo_on_a_port_another_exporter_holds(ptwalk_ok, workload) -> None:
+    """Its own serve cannot listen: serve's one line and its exit status, not the heat of the
+    other exporter's process."""
+    t = workload("--size", "16MiB")
+    port = free_port()
+    other = subprocess.Popen([*PAGEHEAT, "serve", "--pid", str(t.pid), "--listen", f"127.0.0.1:{port}"],
+                             stderr=subprocess.DEVNULL, env=clean_env())
+    try:
+        wait_http(f"http://127.0.0.1:{port}/metrics")
+        why = bind_error("127.0.0.1", port)
+        assert why is not None
+        r = run_pageheat("demo", "--listen", f"127.0.0.1:{port}", "--seconds", "4", env=clean_env(),
+                         timeout=90)
+        assert r.returncode == 1, (r.stdout, r.stderr)
+        line = one_line_error(r)
+        assert line.startswith(f"pageheat: cannot listen on 127.0.0.1:{port}: "), line
+        assert line.lower().endswith(why.lower()), (line, why)
+        assert r.stdout == ""
+        assert other.poll() is None  # the other exporter is untouched
+    finally:
+        stop_process(other)
+
+
+@pytest.mark.kernel
+@pytest.mark.kind5
+def test_demo_on_an_address_not_of_this_host(ptwalk_ok) -> None:
+    port = free_port()
+    why = bind_error("192.0.2.1", port)  # TEST-NET-1 (RFC 5737)
+    if why is None:
+        pytest.skip("192.0.2.1 is an address of this host")
+    r = run_pageheat("demo", "--listen", f"192.0.2.1:{port}", "--seconds", "2", env=clean_env(),
+                     timeout=90)
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    line = one_line_error(r)
+    assert line.startswith(f"pageheat: cannot listen on 192.0.2.1:{port}: "), line
+    assert line.lower().endswith(why.lower()), (line, why)
+    assert r.stdout == ""
+
+
+@pytest.mark.kernel
+@pytest.mark.kind5
+def test_demo_on_all_addresses(ptwalk_ok) -> None:
+    """':PORT' listens on all addresses; the demo scrapes it on 127.0.0.1 and prints its heat:
+    the hot band (the middle fifth of the region) the hottest rows."""
+    port = free_port()
+    r = run_pageheat("demo", "--listen", f":{port}", "--seconds", "4", env=clean_env(), timeout=90)
+    assert r.returncode == 0, r.stderr
+    assert "Traceback" not in r.stderr
+    head, _, body = r.stdout.partition("\n\n")
+    assert f"exporting http://127.0.0.1:{port}/metrics" in head
+    rows = [line.split() for line in body.splitlines() if line.strip()]
+    rates = {int(row[0]): float(next(w for w in row if w.endswith("/s"))[:-2]) for row in rows}
+    assert rates and max(rates.values()) > 0, r.stdout
+
+
 def test_config_check_prints_the_exporter_flags(tmp_path: Path) -> None:
     web = tmp_path / "web.yml"
     web.write_text("basic_auth_users: {}\n")
