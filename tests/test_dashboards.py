@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 import re
 import shutil
@@ -389,6 +390,73 @@ def test_terminal_view_colour_and_plain(monkeypatch, capsys):
     monkeypatch.setenv("NO_COLOR", "1")
     assert render_mod.run(args) == 0
     assert "\x1b" not in capsys.readouterr().out
+
+
+def _label_range(label: str) -> tuple[float, float]:
+    """The idle ages [lower, upper) a terminal line's label names."""
+    if m := re.fullmatch(r"> (\S+) s or never", label):
+        return float(m[1]), math.inf
+    m = re.fullmatch(r"(\S+)-(\S+) s", label)
+    assert m, label
+    return float(m[1]), float(m[2])
+
+
+def _bins_range(label: str) -> tuple[int, int]:
+    """The address bins LO..HI (inclusive) a terminal line's label names ('9-10 anon', '3 anon')."""
+    m = re.match(r"\s*(\d+)(?:-(\d+))?(?: |$)", label)
+    assert m, label
+    return int(m[1]), int(m[2] or m[1])
+
+
+@pytest.mark.parametrize("color", [False, True])
+def test_terminal_labels_name_every_row_a_line_stands_for(color: bool) -> None:
+    """Fewer lines than idle buckets (or bins): a line's label names all the buckets it stands
+    for, and its shade is theirs: the pages of them all (idle), the mean rate of a bin (heat).
+    Only the youngest and the never-accessed bucket hold pages, so a line named after its
+    first bucket alone ("1800-3600 s") would be wrong."""
+    from pageheat.model.aggregate import IDLE_BOUNDS
+    from pageheat.top.ramp import SHADES, shade
+
+    t = np.arange(0.0, 60.0)
+    idle = np.zeros((len(IDLE_BOUNDS), len(t)))
+    idle[0], idle[-1] = 20000.0, 55000.0
+    heat = np.full((32, len(t)), 50.0)
+    heat[8:13] = 6000.0
+    bins = list(range(32))
+    data = render_mod.Data(1, "python", render_mod.heat_matrix(t, bins, {b: "anon" for b in bins}, heat),
+                           render_mod.idle_matrix(t, list(IDLE_BOUNDS), idle), 60)
+    ansi = re.compile(r"\x1b\[[0-9;]*m")
+    lines = render_mod.terminal(data, 80, 24, color=color).splitlines()
+    at = lines.index("resident pages by idle age")
+    heat_lines, idle_lines = lines[1:at - 1], lines[at + 1:-1]
+    assert heat_lines and idle_lines
+
+    def label(line: str) -> str:
+        return ansi.sub("", line)[:17].strip()
+
+    # Bottom line first: the ranges follow each other from 0 to never, each from bucket bounds.
+    ranges = [_label_range(label(line)) for line in reversed(idle_lines)]
+    assert ranges[0][0] == 0 and ranges[-1][1] == math.inf
+    assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:], strict=False)), ranges
+    assert {x for r in ranges for x in r} <= {0.0, *IDLE_BOUNDS}
+    lower = [0.0, *IDLE_BOUNDS[:-1]]
+    pages = [sum(idle[i, 0] for i in range(len(IDLE_BOUNDS)) if lo <= lower[i] and IDLE_BOUNDS[i] <= hi)
+             for lo, hi in ranges]
+    spans = [_bins_range(label(line)) for line in reversed(heat_lines)]
+    assert spans[0][0] == 0 and spans[-1][1] == 31
+    assert all(a[1] + 1 == b[0] for a, b in zip(spans, spans[1:], strict=False)), spans
+    rate = [heat[lo:hi + 1, 0].mean() for lo, hi in spans]
+    if color:
+        assert len(ranges) == len(IDLE_BOUNDS) // 2  # two buckets a line, one a half-block
+        return
+    # Without colour a line is one shade: that of its value (sqrt scale, as the view says).
+    for line, value, top in [*zip(reversed(idle_lines), pages, [max(pages)] * len(pages), strict=True),
+                             *zip(reversed(heat_lines), rate, [max(rate)] * len(rate), strict=True)]:
+        body = line[18:]
+        assert set(body) == {shade(np.array([math.sqrt(value / top)]))[0]}, (line, value, top)
+    # The top line: the last two buckets, the never-accessed pages the most.
+    top_line = idle_lines[0]
+    assert top_line.startswith(f"> {IDLE_BOUNDS[-3]:g} s or never ") and top_line.endswith(SHADES[-1])
 
 
 def test_render_reports_missing_data(tmp_path):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import itertools
 import json
 import math
 import shutil
@@ -23,6 +24,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,11 +54,24 @@ class RenderError(Exception):
 
 @dataclass
 class Matrix:
-    """rows × time: values[row, t]; rows from low to high (bin 0 / shortest idle first)."""
+    """rows × time: values[row, t]; rows from low to high (bin 0 / shortest idle first).
+    Where the terminal has fewer lines than rows, rows lo..hi (inclusive) are drawn as one:
+    ``span(lo, hi)`` is its label (None: the first and last rows' labels), and its value the
+    rows' sum if ``additive`` (pages of the whole range), else their mean (equal address bins:
+    the rate of an average bin of the range). See heat_matrix and idle_matrix."""
 
     times: np.ndarray
     rows: list[str]
     values: np.ndarray
+    span: Callable[[int, int], str] | None = None
+    additive: bool = False
+
+    def label(self, lo: int, hi: int) -> str:
+        if lo == hi:
+            return self.rows[lo]
+        if self.span is not None:
+            return self.span(lo, hi)
+        return f"{self.rows[lo]}..{self.rows[hi]}"
 
 
 @dataclass
@@ -166,21 +181,46 @@ def fetch(url: str, pid: int, range_seconds: float, step: float | None = None,
     # Label values come from /proc names, any characters: escaped for a terminal or an image.
     mappings = {int(r["metric"]["bin"]): shown(r["metric"].get("mappings", "")) for r in info}
     comm = shown(next((r["metric"].get("comm", "") for r in info), ""))
-    heat_rows = [_bin_label(int(le), mappings.get(int(le), "")) for le in les if le != math.inf]
-    heat = heat[: len(heat_rows)]  # the +Inf bucket holds nothing beyond the last bin
-
+    bins = [int(le) for le in les if le != math.inf]
+    heat = heat[: len(bins)]  # the +Inf bucket holds nothing beyond the last bin
     idle_les, idle = _buckets(idle_res, times)
-    idle_rows = []
-    prev = 0.0
-    for le in idle_les:
-        idle_rows.append(f"> {prev:g} s or never" if le == math.inf else f"{prev:g}-{le:g} s")
-        prev = le
-    return Data(pid, comm, Matrix(times, heat_rows, heat), Matrix(times, idle_rows, idle),
+    return Data(pid, comm, heat_matrix(times, bins, mappings, heat), idle_matrix(times, idle_les, idle),
                 range_seconds)
 
 
-def _bin_label(b: int, mappings: str, width: int = 28) -> str:
-    text = f"{b:2d} {mappings}" if mappings else f"{b:2d}"
+def heat_matrix(times: np.ndarray, bins: list[int], mappings: dict[int, str],
+                values: np.ndarray) -> Matrix:
+    """Accessed pages/s of address bins ``bins`` (values[i]: bin bins[i]); ``mappings``: each
+    bin's mapping names, comma-separated. Rows drawn as one are bins LO-HI with the names of
+    all their mappings, and the mean rate of a bin there (the bins are equal parts of the
+    mapped pages: aggregate.make_bins)."""
+    def span(lo: int, hi: int) -> str:
+        names = [n for b in bins[lo:hi + 1] for n in mappings.get(b, "").split(",") if n]
+        return _bin_label(f"{bins[lo]:2d}-{bins[hi]}", ",".join(dict.fromkeys(names)))
+
+    rows = [_bin_label(f"{b:2d}", mappings.get(b, "")) for b in bins]
+    return Matrix(times, rows, values, span)
+
+
+def idle_matrix(times: np.ndarray, les: list[float], values: np.ndarray) -> Matrix:
+    """Resident pages by idle age, values[i]: the bucket of upper bound les[i] (seconds, the
+    last +Inf: never accessed too). Rows drawn as one are the range from the first's lower
+    bound to the last's upper bound, and the pages of all of them."""
+    lower = [0.0, *les[:-1]]
+
+    def span(lo: int, hi: int) -> str:
+        return _idle_label(lower[lo], les[hi])
+
+    rows = [_idle_label(a, b) for a, b in zip(lower, les, strict=True)]
+    return Matrix(times, rows, values, span, additive=True)
+
+
+def _idle_label(lower: float, upper: float) -> str:
+    return f"> {lower:g} s or never" if upper == math.inf else f"{lower:g}-{upper:g} s"
+
+
+def _bin_label(bins: str, mappings: str, width: int = 28) -> str:
+    text = f"{bins} {mappings}" if mappings else bins
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
@@ -229,20 +269,26 @@ def _literal(text: str) -> str:
     return shown(text).replace("$", r"\$")
 
 
-def _resample(values: np.ndarray, rows: int, cols: int) -> np.ndarray:
-    """Resize a matrix to rows × cols: mean over the source cells that fall in each target
-    cell, or repeat them when the target is larger."""
+def _groups(n_src: int, n_dst: int) -> list[tuple[int, int]]:
+    """The source cells [lo, hi) each of n_dst target cells stands for: consecutive groups in
+    which every source cell is in exactly one when the target is smaller, one source cell
+    each (repeated) when it is larger."""
+    if n_src >= n_dst:
+        e = [i * n_src // n_dst for i in range(n_dst + 1)]
+        return list(itertools.pairwise(e))
+    return [(i * n_src // n_dst, i * n_src // n_dst + 1) for i in range(n_dst)]
+
+
+def _resample(values: np.ndarray, rows: int, cols: int, add_rows: bool = False) -> np.ndarray:
+    """Resize a matrix to rows × cols (the cells of _groups): a target row is the sum
+    (``add_rows``) or the mean of its source rows, a target column the mean of its source
+    columns (time steps)."""
     if values.size == 0:
         return np.zeros((rows, cols))
-
-    def edges(n_src: int, n_dst: int) -> list[tuple[int, int]]:
-        e = np.linspace(0, n_src, n_dst + 1)
-        return [(min(int(e[i]), n_src - 1), max(int(np.ceil(e[i + 1])), int(e[i]) + 1))
-                for i in range(n_dst)]
-
     values = np.nan_to_num(values)
-    by_row = np.array([values[lo:hi].mean(axis=0) for lo, hi in edges(values.shape[0], rows)])
-    return np.array([by_row[:, lo:hi].mean(axis=1) for lo, hi in edges(values.shape[1], cols)]).T
+    rows_of = np.sum if add_rows else np.mean
+    by_row = np.array([rows_of(values[lo:hi], axis=0) for lo, hi in _groups(values.shape[0], rows)])
+    return np.array([by_row[:, lo:hi].mean(axis=1) for lo, hi in _groups(values.shape[1], cols)]).T
 
 
 def _normalise(values: np.ndarray) -> np.ndarray:
@@ -264,22 +310,22 @@ def terminal(data: Data, width: int = 80, height: int = 24, color: bool = True) 
 
     def block(m: Matrix, n_lines: int) -> list[str]:
         px = n_lines * 2 if color else n_lines
-        grid = _normalise(_resample(m.values, px, cols))[::-1]  # top line = highest row
-        n = max(1, len(m.rows))
-        labels = (np.linspace(0, n, px + 1)[:-1]).astype(int)[::-1]  # first source row per pixel row
+        grid = _normalise(_resample(m.values, px, cols, m.additive))[::-1]  # top line = highest row
+        groups = _groups(len(m.rows), px)[::-1]  # the source rows of each pixel row
+        per_line = 2 if color else 1
         out = []
         for ln in range(n_lines):
             if color:
                 top, bottom = grid[2 * ln], grid[2 * ln + 1]
-                label_row = int(labels[2 * ln])
                 rgb_t, rgb_b = colours(HEAT, top).tolist(), colours(HEAT, bottom).tolist()
                 cells = "".join(f"\x1b[38;2;{a[0]};{a[1]};{a[2]}m\x1b[48;2;{b[0]};{b[1]};{b[2]}m▀"
                                 for a, b in zip(rgb_t, rgb_b, strict=True))
                 body = cells + "\x1b[0m"
             else:
-                label_row = int(labels[ln])
                 body = "".join(shade(grid[ln]))
-            name = m.rows[label_row] if m.rows else ""
+            mine = groups[per_line * ln: per_line * (ln + 1)]
+            # The label names every source row the line stands for.
+            name = m.label(min(lo for lo, _ in mine), max(hi for _, hi in mine) - 1) if m.rows else ""
             out.append(f"{name[:label_w - 1]:<{label_w - 1}} {body}")
         return out
 
