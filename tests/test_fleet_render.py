@@ -41,3 +41,49 @@ def test_render_selects_one_exporter(ptwalk_ok, workload, prometheus_server, tmp
     finally:
         stop_process(serve)
     assert "Traceback" not in log.read_text()
+
+
+def test_render_image_format_is_the_flags(ptwalk_ok, workload, prometheus_server, tmp_path: Path) -> None:
+    """--png writes a PNG and --svg an SVG whatever the file's name ends with, through a
+    temporary file of its own: a directory is refused (one line, exit 2) and nothing else in
+    the folder is written or left behind."""
+    import xml.etree.ElementTree as ET
+
+    t = workload("--size", "16MiB", "--hot", "0.2", "--warm", "0")
+    serve, port, log = start_serve(tmp_path, f"targets: {{pids: [{t.pid}], top_rss: 0}}\n"
+                                             "aging: 500ms\ndiscovery_interval: 500ms\n")
+    try:
+        prom = prometheus_server(f"""
+  - job_name: pageheat
+    static_configs: [{{targets: ['127.0.0.1:{port}']}}]
+""")
+        wait_for(lambda: prom.query(f'pageheat_harvests_total{{pid="{t.pid}"}} > 3'), 60, "scraped")
+        common = ("render", "--prometheus", prom.url, "--pid", str(t.pid), "--range", "30s",
+                  "--step", "1s", "--rate-interval", "5s")
+        out = tmp_path / "out"
+        out.mkdir()
+        (out / "x.tmp").write_text("a sibling")  # what a name.tmp scheme would overwrite
+        (out / "old.png").write_text("replaced")
+        (out / "dir").mkdir()
+        png_magic = b"\x89PNG\r\n\x1a\n"  # the PNG signature (RFC 2083)
+        for flag, name in [("--png", "heat-2026.12.01"), ("--png", "x.xyz"), ("--png", "heat.png.bak"),
+                           ("--svg", "x.png"), ("--png", "x"), ("--png", "old.png")]:
+            r = run_pageheat(*common, flag, str(out / name))
+            assert r.returncode == 0, (name, r.stderr)
+            body = (out / name).read_bytes()
+            if flag == "--png":
+                assert body.startswith(png_magic), name
+            else:
+                assert ET.fromstring(body).tag == "{http://www.w3.org/2000/svg}svg", name
+        for flag, name in [("--png", "dir"), ("--svg", "dir"), ("--png", "nowhere/x.png")]:
+            r = run_pageheat(*common, flag, str(out / name))
+            assert r.returncode == 2, (name, r.stdout)
+            [line] = r.stderr.splitlines()
+            assert line.startswith(f"pageheat: {flag} {out / name}: "), line
+        assert (out / "x.tmp").read_text() == "a sibling"
+        assert sorted(p.name for p in out.iterdir()) == sorted(
+            ["x.tmp", "old.png", "dir", "heat-2026.12.01", "x.xyz", "heat.png.bak", "x.png", "x"])
+        assert list((out / "dir").iterdir()) == []
+    finally:
+        stop_process(serve)
+    assert "Traceback" not in log.read_text()

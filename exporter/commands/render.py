@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 from pageheat import config
+from pageheat.commands.files import replace_file
 from pageheat.config import parse_duration
 from pageheat.kernel.procfs import shown
 from pageheat.top.ramp import HEAT, colours, shade
@@ -227,7 +228,9 @@ def _bin_label(bins: str, mappings: str, width: int = 28) -> str:
 # --- images -----------------------------------------------------------------------------------
 
 
-def draw(data: Data, out: Path) -> None:
+def draw(data: Data, out: Path, fmt: str = "png") -> None:
+    """Write the image to ``out`` in ``fmt`` (png or svg: the flag's, whatever the file's name
+    ends with), through a temporary file beside it: a failed write leaves ``out`` as it was."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -256,8 +259,10 @@ def draw(data: Data, out: Path) -> None:
         cax = fig.add_axes((rect[0] + rect[2] + 0.015, rect[1], 0.015, rect[3]))
         fig.colorbar(im, cax=cax).set_label(unit, fontsize=8)
     fig.suptitle(_literal(f"pageheat: pid {data.pid} {data.comm}"), x=0.02, ha="left", fontsize=12)
-    fig.savefig(out, dpi=DPI, format=out.suffix.lstrip(".").lower() or "png")
-    plt.close(fig)
+    try:
+        replace_file(out, lambda f: fig.savefig(f, dpi=DPI, format=fmt))
+    finally:
+        plt.close(fig)
 
 
 # --- terminal ---------------------------------------------------------------------------------
@@ -368,7 +373,15 @@ def run(args: argparse.Namespace, no_color: bool | None = None) -> int:
     except ValueError as e:
         print(f"pageheat: {e}", file=sys.stderr)
         return 2
-    if (args.png or args.svg) and importlib.util.find_spec("matplotlib") is None:
+    images = [(out, fmt) for out, fmt in ((args.png, "png"), (args.svg, "svg")) if out is not None]
+    for out, fmt in images:
+        if out.is_dir():
+            print(f"pageheat: --{fmt} {out}: is a directory", file=sys.stderr)
+            return 2
+        if not out.parent.is_dir():
+            print(f"pageheat: --{fmt} {out}: no such directory {out.parent}", file=sys.stderr)
+            return 2
+    if images and importlib.util.find_spec("matplotlib") is None:
         print(MISSING_EXTRA, file=sys.stderr)
         return 2
     try:
@@ -377,10 +390,13 @@ def run(args: argparse.Namespace, no_color: bool | None = None) -> int:
     except RenderError as e:
         print(f"pageheat: {e}", file=sys.stderr)
         return 1
-    for out in (args.png, args.svg):
-        if out is not None:
-            draw(data, out)
-    if args.png is None and args.svg is None:
+    for out, fmt in images:
+        try:
+            draw(data, out, fmt)
+        except OSError as e:
+            print(f"pageheat: cannot write {out}: {e.strerror or e}", file=sys.stderr)
+            return 1
+    if not images:
         tty = sys.stdout.isatty()
         color = tty and not (config.no_color() if no_color is None else no_color)
         width = args.width or min(80, shutil.get_terminal_size((80, 24)).columns)
