@@ -459,6 +459,37 @@ def test_terminal_labels_name_every_row_a_line_stands_for(color: bool) -> None:
     assert top_line.startswith(f"> {IDLE_BOUNDS[-3]:g} s or never ") and top_line.endswith(SHADES[-1])
 
 
+@pytest.mark.kind5
+@pytest.mark.parametrize(("args", "said"), [
+    (["--pid", "-5"], "--pid: not a process id: -5"), (["--pid", "0"], "--pid: not a process id: 0"),
+    (["--rate-interval", "0"], "--rate-interval must be"),
+    (["--rate-interval", "0.5ms"], "--rate-interval must be"),
+    (["--rate-interval", "1.5ms"], "--rate-interval must be"),
+    (["--range", "0"], "--range must be more than 0"),
+    (["--step", "0"], "--step must be more than 0"),
+    (["--range", "10m", "--step", "1ms"], f"more than the {render_mod.MAX_POINTS} points"),
+    (["--rate-interval", "inf"], "not a duration"),
+    (["--height", "0"], f"--height must be at least {render_mod.MIN_HEIGHT}"),
+    (["--width", "-1"], f"--width must be at least {render_mod.MIN_WIDTH}"),
+])
+def test_render_rejects_bad_values_before_asking(args: list[str], said: str) -> None:
+    """What Prometheus would refuse (400) or the view cannot show: one line, exit 2, before any
+    query (here, no Prometheus answers: a query would be exit 1)."""
+    pid = [] if "--pid" in args else ["--pid", "1"]
+    r = run_pageheat("render", "--prometheus", "http://127.0.0.1:9", *pid, *args)
+    assert r.returncode == 2, r.stderr
+    [line] = r.stderr.splitlines()
+    assert line.startswith("pageheat: ") and said in line, line
+
+
+def test_render_sizes_at_the_least_fit(capsys):
+    """At MIN_WIDTH x MIN_HEIGHT the whole view is there: every idle line and the scale."""
+    text = render_mod.terminal(synthetic(), render_mod.MIN_WIDTH, render_mod.MIN_HEIGHT, color=False)
+    lines = text.splitlines()
+    assert len(lines) == render_mod.MIN_HEIGHT and max(map(len, lines)) <= render_mod.MIN_WIDTH
+    assert lines[-1].lstrip().startswith("scale:")
+
+
 def test_render_reports_missing_data(tmp_path):
     # A Prometheus that is not there: one line, exit 1.
     r = run_pageheat("render", "--prometheus", "http://127.0.0.1:9", "--pid", "1", "--png",

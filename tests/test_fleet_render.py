@@ -87,3 +87,25 @@ def test_render_image_format_is_the_flags(ptwalk_ok, workload, prometheus_server
     finally:
         stop_process(serve)
     assert "Traceback" not in log.read_text()
+
+
+def test_render_rate_interval_in_milliseconds(ptwalk_ok, workload, prometheus_server, tmp_path: Path) -> None:
+    """A window that is not whole seconds (2500ms, 2.5s) is one Prometheus takes: PromQL has
+    no fractions ('2.5s' was a 400)."""
+    t = workload("--size", "16MiB", "--hot", "0.2", "--warm", "0")
+    serve, port, log = start_serve(tmp_path, f"targets: {{pids: [{t.pid}], top_rss: 0}}\n"
+                                             "aging: 500ms\ndiscovery_interval: 500ms\n")
+    try:
+        prom = prometheus_server(f"""
+  - job_name: pageheat
+    static_configs: [{{targets: ['127.0.0.1:{port}']}}]
+""")
+        wait_for(lambda: prom.query(f'pageheat_accessed_pages_count{{pid="{t.pid}"}} > 0'), 60, "scraped")
+        for window in ("2500ms", "2.5s"):
+            r = run_pageheat("render", "--prometheus", prom.url, "--pid", str(t.pid), "--range", "30s",
+                             "--step", "1s", "--rate-interval", window)
+            assert r.returncode == 0, r.stderr
+            assert r.stdout.count("\n") >= 10
+    finally:
+        stop_process(serve)
+    assert "Traceback" not in log.read_text()

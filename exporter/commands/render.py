@@ -42,6 +42,12 @@ DPI = 100
 HEAT_AXES = (0.28, 0.40, 0.60, 0.52)
 IDLE_AXES = (0.28, 0.07, 0.60, 0.24)
 CMAP = "inferno"  # luminance rises monotonically with the value
+# Prometheus answers a range query with at most this many points a series (and 400 beyond).
+MAX_POINTS = 11000
+# The terminal view: labels, and at least 8 columns of heat; 2 lines of heat, 6 of idle
+# ages, the title, the time axis, the idle title and the scale.
+LABEL_W, IDLE_LINES = 18, 6
+MIN_WIDTH, MIN_HEIGHT = LABEL_W + 1 + 8, 2 + IDLE_LINES + 4
 
 
 # matplotlib is the `render` extra; only images need it (the terminal view does not).
@@ -168,7 +174,7 @@ def fetch(url: str, pid: int, range_seconds: float, step: float | None = None,
 
     info = _get(url, "/api/v1/query", {"query": f"pageheat_address_bin_info{{{sel}}}",
                                        "time": f"{end:.3f}"})
-    rate = f"{rate_interval:g}s"
+    rate = promql_duration(rate_interval)
     heat_res = _get(url, "/api/v1/query_range", {
         **params, "query": f"sum by (le) (rate(pageheat_accessed_pages_bucket{{{sel}}}[{rate}]))"})
     idle_res = _get(url, "/api/v1/query_range", {
@@ -218,6 +224,11 @@ def idle_matrix(times: np.ndarray, les: list[float], values: np.ndarray) -> Matr
 
 def _idle_label(lower: float, upper: float) -> str:
     return f"> {lower:g} s or never" if upper == math.inf else f"{lower:g}-{upper:g} s"
+
+
+def promql_duration(seconds: float) -> str:
+    """A PromQL range duration: whole milliseconds (Prometheus takes no fractions, '1.5s')."""
+    return f"{round(seconds * 1000)}ms"
 
 
 def _bin_label(bins: str, mappings: str, width: int = 28) -> str:
@@ -306,9 +317,9 @@ def terminal(data: Data, width: int = 80, height: int = 24, color: bool = True) 
     """The heatmap and the idle-age distribution in width × height characters. With colour,
     each character is two pixels (upper half block: foreground = upper, background = lower),
     coloured with `top`'s heat ramp (top/ramp.py; the images use matplotlib's inferno)."""
-    label_w = 18
+    label_w = LABEL_W
     cols = max(8, width - label_w - 1)
-    idle_lines = 6
+    idle_lines = IDLE_LINES
     heat_lines = max(2, height - 4 - idle_lines)
     lines = [f"pageheat pid {data.pid} {data.comm}: accessed pages/s by address bin, "
              f"last {data.range_seconds:g} s"[:width]]
@@ -357,19 +368,47 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--range", default="10m", help="how far back (default 10m)")
     p.add_argument("--step", help="query resolution (default: range / 240, at least 1s)")
     p.add_argument("--rate-interval", default="1m",
-                   help="rate() window (default 1m; at least 4 scrape intervals)")
+                   help="rate() window, whole milliseconds (default 1m; at least 4 scrape intervals)")
     p.add_argument("--png", type=Path, help="write a PNG")
     p.add_argument("--svg", type=Path, help="write an SVG")
-    p.add_argument("--width", type=int, help="terminal columns (default: the terminal's, at most 80)")
-    p.add_argument("--height", type=int, help="terminal lines (default 24)")
+    p.add_argument("--width", type=int,
+                   help=f"terminal columns (default: the terminal's, at most 80; at least {MIN_WIDTH})")
+    p.add_argument("--height", type=int, help=f"terminal lines (default 24, at least {MIN_HEIGHT})")
+
+
+def _check(args: argparse.Namespace) -> tuple[float, float | None, float]:
+    """(range, step, rate interval) in seconds, or ValueError for what Prometheus would refuse
+    (400) or the view cannot show, before any query."""
+    if args.pid <= 0:
+        raise ValueError(f"--pid: not a process id: {args.pid}")
+    range_s = parse_duration(args.range)
+    if range_s <= 0:
+        raise ValueError(f"--range must be more than 0, got {args.range!r}")
+    step = parse_duration(args.step) if args.step is not None else None
+    if step is not None:
+        if step <= 0:
+            raise ValueError(f"--step must be more than 0, got {args.step!r}")
+        if range_s / step + 1 > MAX_POINTS:
+            least = math.ceil(range_s / (MAX_POINTS - 1) * 1000) / 1000
+            raise ValueError(f"--step {args.step} over --range {args.range} is more than the "
+                             f"{MAX_POINTS} points Prometheus returns a series; use --step {least:g}s "
+                             "or more")
+    rate = parse_duration(args.rate_interval)
+    ms = rate * 1000
+    if ms < 1 or abs(ms - round(ms)) > 1e-6:
+        raise ValueError(f"--rate-interval must be a whole number of milliseconds, at least 1ms "
+                         f"(and at least two scrape intervals), got {args.rate_interval!r}")
+    for flag, value, least in (("--width", getattr(args, "width", None), MIN_WIDTH),
+                               ("--height", getattr(args, "height", None), MIN_HEIGHT)):
+        if value is not None and value < least:
+            raise ValueError(f"{flag} must be at least {least}, got {value}")
+    return range_s, step, rate
 
 
 def run(args: argparse.Namespace, no_color: bool | None = None) -> int:
     """``no_color``: the NO_COLOR convention, as config.no_color() reads it (the default)."""
     try:
-        range_s = parse_duration(args.range)
-        step = parse_duration(args.step) if args.step else None
-        rate = parse_duration(args.rate_interval)
+        range_s, step, rate = _check(args)
     except ValueError as e:
         print(f"pageheat: {e}", file=sys.stderr)
         return 2
