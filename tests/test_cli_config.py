@@ -167,6 +167,67 @@ def test_demo_rejects_bad_values_before_starting(args: list[str]) -> None:
     assert line.startswith("pageheat: argument") and line.endswith("(see pageheat demo --help)")
 
 
+@pytest.mark.kind5
+@pytest.mark.parametrize(("args", "said"), [
+    (["--hot", "nan"], "argument --hot: expected a fraction from 0 to 1"),
+    (["--hot", "-0.5"], "argument --hot: expected a fraction from 0 to 1"),
+    (["--hot", "2"], "argument --hot: expected a fraction from 0 to 1"),
+    (["--warm", "inf"], "argument --warm: expected a fraction from 0 to 1"),
+    (["--warm", "1.5"], "argument --warm: expected a fraction from 0 to 1"),
+    (["--size", "5000"], "argument --size: expected a size of whole 4096-byte pages"),
+    (["--size", "0"], "argument --size: expected a size of whole 4096-byte pages"),
+    (["--seed", "-1"], "argument --seed: expected a seed from 0 up"),
+])
+def test_workload_rejects_bad_values_before_starting(tmp_path: Path, args: list[str], said: str) -> None:
+    r = run_pageheat("workload", "--truth", str(tmp_path / "t.json"), *args, env=clean_env(), timeout=60)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith(f"pageheat workload: error: {said}"), r.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.kind5
+def test_workload_hot_and_warm_together_at_most_all_pages(tmp_path: Path) -> None:
+    r = run_pageheat("workload", "--truth", str(tmp_path / "t.json"), "--hot", "0.7", "--warm", "0.5",
+                     env=clean_env(), timeout=60)
+    assert r.returncode == 2
+    assert "--hot 0.7 and --warm 0.5 are more than all pages" in one_line_error(r)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.kind5
+def test_workload_truth_file_and_its_folder(tmp_path: Path) -> None:
+    """--truth a directory: refused before anything starts, no DIR.tmp beside it. A truth file
+    goes in whole through a temporary file of its own: a sibling X.tmp is left as it was."""
+    d = tmp_path / "truth"
+    d.mkdir()
+    r = run_pageheat("workload", "--size", "1MiB", "--truth", str(d), env=clean_env(), timeout=60)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().splitlines()[-1] == \
+        f"pageheat workload: error: argument --truth: {d} is a directory (the truth is a file)"
+    r = run_pageheat("workload", "--size", "1MiB", "--truth", str(tmp_path / "no" / "t.json"),
+                     env=clean_env(), timeout=60)
+    assert r.returncode == 2 and "no such directory" in r.stderr.strip().splitlines()[-1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["truth"]
+
+    (tmp_path / "t.tmp").write_text("a sibling")
+    truth = tmp_path / "t.json"
+    truth.write_text("an older truth")
+    proc = subprocess.Popen([*PAGEHEAT, "workload", "--size", "1MiB", "--hot", "0.25", "--warm", "0.5",
+                             "--truth", str(truth)], env=clean_env())
+    try:
+        deadline = time.monotonic() + 60
+        while truth.read_text() == "an older truth":
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        t = json.loads(truth.read_text())
+    finally:
+        stop_process(proc)
+    pages = (1 << 20) // 4096
+    assert t["pid"] == proc.pid and len(t["hot"]) == int(pages * 0.25) and len(t["warm"]) == int(pages * 0.5)
+    assert (tmp_path / "t.tmp").read_text() == "a sibling"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.json", "t.tmp", "truth"]
+
+
 @pytest.mark.parametrize(("listen", "url"), [
     (":9100", "http://127.0.0.1:9100/metrics"), ("0.0.0.0:9100", "http://127.0.0.1:9100/metrics"),
     ("[::]:9100", "http://[::1]:9100/metrics"), ("127.0.0.2:9100", "http://127.0.0.2:9100/metrics"),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import mmap
 import os
 import signal
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from pageheat.commands.files import replace_file
 
 PAGE = 4096
 HUGE = 2 << 20
@@ -96,9 +98,8 @@ def run(spec: Spec, truth: Path) -> None:
         "hot_period": spec.hot_period, "warm_period": spec.warm_period,
         "hot": hot.tolist(), "warm": warm.tolist(),
     }
-    tmp = truth.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record))
-    tmp.rename(truth)  # readers never see half a file
+    # Readers never see half a file; nothing beside it is touched.
+    replace_file(truth, lambda f: f.write(json.dumps(record).encode()))
 
     stop = False
 
@@ -123,27 +124,75 @@ def run(spec: Spec, truth: Path) -> None:
             path.unlink(missing_ok=True)
 
 
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value <= 1:  # NaN too
+        raise argparse.ArgumentTypeError(f"expected a fraction from 0 to 1, got {text!r}")
+    return value
+
+
+def _size(text: str) -> int:
+    from pageheat.config import parse_size
+
+    try:
+        size = parse_size(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    if size <= 0 or size % PAGE:
+        raise argparse.ArgumentTypeError(f"expected a size of whole {PAGE}-byte pages, more than 0, "
+                                         f"got {text!r}")
+    return size
+
+
+def _seed(text: str) -> int:
+    if not text.isascii() or not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a seed from 0 up, got {text!r}")
+    return int(text)
+
+
+def _truth(text: str) -> Path:
+    """Where the truth file goes: a file (new or replaced) in a folder that exists."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a directory (the truth is a file)")
+    if not path.parent.is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: no such directory {path.parent}")
+    return path
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from pageheat.config import parse_duration, parse_size
+    from pageheat.config import parse_duration
 
     d = Spec()
-    p.add_argument("--size", type=parse_size, default=d.size, help="region size (default 256MiB)")
+    p.add_argument("--size", type=_size, default=d.size, help="region size (default 256MiB)")
     p.add_argument("--backing", choices=("anon", "file", "shmem"), default=d.backing)
     p.add_argument("--thp", action="store_true", help="madvise(MADV_HUGEPAGE) (anon only)")
-    p.add_argument("--hot", type=float, default=d.hot, help="fraction of pages read every hot period")
-    p.add_argument("--warm", type=float, default=d.warm, help="fraction read every warm period")
+    p.add_argument("--hot", type=_fraction, default=d.hot,
+                   help="fraction of pages read every hot period (0 to 1; with --warm at most 1)")
+    p.add_argument("--warm", type=_fraction, default=d.warm,
+                   help="fraction read every warm period (0 to 1; with --hot at most 1)")
     p.add_argument("--hot-period", type=parse_duration, default=d.hot_period)
     p.add_argument("--warm-period", type=parse_duration, default=d.warm_period)
     p.add_argument("--layout", choices=("random", "contiguous"), default=d.layout)
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--seed", type=_seed, default=d.seed)
     p.add_argument("--dir", type=Path, default=d.dir, help="where the file backing goes")
     p.add_argument("--file-advice", choices=("random", "normal"), default=d.file_advice,
                    help="madvise of a file backing (default random: single-page folios; "
                         "MGLRU skips such mappings)")
-    p.add_argument("--truth", type=Path, required=True, help="write the page sets here (JSON)")
+    p.add_argument("--truth", type=_truth, required=True, help="write the page sets here (JSON)")
 
 
 def spec_from_args(a: argparse.Namespace) -> Spec:
+    """The Spec of the flags; ConfigError when they do not make one (the hot and warm sets are
+    disjoint: together at most all pages)."""
+    from pageheat.config import ConfigError
+
+    if a.hot + a.warm > 1 + 1e-9:  # a float sum (0.7 + 0.3) may round above 1
+        raise ConfigError(f"--hot {a.hot:g} and --warm {a.warm:g} are more than all pages together "
+                          "(the sets are disjoint: at most 1)")
     return Spec(size=a.size, backing=a.backing, thp=a.thp, hot=a.hot, warm=a.warm,
                 hot_period=a.hot_period, warm_period=a.warm_period, layout=a.layout,
                 seed=a.seed, dir=a.dir, file_advice=a.file_advice)
