@@ -162,3 +162,27 @@ def test_top_sigterm_restores_terminal_and_256_colours(ptwalk_ok, tmux: Tmux, tm
     while Path(f"/proc/{truth['pid']}").exists():
         assert time.monotonic() < deadline, "workload still running"
         time.sleep(0.05)
+
+
+@pytest.mark.parametrize("command", ["/nonexistent/cmd", "pageheat-no-such-command", "."])
+def test_top_of_a_missing_command_says_what_serve_says(tmux: Tmux, tmp_path: Path,
+                                                       command: str) -> None:
+    """In a terminal (where top would start) and without one: serve's line and exit 2, before
+    any source is loaded."""
+    said = run_pageheat("serve", "--", command, timeout=30)
+    assert said.returncode == 2
+    [serve_line] = said.stderr.strip().splitlines()
+    assert serve_line == f"pageheat: cannot run {command}: no such executable"
+
+    r = run_pageheat("top", "--", command, timeout=30)
+    assert (r.returncode, r.stderr.strip().splitlines()) == (2, [serve_line])
+
+    err, rc = tmp_path / "stderr", tmp_path / "rc"
+    tmux("-f", "/dev/null", "new-session", "-d", "-x", "120", "-y", "30",
+         f"{' '.join(PAGEHEAT)} top -- {command} 2> {err}; echo $? > {rc}; sleep 60")
+    deadline = time.monotonic() + 30
+    while not rc.exists() or not rc.read_text().strip():
+        assert time.monotonic() < deadline, tmux("capture-pane", "-p")
+        time.sleep(0.05)
+    assert rc.read_text().strip() == "2"
+    assert err.read_text().strip().splitlines() == [serve_line]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import shutil
 import subprocess
 import sys
 import time
@@ -30,6 +31,9 @@ def run(pid: int | None, command: list[str], connect: str | None, source: str, a
     for the source and the aggregator."""
     if not has_extra():
         print(MISSING_EXTRA, file=sys.stderr)
+        return 2
+    if command and shutil.which(command[0]) is None:  # said as `serve -- CMD` says it
+        print(f"pageheat: cannot run {command[0]}: no such executable", file=sys.stderr)
         return 2
     if not sys.stdout.isatty():
         print(HEADLESS, file=sys.stderr)
@@ -60,6 +64,10 @@ def run(pid: int | None, command: list[str], connect: str | None, source: str, a
         if command:
             try:  # its output would scribble over the screen
                 child = Launched(command, stdio=subprocess.DEVNULL)
+            except (FileNotFoundError, PermissionError) as e:  # gone or changed since the check
+                src.close()
+                print(f"pageheat: cannot run {command[0]}: {e.strerror}", file=sys.stderr)
+                return 2
             except OSError:
                 src.close()
                 raise
