@@ -181,7 +181,7 @@ def test_demo_rejects_bad_values_before_starting(args: list[str]) -> None:
 def test_workload_rejects_bad_values_before_starting(tmp_path: Path, args: list[str], said: str) -> None:
     r = run_pageheat("workload", "--truth", str(tmp_path / "t.json"), *args, env=clean_env(), timeout=60)
     assert r.returncode == 2 and "Traceback" not in r.stderr
-    assert r.stderr.strip().splitlines()[-1].startswith(f"pageheat workload: error: {said}"), r.stderr
+    assert one_line_error(r).startswith(f"pageheat: {said}"), r.stderr
     assert list(tmp_path.iterdir()) == []
 
 
@@ -202,11 +202,11 @@ def test_workload_truth_file_and_its_folder(tmp_path: Path) -> None:
     d.mkdir()
     r = run_pageheat("workload", "--size", "1MiB", "--truth", str(d), env=clean_env(), timeout=60)
     assert r.returncode == 2, r.stderr
-    assert r.stderr.strip().splitlines()[-1] == \
-        f"pageheat workload: error: argument --truth: {d} is a directory (the truth is a file)"
+    assert one_line_error(r) == f"pageheat: argument --truth: {d} is a directory (the truth is a " \
+        "file) (see pageheat workload --help)"
     r = run_pageheat("workload", "--size", "1MiB", "--truth", str(tmp_path / "no" / "t.json"),
                      env=clean_env(), timeout=60)
-    assert r.returncode == 2 and "no such directory" in r.stderr.strip().splitlines()[-1]
+    assert r.returncode == 2 and "no such directory" in one_line_error(r)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["truth"]
 
     (tmp_path / "t.tmp").write_text("a sibling")
