@@ -215,6 +215,8 @@ class Daemon:
         now = time.monotonic()
         for pid in [p for p, r in self._refused.items() if not procfs.is_running(p, r.start_time)]:
             del self._refused[pid]  # that process is gone: one that reuses the pid starts afresh
+        for pid in [p for p, start in self._shared.items() if not procfs.is_running(p, start)]:
+            del self._shared[pid]
         for pid, proc in wanted.items():
             refused = self._refused.get(pid)
             if pid in self._targets or (refused and now < refused.next_try):
