@@ -418,7 +418,8 @@ def _snapshot(args: argparse.Namespace) -> int:
 
     def interrupt(signum: int, frame: object) -> None:
         stopped_by.append(signum)
-        raise KeyboardInterrupt
+        if len(stopped_by) == 1:  # a second one must not cut the summing up of the first short
+            raise KeyboardInterrupt
 
     signal.signal(signal.SIGINT, interrupt)
     signal.signal(signal.SIGTERM, interrupt)
