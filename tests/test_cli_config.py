@@ -281,9 +281,8 @@ def test_demo_on_a_port_another_exporter_holds(ptwalk_ok, workload) -> None:
 @pytest.mark.kind5
 def test_demo_on_an_address_not_of_this_host(ptwalk_ok) -> None:
     port = free_port()
-    why = bind_error("192.0.2.1", port)  # TEST-NET-1 (RFC 5737)
-    if why is None:
-        pytest.skip("192.0.2.1 is an address of this host")
+    why = bind_error("192.0.2.1", port)  # TEST-NET-1 (RFC 5737): documentation only, no host's
+    assert why is not None, "192.0.2.1 is an address of this host: the test needs one that is not"
     r = run_pageheat("demo", "--listen", f"192.0.2.1:{port}", "--seconds", "2", env=clean_env(),
                      timeout=90)
     assert r.returncode == 1, (r.stdout, r.stderr)

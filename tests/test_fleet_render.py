@@ -43,7 +43,7 @@ def test_render_selects_one_exporter(ptwalk_ok, workload, prometheus_server, tmp
     assert "Traceback" not in log.read_text()
 
 
-def test_render_image_format_is_the_flags(ptwalk_ok, workload, prometheus_server, tmp_path: Path) -> None:
+def test_render_image_format_and_rate_window(ptwalk_ok, workload, prometheus_server, tmp_path: Path) -> None:
     """--png writes a PNG and --svg an SVG whatever the file's name ends with, through a
     temporary file of its own: a directory is refused (one line, exit 2) and nothing else in
     the folder is written or left behind."""
@@ -84,26 +84,10 @@ def test_render_image_format_is_the_flags(ptwalk_ok, workload, prometheus_server
         assert sorted(p.name for p in out.iterdir()) == sorted(
             ["x.tmp", "old.png", "dir", "heat-2026.12.01", "x.xyz", "heat.png.bak", "x.png", "x"])
         assert list((out / "dir").iterdir()) == []
-    finally:
-        stop_process(serve)
-    assert "Traceback" not in log.read_text()
-
-
-def test_render_rate_interval_in_milliseconds(ptwalk_ok, workload, prometheus_server, tmp_path: Path) -> None:
-    """A window that is not whole seconds (2500ms, 2.5s) is one Prometheus takes: PromQL has
-    no fractions ('2.5s' was a 400)."""
-    t = workload("--size", "16MiB", "--hot", "0.2", "--warm", "0")
-    serve, port, log = start_serve(tmp_path, f"targets: {{pids: [{t.pid}], top_rss: 0}}\n"
-                                             "aging: 500ms\ndiscovery_interval: 500ms\n")
-    try:
-        prom = prometheus_server(f"""
-  - job_name: pageheat
-    static_configs: [{{targets: ['127.0.0.1:{port}']}}]
-""")
-        wait_for(lambda: prom.query(f'pageheat_accessed_pages_count{{pid="{t.pid}"}} > 0'), 60, "scraped")
+        # A window that is not whole seconds is one Prometheus takes: PromQL has no fractions
+        # ('2.5s' was a 400), so render writes it in ms.
         for window in ("2500ms", "2.5s"):
-            r = run_pageheat("render", "--prometheus", prom.url, "--pid", str(t.pid), "--range", "30s",
-                             "--step", "1s", "--rate-interval", window)
+            r = run_pageheat(*common[:-1], window)
             assert r.returncode == 0, r.stderr
             assert r.stdout.count("\n") >= 10
     finally:
