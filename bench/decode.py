@@ -80,9 +80,9 @@ def measure(size: int, reps: int) -> dict:
                 src_probe = PtwalkSource(check_young=True)
             finally:
                 pagetable.direct_page_read = direct_page_read
-            src.attach(wl.pid)
-            src_young.attach(wl.pid)
-            src_probe.attach(wl.pid)
+            src.attach(wl.pid)  # the one that ages; the others only scan
+            src_young.attach_scanner(wl.pid)
+            src_probe.attach_scanner(wl.pid)
             pid = wl.pid
             rows = []
             for _ in range(reps):
@@ -95,7 +95,7 @@ def measure(size: int, reps: int) -> dict:
                 h = src.cycle(pid)
                 harvest = h.harvest_seconds
                 counts_s, _ = timed(lambda h=h: h.pages.per_vma(len(h.vmas)))
-                harvest_young = src_young.cycle(pid).harvest_seconds
+                harvest_young, _ = timed(lambda: src_young.harvest(pid, lazy=True))  # as cycle() times it
                 pagemap_s, present = timed(lambda: pagemap_read(pid))
                 rows.append({"pages": len(pages), "pagemap_present": present, "scan": scan_s,
                              "scan_young": scan_young_s, "scan_probe": scan_probe_s,

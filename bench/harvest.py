@@ -199,7 +199,7 @@ def round_of(src: PtwalkSource, src_young: PtwalkSource, src_serve: PtwalkSource
     scan_s, _ = timed(lambda: src._scan(pid))
     scan_young_s, _ = timed(lambda: src_young._scan(pid))
     cycle = src.cycle(pid)  # scan + decode + aging, as the daemon does it
-    serve_harvest = src_serve.cycle(pid).harvest_seconds
+    serve_harvest, _ = timed(lambda: src_serve.harvest(pid, lazy=True))  # as cycle() times it
     clear_s, _ = timed(lambda: refs.write(b"1"))
     flush_s, _ = timed(lambda: refs.write(b"4")) if src.tlb_flush else (0.0, None)
     pagemap_s, present = timed(lambda: pagemap_read(pid))
@@ -222,9 +222,9 @@ def measure(size: int, reps: int, cycles: int, roots: list[Path], maps: int = 0,
             # harvest_seconds is the scan and a copy of its tables (what snapshot reports).
             src_serve = PtwalkSource(lazy_pages=True)
             for wl in wls:
-                src.attach(wl.pid)
-                src_young.attach(wl.pid)
-                src_serve.attach(wl.pid)
+                src.attach(wl.pid)  # the one that ages; the others only scan
+                src_young.attach_scanner(wl.pid)
+                src_serve.attach_scanner(wl.pid)
             rows = [round_of(src, src_young, src_serve, wl.pid, processes)
                     for _ in range(reps) for wl in wls]
             src.close()

@@ -424,7 +424,7 @@ def test_pilot_connect_to_a_stub_server() -> None:
             await _wait(lambda: app.history.samples >= 3)
             st = _status(app)
             assert "pid 99 (served)" in st and "source ptwalk" in st and "(server)" in st
-            assert "harvest 4.0ms" in st
+            assert "cost 4.0ms (server)" in st and "harvest " not in st  # cost_s: harvest + aging
             s = app.history.latest
             assert s.layout.addrs is None and s.accessed.tolist() == [1] * 5 + [100] + [1] * 2
             await _wait(lambda: app.heatmap._frame is not None)  # drawn at the next refresh

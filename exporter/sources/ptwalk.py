@@ -54,6 +54,13 @@ class PtwalkSource(PageTableScan):
             self.detach(pid)
             raise
 
+    def attach_scanner(self, pid: int) -> None:
+        """Follow ``pid`` for ``harvest`` and ``_scan`` only: no aging, so no hold on its
+        clear_refs, which one ager of a process has (procfs.ClearRefs). For benchmarks and
+        tests that scan one process with several sources side by side; ``cycle`` needs
+        ``attach``. Raises TargetGone."""
+        super().attach(pid)
+
     def cycle(self, pid: int) -> Harvest:
         t0 = cpu_time()
         pages, vmas, report = self.harvest(pid, lazy=self.lazy_pages)
