@@ -11,7 +11,6 @@ import argparse
 import asyncio
 import json
 import logging
-import shutil
 import signal
 import sys
 from pathlib import Path
@@ -22,6 +21,7 @@ from pageheat.commands import doctor
 from pageheat.config import ConfigError, Targets, parse_duration
 from pageheat.kernel import capabilities, cgroups, procfs
 from pageheat.serve import targets
+from pageheat.serve.launch import not_runnable
 from pageheat.sources import NAMES, MglruAging, TlbFlush, open_source
 from pageheat.sources.base import Source, SourceError
 from pydantic import ValidationError
@@ -244,8 +244,8 @@ def _serve(args: argparse.Namespace) -> int:
     cmd = _command(args.cmd)
     if args.cgroup == "own" and not cmd:
         raise UsageError("--cgroup own needs a command to launch: serve --cgroup own -- CMD ARGS...")
-    if cmd and shutil.which(cmd[0]) is None:
-        raise UsageError(f"cannot run {cmd[0]}: no such executable")
+    if cmd and (why := not_runnable(cmd)):
+        raise UsageError(why)
     cfg = _serve_config(args)
     if not args.config_check and (cgroupns := procfs.cgroup_namespace_problem()):
         if cfg.targets.cgroups:  # nothing could ever be selected by them

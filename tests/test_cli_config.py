@@ -252,6 +252,20 @@ def bind_error(host: str, port: int) -> str | None:
     return None
 
 
+def demo_cannot_listen(host: str, port: int, seconds: str) -> None:
+    """`demo --listen HOST:PORT`, where its serve cannot bind: serve's one line, naming the
+    error the kernel gives a bind there (the truth), exit 1, nothing on stdout."""
+    why = bind_error(host, port)
+    assert why is not None, f"{host}:{port} can be bound here: the test needs one that cannot"
+    r = run_pageheat("demo", "--listen", f"{host}:{port}", "--seconds", seconds, env=clean_env(),
+                     timeout=90)
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    line = one_line_error(r)
+    assert line.startswith(f"pageheat: cannot listen on {host}:{port}: "), line
+    assert line.lower().endswith(why.lower()), (line, why)
+    assert r.stdout == ""
+
+
 @pytest.mark.kernel
 @pytest.mark.kind5
 def test_demo_on_a_port_another_exporter_holds(ptwalk_ok, workload) -> None:
@@ -263,15 +277,7 @@ def test_demo_on_a_port_another_exporter_holds(ptwalk_ok, workload) -> None:
                              stderr=subprocess.DEVNULL, env=clean_env())
     try:
         wait_http(f"http://127.0.0.1:{port}/metrics")
-        why = bind_error("127.0.0.1", port)
-        assert why is not None
-        r = run_pageheat("demo", "--listen", f"127.0.0.1:{port}", "--seconds", "4", env=clean_env(),
-                         timeout=90)
-        assert r.returncode == 1, (r.stdout, r.stderr)
-        line = one_line_error(r)
-        assert line.startswith(f"pageheat: cannot listen on 127.0.0.1:{port}: "), line
-        assert line.lower().endswith(why.lower()), (line, why)
-        assert r.stdout == ""
+        demo_cannot_listen("127.0.0.1", port, "4")
         assert other.poll() is None  # the other exporter is untouched
     finally:
         stop_process(other)
@@ -280,16 +286,8 @@ def test_demo_on_a_port_another_exporter_holds(ptwalk_ok, workload) -> None:
 @pytest.mark.kernel
 @pytest.mark.kind5
 def test_demo_on_an_address_not_of_this_host(ptwalk_ok) -> None:
-    port = free_port()
-    why = bind_error("192.0.2.1", port)  # TEST-NET-1 (RFC 5737): documentation only, no host's
-    assert why is not None, "192.0.2.1 is an address of this host: the test needs one that is not"
-    r = run_pageheat("demo", "--listen", f"192.0.2.1:{port}", "--seconds", "2", env=clean_env(),
-                     timeout=90)
-    assert r.returncode == 1, (r.stdout, r.stderr)
-    line = one_line_error(r)
-    assert line.startswith(f"pageheat: cannot listen on 192.0.2.1:{port}: "), line
-    assert line.lower().endswith(why.lower()), (line, why)
-    assert r.stdout == ""
+    # TEST-NET-1 (RFC 5737): documentation only, no host's address.
+    demo_cannot_listen("192.0.2.1", free_port(), "2")
 
 
 @pytest.mark.kernel

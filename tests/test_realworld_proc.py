@@ -463,23 +463,14 @@ def test_comm_follows_a_wrapper_that_execs(ptwalk_ok, tmp_path) -> None:
 def test_zombie_leader_is_in_its_threads_cgroup(zl_exe) -> None:
     """cgroup v1 shows an exited task in the root (/): the cgroup of a process whose leader
     exited is read through a live thread, as its maps and clear_refs are."""
+    from fleet_helpers import plain_cgroup
     from pageheat.kernel import cgroups
 
-    if os.geteuid() != 0:
-        need_kernel("not root: cannot create memory cgroups")
-    try:
-        hierarchy = cgroups.detect()
-    except cgroups.CgroupError as e:
-        need_kernel(str(e))
-    cg = cgroups.create(hierarchy, "zombie-leader-test")
-    try:
-        with zombie_leader(zl_exe, 16, 4) as z:
-            cg.procs.write_text(str(z.pid))  # moves every thread of the process
-            truth = cgroups.cgroup_of(Path(f"/proc/{z.pid}/task/{z.worker}/cgroup").read_text())
-            assert truth == cg.name != "/"
-            assert cgroups.read_cgroup(z.pid) == truth
-    finally:
-        cgroups.remove(cg)
+    with plain_cgroup("zombie-leader") as cg, zombie_leader(zl_exe, 16, 4) as z:
+        (cg.dir / "cgroup.procs").write_text(str(z.pid))  # moves every thread of the process
+        truth = cgroups.cgroup_of(Path(f"/proc/{z.pid}/task/{z.worker}/cgroup").read_text())
+        assert truth == cg.path != "/"
+        assert cgroups.read_cgroup(z.pid) == truth
 
 
 @pytest.mark.kind4

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import shlex
+import shutil
 import signal
 import subprocess
 import threading
@@ -18,6 +19,14 @@ from pageheat.kernel import cgroups
 
 log = logging.getLogger("pageheat")
 STOP_GRACE_SECONDS = 2.0  # between SIGTERM and SIGKILL for the command serve launched
+
+
+def not_runnable(cmd: list[str]) -> str | None:
+    """Why ``cmd`` cannot be launched (said the same by serve and top, before anything is
+    started), or None."""
+    if shutil.which(cmd[0]) is None:
+        return f"cannot run {cmd[0]}: no such executable"
+    return None
 
 
 class Launched:

@@ -18,11 +18,12 @@ import os
 import re
 import ssl
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
-from pageheat.config import Duration
+from pageheat.config import Duration, read_yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 # TLS 1.0 and 1.1 are deliberately refused, although the format allows them.
@@ -198,8 +199,8 @@ def _ssl_context(t: TlsServerConfig, base: Path) -> ssl.SSLContext:
     cert = _readable(base, "cert_file", t.cert_file) if t.cert_file else None
     key = _readable(base, "key_file", t.key_file) if t.key_file else None
     try:
-        with (_InlinePem(t.cert, "cert") if t.cert is not None else _Path(cert)) as c, \
-                (_InlinePem(t.key.get_secret_value(), "key") if t.key is not None else _Path(key)) as k:
+        with (_InlinePem(t.cert, "cert") if t.cert is not None else nullcontext(cert)) as c, \
+                (_InlinePem(t.key.get_secret_value(), "key") if t.key is not None else nullcontext(key)) as k:
             ctx.load_cert_chain(c, k)
     except ssl.SSLError as e:  # not PEM, or a key that is not the certificate's
         what_cert = f"cert_file {cert}" if cert else "cert (inline)"
@@ -260,19 +261,6 @@ def _ssl_context(t: TlsServerConfig, base: Path) -> ssl.SSLContext:
     return ctx
 
 
-class _Path:
-    """A file path as the same context manager as _InlinePem."""
-
-    def __init__(self, path: Path | None) -> None:
-        self.path = path
-
-    def __enter__(self) -> Path | None:
-        return self.path
-
-    def __exit__(self, *exc: object) -> None:
-        pass
-
-
 @dataclass
 class RateLimit:
     """exporter-toolkit's rate_limit: a token bucket (Go's rate.Limiter): one request per
@@ -315,8 +303,6 @@ class WebConfig:
         types, and ValueError naming the field for a value that cannot be used."""
         if path is None:
             return cls()
-        from pageheat.config import read_yaml  # ConfigError naming file, line and column, one line
-
         spec = WebConfigFile(**read_yaml(path, "web config"))
         ctx = _ssl_context(spec.tls_server_config, path.parent) if spec.tls_server_config else None
         for user, hashed in spec.basic_auth_users.items():

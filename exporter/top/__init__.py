@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import shutil
 import subprocess
 import sys
 import time
 from typing import TYPE_CHECKING
+
+from pageheat.serve.launch import not_runnable
 
 if TYPE_CHECKING:
     from pageheat.serve.launch import Launched
@@ -32,8 +33,8 @@ def run(pid: int | None, command: list[str], connect: str | None, source: str, a
     if not has_extra():
         print(MISSING_EXTRA, file=sys.stderr)
         return 2
-    if command and shutil.which(command[0]) is None:  # said as `serve -- CMD` says it
-        print(f"pageheat: cannot run {command[0]}: no such executable", file=sys.stderr)
+    if command and (why := not_runnable(command)):  # said as `serve -- CMD` says it
+        print(f"pageheat: {why}", file=sys.stderr)
         return 2
     if not sys.stdout.isatty():
         print(HEADLESS, file=sys.stderr)
