@@ -276,6 +276,28 @@ def test_epochs_wrap_around_keep_buckets_exact(churn: bool) -> None:
     assert int(state.history.epochs.max()) <= 6
 
 
+@pytest.mark.parametrize("max_epoch", [MAX_EPOCH, 150])
+def test_epoch_times_grow_as_epochs_are_handed_out(max_epoch: int) -> None:
+    """PageHistory.times starts at TIMES_INITIAL entries and doubles as harvests go on, up to
+    max_epoch + 1 (150: not a power of two, and small enough that 40 s apart the numbering wraps
+    and compacts after growing): the idle ages and buckets stay those of the model."""
+    rng = np.random.default_rng(5)
+    vmas = vmas_of((0x4000, 130, ""))
+    universe = list(range(0x4000, 0x4000 + 130))
+    state, ref = TargetState(1, "x", n_bins=4, cold_after=60.0, max_epoch=max_epoch), Ref(60.0)
+    assert len(state.history.times) == aggregate.TIMES_INITIAL
+    lengths = set()
+    for k in range(200):  # epochs 2-201
+        acc = rng.random(len(universe)) < 0.05
+        view, want = run(state, ref, vmas, {v: bool(a) for v, a in zip(universe, acc, strict=True)},
+                         40.0 * k)
+        check(view, want, exact_seconds=state.history.compactions == 0)
+        assert state.history.next <= len(state.history.times) <= max_epoch + 1
+        lengths.add(len(state.history.times))
+    assert lengths == ({64, 128, 256} if max_epoch == MAX_EPOCH else {64, 128, 151})
+    assert (state.history.compactions > 0) == (max_epoch == 150)
+
+
 def test_epochs_faster_than_the_horizon_fall_back_to_merging_the_oldest() -> None:
     """More harvests inside the horizon than epochs (not reachable with the 100 ms minimum
     aging and 65535 epochs): the oldest are merged; the newest accesses stay exact."""
@@ -312,7 +334,7 @@ def test_state_costs_about_two_bytes_per_dense_page() -> None:
         view = state.update(Harvest(1, t, pages, vmas, 0, 0), 1.0)
     per_page = (state.history.keys.nbytes + state.history.epochs.nbytes) / n
     assert per_page == 2 + 8 / BLOCK
-    assert state.history.nbytes < 2.2 * n + (MAX_EPOCH + 1) * 8
+    assert state.history.nbytes < 2.2 * n + aggregate.TIMES_INITIAL * 8
     assert view.resident_pages == n and int(view.promoted.sum()) == len(range(0, n, 7))
 
 

@@ -45,6 +45,9 @@ ABSENT = 0  # epoch value: not resident at the latest harvest
 NEVER = 1  # resident, never seen accessed since it became resident
 FIRST_EPOCH = 2
 MAX_EPOCH = np.iinfo(np.uint16).max
+# PageHistory.times starts this long (8 bytes an epoch) and doubles as epochs are handed out:
+# a target followed for an hour at 1 s needs 4 K epochs, not all 64 K (512 KiB) at once.
+TIMES_INITIAL = 64
 # Pages per numpy pass: bounds the per-page transients. Measured on a real 1 GiB harvest
 # (tracemalloc peak of update): 5.3 MiB at 1 << 16, 2.8 at 1 << 15, 1.6 at 1 << 14, for
 # +0.1 and +0.4 ms of update CPU (3.0 ms): glibc keeps that peak in its heap between harvests.
@@ -248,7 +251,8 @@ class PageHistory:
     [keys[r] << BLOCK_SHIFT, (keys[r] + 1) << BLOCK_SHIFT); keys is sorted uint64, one per block
     with a page resident at the latest harvest. Values: ABSENT (not resident), NEVER (resident,
     not seen accessed since it became resident) or an epoch >= FIRST_EPOCH; ``times[e]`` is the
-    monotonic time of the harvest that epoch e stands for (NaN for ABSENT and NEVER). Idle
+    monotonic time of the harvest that epoch e stands for (NaN for ABSENT, NEVER and epochs not
+    handed out yet), float64 of at least ``next`` entries, grown as epochs are handed out. Idle
     ages always come from ``times``: with stretched intervals epochs are not evenly spaced.
 
     Epochs are handed out in time order. When they run out (MAX_EPOCH harvests: 18 hours at
@@ -267,7 +271,7 @@ class PageHistory:
         self.max_epoch = max_epoch
         self.keys = np.zeros(0, dtype=np.uint64)
         self.epochs = np.zeros((0, BLOCK), dtype=np.uint16)
-        self.times = np.full(max_epoch + 1, np.nan)
+        self.times = np.full(min(TIMES_INITIAL, max_epoch + 1), np.nan)
         self.next = FIRST_EPOCH
         self.compactions = 0
         self.overflows = 0  # compactions that had to merge epochs inside the horizon
@@ -282,6 +286,10 @@ class PageHistory:
         if self.next > self.max_epoch:
             self._compact(prev if prev is not None else now)
         e = self.next
+        if e >= len(self.times):  # doubled, up to max_epoch + 1 entries (512 KiB)
+            grown = np.full(min(2 * len(self.times), self.max_epoch + 1), np.nan)
+            grown[:len(self.times)] = self.times
+            self.times = grown
         self.next += 1
         self.times[e] = now
         return e
@@ -303,7 +311,7 @@ class PageHistory:
         groups = ([old] if len(old) else []) + [young[i:i + 1] for i in range(len(young))]
         lut = np.zeros(self.max_epoch + 1, dtype=np.uint16)
         lut[NEVER] = NEVER
-        times = np.full(self.max_epoch + 1, np.nan)
+        times = np.full(len(self.times), np.nan)
         for new, g in enumerate(groups, start=FIRST_EPOCH):  # per epoch, not per page
             lut[g] = new
             times[new] = float(np.average(self.times[g], weights=counts[g]))
