@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from pageheat.kernel import procfs
 from pageheat.sources.base import TargetGone
@@ -97,3 +98,50 @@ def test_small_targets_coming_and_going_do_not_reload(ptwalk_ok) -> None:
             p.kill()
             p.wait(10)
         scan.close()
+
+
+DENSE = """
+import sys
+buf = bytearray(32 << 20)
+for i in range(0, len(buf), 4096):
+    buf[i] = 1
+print("ready", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_lazy_pages_read_the_map_in_place_until_the_next_scan(ptwalk_ok) -> None:
+    """serve's lazy harvest keeps the scan's table records where the BPF map has them (no
+    copy): read before the next scan they are the pages an eager harvest finds; read after it,
+    they raise instead of giving another scan's bits, also across a reload of the maps."""
+    from pageheat.sources.base import SourceError
+    from pageheat.sources.pagetable import TablePages
+
+    dense = subprocess.Popen([sys.executable, "-c", DENSE], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    assert dense.stdout is not None and dense.stdout.readline().strip() == "ready"
+    big = start_many_mappings()
+    scan = PageTableScan(check_young=False)
+    try:
+        scan.attach(dense.pid)
+        lazy, _, _ = scan.harvest(dense.pid, lazy=True)
+        assert isinstance(lazy, TablePages) and not lazy._table_records.flags.owndata
+        vpn = np.concatenate([part.vpn for part in lazy.chunks(4096)])
+        accessed = lazy.count_accessed()
+        eager, _, _ = scan.harvest(dense.pid)  # the process sleeps: the same resident pages
+        assert np.array_equal(vpn, eager.vpn) and len(vpn) >= (32 << 20) // 4096
+        assert accessed == int(np.count_nonzero(eager.accessed))  # nothing aged in between
+        with pytest.raises(SourceError, match="after the source scanned again"):
+            lazy.count_accessed()
+        with pytest.raises(SourceError):
+            next(lazy.chunks(4096))
+        scan.attach(big.pid)  # grows the maps: a reload while ``lazy`` holds a view of the old
+        assert scan._cap.vmas > 20000
+        with pytest.raises(SourceError):
+            lazy.blocks(6)
+        assert len(scan.harvest(big.pid, lazy=True)[0]) >= 10000
+    finally:
+        scan.close()
+        for p in (dense, big):
+            p.kill()
+            p.wait()

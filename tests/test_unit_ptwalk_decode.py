@@ -208,4 +208,4 @@ def test_table_pages_only_where_the_records_are_smaller_than_the_arrays() -> Non
         assert (pagetable._TABLE.itemsize * len(tables) < pagetable._PAGES_BYTES * len(pages)) is lazy
         assert (got is not None) is lazy, layout
         if got is not None:
-            assert got._tables is not tables and len(got) == len(pages)
+            assert got._table_records is tables and len(got) == len(pages)  # no copy

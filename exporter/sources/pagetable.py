@@ -16,7 +16,7 @@ import mmap
 import os
 import secrets
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -169,6 +169,7 @@ class PageTableScan:
         self._copy_raw = pfns or self._nodes.single is None
         self._cap = _Capacity()
         self._buffers = _Buffers()
+        self._scans = 0  # iterator runs so far: TablePages of a harvest are valid until the next
         self._targets: dict[int, _Target] = {}
         self._obj: BpfObject | None = None
         self._maps: list[mmap.mmap] = []
@@ -334,12 +335,15 @@ class PageTableScan:
         """One scan of an attached ``pid``, decoded: its pages, its mappings, the scan's
         report (truncations, unmonitored pages, counters). The Pages arrays may reuse the
         memory of an earlier harvest's that nobody holds any more (see _Buffers). ``lazy``:
-        the pages as TablePages (decoded when read) where no frame numbers are read."""
+        the pages as TablePages (decoded when read) where no frame numbers are read; they read
+        the BPF map in place, so they must be read before this source scans again (as serve,
+        top and snapshot do: harvest, then aggregate): reading them later raises SourceError."""
         vmas, tables, raw, counters = self._scan(pid)
         if len(vmas) == 0:
             del tables, raw  # views of the BPF maps: not to be kept by the traceback
             raise TargetGone(pid)  # exited (a zombie has no mm left to walk)
-        lazy_pages = TablePages.if_smaller(vmas, tables, self._nodes) \
+        scan = self._scans
+        lazy_pages = TablePages.if_smaller(vmas, tables, self._nodes, lambda: self._scans == scan) \
             if lazy and not len(raw) and self._nodes.single is not None else None
         pages: PageSet = lazy_pages if lazy_pages is not None else \
             _pages(vmas, tables, raw, self._nodes, self._buffers)
@@ -432,6 +436,7 @@ class PageTableScan:
         tables and raw arrays returned are views of the BPF maps: valid until the next scan
         or reload, and never to be kept (an mmap cannot close while a view lives)."""
         for _ in range(4):
+            self._scans += 1
             st = self._state
             st["target_tgid"] = pid
             for k in _PER_SCAN:
@@ -531,13 +536,17 @@ class TablePages:
     for callers that want every page (top, tests). Single-node, without frame numbers only
     (``pfn`` is None): where PFNs are read the raw PTEs cost more than the arrays saved.
 
-    vmas, tables: copies of the scan's _VMA and _TABLE records; nodes.single is set.
+    vmas: a copy of the scan's _VMA records; tables: its _TABLE records, read in place (a view
+    of the BPF map: copying it cost 216 bytes per 512 pages, 1.7 MiB at 16 GiB); ``valid``: whether
+    they still hold this harvest's bits (the source has not scanned since), checked at every
+    read of them so that a late reader gets SourceError, not another scan's pages. nodes.single
+    is set.
     """
 
     def __init__(self, vmas: np.ndarray, tables: np.ndarray, nodes: NodeMap,
-                 per_table: np.ndarray | None = None) -> None:
+                 per_table: np.ndarray | None = None, valid: Callable[[], bool] = lambda: True) -> None:
         assert nodes.single is not None
-        self._vmas, self._tables, self._nodes = vmas, tables, nodes
+        self._vmas, self._table_records, self._nodes, self._valid = vmas, tables, nodes, valid
         self._per_table = _present_per_table(tables) if per_table is None else per_table
         self._total = int(self._per_table.sum())
         self._whole: Pages | None = None
@@ -545,17 +554,24 @@ class TablePages:
         self.pfn = None
 
     @classmethod
-    def if_smaller(cls, vmas: np.ndarray, tables: np.ndarray, nodes: NodeMap) -> TablePages | None:
-        """TablePages of a copy of ``tables`` (views of the BPF maps may be passed) where the
-        records take less memory than Pages would: dense memory, not a layout of many small
-        mappings (a 216-byte record each for a page or two). None otherwise."""
+    def if_smaller(cls, vmas: np.ndarray, tables: np.ndarray, nodes: NodeMap,
+                   valid: Callable[[], bool] = lambda: True) -> TablePages | None:
+        """TablePages of ``tables`` where the records take less memory than Pages would: dense
+        memory, not a layout of many small mappings (a 216-byte record each for a page or two).
+        None otherwise."""
         per_table = _present_per_table(tables)
         if _TABLE.itemsize * len(tables) >= _PAGES_BYTES * int(per_table.sum()):
             return None
-        return cls(vmas, tables.copy(), nodes, per_table)
+        return cls(vmas, tables, nodes, per_table, valid)
 
     def __len__(self) -> int:
         return self._total
+
+    @property
+    def _tables(self) -> np.ndarray:
+        if not self._valid():
+            raise SourceError("ptwalk: a harvest's pages were read after the source scanned again")
+        return self._table_records
 
     def _table_attrs(self) -> _TableAttrs:
         if self._attrs is None:
