@@ -98,6 +98,15 @@ def proc_status_kib(pid: int, key: str) -> int:
     raise KeyError(key)
 
 
+def as_installed(root: Path) -> None:
+    """Byte-compile ``root``'s package, as pip does when it installs the wheel. An editable
+    checkout run with PYTHONDONTWRITEBYTECODE=1 (these machines set it) compiles every
+    pageheat module at each start instead: about 1-2 MiB more RSS for serve than a deployed
+    serve has (docs/BENCHMARKS.md, 2026-12-01)."""
+    subprocess.run([str(root / ".venv/bin/python"), "-m", "compileall", "-q", str(root / "exporter")],
+                   check=True)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -280,6 +289,8 @@ def main() -> int:
     ap.add_argument("--json", type=Path, help="also write the raw measurements here")
     a = ap.parse_args()
     roots = a.root or [Path(__file__).resolve().parent.parent]
+    for root in roots:
+        as_installed(root)
     results = [measure(parse_size(s), a.reps, a.cycles, roots, processes=a.processes,
                        defaults=a.defaults) for s in a.sizes.split(",") if s]
     if a.maps:

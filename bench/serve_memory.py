@@ -38,7 +38,7 @@ from pathlib import Path
 from pageheat.config import parse_size
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harvest import free_port, start_target  # noqa: E402
+from harvest import as_installed, free_port, start_target  # noqa: E402
 
 GROUPS = ["asyncio", "numpy", "uvloop", "yaml", "prometheus_client", "h11", "pydantic.main",
           "pydantic_settings", "pageheat.config", "pageheat.serve.daemon"]
@@ -222,6 +222,7 @@ def main() -> None:
     ap.add_argument("--size", default="1GiB")
     ap.add_argument("--seconds", type=float, default=10.0)
     args = ap.parse_args()
+    as_installed(Path(__file__).resolve().parent.parent)
     print(f"Machine: {os.cpu_count()} CPUs, kernel {platform.release()}; "
           f"date {time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC; Python {platform.python_version()}\n")
     imports()

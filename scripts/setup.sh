@@ -36,5 +36,8 @@ if ! .venv/bin/pip install -q -e '.[test,all]' >"$log" 2>&1; then
   exit 1
 fi
 rm -f "$log"
+# Byte-compiled as pip installs the wheel: with PYTHONDONTWRITEBYTECODE=1 in the environment an
+# editable checkout would compile every module at each start (bench/harvest.py as_installed).
+.venv/bin/python -m compileall -q exporter >/dev/null
 bash bpf/build.sh >/dev/null
 echo "setup done: $(.venv/bin/pageheat --version)"
