@@ -198,6 +198,17 @@ def test_aggregate_of_table_pages_equals_that_of_decoded_pages(monkeypatch: pyte
             (b.never_accessed, b.wss_pages, b.resident_pages, b.cold_pages)
 
 
+@pytest.mark.parametrize("layout", ["dense", "partial", "sparse"])
+def test_table_blocks_are_the_decoded_pages_blocks(layout: str) -> None:
+    """TablePages.blocks skips its masks where every word is present and no two tables share
+    a word (a dense heap): the blocks are still those of the decoded pages' addresses."""
+    vmas, tables, _ = synthetic(np.random.default_rng(9), 30, layout)
+    want = pagetable._pages(vmas, tables, pagetable._NO_RAW, ONE_NODE)
+    got = pagetable.TablePages(vmas, tables, ONE_NODE).blocks(6)
+    assert np.array_equal(got, np.unique(want.vpn >> np.uint64(6)))
+    assert np.array_equal(got, want.blocks(6))
+
+
 def test_table_pages_only_where_the_records_are_smaller_than_the_arrays() -> None:
     """serve's lazy pages: a dense layout (512 pages a 216-byte record) is kept as tables, a
     sparse one (a page or two a record, as 60,000 small mappings give) is decoded."""

@@ -51,7 +51,7 @@ TIMES_INITIAL = 64
 # Pages per numpy pass: bounds the per-page transients. Measured on a real 1 GiB harvest
 # (tracemalloc peak of update): 5.3 MiB at 1 << 16, 2.8 at 1 << 15, 1.6 at 1 << 14, for
 # +0.1 and +0.4 ms of update CPU (3.0 ms): glibc keeps that peak in its heap between harvests.
-CHUNK = 1 << 15
+CHUNK = 1 << 14
 BY_EPOCH_MAX = 1 << 18  # (node, type) combos x epochs in use: counted per epoch up to this (2 MiB)
 
 
@@ -335,18 +335,19 @@ class PageHistory:
             return np.zeros(len(vpn), dtype=np.uint16)
         return np.where(found, self.epochs[row, off], ABSENT).astype(np.uint16)
 
-    def relayout(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def relayout(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """The blocks of a new resident set (sorted unique uint64 ``keys``, vpn >> BLOCK_SHIFT:
-        PageSet.blocks); the previous epochs array and, per new block, its row there (-1: new
-        block). ``epochs`` becomes all ABSENT over the new blocks, so pages that left the
-        resident set lose their history; except where the blocks are the same as before (the
-        steady state), where ``epochs`` is kept and returned as the previous array itself:
+        PageSet.blocks); the previous epochs array and, per new block, its intp row there (-1:
+        new block), None where the blocks are the same as before. ``epochs`` becomes all ABSENT
+        over the new blocks, so pages that left the resident set lose their history; except
+        where the blocks are the same as before (the steady state), where ``epochs`` is kept
+        and returned as the previous array itself:
         the caller then reads each page's value before it writes it, and writes ABSENT over
         the pages that left (TargetState.update). That halves the history's peak: a second
         array of the whole target per harvest, 2.1 bytes per page, is not made."""
         old_keys, old = self.keys, self.epochs
         if len(keys) == len(old_keys) and np.array_equal(keys, old_keys):
-            return old, np.arange(len(keys))
+            return old, None  # not arange(len(keys)): 8 bytes per block, 0.5 MiB at 16 GiB
         if len(old_keys):
             idx = np.minimum(np.searchsorted(old_keys, keys), len(old_keys) - 1)
             old_row = np.where(old_keys[idx] == keys, idx, -1)
@@ -517,12 +518,12 @@ class TargetState:
         promoted = np.zeros(nk * nbk, dtype=np.int64)
         promoted_seconds = np.zeros(nk)
         never_by_vma = np.zeros(len(h.vmas), dtype=np.int64)
-        same_blocks = len(old) == len(hist.keys) and np.array_equal(old_row, np.arange(len(old_row)))
         old_flat, new_flat = old.reshape(-1), hist.epochs.reshape(-1)
-        # In place (relayout kept the array): pages come in vpn order, so their slots only go
-        # up; each chunk reads its pages' values first, then writes ABSENT from the end of the
-        # previous chunk's slots to the start of its own (pages that left) and its values.
-        in_place = old is hist.epochs
+        # In place (the blocks are the same: relayout kept the array): pages come in vpn order,
+        # so their slots only go up; each chunk reads its pages' values first, then writes
+        # ABSENT from the end of the previous chunk's slots to the start of its own (pages that
+        # left) and its values.
+        in_place = same_blocks = old_row is None
         cursor = 0  # in place: slots below it are this harvest's
         for part in p.chunks(CHUNK):
             if not len(part):
