@@ -30,7 +30,7 @@ import requests
 from pageheat.config import parse_size
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harvest import api_targets, proc_status_kib, start_target  # noqa: E402
+from harvest import api_targets, as_installed, proc_status_kib, start_target  # noqa: E402
 
 NAME = "phwl"
 
@@ -115,6 +115,8 @@ def main() -> int:
     ap.add_argument("--port", type=int, default=19476)
     a = ap.parse_args()
     roots = a.root or [Path(__file__).resolve().parent.parent]
+    for root in roots:
+        as_installed(root)
     rows = [(root, measure(root, parse_size(s), parse_size(a.small), a.settle, a.cycles, a.port))
             for s in a.sizes.split(",") for root in roots]
     print(f"Machine: {os.cpu_count()} CPUs, kernel {platform.release()}; date "
