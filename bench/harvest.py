@@ -228,7 +228,7 @@ def measure(size: int, reps: int, cycles: int, roots: list[Path], maps: int = 0,
             src = PtwalkSource(check_young=False)
             src_young = PtwalkSource(check_young=True)  # what DAMON hosts pay (see sources/pagetable.py)
             # As serve and snapshot make it: PG_young only where DAMON runs; lazy pages, so
-            # harvest_seconds is the scan and a copy of its tables (what snapshot reports).
+            # harvest_seconds is the scan alone (what snapshot reports).
             src_serve = PtwalkSource(lazy_pages=True)
             for wl in wls:
                 src.attach(wl.pid)  # the one that ages; the others only scan

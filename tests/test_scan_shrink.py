@@ -112,8 +112,9 @@ sys.stdin.read()
 
 def test_lazy_pages_read_the_map_in_place_until_the_next_scan(ptwalk_ok) -> None:
     """serve's lazy harvest keeps the scan's table records where the BPF map has them (no
-    copy): read before the next scan they are the pages an eager harvest finds; read after it,
-    they raise instead of giving another scan's bits, also across a reload of the maps."""
+    copy): read before the next scan, even across a reload of the maps (another target that
+    needs bigger buffers), they are the pages an eager harvest finds; read after the next
+    scan, they raise instead of giving another scan's bits."""
     from pageheat.sources.base import SourceError
     from pageheat.sources.pagetable import TablePages
 
@@ -126,17 +127,19 @@ def test_lazy_pages_read_the_map_in_place_until_the_next_scan(ptwalk_ok) -> None
         scan.attach(dense.pid)
         lazy, _, _ = scan.harvest(dense.pid, lazy=True)
         assert isinstance(lazy, TablePages) and not lazy._table_records.flags.owndata
+        before = scan._cap
+        scan.attach(big.pid)  # grows the maps: a reload while ``lazy`` holds a view of the old
+        assert scan._cap.vmas > 20000 > before.vmas
         vpn = np.concatenate([part.vpn for part in lazy.chunks(4096)])
-        accessed = lazy.count_accessed()
+        accessed, blocks = lazy.count_accessed(), lazy.blocks(6)
         eager, _, _ = scan.harvest(dense.pid)  # the process sleeps: the same resident pages
         assert np.array_equal(vpn, eager.vpn) and len(vpn) >= (32 << 20) // 4096
+        assert np.array_equal(blocks, np.unique(eager.vpn >> np.uint64(6)))
         assert accessed == int(np.count_nonzero(eager.accessed))  # nothing aged in between
         with pytest.raises(SourceError, match="after the source scanned again"):
             lazy.count_accessed()
         with pytest.raises(SourceError):
             next(lazy.chunks(4096))
-        scan.attach(big.pid)  # grows the maps: a reload while ``lazy`` holds a view of the old
-        assert scan._cap.vmas > 20000
         with pytest.raises(SourceError):
             lazy.blocks(6)
         assert len(scan.harvest(big.pid, lazy=True)[0]) >= 10000

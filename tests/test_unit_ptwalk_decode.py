@@ -198,11 +198,19 @@ def test_aggregate_of_table_pages_equals_that_of_decoded_pages(monkeypatch: pyte
             (b.never_accessed, b.wss_pages, b.resident_pages, b.cold_pages)
 
 
-@pytest.mark.parametrize("layout", ["dense", "partial", "sparse"])
+@pytest.mark.parametrize("layout", ["dense", "partial", "sparse", "shared"])
 def test_table_blocks_are_the_decoded_pages_blocks(layout: str) -> None:
     """TablePages.blocks skips its masks where every word is present and no two tables share
-    a word (a dense heap): the blocks are still those of the decoded pages' addresses."""
-    vmas, tables, _ = synthetic(np.random.default_rng(9), 30, layout)
+    a word (a dense heap): the blocks are still those of the decoded pages' addresses. "shared":
+    two VMAs meet inside a 64-page word of one 2 MiB region, so both their tables have it."""
+    vmas, tables, _ = synthetic(np.random.default_rng(9), 30, "dense" if layout == "shared" else layout)
+    if layout == "shared":
+        tables[3] = tables[2]
+        tables["vma"][3] = min(int(tables["vma"][2]) + 1, len(vmas) - 1)
+        tables["present"][2, 4] = np.uint64(0xFFFFFFFF)  # the word's low 32 pages: the first VMA's
+        tables["present"][2, 5:] = 0
+        tables["present"][3, :4] = 0
+        tables["present"][3, 4] = np.uint64(0xFFFFFFFF) << np.uint64(32)  # its high 32: the second's
     want = pagetable._pages(vmas, tables, pagetable._NO_RAW, ONE_NODE)
     got = pagetable.TablePages(vmas, tables, ONE_NODE).blocks(6)
     assert np.array_equal(got, np.unique(want.vpn >> np.uint64(6)))

@@ -52,7 +52,8 @@ TIMES_INITIAL = 64
 # between harvests. Measured on a real 1 GiB harvest (tracemalloc peak of update): 5.3 MiB at
 # 1 << 16, 2.8 at 1 << 15, 1.6 at 1 << 14, for +0.1 and +0.4 ms of update CPU (3.0 ms). serve's
 # VmHWM side by side (bench/harvest.py, 2026-12-01): 63 / 71 MiB at 4 / 16 GiB with 1 << 14,
-# 65 / 73 with 1 << 15 (issue 13's budget: 63 / 72); serve's CPU within the runs' noise.
+# 65 / 73 with 1 << 15 (issue 13's budget: 63 / 72), for 0.99-1.05x serve's CPU in that run,
+# less than the same build moves between runs.
 CHUNK = 1 << 14
 BY_EPOCH_MAX = 1 << 18  # (node, type) combos x epochs in use: counted per epoch up to this (2 MiB)
 

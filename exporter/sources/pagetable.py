@@ -337,8 +337,8 @@ class PageTableScan:
         report (truncations, unmonitored pages, counters). The Pages arrays may reuse the
         memory of an earlier harvest's that nobody holds any more (see _Buffers). ``lazy``:
         the pages as TablePages (decoded when read) where no frame numbers are read; they read
-        the BPF map in place, so they must be read before this source scans again (as serve,
-        top and snapshot do: harvest, then aggregate): reading them later raises SourceError."""
+        the BPF map in place, so they must be read before this source scans again (as serve
+        and snapshot do: harvest, then aggregate): reading them later raises SourceError."""
         vmas, tables, raw, counters = self._scan(pid)
         if len(vmas) == 0:
             del tables, raw  # views of the BPF maps: not to be kept by the traceback
@@ -348,7 +348,8 @@ class PageTableScan:
             if lazy and not len(raw) and self._nodes.single is not None else None
         pages: PageSet = lazy_pages if lazy_pages is not None else \
             _pages(vmas, tables, raw, self._nodes, self._buffers)
-        del tables, raw  # views of the BPF maps (see _scan): none may outlive this call
+        # Views of the BPF maps (see _scan): only lazy pages keep one, until the next scan.
+        del tables, raw
         names = self._names(pid, vmas)
         truncations = Truncations(step_limit=counters.pop("step_limit_vmas"),
                                   read_error=counters.pop("read_errors"))
@@ -434,8 +435,9 @@ class PageTableScan:
 
     def _scan(self, pid: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, int]]:
         """Run the iterator; grow the buffers and scan again if anything did not fit. The
-        tables and raw arrays returned are views of the BPF maps: valid until the next scan
-        or reload, and never to be kept (an mmap cannot close while a view lives)."""
+        tables and raw arrays returned are views of the BPF maps, valid until the next scan.
+        Only TablePages keep one, checked against the scan count; a reload with a view alive
+        leaves the old mapping to be unmapped when the view dies (see _unload)."""
         for _ in range(4):
             self._scans += 1
             st = self._state
