@@ -194,6 +194,9 @@ class Prometheus:
         return any(float(r["value"][1]) == 1 for r in self.query("up"))
 
 
+SCRAPE_SECONDS = 1  # the test Prometheus's scrape interval
+
+
 @pytest.fixture
 def prometheus_server(tmp_path: Path) -> Iterator:
     """Factory: ``prometheus_server(scrape_configs_yaml)`` starts Debian's Prometheus on loopback."""
@@ -206,7 +209,7 @@ def prometheus_server(tmp_path: Path) -> Iterator:
         port = free_port()
         cfg = tmp_path / "prometheus.yml"
         rules = "".join(f"  - {p}\n" for p in rule_files or [])
-        cfg.write_text("global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+        cfg.write_text(f"global:\n  scrape_interval: {SCRAPE_SECONDS}s\n  evaluation_interval: 1s\n"
                        + (f"rule_files:\n{rules}" if rules else "")
                        + "scrape_configs:\n" + scrape_configs)
         log = open(tmp_path / "prometheus.log", "w")

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import ROOT, Truth, run_pageheat, start_workload, stop_process
+from conftest import ROOT, SCRAPE_SECONDS, Truth, run_pageheat, start_workload, stop_process
 from fleet_helpers import KubeCgroup, kube_cgroups, static_exporter
 from pageheat.commands import render as render_mod
 from test_exporter_prometheus import HOT_BAND, scrape_job, serve_following, wait_for
@@ -351,6 +351,17 @@ def render_checks(prom_url: str, t: Truth, hot_bins: list[int], cold_bins: list[
     assert "\x1b" not in r.stdout
     lines = r.stdout.splitlines()
     assert len(lines) <= 24 and max(map(len, lines)) <= 80
+    # A rate window shorter than the scrape interval holds one sample at most: rate() has
+    # nothing to work on. Said so, with the interval Prometheus scrapes at, not an empty map.
+    short = run_pageheat("render", "--prometheus", prom_url, "--pid", str(t.pid), "--range", "1m",
+                         "--step", "1s", "--rate-interval", f"{SCRAPE_SECONDS * 500}ms")
+    assert short.returncode == 1 and short.stderr.count("\n") == 1, short
+    assert (f"--rate-interval {SCRAPE_SECONDS / 2:g}s holds fewer than two samples" in short.stderr
+            and f"{SCRAPE_SECONDS:g} s apart: use --rate-interval {2 * SCRAPE_SECONDS:g}s or more"
+            in short.stderr), short.stderr
+    enough = run_pageheat("render", "--prometheus", prom_url, "--pid", str(t.pid), "--range", "1m",
+                          "--step", "1s", "--rate-interval", f"{2 * SCRAPE_SECONDS}s")
+    assert enough.returncode == 0, enough.stderr
     if os.environ.get("PAGEHEAT_RENDER_DEMO"):  # keep the picture for docs/img/
         shutil.copy(png, os.environ["PAGEHEAT_RENDER_DEMO"])
     assert hot > cold + 0.2, (hot, cold)
@@ -496,3 +507,32 @@ def test_render_reports_missing_data(tmp_path):
                      str(tmp_path / "x.png"))
     assert r.returncode == 1 and r.stderr.startswith("pageheat: Prometheus"), r.stderr
     assert not (tmp_path / "x.png").exists()
+
+
+@pytest.mark.parametrize("stamps", [[1000.0], [1000.0, 1015.0, 1030.0, 1046.0]])
+def test_render_says_why_the_rate_is_empty(monkeypatch, stamps: list[float]) -> None:
+    """The pid's idle ages are in Prometheus but rate() gave nothing: the message says how far
+    apart the samples are (their median spacing) and what window would hold two, or how few
+    there are yet. Prometheus's answers are given here; the real one is in the panel test."""
+    def get(url: str, path: str, params: dict) -> list[dict]:
+        q = params["query"]
+        if q.startswith("group by"):
+            return [{"metric": {"instance": "a", "job": "pageheat"}}]
+        if "rate(" in q or q.startswith("pageheat_address_bin_info"):
+            return []
+        if path.endswith("query_range"):
+            return [{"metric": {"le": "+Inf"}, "values": [[stamps[-1], "10"]]}]
+        assert q.endswith("[60s]") and 'le="+Inf"' in q, q
+        return [{"metric": {"le": "+Inf", "node": n}, "values": [[t, "10"] for t in stamps]}
+                for n in ("0", "1")]  # two series scraped together: one spacing
+
+    monkeypatch.setattr(render_mod, "_get", get)
+    with pytest.raises(render_mod.RenderError) as e:
+        render_mod.fetch("http://p", 7, 60.0, 1.0, rate_interval=5.0, now=stamps[-1])
+    said = str(e.value)
+    assert said.startswith("no accessed-pages rate for pid 7: --rate-interval 5s holds fewer than two")
+    if len(stamps) == 1:
+        assert said.endswith("Prometheus has 1 in the last 60 s so far")
+    else:
+        spacing = float(np.median(np.diff(stamps)))
+        assert said.endswith(f"{spacing:g} s apart: use --rate-interval {2 * spacing:g}s or more")

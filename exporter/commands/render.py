@@ -183,6 +183,8 @@ def fetch(url: str, pid: int, range_seconds: float, step: float | None = None,
         where = "".join(f" {k} {v!r}" for k, v in (("instance", instance), ("job", job)) if v)
         raise RenderError(f"Prometheus {url} has no pageheat data for pid {pid}{where} in the last "
                           f"{range_seconds:g} s")
+    if not heat_res:  # the pid's series are there, but rate() had nothing to work on
+        raise RenderError(_no_rate(url, sel, pid, rate_interval, range_seconds, end))
 
     les, heat = _buckets(heat_res, times)
     # Label values come from /proc names, any characters: escaped for a terminal or an image.
@@ -193,6 +195,24 @@ def fetch(url: str, pid: int, range_seconds: float, step: float | None = None,
     idle_les, idle = _buckets(idle_res, times)
     return Data(pid, comm, heat_matrix(times, bins, mappings, heat), idle_matrix(times, idle_les, idle),
                 range_seconds)
+
+
+def _no_rate(url: str, sel: str, pid: int, rate_interval: float, range_seconds: float,
+             end: float) -> str:
+    """Why the accessed-pages rate came back empty where the idle ages did not: rate() needs
+    two samples of a series inside its window. Says how far apart Prometheus has them (the
+    median spacing of the pid's raw samples over the range) and what window would do."""
+    raw = _get(url, "/api/v1/query", {
+        "query": f'pageheat_idle_pages_bucket{{{sel}, le="+Inf"}}[{max(1, round(range_seconds))}s]',
+        "time": f"{end:.3f}"})
+    stamps = sorted({float(ts) for r in raw for ts, _ in r.get("values", [])})
+    said = (f"no accessed-pages rate for pid {pid}: --rate-interval {rate_interval:g}s holds fewer "
+            f"than two samples of its series")
+    if len(stamps) < 2:
+        return f"{said}, and Prometheus has {len(stamps)} in the last {range_seconds:g} s so far"
+    spacing = float(np.median(np.diff(stamps)))
+    return (f"{said}, which Prometheus has {spacing:g} s apart: use --rate-interval "
+            f"{math.ceil(2000 * spacing) / 1000:g}s or more")
 
 
 def heat_matrix(times: np.ndarray, bins: list[int], mappings: dict[int, str],
