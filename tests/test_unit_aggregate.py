@@ -190,6 +190,32 @@ def test_bins_of_matches_reference_and_clamps_outside_pages_to_end_bins() -> Non
     assert aggregate._sorted_bin_counts(bins, np.array([], np.uint64)).tolist() == [0] * bins.n
 
 
+def _runs(lengths: list[int], values: list[int]) -> np.ndarray:
+    return np.repeat(np.array(values, np.uint16), lengths)
+
+
+@pytest.mark.parametrize("x", [
+    np.zeros(0, np.uint16),
+    np.array([3], np.uint16),
+    np.ones(20_000, np.uint16),  # one run: every page never accessed
+    _runs([5000, 1, 7000, 3, 1], [1, 9, 1, 4, 9]),  # long runs, a value coming back
+    np.arange(1000, dtype=np.uint16) % 7,  # few values: counted value by value
+    np.arange(3 * aggregate.RUN_MIN, dtype=np.uint16) % 7,  # many, in runs of one: the same
+    _runs([aggregate.RUN_FACTOR] * (aggregate.RUN_MIN // aggregate.RUN_FACTOR + 10),
+          [i % 10 for i in range(aggregate.RUN_MIN // aggregate.RUN_FACTOR + 10)]),  # runs RUN_FACTOR long
+    np.random.default_rng(7).integers(0, 5, 3000).astype(np.uint16).repeat(9),
+], ids=["empty", "one", "one-run", "long-runs", "few", "no-runs", "factor", "random-runs"])
+def test_add_counts_adds_one_per_value_whatever_the_runs(x: np.ndarray) -> None:
+    before = np.arange(10, dtype=np.int64)
+    out = before.copy()
+    aggregate._add_counts(out[:], x)
+    counted = Counter(int(v) for v in x)
+    assert out.tolist() == [int(before[i]) + counted[i] for i in range(10)]
+    view = np.zeros(30, np.int64)
+    aggregate._add_counts(view[10:20], x)  # into a slice, as update does per combo
+    assert view[10:20].tolist() == [counted[i] for i in range(10)] and not view[:10].any()
+
+
 def test_make_bins_without_mapped_pages_is_empty_but_valid() -> None:
     vmas = Vmas(np.zeros(0, np.uint64), np.zeros(0, np.uint64), np.zeros(0, np.uint8),
                 np.zeros(0, bool), [])

@@ -93,6 +93,11 @@ class Pages:
     def __len__(self) -> int:
         return len(self.vpn)
 
+    def span(self) -> tuple[int, int]:
+        """(first, last) vpn; not for no pages. The pages are one contiguous run exactly
+        when last - first == len - 1 (vpn are sorted and distinct)."""
+        return int(self.vpn[0]), int(self.vpn[-1])
+
     # What the aggregator asks of a harvest's pages as a whole (PageSet). A source may hand
     # out another PageSet that answers these without holding every page's arrays
     # (pagetable.TablePages); reading a field of that one decodes the whole target.
@@ -133,9 +138,29 @@ class Pages:
                 np.bincount(self.vma[self.accessed], minlength=n).astype(np.int64))
 
     def node_type_range(self) -> tuple[int, int, int, int]:
-        """(lowest node, highest node, lowest type, highest type) of the pages; not for none."""
+        """(lowest node, highest node, lowest type, highest type) of the pages; not for none.
+        A PageSet or PageChunk other than Pages may give a wider range than its pages span,
+        never a narrower one."""
         return (int(self.node.min()), int(self.node.max()), int(self.type.min()),
                 int(self.type.max()))
+
+
+class PageChunk(Protocol):
+    """A run of one harvest's pages (PageSet.chunks): Pages, or a source's equivalent whose
+    fields are decoded on first use (same fields, same meaning; len and span as on Pages),
+    so that a reader that needs only some fields pays only for those."""
+
+    vpn: np.ndarray
+    accessed: np.ndarray
+    node: np.ndarray
+    type: np.ndarray
+    thp: np.ndarray
+    vma: np.ndarray
+    pfn: np.ndarray | None
+
+    def __len__(self) -> int: ...
+    def span(self) -> tuple[int, int]: ...
+    def node_type_range(self) -> tuple[int, int, int, int]: ...
 
 
 class PageSet(Protocol):
@@ -151,7 +176,7 @@ class PageSet(Protocol):
     pfn: np.ndarray | None
 
     def __len__(self) -> int: ...
-    def chunks(self, n: int) -> Iterator[Pages]: ...
+    def chunks(self, n: int) -> Iterator[PageChunk]: ...
     def blocks(self, shift: int, chunk: int = ...) -> np.ndarray: ...
     def count_outside(self, lo: int, hi: int) -> int: ...
     def count_accessed(self) -> int: ...
