@@ -148,6 +148,18 @@ def test_table_pages_answer_as_the_decoded_pages_do(layout: str) -> None:
         for field in ("vpn", "accessed", "node", "type", "thp", "vma"):
             joined = np.concatenate([getattr(part, field) for part in parts])
             assert np.array_equal(joined, getattr(want, field)), (field, n)
+        # Runs of full tables decode field by field (_FullTables); what they answer without
+        # decoding (span, the node and type range) holds for the pages they decode to.
+        # (Tables 2 and 3 are partial: one chunk of them all is not a run of full tables.)
+        full = [part for part in parts if isinstance(part, pagetable._FullTables)]
+        assert bool(full) is (layout == "dense" and len(parts) > 1), n
+        for part in parts:
+            assert part.span() == (int(part.vpn[0]), int(part.vpn[-1]))
+            lo, hi, tlo, thi = part.node_type_range()
+            assert lo <= int(part.node.min()) and int(part.node.max()) <= hi
+            assert tlo <= int(part.type.min()) and int(part.type.max()) <= thi
+            if lo == hi and tlo == thi:
+                assert (part.node == lo).all() and (part.type == tlo).all()
         assert np.array_equal(got.blocks(6), want.blocks(6))
         assert got.count_accessed() == want.count_accessed()
         assert got.node_type_range() == want.node_type_range()
@@ -165,15 +177,19 @@ def test_table_pages_answer_as_the_decoded_pages_do(layout: str) -> None:
         assert np.array_equal(np.concatenate([p.vpn for p in got.chunks(n)]), want.vpn)
 
 
-def test_aggregate_of_table_pages_equals_that_of_decoded_pages(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("layout", ["partial", "dense"])
+def test_aggregate_of_table_pages_equals_that_of_decoded_pages(monkeypatch: pytest.MonkeyPatch,
+                                                               layout: str) -> None:
     """serve's aggregator fed TablePages (in several chunks) gives the views it gives for the
-    Pages of the same tables, harvest after harvest, as resident sets and accesses change."""
+    Pages of the same tables, harvest after harvest, as resident sets and accesses change.
+    "dense": the first harvest's chunks are runs of full tables (_FullTables), with
+    copy-on-write copies among them."""
     from pageheat.model import aggregate
     from pageheat.sources.base import Harvest, Vmas
 
     monkeypatch.setattr(aggregate, "CHUNK", 1024)
     rng = np.random.default_rng(11)
-    vmas, tables, _ = synthetic(rng, 40, "partial")
+    vmas, tables, _ = synthetic(rng, 40, layout)
     tables["flags"] = 0
     # One mapping per synthetic VMA record, side by side over the tables' span.
     span = np.linspace(int(tables["addr"][0]), int(tables["addr"][-1]) + (2 << 20), len(vmas) + 1)
@@ -228,3 +244,22 @@ def test_table_pages_only_where_the_records_are_smaller_than_the_arrays() -> Non
         assert (got is not None) is lazy, layout
         if got is not None:
             assert got._table_records is tables and len(got) == len(pages)  # no copy
+
+
+def test_a_chunk_read_after_the_next_scan_is_an_error_not_another_scans_pages() -> None:
+    """Runs of full tables decode their fields when read, from the BPF map's records in place:
+    once the source has scanned again, a field not read yet raises SourceError, as
+    TablePages' own reads do."""
+    from pageheat.sources.base import SourceError
+
+    vmas, tables, _ = synthetic(np.random.default_rng(4), 8, "dense")
+    scans = [1]
+    got = pagetable.TablePages(vmas, tables, ONE_NODE, valid=lambda: scans[0] == 1)
+    part = next(iter(got.chunks(1024)))
+    assert isinstance(part, pagetable._FullTables)
+    accessed = part.accessed  # read before the next scan: kept
+    scans[0] += 1
+    assert np.array_equal(part.accessed, accessed)
+    for read in (lambda: part.vpn, lambda: part.type, part.span):
+        with pytest.raises(SourceError, match="after the source scanned again"):
+            read()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import enum
+import functools
 import logging
 import mmap
 import os
@@ -26,6 +27,7 @@ from pageheat.kernel.libbpf import BpfObject, BtfMismatch, LibbpfError, Link
 from pageheat.kernel.numa import NodeMap
 from pageheat.sources.base import (
     UNMONITORED_REASONS,
+    PageChunk,
     Pages,
     PageSet,
     PageType,
@@ -596,17 +598,23 @@ class TablePages:
     thp = property(lambda self: self._all().thp)
     vma = property(lambda self: self._all().vma)
 
-    def chunks(self, n: int) -> Iterator[Pages]:
-        """Runs of whole tables, each at most ``n`` pages (``n`` >= 512), decoded one at a time."""
+    def chunks(self, n: int) -> Iterator[PageChunk]:
+        """Runs of whole tables, each at most ``n`` pages (``n`` >= 512), decoded one at a
+        time: runs of full tables field by field as they are read (_FullTables)."""
         if self._whole is not None:
             yield from self._whole.chunks(n)
             return
         ends = np.cumsum(self._per_table)
         attrs = self._table_attrs()  # once, not per chunk
+        node = int(self._nodes.single)  # type: ignore[arg-type]
         lo = 0
         while lo < len(self._tables):
             hi = max(int(np.searchsorted(ends, (ends[lo - 1] if lo else 0) + n, side="right")), lo + 1)
-            part = self._decode(self._tables[lo:hi], attrs[lo:hi])
+            part: PageChunk
+            if ends[hi - 1] - (ends[lo - 1] if lo else 0) == 512 * (hi - lo):
+                part = _FullTables(self._tables[lo:hi], attrs[lo:hi], node, self._valid)
+            else:
+                part = self._decode(self._tables[lo:hi], attrs[lo:hi])
             if len(part):
                 yield part
             lo = hi
@@ -725,6 +733,80 @@ class _TableAttrs:
         return _TableAttrs(self.per_table[s], self.huge[s], self.vma[s], self.ptype[s], self.cow[s])
 
 
+def _page_types(tables: np.ndarray, attrs: _TableAttrs) -> np.ndarray:
+    """uint8 PageType of each present page of ``tables`` (_TABLE records): its mapping's,
+    anon for the written pages of private file/shmem mappings (copy-on-write copies)."""
+    per_table = attrs.per_table
+    ptype = np.repeat(attrs.ptype, per_table)
+    cow = np.flatnonzero(attrs.cow)
+    if len(cow):
+        written = _unpack(tables["written"][cow])[_unpack(tables["present"][cow])]
+        count = per_table[cow]
+        first = np.cumsum(per_table)[cow] - count  # each table's first page in the arrays
+        page = np.repeat(first - (np.cumsum(count) - count), count) + np.arange(int(count.sum()))
+        ptype[page[written]] = PageType.ANON
+    return ptype
+
+
+class _FullTables:
+    """The pages of a run of full tables (all 512 pages present: dense memory) as
+    TablePages.chunks hands them out: base.PageChunk, each field decoded on first use, as
+    ``_pages`` would. The aggregator reads ``accessed`` and ``span`` of every chunk, and
+    ``vpn`` only where the run is not contiguous: their 8 bytes per page were a third of the
+    decode's CPU (2026-12-01, 16,384 pages: 27 of 50 us)."""
+
+    pfn = None
+
+    def __init__(self, tables: np.ndarray, attrs: _TableAttrs, node: int,
+                 valid: Callable[[], bool]) -> None:
+        self._table_records, self._attrs, self._node, self._valid = tables, attrs, node, valid
+
+    @property
+    def _tables(self) -> np.ndarray:  # as TablePages._tables: a view of the BPF map
+        if not self._valid():
+            raise SourceError("ptwalk: a harvest's pages were read after the source scanned again")
+        return self._table_records
+
+    def __len__(self) -> int:
+        return len(self._table_records) * 512
+
+    def span(self) -> tuple[int, int]:
+        addr = self._tables["addr"]
+        return int(addr[0] >> _PAGE_SHIFT), int(addr[-1] >> _PAGE_SHIFT) + 511
+
+    def node_type_range(self) -> tuple[int, int, int, int]:
+        """From the tables' mappings, as TablePages.node_type_range: nothing decoded."""
+        types = self._attrs.ptype
+        lo, hi = int(types.min()), int(types.max())
+        if self._attrs.cow.any():  # written pages of private file/shmem mappings are anon
+            lo, hi = min(lo, int(PageType.ANON)), max(hi, int(PageType.ANON))
+        return self._node, self._node, lo, hi
+
+    @functools.cached_property
+    def vpn(self) -> np.ndarray:
+        return ((self._tables["addr"] >> _PAGE_SHIFT)[:, None] + _COLUMNS).reshape(-1)
+
+    @functools.cached_property
+    def accessed(self) -> np.ndarray:
+        return _unpack(self._tables["accessed"])
+
+    @functools.cached_property
+    def node(self) -> np.ndarray:
+        return np.full(len(self), self._node, dtype=np.int16)
+
+    @functools.cached_property
+    def type(self) -> np.ndarray:
+        return _page_types(self._tables, self._attrs)
+
+    @functools.cached_property
+    def thp(self) -> np.ndarray:
+        return np.repeat(self._attrs.huge, 512)
+
+    @functools.cached_property
+    def vma(self) -> np.ndarray:
+        return np.repeat(self._attrs.vma, 512)
+
+
 def _pages(vmas: np.ndarray, tables: np.ndarray, raw: np.ndarray, nodes: NodeMap,
            buffers: _Buffers | None = None, attrs: _TableAttrs | None = None) -> Pages:
     """Per-table bitmaps -> per-page arrays, all in numpy, no per-table Python.
@@ -773,14 +855,7 @@ def _pages(vmas: np.ndarray, tables: np.ndarray, raw: np.ndarray, nodes: NodeMap
     accessed = per_page(tables["accessed"])
     huge = np.repeat(attrs.huge, per_table)
     vma = np.repeat(attrs.vma, per_table)
-    ptype = np.repeat(attrs.ptype, per_table)
-    cow = np.flatnonzero(attrs.cow)
-    if len(cow):
-        written = _unpack(tables["written"][cow])[_unpack(tables["present"][cow])]
-        count = per_table[cow]
-        first = np.cumsum(per_table)[cow] - count  # each table's first page in the arrays
-        page = np.repeat(first - (np.cumsum(count) - count), count) + np.arange(int(count.sum()))
-        ptype[page[written]] = PageType.ANON
+    ptype = _page_types(tables, attrs)
 
     # Frame numbers: the PMD's for a THP, else the PTE's (raw tables are copied only when NUMA
     # or the cgroup aggregates need them: ``copy_raw``).
