@@ -190,6 +190,23 @@ def test_bins_of_matches_reference_and_clamps_outside_pages_to_end_bins() -> Non
     assert aggregate._sorted_bin_counts(bins, np.array([], np.uint64)).tolist() == [0] * bins.n
 
 
+def test_run_bin_counts_are_the_bins_of_the_run_pages() -> None:
+    """A contiguous chunk's per-bin counts from its first vpn alone (all its pages, or those at
+    some offsets): the same as each page's bin, pages outside the bins in the end bins."""
+    vmas = vmas_of((0x10000, 40, "/bin/a"), (0x30000, 24, ""))
+    for n_bins in (1, 2, 5, 200):  # 200 bins over 64 pages: repeated edges
+        bins = make_bins(vmas, n_bins)
+        edges = [int(e) for e in bins.edges]
+        for first, n in ((0x10000, 40), (0xfff0, 30), (0x10020, 0x20010), (0x30010, 100), (0x5, 3)):
+            for at in (None, np.zeros(0, np.intp), np.array([0, 1, n // 2, n - 1], np.intp)):
+                offsets = range(n) if at is None else at.tolist()
+                want = [0] * bins.n
+                for o in offsets:
+                    want[ref_bin(edges, first + o)] += 1
+                got = aggregate._run_bin_counts(bins, first, n, at)
+                assert got.tolist() == want, (n_bins, first, n, at)
+
+
 def _runs(lengths: list[int], values: list[int]) -> np.ndarray:
     return np.repeat(np.array(values, np.uint16), lengths)
 
@@ -229,19 +246,32 @@ def test_make_bins_without_mapped_pages_is_empty_but_valid() -> None:
 
 
 class RefTarget:
-    """Slow model of one target: per-page last access, carried only across consecutive harvests."""
+    """Slow model of one target: per-page last access, carried only across consecutive
+    harvests; promotions are accessed pages that were resident at the previous harvest, by
+    the idle age they had there."""
 
     def __init__(self, cold_after: float) -> None:
         self.cold_after = cold_after
         self.last: dict[int, float | None] = {}
         self.cum: Counter[tuple[int, int, int]] = Counter()
+        self.promoted: Counter[tuple[int, int, int]] = Counter()
+        self.promoted_seconds: Counter[tuple[int, int]] = Counter()
+        self.prev_time: float | None = None
 
     def update(self, pages: Pages, vmas: Vmas, now: float, edges: list[int]) -> dict:
         last: dict[int, float | None] = {}
         for i in range(len(pages)):
             v = int(pages.vpn[i])
             last[v] = now if pages.accessed[i] else self.last.get(v)
+            if pages.accessed[i] and v in self.last:
+                assert self.prev_time is not None
+                seen = self.last[v]
+                age_prev = None if seen is None else self.prev_time - seen
+                combo = (int(pages.node[i]), int(pages.type[i]))
+                self.promoted[(*combo, ref_idle_bucket(age_prev))] += 1
+                self.promoted_seconds[combo] += age_prev or 0.0
         self.last = last
+        self.prev_time = now
         idle: Counter[tuple[int, int, int]] = Counter()
         idle_seconds: Counter[tuple[int, int]] = Counter()
         resident: Counter[tuple[int, int, int]] = Counter()
@@ -263,15 +293,21 @@ class RefTarget:
                 idle_seconds[combo] += age
                 cold += age > self.cold_after
         return {"idle": idle, "idle_seconds": idle_seconds, "resident": resident, "never": never,
-                "cold": cold, "wss": int(np.count_nonzero(pages.accessed)), "cum": Counter(self.cum)}
+                "cold": cold, "wss": int(np.count_nonzero(pages.accessed)), "cum": Counter(self.cum),
+                "promoted": +self.promoted, "promoted_seconds": +self.promoted_seconds}
 
 
 def view_dicts(view) -> dict:
-    idle, idle_s, res, cum = Counter(), Counter(), Counter(), Counter()
+    idle, idle_s, res, cum, prom, prom_s = (Counter() for _ in range(6))
     for row, combo in enumerate(view.combos):
         for k, n in enumerate(view.idle[row]):
             if n:
                 idle[(*combo, k)] = int(n)
+        for k, n in enumerate(view.promoted[row]):
+            if n:
+                prom[(*combo, k)] = int(n)
+        if view.promoted_seconds[row]:
+            prom_s[combo] = float(view.promoted_seconds[row])
         if view.idle_seconds[row]:
             idle_s[combo] = float(view.idle_seconds[row])
         for b in range(view.bins.n):
@@ -279,23 +315,30 @@ def view_dicts(view) -> dict:
                 res[(*combo, b)] = int(view.resident[row][b])
             if view.accessed_cum[row][b]:
                 cum[(*combo, b)] = int(view.accessed_cum[row][b])
-    return {"idle": idle, "idle_seconds": idle_s, "resident": res, "cum": cum}
+    return {"idle": idle, "idle_seconds": idle_s, "resident": res, "cum": cum, "promoted": prom,
+            "promoted_seconds": prom_s}
 
 
-@pytest.mark.parametrize("layout", ["mixed", "mixed-per-page", "dense", "dense-per-page",
-                                    "per-mapping", "per-mapping-per-page"])
+@pytest.mark.parametrize("layout", ["mixed", "mixed-per-page", "mixed-runs", "dense",
+                                    "dense-per-page", "dense-runs", "per-mapping",
+                                    "per-mapping-per-page"])
 def test_update_matches_page_by_page_reference_over_many_harvests(
         layout: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """mixed: random nodes and types, mappings that are not whole 64-page blocks, a random
     15% of pages not resident (per-page: the idle statistics counted page by page, as when
-    combos x epochs outgrow BY_EPOCH_MAX); dense: one (node, type) and whole blocks, resident
-    in whole blocks that come and go (the update's fast paths), in several small chunks;
-    per-mapping: as mixed, but each mapping's pages on one node and of one type, in chunks
-    that mostly hold one mapping (counted per chunk, not per page) and sometimes two."""
+    combos x epochs outgrow BY_EPOCH_MAX; runs: every count made by runs of equal values,
+    as for large targets); dense: one (node, type) and whole blocks, resident in whole blocks
+    that come and go (the update's fast paths), in several small chunks; per-mapping: as
+    mixed, but each mapping's pages on one node and of one type, in chunks that mostly hold
+    one mapping (counted per chunk, not per page) and sometimes two."""
     rng = np.random.default_rng(7)
     if layout.endswith("-per-page"):
         monkeypatch.setattr(aggregate, "BY_EPOCH_MAX", 0)
         layout = layout.removesuffix("-per-page")
+    if layout.endswith("-runs"):
+        monkeypatch.setattr(aggregate, "RUN_MIN", 2)
+        monkeypatch.setattr(aggregate, "RUN_FACTOR", 1)  # any run length: by runs
+        layout = layout.removesuffix("-runs")
     if layout in ("mixed", "per-mapping"):
         vmas = vmas_of((0x10000, 300, "/usr/lib/libx.so"), (0x20000, 200, "[heap]", VmaKind.HEAP),
                        (0x7ff00, 100, ""))
@@ -333,6 +376,10 @@ def test_update_matches_page_by_page_reference_over_many_harvests(
         assert got["idle"] == want["idle"], f"harvest {k}"
         assert got["resident"] == want["resident"], f"harvest {k}"
         assert got["cum"] == want["cum"], f"harvest {k}"
+        assert got["promoted"] == want["promoted"], f"harvest {k}"
+        assert got["promoted_seconds"].keys() == want["promoted_seconds"].keys()
+        for c, s in want["promoted_seconds"].items():
+            assert got["promoted_seconds"][c] == pytest.approx(s)
         assert got["idle_seconds"].keys() == {c for c, s in want["idle_seconds"].items() if s}
         for c, s in want["idle_seconds"].items():
             assert got["idle_seconds"].get(c, 0.0) == pytest.approx(s)
@@ -388,6 +435,23 @@ def test_an_exec_starts_a_fresh_history_at_the_same_addresses(exec_between: bool
     else:  # the same program: six pages idle since t=1, two promoted after 49 s of idleness
         assert view.rebins == 0 and view.cold_pages == 6
         assert int(view.promoted[0].sum()) == 2
+
+
+def test_pages_that_leave_between_two_chunks_of_the_same_blocks_lose_their_history(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Updated in place (the blocks unchanged), a chunk clears the slots of the pages that left
+    below it: ten pages accessed at the first harvest, gone at the second, back at the third,
+    are never accessed since they became resident again, like every other page."""
+    monkeypatch.setattr(aggregate, "CHUNK", 100)
+    vmas = vmas_of((0x1000, 256, ""))
+    allv = list(range(0x1000, 0x1000 + 256))
+    hole = [0x1000 + 100 <= v < 0x1000 + 110 for v in allv]  # where the first chunk ends
+    s = TargetState(1, "x", n_bins=4, cold_after=1e9)
+    s.update(harvest(vmas, pages_of(vmas, allv, hole), 10.0), 1.0)
+    rest = [v for v, h in zip(allv, hole, strict=True) if not h]
+    s.update(harvest(vmas, pages_of(vmas, rest, [False] * len(rest)), 11.0), 1.0)
+    view = s.update(harvest(vmas, pages_of(vmas, allv, [False] * len(allv)), 12.0), 1.0)
+    assert view.never_accessed == {"anon": len(allv)}
 
 
 def test_page_that_leaves_and_returns_starts_a_fresh_history() -> None:

@@ -182,8 +182,9 @@ def test_aggregate_of_table_pages_equals_that_of_decoded_pages(monkeypatch: pyte
                                                                layout: str) -> None:
     """serve's aggregator fed TablePages (in several chunks) gives the views it gives for the
     Pages of the same tables, harvest after harvest, as resident sets and accesses change.
-    "dense": the first harvest's chunks are runs of full tables (_FullTables), with
-    copy-on-write copies among them."""
+    "dense": tables side by side, every page present for the first three harvests, so the
+    chunks are contiguous runs of full tables (_FullTables), updated in place from the
+    second harvest on, with copy-on-write copies among them."""
     from pageheat.model import aggregate
     from pageheat.sources.base import Harvest, Vmas
 
@@ -191,6 +192,8 @@ def test_aggregate_of_table_pages_equals_that_of_decoded_pages(monkeypatch: pyte
     rng = np.random.default_rng(11)
     vmas, tables, _ = synthetic(rng, 40, layout)
     tables["flags"] = 0
+    if layout == "dense":
+        tables["addr"] = (np.arange(40, dtype=np.uint64) + np.uint64(0x3F000)) << np.uint64(21)
     # One mapping per synthetic VMA record, side by side over the tables' span.
     span = np.linspace(int(tables["addr"][0]), int(tables["addr"][-1]) + (2 << 20), len(vmas) + 1)
     edges = (span.astype(np.uint64) >> np.uint64(12)) << np.uint64(12)
@@ -198,12 +201,17 @@ def test_aggregate_of_table_pages_equals_that_of_decoded_pages(monkeypatch: pyte
              ["/lib/a.so", "", "/data/f", "", "/dev/shm/x", "[heap]"])
     lazy_state, whole_state = (aggregate.TargetState(1, "x", 8, 30.0) for _ in range(2))
     for k, t in enumerate([10.0, 11.0, 13.5, 40.0, 41.0]):
-        if k:
+        if k >= (3 if layout == "dense" else 1):
             tables["present"] &= rng.integers(0, 1 << 63, tables["present"].shape, dtype=np.uint64) | \
                 np.uint64(0xFFFF_FFFF_0000_0000)
+        if k:
             tables["accessed"] = rng.integers(0, 1 << 63, tables["present"].shape, dtype=np.uint64)
             tables["accessed"] &= tables["present"]
         lazy = pagetable.TablePages(vmas, tables.copy(), ONE_NODE)
+        if layout == "dense" and k < 3:
+            for part in lazy.chunks(aggregate.CHUNK):
+                first, last = part.span()
+                assert isinstance(part, pagetable._FullTables) and last - first == len(part) - 1
         whole = pagetable._pages(vmas, tables, pagetable._NO_RAW, ONE_NODE)
         a = lazy_state.update(Harvest(1, t, lazy, v, 0.0, 0.0), 1.0)
         b = whole_state.update(Harvest(1, t, whole, v, 0.0, 0.0), 1.0)

@@ -56,9 +56,10 @@ TIMES_INITIAL = 64
 # less than the same build moves between runs.
 CHUNK = 1 << 14
 # _add_counts counts by runs where there are at least RUN_MIN values in runs of RUN_FACTOR on
-# average (measured: 2,048 values in runs: 6 us by bincount, 9 us by runs; 4,096: 13 and 10).
+# average (measured, values in runs: 1,024 take 4 us by bincount and 8 by runs, 4,096 take
+# 13 and 10; even at about 3,000).
 RUN_FACTOR = 8
-RUN_MIN = 2048
+RUN_MIN = 3072
 BY_EPOCH_MAX = 1 << 18  # (node, type) combos x epochs in use: counted per epoch up to this (2 MiB)
 
 

@@ -751,9 +751,10 @@ def _page_types(tables: np.ndarray, attrs: _TableAttrs) -> np.ndarray:
 class _FullTables:
     """The pages of a run of full tables (all 512 pages present: dense memory) as
     TablePages.chunks hands them out: base.PageChunk, each field decoded on first use, as
-    ``_pages`` would. The aggregator reads ``accessed`` and ``span`` of every chunk, and
-    ``vpn`` only where the run is not contiguous: their 8 bytes per page were a third of the
-    decode's CPU (2026-12-01, 16,384 pages: 27 of 50 us)."""
+    ``_pages`` would. For a contiguous chunk of one (node, type), the aggregator reads
+    ``span``, ``node_type_range``, ``accessed`` and ``vma``, not ``vpn``: its 8 bytes per page
+    were half of the decode's CPU (2026-12-01, 16,384 pages: 27 of 50 us). Chunks of several
+    types, or not contiguous (two VMAs in one 2 MiB region), read ``vpn`` and ``type`` too."""
 
     pfn = None
 
@@ -775,12 +776,11 @@ class _FullTables:
         return int(addr[0] >> _PAGE_SHIFT), int(addr[-1] >> _PAGE_SHIFT) + 511
 
     def node_type_range(self) -> tuple[int, int, int, int]:
-        """From the tables' mappings, as TablePages.node_type_range: nothing decoded."""
-        types = self._attrs.ptype
-        lo, hi = int(types.min()), int(types.max())
-        if self._attrs.cow.any():  # written pages of private file/shmem mappings are anon
-            lo, hi = min(lo, int(PageType.ANON)), max(hi, int(PageType.ANON))
-        return self._node, self._node, lo, hi
+        """From the tables' mappings, nothing decoded; where copy-on-write copies may make
+        some pages anon, from the decoded types (a chunk of all-written private file pages
+        is all anon: one type, so the aggregator counts it as one)."""
+        types = self.type if self._attrs.cow.any() else self._attrs.ptype
+        return self._node, self._node, int(types.min()), int(types.max())
 
     @functools.cached_property
     def vpn(self) -> np.ndarray:
