@@ -600,21 +600,31 @@ class TablePages:
 
     def chunks(self, n: int) -> Iterator[PageChunk]:
         """Runs of whole tables, each at most ``n`` pages (``n`` >= 512), decoded one at a
-        time: runs of full tables field by field as they are read (_FullTables)."""
+        time. A run of at least FULL_RUN_MIN full tables comes in chunks of its own, each
+        decoded field by field as it is read (_FullTables): a mapping whose first or last
+        table is partial (not 2 MiB aligned) does not make its neighbour chunk decode
+        whole, and a layout of short runs is not cut into tiny chunks."""
         if self._whole is not None:
             yield from self._whole.chunks(n)
             return
+        tables = self._tables
         ends = np.cumsum(self._per_table)
         attrs = self._table_attrs()  # once, not per chunk
         node = int(self._nodes.single)  # type: ignore[arg-type]
-        lo = 0
-        while lo < len(self._tables):
-            hi = max(int(np.searchsorted(ends, (ends[lo - 1] if lo else 0) + n, side="right")), lo + 1)
+        run_lo, run_hi = _long_runs(self._per_table == 512, FULL_RUN_MIN)
+        lo, r = 0, 0
+        while lo < len(tables):
+            while r < len(run_lo) and run_hi[r] <= lo:
+                r += 1
             part: PageChunk
-            if ends[hi - 1] - (ends[lo - 1] if lo else 0) == 512 * (hi - lo):
-                part = _FullTables(self._tables[lo:hi], attrs[lo:hi], node, self._valid)
-            else:
-                part = self._decode(self._tables[lo:hi], attrs[lo:hi])
+            if r < len(run_lo) and run_lo[r] <= lo:  # inside a long run of full tables
+                hi = min(lo + max(n // 512, 1), int(run_hi[r]))
+                part = _FullTables(tables[lo:hi], attrs[lo:hi], node, self._valid)
+            else:  # up to the next long run
+                limit = int(run_lo[r]) if r < len(run_lo) else len(tables)
+                hi = int(np.searchsorted(ends, (ends[lo - 1] if lo else 0) + n, side="right"))
+                hi = min(max(hi, lo + 1), limit)
+                part = self._decode(tables[lo:hi], attrs[lo:hi])
             if len(part):
                 yield part
             lo = hi
@@ -678,7 +688,19 @@ class TablePages:
 
 
 _NO_RAW = np.zeros((0, 512), dtype="<u8")
+# Full tables in a row that TablePages.chunks hands out as runs of their own (_FullTables):
+# 8 tables, 4,096 pages; shorter runs stay in the chunks decoded whole around them.
+FULL_RUN_MIN = 8
 _PAGES_BYTES = 17  # per page in base.Pages without pfn: vpn 8, vma 4, node 2, accessed, type, thp
+
+
+def _long_runs(flag: np.ndarray, min_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """[start, end) indices of the runs of True in ``flag`` (bool) at least ``min_len`` long,
+    in order: two intp arrays."""
+    edge = np.flatnonzero(np.diff(np.concatenate(([0], flag.view(np.int8), [0]))))
+    lo, hi = edge[0::2], edge[1::2]
+    long = hi - lo >= min_len
+    return lo[long], hi[long]
 
 
 def _present_per_table(tables: np.ndarray) -> np.ndarray:
