@@ -23,8 +23,10 @@ def test_render_selects_one_exporter(ptwalk_ok, workload, prometheus_server, tmp
   - job_name: {job}
     static_configs: [{{targets: ['127.0.0.1:{port}']}}]
 """ for job in ("pageheat", "pageheat-b")))
-        wait_for(lambda: len(prom.query(f'pageheat_harvests_total{{pid="{t.pid}"}} > 5')) == 2, 60,
-                 "both jobs scraped")
+        # Two samples of each job inside the 5 s rate window: render's rate needs them.
+        wait_for(lambda: len(prom.query(
+            f'count_over_time(pageheat_harvests_total{{pid="{t.pid}"}}[5s]) >= 2')) == 2, 60,
+            "both jobs scraped twice within the rate window")
         common = ("render", "--prometheus", prom.url, "--pid", str(t.pid), "--range", "30s",
                   "--step", "1s", "--rate-interval", "5s")
         r = run_pageheat(*common)
@@ -57,7 +59,8 @@ def test_render_image_format_and_rate_window(ptwalk_ok, workload, prometheus_ser
   - job_name: pageheat
     static_configs: [{{targets: ['127.0.0.1:{port}']}}]
 """)
-        wait_for(lambda: prom.query(f'pageheat_harvests_total{{pid="{t.pid}"}} > 3'), 60, "scraped")
+        wait_for(lambda: prom.query(f'count_over_time(pageheat_harvests_total{{pid="{t.pid}"}}[5s]) >= 2'),
+                 60, "scraped twice within the rate window")
         common = ("render", "--prometheus", prom.url, "--pid", str(t.pid), "--range", "30s",
                   "--step", "1s", "--rate-interval", "5s")
         out = tmp_path / "out"
