@@ -130,12 +130,16 @@ def test_lazy_pages_read_the_map_in_place_until_the_next_scan(ptwalk_ok) -> None
         before = scan._cap
         scan.attach(big.pid)  # grows the maps: a reload while ``lazy`` holds a view of the old
         assert scan._cap.vmas > 20000 > before.vmas
-        vpn = np.concatenate([part.vpn for part in lazy.chunks(4096)])
+        parts = list(lazy.chunks(4096))
+        vpn = np.concatenate([part.vpn for part in parts])
         accessed, blocks = lazy.count_accessed(), lazy.blocks(6)
+        assert accessed == sum(int(np.count_nonzero(part.accessed)) for part in parts)
         eager, _, _ = scan.harvest(dense.pid)  # the process sleeps: the same resident pages
         assert np.array_equal(vpn, eager.vpn) and len(vpn) >= (32 << 20) // 4096
         assert np.array_equal(blocks, np.unique(eager.vpn >> np.uint64(6)))
-        assert accessed == int(np.count_nonzero(eager.accessed))  # nothing aged in between
+        # Accessed bits of a sleeping process are not set between the two scans, but a kdamond
+        # (DAMON: these machines may run one) clears those it samples: fewer, never more.
+        assert int(np.count_nonzero(eager.accessed)) <= accessed
         with pytest.raises(SourceError, match="after the source scanned again"):
             lazy.count_accessed()
         with pytest.raises(SourceError):
