@@ -49,12 +49,14 @@ MAX_EPOCH = np.iinfo(np.uint16).max
 # a target followed for an hour at 1 s needs 4 K epochs, not all 64 K (512 KiB) at once.
 TIMES_INITIAL = 64
 # Pages per numpy pass: bounds the per-page transients, which glibc keeps in serve's heap
-# between harvests. Measured on a real 1 GiB harvest (tracemalloc peak of update): 5.3 MiB at
-# 1 << 16, 2.8 at 1 << 15, 1.6 at 1 << 14, for +0.1 and +0.4 ms of update CPU (3.0 ms). serve's
-# VmHWM side by side (bench/harvest.py, 2026-12-01): 63 / 71 MiB at 4 / 16 GiB with 1 << 14,
-# 65 / 73 with 1 << 15 (issue 13's budget: 63 / 72), for 0.99-1.05x serve's CPU in that run,
-# less than the same build moves between runs.
-CHUNK = 1 << 14
+# between harvests; each pass also costs tens of microseconds of numpy calls whatever its size.
+# Side by side (bench/harvest.py, 2026-12-01 06:10, serve CPU per cycle at 1 / 4 / 16 GiB):
+# 15.0 / 48.0 / 184.5 ms at 1 << 14, 15.0 / 45.5 / 180.5 at 1 << 15, 15.0 / 48.0 / 178.5 at
+# 1 << 16; VmHWM 63 / 63 / 71 MiB for all three, but at 1 << 16 the 4 GiB one was 0.8 MiB
+# over issue 13's budget (61 / 63 / 72 MiB) and the others under it. Runs of full tables
+# (pagetable._FullTables) decode a few bytes per page, so 32 Ki pages cost no more memory
+# than 16 Ki did before them.
+CHUNK = 1 << 15
 # _add_counts counts by runs where there are at least RUN_MIN values in runs of RUN_FACTOR on
 # average (measured, values in runs: 1,024 take 4 us by bincount and 8 by runs, 4,096 take
 # 13 and 10; even at about 3,000).
