@@ -776,7 +776,7 @@ class _FullTables:
     ``_pages`` would. For a contiguous chunk of one (node, type), the aggregator reads
     ``span``, ``node_type_range``, ``accessed`` and ``vma``, not ``vpn``: its 8 bytes per page
     were half of the decode's CPU (2026-12-01, 16,384 pages: 27 of 50 us). Chunks of several
-    types, or not contiguous (two VMAs in one 2 MiB region), read ``vpn`` and ``type`` too."""
+    types, or not contiguous (a gap between two mappings), read ``vpn`` and ``type`` too."""
 
     pfn = None
 
