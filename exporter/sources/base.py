@@ -145,43 +145,39 @@ class Pages:
                 int(self.type.max()))
 
 
-class PageChunk(Protocol):
+class _PageFields(Protocol):
+    """What PageChunk and PageSet share: the fields of Pages, their length, and the range of
+    their nodes and types (which may be wider than the pages span, never narrower)."""
+
+    vpn: np.ndarray
+    accessed: np.ndarray
+    node: np.ndarray
+    type: np.ndarray
+    thp: np.ndarray
+    vma: np.ndarray
+    pfn: np.ndarray | None
+
+    def __len__(self) -> int: ...
+    def node_type_range(self) -> tuple[int, int, int, int]: ...
+
+
+class PageChunk(_PageFields, Protocol):
     """A run of one harvest's pages (PageSet.chunks): Pages, or a source's equivalent whose
     fields are decoded on first use (same fields, same meaning; len and span as on Pages),
     so that a reader that needs only some fields pays only for those."""
 
-    vpn: np.ndarray
-    accessed: np.ndarray
-    node: np.ndarray
-    type: np.ndarray
-    thp: np.ndarray
-    vma: np.ndarray
-    pfn: np.ndarray | None
-
-    def __len__(self) -> int: ...
     def span(self) -> tuple[int, int]: ...
-    def node_type_range(self) -> tuple[int, int, int, int]: ...
 
 
-class PageSet(Protocol):
+class PageSet(_PageFields, Protocol):
     """The pages of one harvest: ``Pages``, or a source's equivalent that decodes on demand
     (same fields, same meaning; each method as on Pages)."""
 
-    vpn: np.ndarray
-    accessed: np.ndarray
-    node: np.ndarray
-    type: np.ndarray
-    thp: np.ndarray
-    vma: np.ndarray
-    pfn: np.ndarray | None
-
-    def __len__(self) -> int: ...
     def chunks(self, n: int) -> Iterator[PageChunk]: ...
     def blocks(self, shift: int, chunk: int = ...) -> np.ndarray: ...
     def count_outside(self, lo: int, hi: int) -> int: ...
     def count_accessed(self) -> int: ...
     def per_vma(self, n: int) -> tuple[np.ndarray, np.ndarray]: ...
-    def node_type_range(self) -> tuple[int, int, int, int]: ...
 
 
 @dataclass(frozen=True)
