@@ -572,7 +572,7 @@ class TargetState:
         # so their slots only go up; each chunk reads its pages' values first, then writes
         # ABSENT from the end of the previous chunk's slots to the start of its own (pages that
         # left) and its values.
-        in_place = same_blocks = old_row is None
+        in_place = old_row is None
         cursor = 0  # in place: slots below it are this harvest's
         for part in p.chunks(CHUNK):
             n_part = len(part)
@@ -613,7 +613,7 @@ class TargetState:
                     row = np.repeat(np.arange(row0, row0 + len(starts) + 1),
                                     np.diff(starts, prepend=0, append=n_part))
                     idx = row * BLOCK + (vpn & np.uint64(BLOCK - 1)).astype(np.intp)
-                    if same_blocks:
+                    if in_place:
                         prev = old_flat[idx]
                     elif len(old):
                         orow = old_row[row]

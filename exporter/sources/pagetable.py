@@ -619,7 +619,7 @@ class TablePages:
             part: PageChunk
             if r < len(run_lo) and run_lo[r] <= lo:  # inside a long run of full tables
                 hi = min(lo + max(n // 512, 1), int(run_hi[r]))
-                part = _FullTables(tables[lo:hi], attrs[lo:hi], node, self._valid)
+                part = _FullTables(self, slice(lo, hi), attrs[lo:hi], node)
             else:  # up to the next long run
                 limit = int(run_lo[r]) if r < len(run_lo) else len(tables)
                 hi = int(np.searchsorted(ends, (ends[lo - 1] if lo else 0) + n, side="right"))
@@ -780,18 +780,15 @@ class _FullTables:
 
     pfn = None
 
-    def __init__(self, tables: np.ndarray, attrs: _TableAttrs, node: int,
-                 valid: Callable[[], bool]) -> None:
-        self._table_records, self._attrs, self._node, self._valid = tables, attrs, node, valid
+    def __init__(self, pages: TablePages, tables: slice, attrs: _TableAttrs, node: int) -> None:
+        self._pages, self._slice, self._attrs, self._node = pages, tables, attrs, node
 
     @property
-    def _tables(self) -> np.ndarray:  # as TablePages._tables: a view of the BPF map
-        if not self._valid():
-            raise SourceError("ptwalk: a harvest's pages were read after the source scanned again")
-        return self._table_records
+    def _tables(self) -> np.ndarray:  # through TablePages._tables: its check that they are valid
+        return self._pages._tables[self._slice]
 
     def __len__(self) -> int:
-        return len(self._table_records) * 512
+        return len(self._attrs.per_table) * 512
 
     def span(self) -> tuple[int, int]:
         addr = self._tables["addr"]
